@@ -1,0 +1,1 @@
+"""Latency and throughput profiling behind ``streamtmr bench``; results in bench/results/."""

@@ -1,0 +1,1 @@
+"""Inference back ends behind one interface: TensorRT, ONNX Runtime, PyTorch; ONNX export."""

@@ -1,0 +1,1 @@
+"""Frame sources: Kinect v2, replay of recorded files, SynthKinect live, ZeroMQ."""

@@ -1,0 +1,5 @@
+import sys
+
+from streamtmr.cli import main
+
+sys.exit(main())

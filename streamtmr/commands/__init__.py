@@ -1,0 +1,1 @@
+"""Sub-commands of the ``streamtmr`` CLI, one module each (see :mod:`streamtmr.cli`)."""

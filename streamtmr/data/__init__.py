@@ -1,0 +1,1 @@
+"""Datasets: real recordings (NTU RGB+D, UTKinect), SynthKinect, windows and the on-disk store."""

@@ -1,0 +1,97 @@
+"""Checkpoints: safetensors weights with the model config in the file's metadata.
+
+Loading never unpickles: tensors come from safetensors, the config from JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from streamtmr.models.base import Anonymizer
+from streamtmr.models.registry import build_model
+
+FORMAT = "streamtmr-checkpoint-1"
+DEFAULT_ASSET = "default_model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or incompatible (the message names the file)."""
+
+
+def save_checkpoint(path: str | Path, model: Anonymizer, extra: dict[str, Any] | None = None,
+                    ) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": json.dumps(model.config),
+            "extra": json.dumps(extra or {})}
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config, extra) of a checkpoint without building the model."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a streamtmr checkpoint (format {meta.get('format')!r})")
+    try:
+        return json.loads(meta["config"]), json.loads(meta.get("extra", "{}"))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata ({e})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Anonymizer:
+    """Build the model named in the checkpoint's config and load its weights (strictly)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    config, _ = read_metadata(path)
+    try:
+        model = build_model(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build model from its config ({e})") from None
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: corrupt weights ({e})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the config ({e})") from None
+    return model.eval()
+
+
+def default_checkpoint_path() -> Path:
+    with resources.as_file(resources.files("streamtmr.assets").joinpath(DEFAULT_ASSET)) as p:
+        return Path(p)
+
+
+def resolve_model(spec: str | Path | None) -> Anonymizer:
+    """``None``/"default" → the shipped default model; otherwise a checkpoint path."""
+    if spec is None or str(spec) == "default":
+        path = default_checkpoint_path()
+        if not path.is_file():
+            raise CheckpointError(f"{path}: the shipped default model is missing from the package")
+        return load_checkpoint(path)
+    return load_checkpoint(spec)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

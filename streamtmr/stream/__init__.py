@@ -1,0 +1,1 @@
+"""The streaming path: wire protocol, window buffer, the Node and its sinks."""
