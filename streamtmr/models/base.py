@@ -24,10 +24,19 @@ class Anonymizer(nn.Module):
     method: ClassVar[str] = "base"
     #: True when :meth:`retarget` already yields exactly the target's bone lengths.
     exact_bones: ClassVar[bool] = True
+    #: Named configurations: at least "tiny" (tests, seconds on CPU); learned models also
+    #: "small" (CPU streaming default) and "paper" (the published sizes, for GPUs).
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {}}
 
     def __init__(self, config: dict[str, Any] | None = None):
         super().__init__()
         self.config: dict[str, Any] = dict(config or {})
+
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", **overrides: Any) -> Anonymizer:
+        if preset not in cls.presets:
+            raise KeyError(f"{cls.method}: no preset {preset!r} (have {sorted(cls.presets)})")
+        return cls({"method": cls.method, **cls.presets[preset], **overrides})
 
     @property
     def window(self) -> int:
