@@ -360,7 +360,8 @@ AZURE_AXES = np.array([-1e-3, -1e-3, 1e-3], dtype=np.float32)
 def from_azure_kinect(joints32_mm):
     """Azure Kinect 32 joints ``[..., 32, 3]`` in millimetres → Kinect v2 25 joints in metres."""
     if joints32_mm.shape[-2:] != (32, 3):
-        raise ValueError(f"expected [..., 32, 3] Azure Kinect joints, got {tuple(joints32_mm.shape)}")
+        raise ValueError(
+            f"expected [..., 32, 3] Azure Kinect joints, got {tuple(joints32_mm.shape)}")
     mapped = _matmul_joints(AZURE_MAP, joints32_mm)
     return mapped * _const(AZURE_AXES, mapped)
 
