@@ -1,0 +1,123 @@
+"""The one interface every inference back end implements.
+
+An engine runs the fixed-dummy anonymizer (``Anonymizer.for_dummy``) on batches of windows
+``float32 [B, T, 25, 3]`` and returns the anonymized windows of the same shape. Back ends only
+implement :meth:`Engine._run_batch` for one batch of at most ``max_batch`` windows; validation,
+batch splitting and the output buffer live here so that every back end behaves the same.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from engines.source import ModelSource
+from streamtmr import skeleton
+
+
+class EngineError(RuntimeError):
+    """An engine cannot be built or failed while running."""
+
+
+class BackendUnavailable(EngineError):
+    """The requested back end is not installed or has no device (the message says what to do)."""
+
+
+#: Every back end name :func:`engines.create_engine` accepts (besides "auto").
+BACKENDS = ("tensorrt", "onnxruntime", "onnxruntime-cuda", "torch", "torch-cuda")
+
+
+def check_windows(windows: Any, window: int) -> np.ndarray:
+    """Validate a batch of windows; returns it C-contiguous. Raises ValueError naming the field."""
+    if not isinstance(windows, np.ndarray):
+        raise ValueError(f"windows: expected a numpy array, got {type(windows).__name__}")
+    if windows.dtype != np.float32:
+        raise ValueError(f"windows: expected dtype float32, got {windows.dtype}")
+    expected = (window, skeleton.NUM_JOINTS, 3)
+    if windows.ndim != 4 or windows.shape[1:] != expected:
+        raise ValueError(f"windows: expected shape [B, {window}, 25, 3], got "
+                         f"{list(windows.shape)}")
+    if not np.isfinite(windows).all():
+        bad = np.argwhere(~np.isfinite(windows))[0]
+        raise ValueError(f"windows: non-finite value at [batch {bad[0]}, frame {bad[1]}, "
+                         f"joint {bad[2]}, axis {bad[3]}]")
+    return np.ascontiguousarray(windows)
+
+
+class Engine(abc.ABC):
+    """Runs one fixed-dummy model. Subclasses set ``name``, ``device``, ``precision``."""
+
+    name: str = "base"
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def __init__(self, source: ModelSource, max_batch: int = 8):
+        if int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.source = source
+        self.window = int(source.window)
+        self.max_batch = int(max_batch)
+        self.dummy_lengths = np.asarray(source.dummy.lengths, dtype=np.float32)
+
+    # -- back end -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Anonymize ``x [b, T, 25, 3]`` (1 <= b <= max_batch, validated) into ``out``."""
+
+    def close(self) -> None:
+        """Release device resources (the engine must not be used afterwards)."""
+        return None
+
+    # -- public API -------------------------------------------------------------------------
+
+    def run(self, windows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Anonymize ``windows float32 [B, T, 25, 3]`` → ``float32 [B, T, 25, 3]``.
+
+        Batches larger than ``max_batch`` are split. ``out`` (optional, float32 C-contiguous,
+        same shape) receives the result without a new allocation.
+        """
+        x = check_windows(windows, self.window)
+        if out is None:
+            out = np.empty_like(x)
+        elif (not isinstance(out, np.ndarray) or out.shape != x.shape
+              or out.dtype != np.float32 or not out.flags.c_contiguous):
+            raise ValueError(f"out: expected a C-contiguous float32 array of shape "
+                             f"{list(x.shape)}")
+        for i in range(0, x.shape[0], self.max_batch):
+            self._run_batch(x[i:i + self.max_batch], out[i:i + self.max_batch])
+        return out
+
+    def run_latest(self, windows: np.ndarray, k: int = 1) -> np.ndarray:
+        """Only the newest ``k`` anonymized frames of each window: ``[B, k, 25, 3]``."""
+        if not 1 <= int(k) <= self.window:
+            raise ValueError(f"k must be in [1, {self.window}], got {k}")
+        return np.ascontiguousarray(self.run(windows)[:, self.window - int(k):])
+
+    def warmup(self, batch_sizes: tuple[int, ...] | list[int] = (1,)) -> None:
+        """Run each batch size once (allocations, kernel selection, graph capture)."""
+        pose = self.source.dummy.rest_pose()
+        for b in batch_sizes:
+            if int(b) < 1:
+                raise ValueError(f"warmup batch sizes must be >= 1, got {b}")
+            self.run(np.ascontiguousarray(np.broadcast_to(
+                pose, (int(b), self.window, skeleton.NUM_JOINTS, 3)), dtype=np.float32))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.device, "precision": self.precision,
+                "max_batch": self.max_batch, "window": self.window, "model": self.source.name,
+                "method": self.source.method, "dummy": self.source.dummy.name,
+                "model_sha256": self.source.sha256}
+
+    def __repr__(self) -> str:
+        d = self.describe()
+        return (f"{type(self).__name__}(model={d['model']!r}, device={d['device']!r}, "
+                f"window={self.window}, max_batch={self.max_batch})")
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,253 @@
+"""TensorRT engine (TensorRT 10 Python API), built from the exported ONNX graph.
+
+Build: ``OnnxParser`` → one optimisation profile over the batch axis (1 … max_batch, optimum at
+max_batch) → FP16 when ``BuilderFlag.FP16`` exists and the GPU has fast FP16; TensorRT 11 drops
+that flag, and the network is then created strongly typed (the precision of the ONNX graph, fp32)
+→ ``build_serialized_network``. The serialised plan is cached under
+``<cache>/tensorrt/<key>.plan``, keyed by GPU name, TensorRT version, the ONNX graph's hash,
+precision and batch range; its SHA-256 sidecar is verified before every load, and a file that
+fails the check is rebuilt, never deserialised.
+
+Run: torch CUDA tensors serve as preallocated device buffers (addresses set once with
+``set_tensor_address``), pinned host staging buffers, ``set_input_shape`` per batch size,
+``execute_async_v3`` on a private stream; with ``cuda_graphs`` one graph per batch size is
+captured after a first plain run.
+
+``tensorrt`` is imported lazily: without it, building the engine raises
+:class:`~engines.base.BackendUnavailable` naming the alternatives.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.base import BackendUnavailable, Engine, EngineError
+from engines.cache import atomic_write, cache_dir, cache_key, verify, write_sidecar
+from engines.onnx_export import INPUT, OUTPUT
+from engines.source import ModelSource
+
+log = logging.getLogger(__name__)
+
+ALTERNATIVES = "use --engine onnxruntime (CPU) or --engine torch / torch-cuda instead"
+WORKSPACE_BYTES = 1 << 30
+
+
+def unavailable_reason() -> str | None:
+    """Why TensorRT cannot be used here (None when it can)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return f"the tensorrt package is not installed (pip install 'tensorrt>=10'), or " \
+               f"{ALTERNATIVES}"
+    if not torch.cuda.is_available():
+        return f"no CUDA GPU visible to torch (the TensorRT engine uses torch CUDA buffers); " \
+               f"{ALTERNATIVES}"
+    return None
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or :class:`BackendUnavailable` naming what to do instead."""
+    if reason := unavailable_reason():
+        raise BackendUnavailable(f"tensorrt: {reason}")
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as e:
+        raise BackendUnavailable(f"tensorrt: cannot import tensorrt ({e}); {ALTERNATIVES}") \
+            from e
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise BackendUnavailable(f"tensorrt: version {trt.__version__} is too old (need >= 10)"
+                                 f"; {ALTERNATIVES}")
+    return trt
+
+
+def plan_facts(gpu_name: str, trt_version: str, graph_sha256: str, precision: str,
+               max_batch: int, window: int) -> dict[str, Any]:
+    """Everything a serialised plan depends on; the cache key is derived from these."""
+    return {"gpu": gpu_name, "tensorrt": trt_version, "graph_sha256": graph_sha256,
+            "precision": precision, "max_batch": int(max_batch), "window": int(window)}
+
+
+def plan_path(facts: dict[str, Any]) -> Path:
+    return cache_dir("tensorrt") / f"{cache_key(*facts.values())}.plan"
+
+
+def load_verified_plan(path: Path, facts: dict[str, Any]) -> bytes | None:
+    """The plan's bytes when its sidecar matches ``facts`` and its SHA-256; else None."""
+    if verify(path, facts) is None:
+        if path.exists():
+            log.warning("TensorRT plan %s failed its checksum/key check; it will be rebuilt",
+                        path)
+        return None
+    return path.read_bytes()
+
+
+def _fp16_supported(trt, builder) -> bool:
+    return hasattr(trt.BuilderFlag, "FP16") and bool(getattr(builder, "platform_has_fast_fp16",
+                                                              True))
+
+
+def build_plan(trt, onnx_path: Path, window: int, max_batch: int, fp16: bool = True,
+               ) -> tuple[bytes, str]:
+    """Build a serialised engine from ``onnx_path``; returns (plan bytes, precision)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    use_fp16 = fp16 and _fp16_supported(trt, builder)
+    flags = 0
+    if not hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.NetworkDefinitionCreationFlag,
+                                                         "STRONGLY_TYPED"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"tensorrt: cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if use_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    shape = (window, 25, 3)
+    profile.set_shape(INPUT, (1, *shape), (max_batch, *shape), (max_batch, *shape))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(f"tensorrt: building the engine for {onnx_path} failed "
+                          "(see the TensorRT log above)")
+    return bytes(plan), "fp16" if use_fp16 else "fp32"
+
+
+class TensorRTEngine(Engine):
+    """Runs a TensorRT plan built from the model's ONNX graph."""
+
+    name = "tensorrt"
+
+    def __init__(self, source: ModelSource, max_batch: int = 8, device: str | None = None,
+                 fp16: bool = True, cuda_graphs: bool = True):
+        super().__init__(source, max_batch)
+        trt = import_tensorrt()
+        dev = torch.device(device or "cuda")
+        if dev.type != "cuda":
+            raise ValueError(f"tensorrt: device must be cuda[:N], got {device!r}")
+        dev = torch.device("cuda", dev.index or 0)
+        self._dev, self.device = dev, str(dev)
+        self._trt = trt
+        torch.cuda.set_device(dev)
+        self.plan_file = self._plan(trt, source, fp16, source.plan_path)
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(self.plan_file.read_bytes())
+        if self.engine is None:
+            raise EngineError(f"tensorrt: cannot deserialise {self.plan_file}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        if sorted(names) != sorted([INPUT, OUTPUT]):
+            raise EngineError(f"tensorrt: {self.plan_file} has tensors {names}, expected "
+                              f"{INPUT!r} and {OUTPUT!r}")
+        shape = (self.max_batch, self.window, 25, 3)
+        self._d_in = torch.empty(shape, dtype=torch.float32, device=dev)
+        self._d_out = torch.empty(shape, dtype=torch.float32, device=dev)
+        self._h_in = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        self._h_out = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        self.context.set_tensor_address(INPUT, self._d_in.data_ptr())
+        self.context.set_tensor_address(OUTPUT, self._d_out.data_ptr())
+        self._stream = torch.cuda.Stream(dev)
+        self.cuda_graphs = bool(cuda_graphs)
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._shape_b = 0
+
+    def _plan(self, trt, source: ModelSource, fp16: bool, given: Path | None) -> Path:
+        gpu = torch.cuda.get_device_name(self._dev)
+        if given is not None:  # a plan exported by `streamtmr export --format tensorrt`
+            record = verify(given)
+            if record is None:
+                raise EngineError(f"tensorrt: {given} is missing its sidecar or fails its "
+                                  "SHA-256 check; export it again")
+            if record.get("gpu") != gpu or record.get("tensorrt") != trt.__version__:
+                raise EngineError(f"tensorrt: {given} was built for {record.get('gpu')} / "
+                                  f"TensorRT {record.get('tensorrt')}, this is {gpu} / "
+                                  f"TensorRT {trt.__version__}; export it again")
+            if record.get("window") != self.window or record.get("max_batch", 0) < \
+                    self.max_batch:
+                raise EngineError(f"tensorrt: {given} is for window {record.get('window')}, "
+                                  f"batch <= {record.get('max_batch')}")
+            self.precision = record["precision"]
+            return given
+        onnx_path = source.onnx_file()
+        for precision in (("fp16", "fp32") if fp16 else ("fp32",)):
+            facts = plan_facts(gpu, trt.__version__, source.graph_key, precision,
+                               self.max_batch, self.window)
+            path = plan_path(facts)
+            if load_verified_plan(path, facts) is not None:
+                self.precision = precision
+                return path
+        data, precision = build_plan(trt, onnx_path, self.window, self.max_batch, fp16)
+        facts = plan_facts(gpu, trt.__version__, source.graph_key, precision, self.max_batch,
+                           self.window)
+        path = plan_path(facts)
+        atomic_write(path, data)
+        write_sidecar(path, facts)
+        self.precision = precision
+        log.info("tensorrt: built %s plan %s for %s", precision, path, gpu)
+        return path
+
+    def _set_batch(self, b: int) -> None:
+        if b != self._shape_b:
+            if not self.context.set_input_shape(INPUT, (b, self.window, 25, 3)):
+                raise EngineError(f"tensorrt: batch {b} outside the engine's profile")
+            self._shape_b = b
+
+    def _enqueue(self, b: int) -> None:
+        self._d_in[:b].copy_(self._h_in[:b], non_blocking=True)
+        if not self.context.execute_async_v3(self._stream.cuda_stream):
+            raise EngineError("tensorrt: execute_async_v3 failed")
+        self._h_out[:b].copy_(self._d_out[:b], non_blocking=True)
+
+    def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
+        b = x.shape[0]
+        self._h_in[:b].numpy()[...] = x
+        with torch.cuda.stream(self._stream):
+            self._set_batch(b)
+            if not self.cuda_graphs:
+                self._enqueue(b)
+            elif b in self._graphs:
+                self._graphs[b].replay()
+            else:  # one plain run settles shapes and lazy allocations, then capture
+                self._enqueue(b)
+                self._stream.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=self._stream):
+                    self._enqueue(b)
+                self._graphs[b] = graph
+        self._stream.synchronize()
+        out[...] = self._h_out[:b].numpy()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "plan": str(self.plan_file),
+                "tensorrt": self._trt.__version__, "cuda_graphs": self.cuda_graphs}
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self.context = None
+        self.engine = None
+
+
+def export_plan(source: ModelSource, out: str | Path, max_batch: int = 8, fp16: bool = True,
+                device: str | None = None) -> dict[str, Any]:
+    """Build a plan for ``source`` on this GPU and write it to ``out`` with its sidecar."""
+    trt = import_tensorrt()
+    dev = torch.device(device or "cuda")
+    gpu = torch.cuda.get_device_name(dev)
+    data, precision = build_plan(trt, source.onnx_file(), source.window, max_batch, fp16)
+    out = Path(out)
+    atomic_write(out, data)
+    facts = plan_facts(gpu, trt.__version__, source.graph_key, precision, max_batch,
+                       source.window)
+    return write_sidecar(out, {**facts, "method": source.method, "model": source.name,
+                               "config": source.config, "dummy": {
+                                   "name": source.dummy.name,
+                                   "lengths": [float(v) for v in source.dummy.lengths]}})

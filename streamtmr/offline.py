@@ -1,0 +1,263 @@
+"""Offline anonymization of whole recordings through the same engines as the live stream.
+
+Windowing and stitching policy
+------------------------------
+A sequence ``[L, 25, 3]`` is cut into windows of the engine's ``T`` frames starting every
+``hop`` frames (default ``T // 2``; the last window is aligned to the sequence's end, see
+:func:`streamtmr.data.windows.window_starts`); a sequence shorter than ``T`` is padded by
+repeating its last frame (:func:`streamtmr.data.windows.pad_to`) and cropped back afterwards.
+Windows of many sequences are batched together into engine calls.
+
+The anonymized windows are stitched in order. Each window's output is first translated so
+that its root agrees on average with the already stitched frames it overlaps (models place
+the root relative to the window's first frame, so consecutive windows may disagree by a
+constant offset), then cross-faded over the overlap with weights rising linearly from the old
+output to the new one. A blend of two poses with the dummy's bone lengths has slightly shorter
+bones, so the stitched sequence is finally projected onto the dummy's bone lengths
+(:func:`streamtmr.skeleton.set_bone_lengths`): every output frame has the dummy's body.
+
+Files
+-----
+Input: an NTU RGB+D ``.skeleton`` file, a folder of them (actor 1 of each after
+:func:`streamtmr.data.denoise.denoise`; frames where actor 1 is missing are dropped), a ``.npy``
+array ``[N, T, 25, 3]`` or ``[T, 25, 3]`` (metres) or a ``.npz`` with one ``[T, 25, 3]``
+array per key. Output: ``.npy`` holds every sequence stacked ``[N, T, 25, 3]`` (a 3-D input
+gives a 3-D output) and needs equal lengths; ``.npz`` holds one array per input (keyed by the
+NTU file name, the input's key, or ``seq00000``, ...), for sequences of different lengths.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamtmr import skeleton
+from streamtmr.data.windows import pad_to, window_starts
+
+SEQUENCE_SUFFIXES = (".npy", ".npz", ".skeleton")
+
+
+def default_hop(window: int) -> int:
+    return max(window // 2, 1)
+
+
+def stitch(outputs: np.ndarray, starts: np.ndarray, length: int,
+           dummy_lengths: np.ndarray) -> np.ndarray:
+    """Join anonymized windows ``[W, T, 25, 3]`` starting at ``starts`` into ``[length, 25, 3]``.
+
+    Root-aligned linear cross-fade over each overlap, then projection onto ``dummy_lengths``
+    (see the module docstring). Consecutive windows must overlap (or ``T == 1``).
+    """
+    W, T = outputs.shape[:2]
+    if len(starts) != W or W == 0:
+        raise ValueError(f"stitch: {W} windows but {len(starts)} starts")
+    out = np.empty((max(int(length), T), skeleton.NUM_JOINTS, 3), np.float32)
+    out[:T] = outputs[0]
+    end = T
+    for y, s in zip(outputs[1:], starts[1:], strict=True):
+        s = int(s)
+        overlap = end - s
+        if overlap < 1 and T > 1:
+            raise ValueError(f"stitch: window at frame {s} does not overlap the previous one")
+        if overlap > 0:
+            shift = (out[s:end, skeleton.ROOT] - y[:overlap, skeleton.ROOT]).mean(axis=0)
+            y = y + shift
+            w = (np.arange(1, overlap + 1, dtype=np.float32) / (overlap + 1))[:, None, None]
+            out[s:end] = (1 - w) * out[s:end] + w * y[:overlap]
+        out[end:s + T] = y[overlap:]
+        end = s + T
+    return skeleton.set_bone_lengths(out[:length], np.asarray(dummy_lengths, np.float32))
+
+
+def _check_sequence(seq: np.ndarray, where: str) -> np.ndarray:
+    seq = np.asarray(seq)
+    if seq.ndim != 3 or seq.shape[1:] != (skeleton.NUM_JOINTS, 3) or seq.shape[0] < 1:
+        raise ValueError(f"{where}: expected a sequence [frames, 25, 3], got {list(seq.shape)}")
+    if not np.issubdtype(seq.dtype, np.floating):
+        raise ValueError(f"{where}: expected floating-point joints, got {seq.dtype}")
+    seq = seq.astype(np.float32, copy=False)
+    if not np.isfinite(seq).all():
+        frame = int(np.argwhere(~np.isfinite(seq))[0][0])
+        raise ValueError(f"{where}: non-finite joint coordinates in frame {frame}")
+    return seq
+
+
+def anonymize_sequences(engine, sequences: Sequence[np.ndarray], hop: int | None = None,
+                        chunk_windows: int | None = None, progress: bool = False,
+                        ) -> list[np.ndarray]:
+    """Anonymize sequences ``[L_i, 25, 3]`` (any lengths) → the same shapes, float32.
+
+    ``engine`` is an :class:`engines.Engine`; windows of several sequences share engine calls
+    in chunks of ``chunk_windows`` (default ``16 × max_batch``).
+    """
+    T = engine.window
+    hop = default_hop(T) if hop is None else int(hop)
+    if not 1 <= hop <= max(T - 1, 1):
+        raise ValueError(f"hop must be in [1, {max(T - 1, 1)}] for window {T}, got {hop}")
+    seqs = [_check_sequence(s, f"sequence {i}") for i, s in enumerate(sequences)]
+    plans = [window_starts(len(s), T, hop) for s in seqs]
+    chunk = int(chunk_windows or 16 * engine.max_batch)
+    results: list[np.ndarray | None] = [None] * len(seqs)
+    total = sum(len(s) for s in seqs)
+
+    bar = None
+    if progress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        bar = Progress(TextColumn("anonymizing"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("frames"), TimeRemainingColumn())
+        task = bar.add_task("anonymize", total=total)
+        bar.start()
+    try:
+        group: list[int] = []
+        n_windows = 0
+        for i in range(len(seqs) + 1):
+            if i < len(seqs):
+                group.append(i)
+                n_windows += len(plans[i])
+            if group and (n_windows >= chunk or i == len(seqs)):
+                windows = np.concatenate([_windows(seqs[j], plans[j], T) for j in group])
+                outputs = engine.run(windows)
+                k = 0
+                for j in group:
+                    w = len(plans[j])
+                    results[j] = stitch(outputs[k:k + w], plans[j], len(seqs[j]),
+                                        engine.dummy_lengths)
+                    k += w
+                    if bar is not None:
+                        bar.advance(task, len(seqs[j]))
+                group, n_windows = [], 0
+    finally:
+        if bar is not None:
+            bar.stop()
+    return [r for r in results if r is not None]
+
+
+def _windows(seq: np.ndarray, starts: np.ndarray, T: int) -> np.ndarray:
+    seq = pad_to(seq, T)
+    return seq[starts[:, None] + np.arange(T)[None, :]]
+
+
+def anonymize_sequence(engine, seq: np.ndarray, hop: int | None = None) -> np.ndarray:
+    """One sequence ``[L, 25, 3]`` → ``[L, 25, 3]`` (see :func:`anonymize_sequences`)."""
+    return anonymize_sequences(engine, [seq], hop=hop)[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Loaded:
+    """Sequences read from an input path, with what is needed to save them the same way."""
+
+    names: list[str]
+    sequences: list[np.ndarray]
+    stacked: int | None = None   # 4 or 3 when read from a .npy of that many dimensions
+
+
+def _ntu_actor1(path: Path) -> np.ndarray:
+    from streamtmr.data.denoise import denoise
+    from streamtmr.data.ntu import read_skeleton
+    joints, _ = denoise(read_skeleton(path), max_actors=1)
+    return joints[:, 0]
+
+
+def load_sequences(path: str | Path) -> Loaded:
+    """Read the sequences of an input path (see the module docstring for the formats)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.skeleton"))
+        if not files:
+            raise ValueError(f"{path}: folder holds no .skeleton files")
+        return Loaded([f.stem for f in files], [_ntu_actor1(f) for f in files])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix == ".skeleton":
+        return Loaded([path.stem], [_ntu_actor1(path)])
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+        if arr.ndim == 3:
+            seqs = [_check_sequence(arr, str(path))]
+        elif arr.ndim == 4:
+            seqs = [_check_sequence(a, f"{path}[{i}]") for i, a in enumerate(arr)]
+        else:
+            raise ValueError(f"{path}: expected an array [N, T, 25, 3] or [T, 25, 3], got "
+                             f"{list(arr.shape)}")
+        if not seqs:
+            raise ValueError(f"{path}: holds no sequences (N = 0)")
+        return Loaded([f"seq{i:05d}" for i in range(len(seqs))], seqs, stacked=arr.ndim)
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names = list(z.files)
+                seqs = [_check_sequence(z[k], f"{path}[{k}]") for k in names]
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+        if not seqs:
+            raise ValueError(f"{path}: holds no arrays")
+        return Loaded(names, seqs)
+    raise ValueError(f"{path}: unsupported input (expected a folder or one of "
+                     f"{', '.join(SEQUENCE_SUFFIXES)})")
+
+
+def save_sequences(path: str | Path, loaded: Loaded, sequences: list[np.ndarray]) -> Path:
+    """Write anonymized ``sequences`` (in ``loaded``'s order) as ``.npy`` or ``.npz``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **dict(zip(loaded.names, sequences, strict=True)))
+        return path
+    if suffix != ".npy":
+        raise ValueError(f"{path}: output must be a .npy or .npz file")
+    lengths = sorted({len(s) for s in sequences})
+    if len(lengths) > 1:
+        raise ValueError(f"{path}: the sequences have different lengths ({lengths[0]} to "
+                         f"{lengths[-1]} frames); write an .npz output (one array per input)")
+    arr = sequences[0] if loaded.stacked == 3 else np.stack(sequences)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, arr.astype(np.float32, copy=False))
+    return path
+
+
+@dataclass
+class Report:
+    sequences: int
+    frames: int
+    seconds: float
+    output: Path
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+
+def anonymize_file(engine, input: str | Path, output: str | Path, hop: int | None = None,
+                   progress: bool = False) -> Report:
+    """Read ``input``, anonymize every sequence with ``engine`` and write ``output``."""
+    out = Path(output)
+    if out.suffix.lower() not in (".npy", ".npz"):
+        raise ValueError(f"{out}: output must be a .npy or .npz file")
+    loaded = load_sequences(input)
+    if out.suffix.lower() == ".npy" and len({len(s) for s in loaded.sequences}) > 1:
+        raise ValueError(f"{input}: the sequences have different lengths; write an .npz "
+                         f"output (one array per input) instead of {out.name}")
+    t0 = time.perf_counter()
+    result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress)
+    seconds = time.perf_counter() - t0
+    save_sequences(out, loaded, result)
+    return Report(len(result), sum(len(s) for s in result), seconds, out)

@@ -1,0 +1,162 @@
+"""Offline anonymization: windows, seamless stitching, files and the ``anonymize`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines import create_engine
+from streamtmr import cli, skeleton
+from streamtmr.data.windows import window_starts
+from streamtmr.dummy import default_dummy
+from streamtmr.models.checkpoint import save_checkpoint
+from streamtmr.models.registry import _REGISTRY, available
+from streamtmr.offline import anonymize_sequence, anonymize_sequences, load_sequences, stitch
+
+REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
+NTU = REAL / "ntu_samples"
+DUMMY = default_dummy().lengths
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+def tiny(method: str):
+    available()
+    torch.manual_seed(0)
+    return _REGISTRY[method].from_preset("tiny")
+
+
+def motion(frames: int, scale: float = 0.9, seed: int = 0) -> np.ndarray:
+    """Smooth synthetic motion of a body with constant bone lengths (``scale`` × dummy)."""
+    rng = np.random.default_rng(seed)
+    dirs = skeleton.bone_directions(default_dummy().rest_pose())
+    t = np.arange(frames, dtype=np.float32)[:, None, None]
+    d = dirs + 0.4 * np.sin(0.08 * t + rng.uniform(0, 6, (1, 25, 3)))
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    f = np.arange(frames, dtype=np.float32)
+    root = np.stack([0.01 * f, 0.9 + 0 * f, 3 + 0.3 * np.sin(0.02 * f)], -1)
+    return skeleton.forward_kinematics(root, d.astype(np.float32), DUMMY * scale
+                                       ).astype(np.float32)
+
+
+def jumps(seq: np.ndarray) -> np.ndarray:
+    """Largest joint displacement between consecutive frames: ``[frames - 1]``."""
+    return np.linalg.norm(np.diff(seq, axis=0), axis=-1).max(-1)
+
+
+def join_frames(starts: np.ndarray, T: int, length: int) -> np.ndarray:
+    """Indices into :func:`jumps` at every window start and end (the possible seams)."""
+    idx = np.concatenate([starts[1:] - 1, starts[:-1] + T - 1])
+    return np.unique(np.clip(idx, 0, length - 2))
+
+
+def test_stitch_removes_per_window_offsets_and_keeps_dummy_bones():
+    T, L = 16, 100
+    truth = skeleton.set_bone_lengths(motion(L), DUMMY)
+    starts = window_starts(L, T, T // 2)
+    rng = np.random.default_rng(1)
+    outputs = np.stack([truth[s:s + T] + rng.normal(0, 0.3, 3).astype(np.float32)
+                        for s in starts])  # each window displaced by its own constant offset
+    y = stitch(outputs, starts, L, DUMMY)
+    assert y.shape == (L, 25, 3)
+    j, seams = jumps(y), join_frames(starts, T, L)
+    others = np.setdiff1d(np.arange(L - 1), seams)
+    assert j[seams].max() <= 1.05 * j[others].max()
+    np.testing.assert_allclose(y - y[:1], truth - truth[:1], atol=1e-4)  # only the offset left
+    np.testing.assert_allclose(skeleton.bone_lengths(y)[:, 1:], np.broadcast_to(DUMMY[1:],
+                                                                                (L, 24)),
+                               atol=1e-5)
+    hard = np.concatenate([outputs[0]] + [o[T // 2:] for o in outputs[1:-1]])
+    assert jumps(hard).max() > 2 * j.max()  # what stitching prevents
+
+
+def test_naive_stitched_equals_whole_sequence():
+    """Constant source bones: the stitched naive retarget is the whole-sequence one."""
+    engine = create_engine("onnxruntime", model=tiny("naive"), window=32, max_batch=4)
+    x = motion(5 * 32 + 7)
+    y = anonymize_sequence(engine, x)
+    with torch.inference_mode():
+        whole = engine.source.module(torch.from_numpy(x[None])).numpy()[0]
+    np.testing.assert_allclose(y, whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["tmr", "pmr"])
+def test_learned_model_output_is_continuous_at_joins(method):
+    model = tiny(method)
+    engine = create_engine("onnxruntime", model=model, window=None, max_batch=8)
+    T = engine.window
+    L = 5 * T + 7
+    y = anonymize_sequence(engine, motion(L))
+    j, seams = jumps(y), join_frames(window_starts(L, T, T // 2), T, L)
+    others = np.setdiff1d(np.arange(L - 1), seams)
+    assert j[seams].max() <= 1.5 * j[others].max()
+    np.testing.assert_allclose(skeleton.bone_lengths(y)[:, 1:],
+                               np.broadcast_to(DUMMY[1:], (L, 24)), atol=1e-4)
+
+
+def test_short_and_mixed_lengths_batched_together():
+    engine = create_engine("onnxruntime", model=tiny("naive"), window=32, max_batch=3)
+    seqs = [motion(n, seed=n) for n in (5, 32, 33, 90)]
+    out = anonymize_sequences(engine, seqs, chunk_windows=4)
+    assert [len(o) for o in out] == [5, 32, 33, 90]
+    alone = [anonymize_sequence(engine, s) for s in seqs]
+    for a, b in zip(out, alone, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="hop"):
+        anonymize_sequences(engine, seqs, hop=32)
+    with pytest.raises(ValueError, match="sequence 1"):
+        anonymize_sequences(engine, [seqs[0], seqs[1][:, :24]])
+
+
+def test_anonymize_cli_on_npy(tmp_path, capsys):
+    ckpt = save_checkpoint(tmp_path / "tmr.safetensors", tiny("tmr"))
+    x = np.stack([motion(70, seed=s) for s in range(3)])
+    src, dst = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(src, x.astype(np.float64))
+    code = cli.main(["anonymize", "--input", str(src), "--output", str(dst), "--model",
+                     str(ckpt), "--engine", "onnxruntime", "--batch", "4", "--no-progress"])
+    assert code == 0 and "frames/s" in capsys.readouterr().out
+    y = np.load(dst)
+    assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+    np.testing.assert_allclose(skeleton.bone_lengths(y)[..., 1:],
+                               np.broadcast_to(DUMMY[1:], (3, 70, 24)), atol=1e-4)
+    engine = create_engine("torch", model=ckpt, window=None, max_batch=4)
+    np.testing.assert_allclose(y, np.stack(anonymize_sequences(engine, list(x))), atol=1e-4)
+
+    bad = x.copy()
+    bad[1, 10, 3, 0] = np.nan
+    np.save(src, bad)
+    assert cli.main(["anonymize", "--input", str(src), "--output", str(dst), "--model",
+                     str(ckpt), "--no-progress"]) == 2
+    assert "in.npy[1]" in capsys.readouterr().err
+
+
+def test_anonymize_cli_on_real_ntu(tmp_path, capsys):
+    files = sorted(NTU.glob("*.skeleton"))
+    if not files:
+        pytest.skip(f"no NTU samples in {NTU}")
+    ckpt = save_checkpoint(tmp_path / "naive.safetensors", tiny("naive"))
+    common = ["--model", str(ckpt), "--engine", "onnxruntime", "--window", "32",
+              "--no-progress"]
+    one = tmp_path / "one.npy"
+    assert cli.main(["anonymize", "--input", str(files[0]), "--output", str(one), *common]) == 0
+    source = load_sequences(files[0]).sequences[0]
+    y = np.load(one)
+    assert y.shape == (1, *source.shape)
+    np.testing.assert_allclose(skeleton.bone_lengths(y[0])[:, 1:],
+                               np.broadcast_to(DUMMY[1:], (len(source), 24)), atol=1e-4)
+    both = tmp_path / "all.npz"
+    assert cli.main(["anonymize", "--input", str(NTU), "--output", str(both), *common]) == 0
+    with np.load(both) as z:
+        assert sorted(z.files) == [f.stem for f in files]
+        np.testing.assert_allclose(z[files[0].stem], y[0], atol=1e-6)
+    assert cli.main(["anonymize", "--input", str(NTU), "--output", str(tmp_path / "x.npy"),
+                     *common]) == 2
+    assert ".npz" in capsys.readouterr().err

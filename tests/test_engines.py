@@ -1,0 +1,236 @@
+"""Engines: one interface over ONNX Runtime, PyTorch and TensorRT; selection; caches."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from engines import BackendUnavailable, EngineError, create_engine, resolve_source
+from engines.cache import sidecar, verify, write_sidecar
+from engines.onnx_export import export_onnx
+from engines.tensorrt_engine import load_verified_plan, plan_facts, plan_path
+from streamtmr import skeleton
+from streamtmr.dummy import Dummy, default_dummy
+from streamtmr.models.checkpoint import CheckpointError, default_checkpoint_path
+from streamtmr.models.registry import _REGISTRY, available
+
+DETERMINISTIC = [m for m in available() if m != "noise"]
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+def tiny(method: str):
+    torch.manual_seed(0)
+    return _REGISTRY[method].from_preset("tiny")
+
+
+def windows(batch: int, T: int, seed: int = 0) -> np.ndarray:
+    """Smooth motion of the dummy's body, shifted in front of the sensor."""
+    rng = np.random.default_rng(seed)
+    pose = default_dummy().rest_pose()
+    t = np.arange(T, dtype=np.float32)[None, :, None, None]
+    x = pose + 0.1 * np.sin(0.3 * t + rng.uniform(0, 6, (batch, 1, 25, 3)))
+    return (x + np.array([0, 0, 3], np.float32)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", DETERMINISTIC)
+def test_onnxruntime_and_torch_agree_with_batch_splitting(method):
+    model = tiny(method)
+    ort_engine = create_engine("onnxruntime", model=model, window=None, max_batch=4)
+    torch_engine = create_engine("torch", model=model, window=None, max_batch=3)
+    x = windows(11, model.window)  # 11 = 4 + 4 + 3 and 3 + 3 + 3 + 2
+    y = ort_engine.run(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, torch_engine.run(x), atol=1e-4)
+    # split batches give what one window at a time gives
+    one = np.concatenate([ort_engine.run(x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(y, one, atol=1e-5)
+    # every output frame has the dummy's bone lengths
+    np.testing.assert_allclose(skeleton.bone_lengths(y)[..., 1:],
+                               np.broadcast_to(default_dummy().lengths[1:], y.shape[:2] + (24,)),
+                               atol=1e-4)
+
+
+def test_run_latest_out_buffer_and_describe():
+    engine = create_engine("onnxruntime", model=tiny("naive"), window=16, max_batch=2)
+    x = windows(5, 16)
+    full = engine.run(x)
+    latest = engine.run_latest(x, k=3)
+    assert latest.shape == (5, 3, 25, 3) and latest.flags.c_contiguous
+    np.testing.assert_array_equal(latest, full[:, -3:])
+    np.testing.assert_array_equal(engine.run_latest(x)[:, 0], full[:, -1])
+    out = np.zeros_like(x)
+    assert engine.run(x, out=out) is out
+    np.testing.assert_array_equal(out, full)
+    with pytest.raises(ValueError, match="k must be"):
+        engine.run_latest(x, k=17)
+    engine.warmup((1, 5))
+    d = engine.describe()
+    for key in ("backend", "device", "precision", "max_batch", "window", "model", "dummy",
+                "model_sha256"):
+        assert key in d
+    assert (d["backend"], d["device"], d["precision"], d["max_batch"], d["window"]) == (
+        "onnxruntime", "cpu", "fp32", 2, 16)
+    assert d["dummy"] == default_dummy().name and len(d["model_sha256"]) == 64
+    assert engine.name == "onnxruntime" and engine.dummy_lengths.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_bad_input_is_rejected(backend):
+    engine = create_engine(backend, model=tiny("naive"), window=8)
+    good = windows(2, 8)
+    bad_nan = good.copy()
+    bad_nan[1, 3, 4, 2] = np.nan
+    cases = [(good.astype(np.float64), "dtype"), (good[:, :7], "shape"),
+             (good[0], "shape"), (good.tolist(), "numpy"), (bad_nan, "batch 1, frame 3"),
+             (np.full_like(good, np.inf), "non-finite")]
+    for x, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            engine.run(x)
+    with pytest.raises(ValueError, match="out"):
+        engine.run(good, out=np.empty((3, 8, 25, 3), np.float32))
+    assert engine.run(good[:0]).shape == (0, 8, 25, 3)
+
+
+def test_io_binding_gives_the_same_result():
+    model = tiny("tmr")
+    a = create_engine("onnxruntime", model=model, window=None, io_binding=False)
+    b = create_engine("onnxruntime", model=model, window=None, io_binding=True, threads=1)
+    x = windows(9, model.window)
+    np.testing.assert_array_equal(a.run(x), b.run(x))
+    assert b.describe()["io_binding"] and b.describe()["threads"] == 1
+
+
+def test_onnx_file_loads_alone(tmp_path):
+    model = tiny("pmr")
+    dummy = Dummy("tall", default_dummy().lengths * 1.1)
+    source = resolve_source(model, dummy, None)
+    path = export_onnx(source, tmp_path / "pmr.onnx")
+    engine = create_engine("auto", model=path, window=None)
+    assert engine.window == model.window and engine.describe()["dummy"] == "tall"
+    np.testing.assert_allclose(engine.dummy_lengths, dummy.lengths, atol=1e-6)
+    x = windows(3, model.window)
+    with torch.inference_mode():
+        expected = source.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(engine.run(x), expected, atol=1e-4)
+    assert create_engine("onnxruntime", model=str(path), dummy=dummy, window=model.window)
+    with pytest.raises(ValueError, match="window"):
+        create_engine("onnxruntime", model=path, window=model.window + 1)
+    with pytest.raises(ValueError, match="baked in"):
+        create_engine("onnxruntime", model=path, dummy="default", window=None)
+    with pytest.raises(EngineError, match="checkpoint"):
+        create_engine("torch", model=path, window=None)
+    bare = tmp_path / "bare.onnx"
+    import onnx
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    with pytest.raises(ValueError, match="not exported by streamtmr"):
+        create_engine("onnxruntime", model=bare, window=None)
+
+
+def test_noise_engine_keeps_dummy_bones():
+    engine = create_engine("onnxruntime", model=tiny("noise"), window=8)
+    y = engine.run(windows(2, 8))
+    np.testing.assert_allclose(skeleton.bone_lengths(y)[..., 1:],
+                               np.broadcast_to(engine.dummy_lengths[1:], (2, 8, 24)), atol=1e-4)
+
+
+def test_optimised_model_cache_is_reused_and_verified(tmp_path):
+    model = tiny("moon-resnet")
+    x = windows(2, model.window)
+    first = create_engine("onnxruntime", model=model, window=None)
+    cached = sorted((tmp_path / "cache" / "ort").glob("*.onnx"))
+    assert len(cached) == 1 and verify(cached[0]) is not None
+    expected = first.run(x)
+    np.testing.assert_allclose(create_engine("onnxruntime", model=model, window=None).run(x),
+                               expected, atol=1e-6)
+    cached[0].write_bytes(b"tampered")  # fails its checksum: rebuilt, never loaded
+    again = create_engine("onnxruntime", model=model, window=None)
+    np.testing.assert_allclose(again.run(x), expected, atol=1e-6)
+    assert verify(cached[0]) is not None
+
+
+def test_plan_cache_keys_and_checksum(tmp_path):
+    facts = plan_facts("NVIDIA H100", "10.9.0", "ab" * 32, "fp16", 8, 64)
+    path = plan_path(facts)
+    for other in (plan_facts("NVIDIA A100", "10.9.0", "ab" * 32, "fp16", 8, 64),
+                  plan_facts("NVIDIA H100", "10.10.0", "ab" * 32, "fp16", 8, 64),
+                  plan_facts("NVIDIA H100", "10.9.0", "cd" * 32, "fp16", 8, 64),
+                  plan_facts("NVIDIA H100", "10.9.0", "ab" * 32, "fp32", 8, 64)):
+        assert plan_path(other) != path
+    assert load_verified_plan(path, facts) is None  # nothing cached yet
+    path.write_bytes(b"serialised plan bytes")
+    write_sidecar(path, facts)
+    assert load_verified_plan(path, facts) == b"serialised plan bytes"
+    assert load_verified_plan(path, {**facts, "tensorrt": "10.10.0"}) is None
+    path.write_bytes(b"serialised plan bytez")  # tampered: rejected before deserialising
+    assert load_verified_plan(path, facts) is None
+    record = json.loads(sidecar(path).read_text())
+    assert record["gpu"] == "NVIDIA H100" and len(record["sha256"]) == 64
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the messages of a machine without CUDA")
+def test_missing_backends_name_the_alternatives():
+    model = tiny("naive")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="tensorrt.*--engine onnxruntime"):
+            create_engine("tensorrt", model=model)
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+        create_engine("onnxruntime-cuda", model=model)
+    with pytest.raises(BackendUnavailable, match="CUDA build of torch"):
+        create_engine("torch-cuda", model=model)
+    with pytest.raises(ValueError, match="unknown engine"):
+        create_engine("tflite", model=model)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="on a CUDA machine auto picks a GPU engine")
+def test_auto_picks_onnxruntime_cpu_and_logs_why(caplog):
+    with caplog.at_level(logging.INFO, logger="engines"):
+        engine = create_engine("auto", model=tiny("naive"), window=8)
+    assert engine.name == "onnxruntime" and engine.device == "cpu"
+    text = caplog.text
+    assert "chose onnxruntime" in text
+    for skipped in ("tensorrt:", "onnxruntime-cuda:", "torch-cuda:"):
+        assert skipped in text
+    cpu = create_engine("auto", model=tiny("naive"), window=8, device="cpu")
+    assert cpu.name == "onnxruntime"
+
+
+def test_unknown_option_and_bad_batch():
+    with pytest.raises(TypeError, match="unknown option"):
+        create_engine("onnxruntime", model=tiny("naive"), threadz=2)
+    with pytest.raises(ValueError, match="max_batch"):
+        create_engine("onnxruntime", model=tiny("naive"), max_batch=0)
+
+
+def test_default_model_missing_is_a_clear_error():
+    if default_checkpoint_path().is_file():
+        engine = create_engine("onnxruntime")
+        assert engine.describe()["model"] == "default"
+    else:
+        with pytest.raises(CheckpointError, match="default model is missing"):
+            create_engine("onnxruntime")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graphs", [False, True])
+def test_torch_cuda_matches_cpu(graphs):
+    model = tiny("tmr")
+    gpu = create_engine("torch-cuda", model=model, window=None, cuda_graphs=graphs)
+    cpu = create_engine("torch", model=model, window=None)
+    x = windows(5, model.window)
+    gpu.warmup((1, 5))
+    np.testing.assert_allclose(gpu.run(x), cpu.run(x), atol=1e-3)
+    np.testing.assert_allclose(gpu.run(x[:1]), cpu.run(x[:1]), atol=1e-3)
