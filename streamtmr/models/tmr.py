@@ -1,0 +1,397 @@
+"""DisentangledTMR: the flagship retargeting anonymizer.
+
+    source [B,T,25,3] ──canonicalise (frame 0), ÷ source leg length──▶ action encoder ─▶ H_action
+    target bone lengths ──rest pose──▶ identity encoder ─▶ H_identity (once per dummy)
+    decoder(H_action, H_identity) ─▶ root (× target leg length) + unit bone directions
+        ─▶ forward kinematics with the target's bone lengths ─▶ back to camera space
+
+Normalisation. Each window is expressed in the canonical frame of its FIRST frame
+(``skeleton.canonicalize(ref_frame=0)``) and divided by the source's leg length measured on that
+frame. Using the newest (last) frame as reference would make every output frame depend on the
+newest input, so a causal model could not be causal; since the output is mapped back to camera
+space with ``skeleton.from_canonical``, the reference only changes what the network sees. Root
+motion is predicted in leg-length units and multiplied by the target's leg length, which is the
+leg-length-ratio rescaling of ``skeleton.rescale_root``.
+
+Training (:meth:`DisentangledTMR.training_losses`) follows the design's 3-stage curriculum
+(:data:`STAGE_WEIGHTS`, :meth:`DisentangledTMR.stage_modules`). How the two subject-side terms
+work:
+
+* ``ri`` — a subject classifier (``subject_head``) is trained by cross-entropy on *detached*
+  pooled H_action, while the encoder is trained to maximise the entropy of that classifier's
+  prediction through a copy of the head with detached parameters. The reported value is the
+  sum of both terms (classifier CE + ``log C − H``).
+* ``adv`` — a separate discriminator sees pooled H_action through a gradient-reversal layer:
+  one cross-entropy trains the discriminator and, reversed, pushes the encoder to fool it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamtmr import skeleton
+from streamtmr.models.base import Anonymizer
+from streamtmr.models.layers import MLP, grad_reverse
+from streamtmr.models.registry import register
+from streamtmr.models.tmr_decoder import Decoder, frame_features
+from streamtmr.models.tmr_encoders import ActionCode, ActionEncoder, IdentityEncoder, rest_pose
+
+J = skeleton.NUM_JOINTS
+
+#: Loss weights λ per curriculum stage (design table). Stage 1 trains the encoders, stage 2 the
+#: decoder with frozen encoders, stage 3 everything.
+STAGE_WEIGHTS: dict[int, dict[str, float]] = {
+    1: {"ar": 1.0, "ri": 1.0, "nce": 0.1, "adv": 0.5, "orth": 0.1, "mi": 0.1,
+        "mse": 0.0, "bone": 0.0, "smooth": 0.0, "vel": 0.0},
+    2: {"ar": 0.0, "ri": 0.0, "nce": 0.0, "adv": 0.0, "orth": 0.0, "mi": 0.0,
+        "mse": 1.0, "bone": 0.5, "smooth": 0.1, "vel": 0.1},
+    3: {"ar": 0.5, "ri": 0.5, "nce": 0.05, "adv": 0.25, "orth": 0.05, "mi": 0.05,
+        "mse": 1.0, "bone": 0.5, "smooth": 0.1, "vel": 0.1},
+}
+#: Iterations per stage.
+STAGE_ITERATIONS: dict[int, int] = {1: 20_000, 2: 15_000, 3: 15_000}
+#: Optimiser settings of the design.
+TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "adam"}
+
+ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
+DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee")
+LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "method": "tmr",
+    "window": 64,
+    "num_actions": 60,
+    "num_subjects": 40,
+    "causal": False,
+    "decoding": "parallel",  # or "autoregressive"
+    # ablations
+    "temporal_conv": True,
+    "lstm": True,
+    "identity_mode": "static",  # or "full_sequence"
+    "tokens": "motion",  # pos+vel+acc; "position"; "dynamics" (= motion + bone lengths)
+    "vq": False,
+    "vq_codes": 512,
+    "vq_beta": 0.25,
+    # sizes
+    "d_action": 256,
+    "action_heads": 8,
+    "action_layers": 1,
+    "lstm_hidden": 256,
+    "backbone_channels": 64,
+    "backbone_blocks": 3,
+    "d_identity": 128,
+    "identity_hidden": 64,
+    "d_model": 256,
+    "decoder_layers": 6,
+    "decoder_heads": 8,
+    "ffn_mult": 4,
+    "style": "adain",  # or "film"
+    "dropout": 0.1,
+    # loss settings
+    "nce_tau": 0.07,
+    "adv_scale": 1.0,
+    "ee_weight": 5.0,
+}
+
+_CHOICES = {
+    "decoding": ("parallel", "autoregressive"),
+    "identity_mode": ("static", "full_sequence"),
+    "tokens": ("motion", "position", "dynamics"),
+    "style": ("adain", "film"),
+}
+_BOOLS = ("causal", "temporal_conv", "lstm", "vq")
+_POSITIVE_INTS = ("window", "num_actions", "num_subjects", "vq_codes", "d_action", "action_heads",
+                  "lstm_hidden", "backbone_channels", "backbone_blocks", "d_identity",
+                  "identity_hidden", "d_model", "decoder_layers", "decoder_heads", "ffn_mult")
+
+
+def validate_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults filled in, unknown keys and bad values rejected (the message names the key)."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise KeyError(f"tmr config: unknown key(s) {unknown}; known: {sorted(DEFAULT_CONFIG)}")
+    cfg = {**DEFAULT_CONFIG, **config}
+    if cfg["method"] != "tmr":
+        raise ValueError(f"tmr config: method must be 'tmr', got {cfg['method']!r}")
+    for key, choices in _CHOICES.items():
+        if cfg[key] not in choices:
+            raise ValueError(f"tmr config: {key} must be one of {choices}, got {cfg[key]!r}")
+    for key in _BOOLS:
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"tmr config: {key} must be true or false, got {cfg[key]!r}")
+    for key in _POSITIVE_INTS:
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"tmr config: {key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["action_layers"] < 0 or not isinstance(cfg["action_layers"], int):
+        raise ValueError(f"tmr config: action_layers must be an integer ≥ 0, "
+                         f"got {cfg['action_layers']!r}")
+    for key, heads in (("d_action", "action_heads"), ("d_model", "decoder_heads")):
+        if cfg[key] % cfg[heads]:
+            raise ValueError(f"tmr config: {key} ({cfg[key]}) must be divisible by "
+                             f"{heads} ({cfg[heads]})")
+    if not 0.0 <= float(cfg["dropout"]) < 1.0:
+        raise ValueError(f"tmr config: dropout must be in [0, 1), got {cfg['dropout']!r}")
+    if float(cfg["nce_tau"]) <= 0:
+        raise ValueError(f"tmr config: nce_tau must be > 0, got {cfg['nce_tau']!r}")
+    return cfg
+
+
+@register
+class DisentangledTMR(Anonymizer):
+    """Action/identity-disentangled transformer motion retargeting (see the module docstring)."""
+
+    method = "tmr"
+    exact_bones = True
+    presets = {
+        "tiny": {"window": 32, "num_actions": 8, "num_subjects": 6, "d_action": 32,
+                 "action_heads": 2, "lstm_hidden": 16, "backbone_channels": 16,
+                 "backbone_blocks": 1, "d_identity": 16, "identity_hidden": 16, "d_model": 32,
+                 "decoder_layers": 1, "decoder_heads": 2, "ffn_mult": 2, "vq_codes": 32,
+                 "dropout": 0.0},
+        "small": {"window": 64, "causal": True, "d_action": 64, "action_heads": 4,
+                  "lstm_hidden": 64, "backbone_channels": 16, "backbone_blocks": 1,
+                  "d_identity": 64, "identity_hidden": 32, "d_model": 64, "decoder_layers": 2,
+                  "decoder_heads": 4, "ffn_mult": 2, "vq_codes": 256},
+        "paper": {},
+    }
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        cfg = validate_config(config)
+        super().__init__(cfg)
+        d = cfg["d_action"]
+        self.action_encoder = ActionEncoder(cfg)
+        self.identity_encoder = IdentityEncoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.subject_head = MLP(d, d, cfg["num_subjects"])  # RI classifier (entropy side)
+        self.discriminator = MLP(d, d, cfg["num_subjects"])  # adversary behind grad reversal
+        self._last_codes: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- normalisation, encoding
+
+    def _check_source(self, source: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # shapes are fixed while exporting
+            return
+        if source.dim() != 4 or source.shape[-2:] != (J, 3):
+            raise ValueError(f"tmr: source must be [B, T, 25, 3], got {tuple(source.shape)}")
+        if not 1 <= source.shape[1] <= self.window:
+            raise ValueError(f"tmr: window has {source.shape[1]} frames; this model takes "
+                             f"1..{self.window}")
+
+    def _normalize(self, source: torch.Tensor):
+        """Canonical (frame 0) joints ÷ source leg length, plus the frame to map back."""
+        self._check_source(source)
+        canon, rot, origin = skeleton.canonicalize(source, ref_frame=0)
+        leg = skeleton.leg_length(skeleton.bone_lengths(source[:, 0])).clamp_min(0.1)
+        x = canon / leg[:, None, None, None]
+        lengths = skeleton.bone_lengths(x) if self.config["tokens"] == "dynamics" else None
+        return x, lengths, rot, origin
+
+    def _encode_action(self, source: torch.Tensor):
+        x, lengths, rot, origin = self._normalize(source)
+        code = self.action_encoder(x, lengths)
+        if code.codes is not None:
+            self._last_codes = code.codes.detach()
+        return code, rot, origin
+
+    def _target(self, target: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bone lengths [B, 25], identity-encoder input [B, T', 25, 3]) from bone lengths
+        ``[25]``/``[B, 25]`` or a target sequence ``[B, T', 25, 3]``."""
+        if target.dim() in (1, 2) and target.shape[-1] == J:
+            lengths = target.expand(batch, J) if target.dim() == 1 else target
+            return lengths, rest_pose(lengths)[:, None]
+        if target.dim() == 4 and target.shape[-2:] == (J, 3):
+            lengths = skeleton.bone_lengths(target).median(dim=1).values
+            return lengths, skeleton.canonicalize(target, ref_frame=0)[0]
+        raise ValueError(f"tmr: target must be bone lengths [25] / [B, 25] or a sequence "
+                         f"[B, T, 25, 3], got {tuple(target.shape)}")
+
+    def _decode(self, h_action: torch.Tensor, h_identity: torch.Tensor, lengths: torch.Tensor,
+                rot: torch.Tensor, origin: torch.Tensor, teacher: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        leg = skeleton.leg_length(lengths)[:, None, None]
+        if teacher is not None:
+            canon = skeleton.to_canonical(teacher, rot, origin)
+            teacher = frame_features(canon[..., skeleton.ROOT, :] / leg,
+                                     skeleton.bone_directions(canon))
+        root, dirs = self.decoder(h_action, h_identity, teacher)
+        y = skeleton.forward_kinematics(root * leg, dirs, lengths[:, None, :])
+        return skeleton.from_canonical(y, rot, origin)
+
+    def retarget_encoded(self, source: torch.Tensor, lengths: torch.Tensor,
+                         h_identity: torch.Tensor) -> torch.Tensor:
+        """Retarget with a precomputed H_identity ``[B, d_identity]`` and lengths ``[B, 25]``."""
+        code, rot, origin = self._encode_action(source)
+        return self._decode(code.h, h_identity, lengths, rot, origin)
+
+    # ---------------------------------------------------------------- public API
+
+    def retarget(self, source: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """source ``[B, T, 25, 3]`` → ``[B, T, 25, 3]`` on the target body (camera space).
+
+        ``target_lengths``: bone lengths ``[25]``/``[B, 25]`` (identity from the rest pose) or a
+        target sequence ``[B, T', 25, 3]`` (identity from that sequence, lengths its median).
+        """
+        self._check_source(source)
+        lengths, id_input = self._target(target_lengths, source.shape[0])
+        return self.retarget_encoded(source, lengths, self.identity_encoder(id_input))
+
+    def for_dummy(self, dummy_lengths: torch.Tensor) -> nn.Module:
+        return DummyTMR(self, dummy_lengths)
+
+    def embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Action and identity codes of one sequence ``[B, T, 25, 3]``: ``h_action [B, T, d]``,
+        ``action_pooled [B, d]``, ``action_logits [B, classes]``, ``h_identity [B, d_id]``."""
+        code, _, _ = self._encode_action(x)
+        h_identity = self.identity_encoder(skeleton.canonicalize(x, ref_frame=0)[0])
+        return {"h_action": code.h, "action_pooled": code.pooled, "action_logits": code.logits,
+                "h_identity": h_identity}
+
+    def codebook_stats(self) -> dict[str, float]:
+        """Perplexity and fraction of codes used in the last forward pass (vq models only)."""
+        if self.action_encoder.vq is None:
+            raise ValueError("tmr: codebook_stats() needs a model built with vq: true")
+        if self._last_codes is None:
+            return {"perplexity": 0.0, "usage": 0.0}
+        return self.action_encoder.vq.stats(self._last_codes)
+
+    # ---------------------------------------------------------------- training contract
+
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """Modules trained in curriculum stage 1 (encoders + heads), 2 (decoder), 3 (all)."""
+        encoders = [self.action_encoder, self.identity_encoder, self.subject_head,
+                    self.discriminator]
+        if stage == 1:
+            return encoders
+        if stage == 2:
+            return [self.decoder]
+        if stage == 3:
+            return [*encoders, self.decoder]
+        raise ValueError(f"tmr: curriculum stage must be 1, 2 or 3, got {stage!r}")
+
+    def stage_weights(self, stage: int) -> dict[str, float]:
+        """:data:`STAGE_WEIGHTS` of ``stage``, plus the VQ commitment loss (1 in stages 1 and 3)
+        for vq models."""
+        if stage not in STAGE_WEIGHTS:
+            raise ValueError(f"tmr: curriculum stage must be 1, 2 or 3, got {stage!r}")
+        weights = dict(STAGE_WEIGHTS[stage])
+        if self.config["vq"]:
+            weights["vq"] = 0.0 if stage == 2 else 1.0
+        return weights
+
+    def training_losses(self, batch: dict[str, torch.Tensor], weights: dict[str, float]
+                        ) -> dict[str, torch.Tensor]:
+        """Unweighted scalar losses for every name in ``weights`` with a nonzero λ.
+
+        batch: ``source [B,T,25,3]``, ``target [B,T,25,3]`` (ground-truth retarget on the target
+        body), ``target_lengths [B,25]``, ``action [B]``, ``subject [B]``; optional ``identity
+        [B,T',25,3]`` (another recording of the target body for the identity encoder). Without
+        it the identity encoder sees the target's rest pose ("static") or ``target``
+        ("full_sequence", which lets target motion leak into H_identity — the ablation).
+        """
+        from streamtmr import losses as L  # training-only dependency, kept off the hot path
+
+        unknown = sorted(set(weights) - set(LOSS_NAMES))
+        if unknown:
+            raise KeyError(f"tmr: unknown loss name(s) {unknown}; known: {list(LOSS_NAMES)}")
+        active = [k for k in LOSS_NAMES if float(weights.get(k, 0.0)) != 0.0]
+        if "vq" in active and not self.config["vq"]:
+            raise ValueError("tmr: loss 'vq' requested but the model has vq: false")
+
+        def need(key: str) -> torch.Tensor:
+            if key not in batch:
+                raise KeyError(f"tmr: batch lacks {key!r}, needed for losses {active}")
+            return batch[key]
+
+        out: dict[str, torch.Tensor] = {}
+        if not active:
+            return out
+        source = need("source")
+        code, rot, origin = self._encode_action(source)
+        pooled = code.pooled
+        if "ar" in active:
+            out["ar"] = L.action_ce(code.logits, need("action"))
+        if "ri" in active:
+            out["ri"] = self._ri_loss(pooled, need("subject"), L)
+        if "nce" in active:
+            out["nce"] = L.info_nce(pooled, need("action"), float(self.config["nce_tau"]))
+        if "adv" in active:
+            logits = self.discriminator(grad_reverse(pooled, float(self.config["adv_scale"])))
+            out["adv"] = F.cross_entropy(logits, need("subject"))
+        if "vq" in active:
+            out["vq"] = code.vq_loss
+        if not {"orth", "mi", *DECODER_LOSSES} & set(active):
+            return out
+
+        lengths = need("target_lengths")
+        if "identity" in batch:
+            id_input = skeleton.canonicalize(batch["identity"], ref_frame=0)[0]
+        elif self.config["identity_mode"] == "full_sequence":
+            id_input = skeleton.canonicalize(need("target"), ref_frame=0)[0]
+        else:
+            id_input = rest_pose(lengths)[:, None]
+        h_identity = self.identity_encoder(id_input)
+        if "orth" in active:
+            out["orth"] = L.subspace_orthogonality(pooled, h_identity)
+        if "mi" in active:
+            out["mi"] = L.cross_correlation_mi(pooled, h_identity)
+        if not set(DECODER_LOSSES) & set(active):
+            return out
+
+        target = need("target")
+        teacher = target if self.config["decoding"] == "autoregressive" else None
+        y = self._decode(code.h, h_identity, lengths, rot, origin, teacher)
+        if "mse" in active:
+            out["mse"] = L.mse(y, target)
+        if "bone" in active:
+            out["bone"] = L.bone_length_loss(y, lengths)
+        if "smooth" in active:
+            out["smooth"] = L.smoothness(y)
+        if "vel" in active:
+            out["vel"] = L.velocity_loss(y, target)
+        if "ee" in active:
+            out["ee"] = L.end_effector_mse(y, target, float(self.config["ee_weight"]))
+        return out
+
+    def _ri_loss(self, pooled: torch.Tensor, subject: torch.Tensor, L) -> torch.Tensor:
+        """Classifier CE on detached features + entropy gap through detached classifier weights."""
+        ce = F.cross_entropy(self.subject_head(pooled.detach()), subject)
+        frozen = {n: p.detach() for n, p in self.subject_head.named_parameters()}
+        logits = torch.func.functional_call(self.subject_head, frozen, (pooled,))
+        return ce + L.entropy_gap(logits)
+
+
+class DummyTMR(nn.Module):
+    """``x[B, T, 25, 3] → y[B, T, 25, 3]`` for one fixed dummy.
+
+    H_identity is computed once, at construction, and stored as a buffer: a call runs only the
+    action encoder, the decoder and forward kinematics. Rebuild it after changing the weights.
+    """
+
+    def __init__(self, model: DisentangledTMR, dummy_lengths: torch.Tensor):
+        super().__init__()
+        if isinstance(dummy_lengths, torch.Tensor):
+            lengths = dummy_lengths.detach().to(torch.float32).reshape(-1).clone()
+        else:
+            lengths = torch.tensor(np.asarray(dummy_lengths, dtype=np.float32).reshape(-1))
+        if lengths.shape != (J,):
+            raise ValueError(f"tmr: dummy lengths must be [25], got {tuple(lengths.shape)}")
+        self.model = model
+        self.register_buffer("lengths", lengths)
+        with torch.no_grad():
+            h = model.identity_encoder(rest_pose(lengths)[None, None])
+        self.register_buffer("h_identity", h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return self.model.retarget_encoded(x, self.lengths.expand(b, J),
+                                           self.h_identity.expand(b, -1))
+
+
+__all__ = ["DEFAULT_CONFIG", "LOSS_NAMES", "STAGE_ITERATIONS", "STAGE_WEIGHTS", "TRAIN_DEFAULTS",
+           "ActionCode", "DisentangledTMR", "DummyTMR", "validate_config"]
