@@ -76,7 +76,8 @@ class Dummy:
         Path(path).write_text(json.dumps({"name": self.name, "bone_lengths": named}, indent=1))
 
     def rest_pose(self) -> np.ndarray:
-        """The dummy standing in a T-free neutral pose (arms down), root at the origin."""
+        """The dummy standing in a neutral pose (arms down), root at the origin, facing the
+        sensor as in Kinect camera space: its left side at −X, its toes pointing to −Z."""
         dirs = np.zeros((skeleton.NUM_JOINTS, 3), np.float32)
         up, down = np.array([0, 1, 0], np.float32), np.array([0, -1, 0], np.float32)
         for j, name in enumerate(skeleton.JOINT_NAMES):
@@ -85,7 +86,7 @@ class Dummy:
             if name in ("SpineMid", "SpineShoulder", "Neck", "Head"):
                 dirs[j] = up
             elif name.startswith("Shoulder") or name.startswith("Hip"):
-                side = 1.0 if name.endswith("Left") else -1.0
+                side = -1.0 if name.endswith("Left") else 1.0
                 dirs[j] = [side, -0.2 if name.startswith("Hip") else 0.0, 0]
             elif name.startswith("Foot"):
                 dirs[j] = [0, 0, -1]

@@ -81,3 +81,11 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "junk.safetensors")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "none.safetensors")
+
+
+def test_rest_pose_faces_the_sensor_like_real_recordings():
+    rest = default_dummy().rest_pose()
+    # a person facing a Kinect v2 has its left hip at smaller X (NTU samples agree)
+    assert rest[S.JOINT["HipLeft"], 0] < rest[S.JOINT["HipRight"], 0]
+    assert rest[S.JOINT["FootLeft"], 2] < rest[S.JOINT["AnkleLeft"], 2]
+    assert abs(S.facing_angle(rest)) < 1e-6  # already canonical

@@ -1,0 +1,172 @@
+"""``streamtmr run``: the streaming node — a source in, anonymized frames out to sinks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from streamtmr.cli import UserError
+
+log = logging.getLogger("streamtmr.run")
+
+
+def _positive(kind: type, name: str):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: not a number: {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name}: must be > 0, got {text}")
+        return v
+    return parse
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run", help="run the streaming node (source → anonymizer → sinks)",
+        description="Anonymize a live skeleton stream: read frames from a source, retarget "
+                    "every tracked body onto the dummy, publish to ZeroMQ / OSC sinks.")
+    p.add_argument("--source", default="synthetic",
+                   help="kinect | azure | synthetic | replay:PATH | zmq://HOST:PORT "
+                        "(connects to a sensor publisher) [synthetic]")
+    p.add_argument("--sink", default="zmq://127.0.0.1:5556",
+                   help="comma-separated: zmq://HOST:PORT (binds a PUB), vmc://HOST:PORT, "
+                        "vrchat://HOST:PORT [zmq://127.0.0.1:5556]")
+    p.add_argument("--engine", default="auto", help="auto | tensorrt | onnxruntime | "
+                   "onnxruntime-cuda | torch | torch-cuda [auto]")
+    p.add_argument("--model", default="default", help="checkpoint or exported model [default]")
+    p.add_argument("--dummy", default="default", help="dummy JSON file [default]")
+    p.add_argument("--window", type=_positive(int, "--window"), default=64,
+                   help="frames per window [64]")
+    p.add_argument("--hop", type=_positive(int, "--hop"), default=1,
+                   help="frames between engine calls [1]")
+    p.add_argument("--budget-ms", type=_positive(float, "--budget-ms"), default=10.0,
+                   help="latency budget per frame in ms [10]")
+    p.add_argument("--overrun", choices=("hold", "drop"), default="hold",
+                   help="on overrun: republish the held anonymized frame, or drop [hold]")
+    p.add_argument("--smoothing", choices=("one_euro", "ema", "none"), default="one_euro")
+    p.add_argument("--max-bodies", type=_positive(int, "--max-bodies"), default=6)
+    p.add_argument("--gap-ms", type=_positive(float, "--gap-ms"), default=250.0,
+                   help="a body absent this long restarts its window [250]")
+    p.add_argument("--duration", type=_positive(float, "--duration"), default=None,
+                   metavar="S", help="stop after S seconds")
+    p.add_argument("--max-frames", type=_positive(int, "--max-frames"), default=None,
+                   metavar="N", help="stop after N input frames")
+    p.add_argument("--record", default=None, metavar="PATH",
+                   help="also record the anonymized stream (replayable with replay:PATH)")
+    p.add_argument("--stats-json", default=None, metavar="PATH",
+                   help="write counters and latencies here periodically and at exit")
+    p.add_argument("--stats-interval", type=_positive(float, "--stats-interval"), default=5.0,
+                   metavar="S", help="seconds between stats lines [5]")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", dest="realtime", action="store_true", default=True,
+                      help="play synthetic/replay sources at their frame rate (default)")
+    pace.add_argument("--fast", dest="realtime", action="store_false",
+                      help="play synthetic/replay sources as fast as possible")
+    p.add_argument("--speed", type=_positive(float, "--speed"), default=1.0,
+                   help="replay speed factor [1]")
+    p.add_argument("--loop", action="store_true", help="replay: start over at the end")
+    p.add_argument("--seed", type=int, default=0, help="synthetic source seed [0]")
+    p.set_defaults(func=run)
+
+
+def _engine(args: argparse.Namespace):
+    """Load the anonymizer; every failure names the argument that caused it."""
+    from pathlib import Path
+
+    from engines import BACKENDS, create_engine
+    from streamtmr.dummy import DummyError, resolve_dummy
+
+    if args.engine != "auto" and args.engine not in BACKENDS:
+        raise UserError(f"--engine {args.engine!r}: choose auto or one of {', '.join(BACKENDS)}")
+    try:
+        dummy = resolve_dummy(args.dummy)
+    except DummyError as e:
+        raise UserError(f"--dummy {args.dummy}: {e}") from None
+    if args.model != "default" and not Path(args.model).is_file():
+        raise UserError(f"--model {args.model}: no such file")
+    try:
+        eng = create_engine(args.engine, model=args.model, dummy=dummy, window=args.window,
+                            max_batch=max(8, args.max_bodies))
+        eng.warmup()
+    except Exception as e:  # the model or back end cannot run: nothing has been published
+        raise UserError(f"--engine {args.engine} --model {args.model}: cannot load the "
+                        f"anonymizer ({type(e).__name__}: {e})") from None
+    return eng
+
+
+def run(args: argparse.Namespace) -> int:
+    from sensors.base import SourceError, open_source
+    from streamtmr.stream.node import Node, NodeConfig
+    from streamtmr.stream.sinks import SinkError, open_sinks
+    from streamtmr.stream.wire import Recorder
+
+    try:
+        config = NodeConfig(hop=args.hop, budget_ms=args.budget_ms, overrun=args.overrun,
+                            max_bodies=args.max_bodies, gap_ms=args.gap_ms,
+                            smoothing=args.smoothing, stats_interval_s=args.stats_interval,
+                            stats_json=args.stats_json).validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.hop > args.window:
+        raise UserError(f"--hop {args.hop} must not exceed --window {args.window}")
+    engine = _engine(args)  # a model that fails to load stops here: nothing was published
+    sinks, source, recorder = [], None, None
+    try:
+        try:
+            sinks = open_sinks(args.sink, engine.dummy_lengths)
+        except SinkError as e:
+            raise UserError(str(e)) from None
+        if not sinks:
+            raise UserError("--sink: at least one sink is needed")
+        try:
+            source = open_source(args.source, realtime=args.realtime, speed=args.speed,
+                                 loop=args.loop, max_bodies=args.max_bodies, seed=args.seed)
+        except SourceError as e:
+            raise UserError(str(e)) from None
+        if args.record:
+            try:
+                recorder = Recorder(args.record)
+            except OSError as e:
+                raise UserError(f"--record {args.record}: {e}") from None
+    except BaseException:
+        for s in sinks:
+            s.close()
+        if source is not None:
+            source.close()
+        raise
+    node = Node(engine, sinks, config, recorder=recorder)
+    log.info("streaming %s → %s with %s (window %d, hop %d, budget %.1f ms)", args.source,
+             ", ".join(s.name for s in sinks), node.model_name, args.window, args.hop,
+             args.budget_ms)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if node.stopping:  # second signal: stop now
+            raise KeyboardInterrupt
+        log.info("signal %d: finishing", signum)
+        node.request_stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        node.run(source, max_frames=args.max_frames, duration_s=args.duration)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        source.close()
+        stats = node.close()
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()
+    c = stats["counters"]
+    print(json.dumps({"frames_in": c.get("frames_in", 0), "frames_out": c.get("frames_out", 0),
+                      "bodies_out": c.get("bodies_out", 0), "overruns": c.get("overruns", 0),
+                      "engine_errors": c.get("engine_errors", 0), "dropped": stats["dropped"],
+                      "latency_ms": {k: {q: v[q] for q in ("p50_ms", "p99_ms") if q in v}
+                                     for k, v in stats["latency"].items()}}),
+          file=sys.stdout)
+    return 0

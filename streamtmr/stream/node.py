@@ -1,0 +1,445 @@
+"""The Node: frames in → per-body windows → one batched engine call per hop → smoothing →
+bone check → sinks.
+
+Fail-closed by construction: the only joint arrays that reach a sink are engine outputs that
+passed the bone-length check (or held copies of such outputs). Input frames never do — not on
+an overrun, an engine exception, a hung engine, a bad output, or at shutdown.
+
+The engine runs in a worker thread and the Node waits for it at most until the frame's latency
+budget is spent. A late call keeps running in the background; its result refreshes the held
+frames when it arrives but is not published late. While the worker is busy (a slow or hung
+engine) new frames are not submitted: each one is an overrun handled by the policy ("hold":
+republish each present body's last anonymized frame, if not older than ``hold_ms``; "drop":
+publish nothing for that frame). Everything is counted in :class:`Metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamtmr import skeleton
+from streamtmr.skeleton import NUM_JOINTS
+from streamtmr.stream import wire
+from streamtmr.stream.frame import TRACKED, Body, Frame
+from streamtmr.stream.metrics import Metrics
+from streamtmr.stream.sinks import Sink
+from streamtmr.stream.smoothing import KINDS, Smoother
+from streamtmr.stream.window import WindowBuffer
+
+log = logging.getLogger(__name__)
+
+OVERRUN_POLICIES = ("hold", "drop")
+
+
+@dataclass
+class NodeConfig:
+    """Node settings. Times in milliseconds."""
+
+    hop: int = 1                 # frames between engine calls (k newest outputs published)
+    budget_ms: float = 10.0      # receive → publish deadline per frame
+    overrun: str = "hold"        # "hold" or "drop"
+    max_bodies: int = 6
+    gap_ms: float = 250.0        # a body absent / a stream silent this long restarts windows
+    min_frames: int = 1          # real frames a window needs before it is anonymized
+    smoothing: str = "one_euro"  # "one_euro", "ema", "none"
+    hang_ms: float = 2000.0      # an engine call running this long is reported hung
+    hold_ms: float = 1000.0      # held frames older than this are no longer republished
+    bone_tol: float = 1e-3       # metres: max |bone length − dummy| for a body to be published
+    stats_interval_s: float = 5.0
+    stats_json: str | None = None
+
+    def validate(self) -> NodeConfig:
+        if self.hop < 1:
+            raise ValueError(f"hop must be >= 1, got {self.hop}")
+        if self.budget_ms <= 0:
+            raise ValueError(f"budget_ms must be > 0, got {self.budget_ms}")
+        if self.overrun not in OVERRUN_POLICIES:
+            raise ValueError(f"overrun must be one of {OVERRUN_POLICIES}, got {self.overrun!r}")
+        if not 1 <= self.max_bodies <= 64:
+            raise ValueError(f"max_bodies must be in [1, 64], got {self.max_bodies}")
+        if self.smoothing not in KINDS:
+            raise ValueError(f"smoothing must be one of {KINDS}, got {self.smoothing!r}")
+        if min(self.gap_ms, self.hang_ms, self.hold_ms, self.bone_tol) <= 0:
+            raise ValueError("gap_ms, hang_ms, hold_ms and bone_tol must be > 0")
+        return self
+
+
+class _Worker:
+    """One engine call at a time in a daemon thread; the caller waits with a timeout."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self._cv = threading.Condition()
+        self._job: tuple[np.ndarray, int, Any] | None = None
+        self._result: tuple[Any, np.ndarray | None, BaseException | None] | None = None
+        self.busy = False
+        self.busy_since = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="streamtmr-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._job is not None or self._stop)
+                if self._stop:
+                    return
+                x, k, tag = self._job
+                self._job = None
+            try:
+                res = (tag, self.engine.run_latest(x, k), None)
+            except BaseException as e:  # any failure of the engine is data for the Node
+                res = (tag, None, e)
+            with self._cv:
+                self._result = res
+                self.busy = False
+                self._cv.notify_all()
+
+    def submit(self, x: np.ndarray, k: int, tag: Any) -> None:
+        with self._cv:
+            if self.busy:
+                raise RuntimeError("engine worker is busy")
+            self._result = None
+            self._job = (x, k, tag)
+            self.busy = True
+            self.busy_since = time.monotonic_ns()
+            self._cv.notify_all()
+
+    def wait(self, timeout_s: float):
+        """The finished call's (tag, output, error), or None when still running."""
+        with self._cv:
+            self._cv.wait_for(lambda: not self.busy, max(timeout_s, 0.0))
+            if self.busy:
+                return None
+            res, self._result = self._result, None
+            return res
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout_s)  # a hung engine call keeps its daemon thread; we move on
+
+
+def bone_errors(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Max |bone length − dummy length| per body: ``joints [B, 25, 3]`` → ``[B]``."""
+    return np.abs(skeleton.bone_lengths(joints)[:, 1:] - lengths[1:]).max(axis=-1)
+
+
+class Node:
+    """Anonymizes a stream of frames with one engine (dependency-injected) into sinks.
+
+    ``engine`` provides ``window``, ``dummy_lengths``, ``run_latest(windows, k)`` and
+    ``describe()`` (see :mod:`engines`). Use :meth:`step` for one frame (returns what was
+    published) or :meth:`run` to drain a source; :meth:`close` ends it.
+    """
+
+    def __init__(self, engine: Any, sinks: Iterable[Sink] = (),
+                 config: NodeConfig | None = None, recorder: wire.Recorder | None = None,
+                 metrics: Metrics | None = None, model_name: str | None = None):
+        self.config = cfg = (config or NodeConfig()).validate()
+        self.engine = engine
+        self.sinks = list(sinks)
+        self.recorder = recorder
+        self.metrics = metrics or Metrics()
+        self.lengths = np.asarray(engine.dummy_lengths, np.float32)
+        try:
+            desc = dict(engine.describe())
+        except Exception:  # describe() is informative only
+            desc = {}
+        self.model_name = model_name or str(desc.get("model") or getattr(engine, "name", "?"))
+        self.window = WindowBuffer(int(engine.window), cfg.max_bodies, cfg.gap_ms,
+                                   min_frames=cfg.min_frames)
+        T = self.window.window
+        if cfg.hop > T:
+            raise ValueError(f"hop ({cfg.hop}) must not exceed the window ({T})")
+        self.smoother = Smoother(self.lengths, cfg.max_bodies, cfg.smoothing)
+        self._batch = np.zeros((cfg.max_bodies, T, NUM_JOINTS, 3), np.float32)
+        self._smoothed = np.zeros((cfg.max_bodies, NUM_JOINTS, 3), np.float32)
+        self._held: dict[int, tuple[np.ndarray, int]] = {}  # body id → (joints, t monotonic)
+        self._pending: deque[tuple[int, int, str]] = deque(maxlen=cfg.hop)  # (seq, t_ns, src)
+        self._state = np.full(NUM_JOINTS, TRACKED, np.uint8)
+        self._state.setflags(write=False)
+        self._worker = _Worker(engine)
+        self._since_hop = 0
+        self._hung_reported = False
+        self._errors_logged = 0
+        self._stop = threading.Event()
+        self._last_stats = time.monotonic()
+        self._closed = False
+        self._source: Any = None
+        self.metrics.info.update(model=self.model_name, engine=desc, config=asdict(cfg))
+
+    # -- control --------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish after the current frame (safe from signal handlers)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def step(self, frame: Frame | None, t_recv: int | None = None) -> list[Frame]:
+        """Process one input frame (``None``: an idle tick). Returns the frames published."""
+        now = time.monotonic_ns()
+        t_recv = now if t_recv is None else t_recv
+        self._maybe_stats()
+        if frame is None:
+            self._check_hang(now)
+            return []
+        m = self.metrics
+        m.inc("frames_in")
+        t0 = time.perf_counter_ns()
+        accepted = self.window.push(frame, now)
+        m.time("window", time.perf_counter_ns() - t0)
+        if not accepted:
+            return []
+        self._pending.append((frame.seq, frame.t_ns, frame.src))
+        self._since_hop += 1
+        if self._since_hop < self.config.hop:
+            return []
+        self._since_hop = 0
+        self._collect_late()
+        slots = self.window.ready()
+        ids = [self.window.ids[s] for s in slots]
+        if self._worker.busy:
+            m.inc("overruns")
+            m.drop("engine_busy")
+            self._check_hang(now)
+            return self._fallback(ids, t_recv)
+        if not slots:
+            return self._publish_outputs([], [], None, t_recv)
+        x = self.window.gather(slots, self._batch)
+        k = len(self._pending)
+        t0 = time.perf_counter_ns()
+        self._worker.submit(x, k, ids)
+        budget_left = self.config.budget_ms / 1e3 - (time.monotonic_ns() - t_recv) / 1e9
+        res = self._worker.wait(budget_left)
+        if res is None:
+            m.inc("overruns")
+            m.drop("budget")
+            return self._fallback(ids, t_recv)
+        m.time("infer", time.perf_counter_ns() - t0)
+        self._hung_reported = False
+        y = self._check_output(res, len(slots), k)
+        if y is None:
+            return self._fallback(ids, t_recv)
+        gens = [self.window.generation[s] for s in slots]
+        return self._publish_outputs(slots, ids, (y, gens), t_recv)
+
+    def _check_output(self, res, n: int, k: int) -> np.ndarray | None:
+        _, y, err = res
+        if err is not None:
+            self.metrics.inc("engine_errors")
+            self.metrics.drop("engine_error")
+            self._log_error("engine raised %s: %s", type(err).__name__, err)
+            return None
+        if (not isinstance(y, np.ndarray) or y.shape != (n, k, NUM_JOINTS, 3)
+                or not np.isfinite(y).all()):
+            self.metrics.inc("engine_errors")
+            self.metrics.drop("bad_output")
+            self._log_error("engine returned %s, expected finite [%d, %d, 25, 3]",
+                            getattr(y, "shape", type(y).__name__), n, k)
+            return None
+        return y
+
+    def _collect_late(self) -> None:
+        """A call that finished after its deadline refreshes the held frames (not published)."""
+        res = self._worker.wait(0.0)
+        if res is None:
+            return
+        ids = res[0]
+        y = self._check_output(res, len(ids), res[1].shape[1] if res[1] is not None else 0)
+        if y is None:
+            return
+        self.metrics.inc("late_results")
+        newest = np.ascontiguousarray(y[:, -1])
+        ok = bone_errors(newest, self.lengths) <= self.config.bone_tol
+        now = time.monotonic_ns()
+        for i, bid in enumerate(ids):
+            if ok[i]:
+                self._held[bid] = (newest[i].copy(), now)
+
+    def _fallback(self, ids: list[int], t_recv: int) -> list[Frame]:
+        """Overrun or engine failure: held anonymized frames ("hold") or nothing ("drop")."""
+        seq, t_ns, src = self._pending[-1]
+        self._pending.clear()
+        if self.config.overrun == "drop":
+            self.metrics.drop("overrun_frame")
+            return []
+        bodies = []
+        now = time.monotonic_ns()
+        for bid in ids:
+            held = self._held.get(bid)
+            if held is not None and now - held[1] <= self.config.hold_ms * 1e6:
+                bodies.append(Body(bid, held[0], self._state))
+                self.metrics.inc("bodies_held")
+            else:
+                self.metrics.drop("no_held_frame")
+        return [self._emit(Frame(seq, t_ns, bodies, src), t_recv)]
+
+    def _publish_outputs(self, slots, ids, result, t_recv: int) -> list[Frame]:
+        pending = list(self._pending)
+        self._pending.clear()
+        if result is None:
+            return [self._emit(Frame(s, t, [], src), t_recv) for s, t, src in pending]
+        y, gens = result
+        n = len(slots)
+        published = []
+        now = time.monotonic_ns()
+        self._prune_held(set(ids), now)
+        for i, (seq, t_ns, src) in enumerate(pending):
+            t0 = time.perf_counter_ns()
+            out = self.smoother.apply(slots, gens, y[:, i], t_ns / 1e9, self._smoothed)
+            ok = bone_errors(out, self.lengths) <= self.config.bone_tol
+            self.metrics.time("smooth", time.perf_counter_ns() - t0)
+            bodies = []
+            for b in range(n):
+                bid = ids[b]
+                if ok[b]:
+                    joints = out[b].copy()
+                    self._held[bid] = (joints, now)
+                    bodies.append(Body(bid, joints, self._state))
+                    continue
+                self.metrics.drop("bone_check")
+                held = self._held.get(bid)
+                if self.config.overrun == "hold" and held is not None:
+                    bodies.append(Body(bid, held[0], self._state))
+                    self.metrics.inc("bodies_held")
+            published.append(self._emit(Frame(seq, t_ns, bodies, src), t_recv))
+        return published
+
+    def _prune_held(self, present: set[int], now: int) -> None:
+        limit = self.config.hold_ms * 1e6
+        for bid in [b for b, (_, t) in self._held.items() if b not in present and now - t > limit]:
+            del self._held[bid]
+
+    def _emit(self, frame: Frame, t_recv: int) -> Frame:
+        """Encode and send one anonymized frame to every sink (and the recording)."""
+        m = self.metrics
+        t0 = time.perf_counter_ns()
+        payload = wire.encode(frame, wire.AnonInfo(self.model_name, time.monotonic_ns() - t_recv))
+        t1 = time.perf_counter_ns()
+        m.time("encode", t1 - t0)
+        for sink in self.sinks:
+            try:
+                sink.send(frame, payload)
+            except Exception as e:  # a broken sink must not stop the others
+                m.drop(f"sink_error:{sink.name}")
+                self._log_error("sink %s failed: %s", sink.name, e)
+        if self.recorder is not None:
+            self.recorder.write(payload)
+        t2 = time.perf_counter_ns()
+        m.time("send", t2 - t1)
+        m.time("total", time.monotonic_ns() - t_recv)
+        m.inc("frames_out")
+        m.inc("bodies_out", len(frame.bodies))
+        return frame
+
+    def _check_hang(self, now: int) -> None:
+        if (self._worker.busy and not self._hung_reported
+                and now - self._worker.busy_since > self.config.hang_ms * 1e6):
+            self._hung_reported = True
+            self.metrics.inc("engine_hangs")
+            log.error("engine call running for over %.0f ms: holding output (policy %s)",
+                      self.config.hang_ms, self.config.overrun)
+
+    def _log_error(self, fmt: str, *args: Any) -> None:
+        self._errors_logged += 1
+        n = self._errors_logged
+        if n <= 5 or n % 1000 == 0:
+            log.error(fmt + (f" (occurrence {n})" if n > 5 else ""), *args)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _sync_counts(self) -> None:
+        m = self.metrics
+        with m._lock:
+            # list(...) copies in one step: these counters may be updated by another thread
+            for reason, n in list(self.window.dropped.items()):
+                m.dropped[f"window:{reason}"] = n
+            for reason, n in list(self.window.resets.items()):
+                m.counters[f"window_reset:{reason}"] = n
+            for sink in self.sinks:
+                for reason, n in list(sink.dropped.items()):
+                    m.dropped[f"{sink.name}:{reason}"] = n
+            src = self._source
+            if src is not None:
+                for reason, n in list(getattr(src, "dropped", {}).items()):
+                    m.dropped[f"input:{reason}"] = n
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of every counter and latency summary."""
+        self._sync_counts()
+        return self.metrics.snapshot()
+
+    def _maybe_stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_stats < self.config.stats_interval_s:
+            return
+        self._last_stats = now
+        self._sync_counts()
+        log.info("%s", self.metrics.line())
+        if self.config.stats_json:
+            try:
+                self.metrics.write_json(self.config.stats_json)
+            except OSError as e:
+                log.warning("cannot write stats to %s: %s", self.config.stats_json, e)
+
+    def run(self, source: Iterable[Frame | None], max_frames: int | None = None,
+            duration_s: float | None = None) -> dict[str, Any]:
+        """Process ``source`` until it ends, :meth:`request_stop`, ``max_frames`` input frames
+        or ``duration_s`` seconds. Returns the final stats (the source is not closed)."""
+        self._source = source
+        end = None if duration_s is None else time.monotonic() + duration_s
+        n = 0
+        for item in source:
+            if item is not None:
+                t_recv = time.monotonic_ns()
+                dec = getattr(source, "last_decode_ns", None)
+                if dec is not None:
+                    self.metrics.time("decode", dec)
+                self.step(item, t_recv)
+                n += 1
+            else:
+                self.step(None)
+            if (self._stop.is_set() or (max_frames is not None and n >= max_frames)
+                    or (end is not None and time.monotonic() >= end)):
+                break
+        return self.stats()
+
+    def close(self) -> dict[str, Any]:
+        """Stop the worker, flush and close sinks and the recording, write final stats."""
+        if self._closed:
+            return self.stats()
+        self._closed = True
+        self._worker.stop()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as e:
+                log.warning("closing %s: %s", sink.name, e)
+        if self.recorder is not None:
+            self.recorder.close()
+        self._maybe_stats(force=True)
+        if self.config.stats_json:
+            log.info("stats written to %s", Path(self.config.stats_json))
+        return self.stats()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

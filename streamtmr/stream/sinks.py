@@ -1,0 +1,250 @@
+"""Where anonymized frames go: ZeroMQ PUB (the wire format), OSC in the VMC protocol, and
+VRChat's OSC trackers.
+
+A sink never blocks the Node: ZeroMQ sends are non-blocking with a bounded high-water mark
+(a stalled subscriber loses messages, counted, instead of growing a queue) and OSC goes over
+UDP. The avatar sinks drive one avatar: they follow one body (the first one seen) for as long
+as it stays in the stream, then switch to the next. python-osc rejects numpy scalars, so every
+argument is converted to a Python ``int``/``float``/``str``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import numpy as np
+import zmq
+from pythonosc import osc_bundle_builder, osc_message_builder
+from pythonosc.udp_client import UDPClient
+
+from streamtmr.skeleton import JOINT
+from streamtmr.stream import vmc
+from streamtmr.stream.frame import Body, Frame
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ZMQ = "tcp://127.0.0.1:5556"
+DEFAULT_VMC = ("127.0.0.1", 39539)
+DEFAULT_VRCHAT = ("127.0.0.1", 9000)
+
+
+class SinkError(ValueError):
+    """A sink specification is invalid (the message names it)."""
+
+
+class Sink(abc.ABC):
+    """Receives every published frame with its encoded wire message."""
+
+    name: str = "sink"
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.dropped: Counter[str] = Counter()
+
+    @abc.abstractmethod
+    def send(self, frame: Frame, payload: bytes) -> bool:
+        """Publish one anonymized frame; False when it was dropped (counted in ``dropped``)."""
+
+    def close(self) -> None:  # noqa: B027 - sinks without resources need not override it
+        """Release sockets."""
+
+
+class ZmqPubSink(Sink):
+    """Binds a PUB socket and sends one wire message per ZeroMQ frame, never blocking."""
+
+    def __init__(self, endpoint: str = DEFAULT_ZMQ, hwm: int = 64,
+                 context: zmq.Context | None = None, linger_ms: int = 200):
+        super().__init__()
+        self.endpoint = endpoint
+        self.name = f"zmq({endpoint})"
+        self._ctx = context or zmq.Context.instance()
+        self.socket = self._ctx.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, linger_ms)
+        self.socket.setsockopt(zmq.SNDTIMEO, 0)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as e:
+            self.socket.close(0)
+            raise SinkError(f"--sink {endpoint}: cannot bind ({e})") from None
+        #: The endpoint actually bound (resolves a wildcard port such as ``tcp://127.0.0.1:*``).
+        self.bound = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def send(self, frame: Frame, payload: bytes) -> bool:
+        try:
+            self.socket.send(payload, zmq.NOBLOCK, copy=len(payload) < 4096)
+        except zmq.Again:
+            self.dropped["hwm"] += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class _AvatarSink(Sink):
+    """Common part of the OSC sinks: a UDP client and the choice of the body to drive."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__()
+        self.host, self.port = host, int(port)
+        try:
+            self.client = UDPClient(host, self.port)
+        except OSError as e:
+            raise SinkError(f"{type(self).__name__}: cannot resolve {host}:{port} ({e})") from None
+        self._body_id: int | None = None
+
+    def pick(self, frame: Frame) -> Body | None:
+        """The body this sink drives: the one followed so far while present, else the first."""
+        if not frame.bodies:
+            return None
+        for b in frame.bodies:
+            if b.id == self._body_id:
+                return b
+        self._body_id = frame.bodies[0].id
+        return frame.bodies[0]
+
+    def _send(self, content) -> bool:
+        try:
+            self.client.send(content)
+        except OSError as e:
+            self.dropped["os_error"] += 1
+            log.debug("%s: send failed: %s", self.name, e)
+            return False
+        return True
+
+    def close(self) -> None:
+        sock = getattr(self.client, "_sock", None)
+        if sock is not None:
+            sock.close()
+
+
+def _message(address: str, *args: object):
+    b = osc_message_builder.OscMessageBuilder(address=address)
+    for a in args:
+        b.add_arg(a)
+    return b.build()
+
+
+def _floats(a: np.ndarray) -> list[float]:
+    return [float(v) for v in np.asarray(a, np.float64).ravel()]
+
+
+class VmcSink(_AvatarSink):
+    """VMC protocol (performer → marionette): one OSC bundle per frame with ``/VMC/Ext/Root/Pos``,
+    one ``/VMC/Ext/Bone/Pos`` per humanoid bone (local position and rotation in Unity axes),
+    ``/VMC/Ext/OK`` and ``/VMC/Ext/T``. Bone offsets are the dummy's T-pose offsets; the Hips
+    carry the root position. See :mod:`streamtmr.stream.vmc` for axes and rotations."""
+
+    def __init__(self, lengths: np.ndarray, host: str = DEFAULT_VMC[0],
+                 port: int = DEFAULT_VMC[1]):
+        super().__init__(host, port)
+        self.name = f"vmc({host}:{port})"
+        self.offsets = vmc.rest_offsets(lengths)
+        self._t0 = time.monotonic()
+
+    def bundle(self, body: Body | None):
+        """The OSC bundle for one body (``None``: only the status messages)."""
+        bb = osc_bundle_builder.OscBundleBuilder(osc_bundle_builder.IMMEDIATELY)
+        if body is not None:
+            pos, local, _ = vmc.solve(body.joints)
+            bb.add_content(_message("/VMC/Ext/Root/Pos", "root", 0.0, 0.0, 0.0,
+                                    0.0, 0.0, 0.0, 1.0))
+            root = pos[0]
+            for i, name in enumerate(vmc.BONE_NAMES):
+                p = root if name == "Hips" else self.offsets[i]
+                bb.add_content(_message("/VMC/Ext/Bone/Pos", name, *_floats(p),
+                                        *_floats(local[i])))
+        bb.add_content(_message("/VMC/Ext/OK", 1 if body is not None else 0))
+        bb.add_content(_message("/VMC/Ext/T", float(time.monotonic() - self._t0)))
+        return bb.build()
+
+    def send(self, frame: Frame, payload: bytes) -> bool:
+        ok = self._send(self.bundle(self.pick(frame)))
+        self.sent += ok
+        return ok
+
+
+#: VRChat OSC tracker slots: tracker name → (Kinect joint for the position, bone for rotation).
+VRCHAT_TRACKERS: tuple[tuple[str, str, str], ...] = (
+    ("1", "SpineBase", "Hips"), ("2", "SpineShoulder", "Chest"),
+    ("3", "AnkleLeft", "LeftFoot"), ("4", "AnkleRight", "RightFoot"),
+    ("5", "KneeLeft", "LeftLowerLeg"), ("6", "KneeRight", "RightLowerLeg"),
+    ("7", "ElbowLeft", "LeftUpperArm"), ("8", "ElbowRight", "RightUpperArm"),
+    ("head", "Head", "Head"),
+)
+
+
+class VrchatSink(_AvatarSink):
+    """VRChat OSC trackers: ``/tracking/trackers/<1..8|head>/position`` and ``/rotation``, each
+    three floats: world position in metres and Unity Euler angles in degrees (Z, X, Y order).
+    Trackers 1–8 are hip, chest, left/right foot, left/right knee, left/right elbow."""
+
+    def __init__(self, host: str = DEFAULT_VRCHAT[0], port: int = DEFAULT_VRCHAT[1]):
+        super().__init__(host, port)
+        self.name = f"vrchat({host}:{port})"
+
+    def messages(self, body: Body) -> list:
+        pos, _, world = vmc.solve(body.joints)
+        out = []
+        for tracker, joint, bone in VRCHAT_TRACKERS:
+            base = f"/tracking/trackers/{tracker}"
+            out.append(_message(f"{base}/position", *_floats(pos[JOINT[joint]])))
+            out.append(_message(f"{base}/rotation",
+                                *_floats(vmc.unity_euler(world[vmc.BONE_NAMES.index(bone)]))))
+        return out
+
+    def send(self, frame: Frame, payload: bytes) -> bool:
+        body = self.pick(frame)
+        if body is None:
+            return True
+        ok = all([self._send(m) for m in self.messages(body)])
+        self.sent += ok
+        return ok
+
+
+def _host_port(spec: str, default: tuple[str, int]) -> tuple[str, int]:
+    u = urlsplit(spec)
+    try:
+        port = u.port
+    except ValueError:
+        raise SinkError(f"--sink {spec}: invalid port") from None
+    return (u.hostname or default[0]), (port if port is not None else default[1])
+
+
+def open_sink(spec: str, lengths: np.ndarray, context: zmq.Context | None = None) -> Sink:
+    """Build a sink from ``zmq://HOST:PORT`` (also ``tcp://``, ``ipc://``, ``inproc://``
+    endpoints), ``vmc://HOST:PORT`` or ``vrchat://HOST:PORT``; ports default per protocol."""
+    scheme = spec.split("://", 1)[0] if "://" in spec else ""
+    if scheme == "zmq":
+        host, port = _host_port(spec, ("127.0.0.1", 5556))
+        return ZmqPubSink(f"tcp://{host}:{port}", context=context)
+    if scheme in ("tcp", "ipc", "inproc"):
+        return ZmqPubSink(spec, context=context)
+    if scheme == "vmc":
+        return VmcSink(lengths, *_host_port(spec, DEFAULT_VMC))
+    if scheme == "vrchat":
+        return VrchatSink(*_host_port(spec, DEFAULT_VRCHAT))
+    raise SinkError(f"--sink {spec!r}: expected zmq://HOST:PORT, vmc://HOST:PORT or "
+                    f"vrchat://HOST:PORT")
+
+
+def open_sinks(specs: str | list[str], lengths: np.ndarray,
+               context: zmq.Context | None = None) -> list[Sink]:
+    """Comma-separated (or listed) sink specifications → sinks (closed again on error)."""
+    if isinstance(specs, str):
+        specs = [s.strip() for s in specs.split(",") if s.strip()]
+    sinks: list[Sink] = []
+    try:
+        for s in specs:
+            sinks.append(open_sink(s, lengths, context))
+    except Exception:
+        for k in sinks:
+            k.close()
+        raise
+    return sinks

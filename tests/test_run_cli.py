@@ -1,0 +1,163 @@
+"""``streamtmr run``: end to end through the CLI, argument errors, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from sensors.replay import ReplaySource
+from streamtmr import skeleton
+from streamtmr.cli import main
+from streamtmr.dummy import default_dummy
+from streamtmr.models.checkpoint import default_checkpoint_path, save_checkpoint
+from streamtmr.models.registry import build_model
+from streamtmr.stream import wire
+
+LENGTHS = default_dummy().lengths
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def naive_ckpt(tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "naive.safetensors",
+                           build_model({"method": "naive"}))
+
+
+def _bone_err(joints):
+    return float(np.abs(skeleton.bone_lengths(joints)[1:] - LENGTHS[1:]).max())
+
+
+def _base(ckpt: Path, port: int) -> list[str]:
+    return ["run", "--engine", "torch", "--model", str(ckpt), "--window", "16", "--fast",
+            "--sink", f"zmq://127.0.0.1:{port}", "--budget-ms", "1000"]
+
+
+def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys):
+    ctx = zmq.Context()
+    probe = ctx.socket(zmq.PUB)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(0)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")  # connect first: ZeroMQ reconnects until bound
+    stats, rec = tmp_path / "stats.json", tmp_path / "anon.stmr"
+    rc = main([*_base(naive_ckpt, port), "--source", "synthetic", "--max-frames", "90",
+               "--record", str(rec), "--stats-json", str(stats)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames_in"] == 90 and summary["frames_out"] == 90
+    data = json.loads(stats.read_text())
+    assert data["counters"]["frames_out"] == 90 and data["config"]["overrun"] == "hold"
+    assert data["latency"]["infer"]["count"] >= 1
+    # the recording replays, and everything in it has the dummy's bone lengths
+    frames = list(ReplaySource(rec, realtime=False))
+    assert len(frames) == 90 and sum(len(f.bodies) for f in frames) > 0
+    assert all(_bone_err(b.joints) < 1e-4 for f in frames for b in f.bodies)
+    got = []
+    while sub.poll(200):
+        got.append(wire.decode_message(sub.recv()))
+    sub.close(0)
+    ctx.term()
+    assert got and all(m.anon is not None for m in got)  # late joiner: some were sent before
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/real/ntu_samples")
+                    .is_dir(), reason="real NTU samples not found")
+def test_run_replays_ntu(naive_ckpt, tmp_path):
+    rec = tmp_path / "ntu.stmr"
+    ntu = Path(__file__).resolve().parents[2] / "shared/data/real/ntu_samples"
+    sample = sorted(ntu.glob("*.skeleton"))[0]
+    port = zmq.Context.instance().socket(zmq.PUB)
+    p = port.bind_to_random_port("tcp://127.0.0.1")
+    port.close(0)
+    assert main([*_base(naive_ckpt, p), "--source", f"replay:{sample}", "--record",
+                 str(rec)]) == 0
+    frames = list(ReplaySource(rec, realtime=False))
+    assert len(frames) > 30 and all(_bone_err(b.joints) < 1e-4 for f in frames for b in f.bodies)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--source", "webcam"], "--source"),
+    (["--source", "replay:/nonexistent/x.skeleton"], "--source"),
+    (["--sink", "http://127.0.0.1:1"], "--sink"),
+    (["--model", "/nonexistent/model.safetensors"], "--model"),
+    (["--engine", "warp-drive"], "--engine"),
+    (["--dummy", "/nonexistent/dummy.json"], "--dummy"),
+    (["--hop", "20"], "--hop"),
+])
+def test_bad_arguments_are_user_errors(naive_ckpt, capsys, args, needle):
+    base = ["run", "--engine", "torch", "--model", str(naive_ckpt), "--window", "16",
+            "--fast", "--max-frames", "1", "--sink", "tcp://127.0.0.1:*"]
+    rc = main(base + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--budget-ms", "-1"], ["--window", "0"],
+                                  ["--overrun", "maybe"], ["--fast", "--realtime"]])
+def test_malformed_numbers_rejected_by_parser(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", *args])
+    assert e.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="checks the non-Windows error")
+def test_kinect_off_windows(naive_ckpt, capsys):
+    rc = main(["run", "--engine", "torch", "--model", str(naive_ckpt), "--window", "16",
+               "--source", "kinect", "--sink", "tcp://127.0.0.1:*"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "synthetic" in err and "zmq://" in err
+
+
+@pytest.mark.skipif(not default_checkpoint_path().is_file(),
+                    reason="the shipped default model is not trained yet")
+def test_default_model_runs(tmp_path):
+    p = zmq.Context.instance().socket(zmq.PUB)
+    port = p.bind_to_random_port("tcp://127.0.0.1")
+    p.close(0)
+    rec = tmp_path / "d.stmr"
+    assert main(["run", "--source", "synthetic", "--fast", "--max-frames", "40",
+                 "--sink", f"zmq://127.0.0.1:{port}", "--budget-ms", "2000",
+                 "--record", str(rec)]) == 0
+    frames = list(ReplaySource(rec, realtime=False))
+    assert all(_bone_err(b.joints) < 1e-4 for f in frames for b in f.bodies)
+
+
+def test_sigterm_is_graceful(naive_ckpt, tmp_path):
+    stats = tmp_path / "stats.json"
+    p = zmq.Context.instance().socket(zmq.PUB)
+    port = p.bind_to_random_port("tcp://127.0.0.1")
+    p.close(0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtmr", "run", "--engine", "torch", "--model",
+         str(naive_ckpt), "--window", "16", "--source", "synthetic", "--budget-ms", "1000",
+         "--sink", f"zmq://127.0.0.1:{port}", "--stats-json", str(stats),
+         "--stats-interval", "0.3"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if stats.is_file() and json.loads(stats.read_text())["counters"].get("frames_out"):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    final = json.loads(stats.read_text())
+    assert final["counters"]["frames_out"] > 0
+    assert json.loads(out.strip().splitlines()[-1])["frames_out"] == final["counters"][
+        "frames_out"]
