@@ -199,3 +199,17 @@ def test_cli_train(store, tmp_path, capsys):
     assert cli.main(["train", "--config", str(TINY), "--data", str(store), "--out",
                      str(tmp_path / "z"), "--set", "data.train_split=everyone"]) == 2
     assert "no split 'everyone'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["dmr_tiny.yaml", "moon_resnet_tiny.yaml"])
+def test_cli_trains_adversarial_methods(store, tmp_path, config, capsys):
+    """`streamtmr train` dispatches PMR/DMR and Moon configs to their own training loops."""
+    out = tmp_path / "run"
+    path = TINY.parent / config
+    assert cli.main(["train", "--config", str(path), "--data", str(store), "--out", str(out),
+                     "--device", "cpu", "--no-progress"]) == 0
+    model = load_checkpoint(capsys.readouterr().out.split("trained model: ")[1].strip())
+    assert model.method == load_config(path).model.method
+    assert cli.main(["train", "--config", str(path), "--data", str(store), "--out", str(out),
+                     "--resume"]) == 2
+    assert "not supported" in capsys.readouterr().err

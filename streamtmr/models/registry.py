@@ -32,10 +32,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(config: dict[str, Any]) -> Anonymizer:
-    """Build an untrained model from a config dict whose ``method`` key names the class."""
+def model_class(method: str) -> type[Anonymizer]:
+    """The class registered under ``method`` (KeyError listing the available ones)."""
     _load_all()
-    method = config.get("method")
     if method not in _REGISTRY:
         raise KeyError(f"unknown method {method!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[method](config)
+    return _REGISTRY[method]
+
+
+def build_model(config: dict[str, Any]) -> Anonymizer:
+    """Build an untrained model from a config dict whose ``method`` key names the class."""
+    return model_class(config.get("method"))(config)

@@ -81,11 +81,11 @@ class Curriculum:
     @classmethod
     def model_config(cls, model: ModelConfig, data: DataInfo) -> dict[str, Any]:
         """The config dict the model is built from (preset + overrides + data-derived sizes)."""
-        from streamtmr.models.registry import _REGISTRY, _load_all
-        _load_all()
-        if model.method not in _REGISTRY:
-            raise ConfigError(f"model.method: unknown method {model.method!r}")
-        model_cls = _REGISTRY[model.method]
+        from streamtmr.models.registry import model_class
+        try:
+            model_cls = model_class(model.method)
+        except KeyError as e:
+            raise ConfigError(f"model.method: {e.args[0]}") from None
         base: dict[str, Any] = {}
         if model.preset is not None:
             if model.preset not in model_cls.presets:
