@@ -1,0 +1,259 @@
+"""Presenting results: rich tables, a latency histogram, saved JSON and the results README."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+STAGES = ("decode", "window", "infer", "smooth", "encode", "send", "total")
+
+
+def _ms(d: dict[str, Any] | None, key: str) -> str:
+    v = (d or {}).get(key)
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _rel(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}×"
+
+
+# ------------------------------------------------------------------------------------------
+# Terminal
+# ------------------------------------------------------------------------------------------
+
+def render(result: dict[str, Any], console) -> None:
+    """Print the run as rich tables on ``console``."""
+    from rich.table import Table
+
+    m = result["machine"]
+    gpu = ", ".join(g["name"] for g in m["gpus"]) or "none"
+    console.print(f"[bold]streamtmr bench[/bold] {result['started']}  ({result['seconds']} s)")
+    console.print(f"machine: {m['cpu']} · {m['cores_available']} cores · "
+                  f"{m['memory_gib']} GiB · GPU {gpu} · {m['os']}")
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
+    console.print(f"python {m['python']} · {libs}")
+    console.print(f"load average at start {m['load_average']}, at end "
+                  f"{result.get('load_average_end')} (shared machine: figures include it)")
+    for md in result["models"]:
+        params = f"{md['params']:,} params" if md.get("params") else ""
+        console.print(f"model {md['label']}: {md['note']}; window {md['window']}, {params}")
+    for k, v in result["engines"]["unavailable"].items():
+        console.print(f"[dim]engine {k} not benchmarked: {v}[/dim]")
+
+    if "engine" in result:
+        rows = result["engine"]["rows"]
+        batches = sorted({r["batch"] for r in rows})
+        t = Table(title="Engine latency per call after warm-up, p50 / p99 ms (— : time budget "
+                        "spent)")
+        t.add_column("model")
+        t.add_column("engine")
+        for b in batches:
+            t.add_column(f"b{b}", justify="right")
+        for col in ("best windows/s", "b1 × first model", "b1 × first engine"):
+            t.add_column(col, justify="right")
+        pairs = list(dict.fromkeys((r["model"], r["engine"]) for r in rows))
+        for model, eng in pairs:
+            cells = {r["batch"]: r for r in rows if (r["model"], r["engine"]) == (model, eng)}
+            done = [r for r in cells.values() if "p50_ms" in r]
+            best = max(done, key=lambda r: r["windows_per_s"], default=None)
+            b1 = cells.get(batches[0], {})
+            t.add_row(model, eng,
+                      *(f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f}" if "p50_ms" in c else "—"
+                        for c in (cells.get(b, {}) for b in batches)),
+                      f"{best['windows_per_s']:.0f} (b{best['batch']})" if best else "-",
+                      _rel(b1.get("rel_model")), _rel(b1.get("rel_engine")))
+        console.print(t)
+        for b in result["engine"]["built"]:
+            if "error" in b:
+                console.print(f"[yellow]{b['model']} / {b['engine']}: {b['error']}[/yellow]")
+
+    for run in (result.get("node") or {}).get("runs", []):
+        t = Table(title=f"Node end to end over ZeroMQ loopback, ms: {run['model']} on "
+                        f"{run['engine']} (budget {run['config']['budget_ms']:g} ms; max = "
+                        f"closed loop, budget lifted)")
+        for col in ("bodies", "mode", "Hz", "frames", "lost", "e2e p50", "e2e p95", "e2e p99",
+                    "node total p99", "overruns", "over budget", "held", "drops"):
+            t.add_column(col, justify="right")
+        for s in run["scenarios"]:
+            drops = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "0"
+            t.add_row(str(s["bodies"]), s["mode"], f"{s['achieved_hz']:.0f}", str(s["sent"]),
+                      str(s["lost"]), _ms(s["latency"], "p50_ms"), _ms(s["latency"], "p95_ms"),
+                      _ms(s["latency"], "p99_ms"), _ms(s["stages"].get("total"), "p99_ms"),
+                      str(s["overruns"]), str(s["over_budget"]), str(s["bodies_held"]), drops)
+        console.print(t)
+        t = Table(title=f"Per-stage breakdown (node metrics, p50 / p99 ms): {run['model']}")
+        t.add_column("bodies", justify="right")
+        t.add_column("mode", justify="right")
+        for st in STAGES:
+            t.add_column(st, justify="right")
+        for s in run["scenarios"]:
+            t.add_row(str(s["bodies"]), s["mode"],
+                      *(f"{_ms(s['stages'].get(st), 'p50_ms')} / "
+                        f"{_ms(s['stages'].get(st), 'p99_ms')}" for st in STAGES))
+        console.print(t)
+
+    if "offline" in result:
+        t = Table(title="Offline anonymize throughput")
+        for col in ("model", "engine", "frames", "seconds", "frames/s", "× first model"):
+            t.add_column(col, justify="left" if col in ("model", "engine") else "right")
+        for r in result["offline"]["rows"]:
+            if "skipped" in r:
+                t.add_row(r["model"], r["engine"], "-", "-", "-", f"[dim]{r['skipped']}[/dim]")
+                continue
+            t.add_row(r["model"], r["engine"], str(r["frames"]), f"{r['seconds']:.2f}",
+                      f"{r['frames_per_s']:.0f}", _rel(r.get("rel_model")))
+        console.print(t)
+
+    if result.get("targets"):
+        t = Table(title="Targets (recorded, not asserted)")
+        for col in ("target", "model", "engine", "measured", "met"):
+            t.add_column(col)
+        for r in result["targets"]:
+            t.add_row(r["target"], r["model"], r["engine"], r["measured"],
+                      "[green]yes[/green]" if r["met"] else "[red]no[/red]")
+        console.print(t)
+
+
+# ------------------------------------------------------------------------------------------
+# Plot
+# ------------------------------------------------------------------------------------------
+
+def plot(samples: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
+    """Latency histograms: node end to end (per scenario) and engine batch 1 (per model ×
+    engine), written to ``path`` (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, v) for k, v in (("node", "node end to end (ms)"),
+                                  ("engine", "engine call, batch 1 (ms)")) if samples.get(k)]
+    if not panels:
+        raise ValueError("nothing to plot: no latency samples were recorded")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4 * len(panels)), squeeze=False)
+    for ax, (key, title) in zip(axes[:, 0], panels):
+        series = {k: np.asarray(v) / 1e6 for k, v in samples[key].items() if len(v)}
+        hi = max(float(np.percentile(v, 99.5)) for v in series.values())
+        bins = np.linspace(0, hi * 1.05 if hi > 0 else 1, 60)
+        for label, v in series.items():
+            ax.hist(np.clip(v, 0, bins[-1]), bins=bins, histtype="step", label=label)
+        ax.set_xlabel(title)
+        ax.set_ylabel("count")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# Saved results
+# ------------------------------------------------------------------------------------------
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def to_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=1, default=_json_default, allow_nan=False)
+
+
+def save(result: dict[str, Any], results_dir: str | Path = RESULTS_DIR) -> Path:
+    """Write ``<date>-<host-kind>.json`` (``-2``, ``-3`` … when taken) and refresh the
+    README's summary table. Returns the JSON path."""
+    d = Path(results_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    stem = f"{result['started'][:10]}-{result['machine']['host_kind']}"
+    path = d / f"{stem}.json"
+    k = 2
+    while path.exists():
+        path = d / f"{stem}-{k}.json"
+        k += 1
+    path.write_text(to_json(result) + "\n")
+    write_readme(d)
+    return path
+
+
+def _scenario(run: dict[str, Any], bodies: int, rate: bool) -> dict[str, Any] | None:
+    return next((s for s in run["scenarios"]
+                 if s["bodies"] == bodies and (s["mode"] != "max") == rate), None)
+
+
+def summary_row(name: str, r: dict[str, Any]) -> list[str]:
+    """The README's row for one saved result."""
+    m = r["machine"]
+    first = r["models"][0]["label"] if r.get("models") else "-"
+    eng = next((x for x in (r.get("engine") or {}).get("rows", [])
+                if x["model"] == first and x["batch"] == 1 and "p50_ms" in x), None)
+    run = next((x for x in (r.get("node") or {}).get("runs", []) if x["model"] == first), None)
+    one = _scenario(run, 1, True) if run else None
+    six = _scenario(run, 6, True) if run else None
+    off = [x for x in (r.get("offline") or {}).get("rows", [])
+           if x["model"] == first and "frames_per_s" in x]
+    best = max(off, key=lambda x: x["frames_per_s"]) if off else None
+    load = m.get("load_average") or ["-"]
+    return [
+        f"[{r['started'][:16]}]({name})", m["host_kind"], m["cpu"][:40], str(load[0]),
+        first,
+        f"{eng['engine']} {eng['p50_ms']:.2f} / {eng['p99_ms']:.2f}" if eng else "-",
+        _ms(one["latency"], "p99_ms") if one else "-",
+        f"{_ms(six['latency'], 'p99_ms')} ({six['overruns'] + six['over_budget']})"
+        if six else "-",
+        f"{best['frames_per_s']:.0f} ({best['engine']})" if best else "-",
+    ]
+
+
+README_HEAD = """# Recorded benchmark runs
+
+Written by `streamtmr bench --save` (one JSON per run: `<date>-<host-kind>.json`, with the machine
+description — CPU, cores, memory, GPU, OS, library versions and the load average at the start
+and end). Every figure in a file was measured in that one run, so models and engines compare as
+ratios under the same conditions. This machine-generated table summarises the first model of
+each run (the shipped default model when run without `--models`):
+
+* **engine b1**: engine call latency at batch 1, p50 / p99 in ms (first engine);
+* **1 body p99 / 6 bodies p99**: end-to-end latency over ZeroMQ loopback (sensor publish →
+  anonymized receive) at 30 Hz, ms; in brackets the frames over the node's budget (overruns
+  the node counted plus published frames whose in-node latency exceeded the budget);
+* **offline**: frames/s of `anonymize` on the best CPU/GPU engine;
+* **load**: 1-minute load average at the start — the machine may have been shared.
+
+Targets (2-core CPU, default model): 1 body p99 ≤ 3 ms; 6 bodies @ 30 Hz p99 ≤ 10 ms with 0
+overruns; offline ≥ 20,000 frames/s on CPU.
+
+"""
+TABLE_HEAD = ("| run | host | CPU | load | model | engine b1 p50 / p99 | 1 body p99 "
+              "| 6 bodies p99 (overruns) | offline frames/s |\n"
+              "|---|---|---|---|---|---|---|---|---|\n")
+
+
+def write_readme(results_dir: str | Path = RESULTS_DIR) -> Path:
+    """Regenerate ``README.md`` from every saved ``*.json`` in ``results_dir``."""
+    d = Path(results_dir)
+    rows = []
+    for p in sorted(d.glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+            rows.append(summary_row(p.name, r))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            rows.append([p.name, f"unreadable: {e}"] + ["-"] * 7)
+    text = README_HEAD + TABLE_HEAD + "".join("| " + " | ".join(_cell(c) for c in row) + " |\n"
+                                 for row in rows)
+    path = d / "README.md"
+    path.write_text(text)
+    return path
+
+
+def _cell(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text)).replace("|", "\\|")
+

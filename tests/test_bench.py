@@ -1,0 +1,176 @@
+"""``streamtmr bench``: JSON output of a quick run, percentiles, machine description, targets."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.machine import describe_machine, host_kind
+from bench.report import write_readme
+from bench.stats import summarize_ns
+from bench.suite import evaluate_targets
+from streamtmr.commands.bench import int_list
+
+ROOT = Path(__file__).resolve().parents[1]
+LATENCY_KEYS = ("p50_ms", "p95_ms", "p99_ms")
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def _check_latency(d: dict, where: str) -> None:
+    for k in LATENCY_KEYS:
+        assert _positive_finite(d.get(k)), f"{where}: {k} = {d.get(k)!r}"
+    assert d["p50_ms"] <= d["p95_ms"] <= d["p99_ms"] <= d["max_ms"], where
+
+
+# -- percentiles ----------------------------------------------------------------------------
+
+def test_percentiles_of_a_known_sample():
+    s = summarize_ns(np.arange(1, 101) * 1_000_000)  # 1 … 100 ms
+    assert s["n"] == 100
+    assert s["mean_ms"] == pytest.approx(50.5)
+    assert s["p50_ms"] == pytest.approx(50.5)      # between the two middle samples
+    assert s["p95_ms"] == pytest.approx(95.05)     # rank 0.95 × 99 = 94.05 → 95 + 0.05
+    assert s["p99_ms"] == pytest.approx(99.01)
+    assert s["max_ms"] == pytest.approx(100.0)
+
+
+def test_percentiles_order_free_and_edge_cases():
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 10**7, 999)
+    assert summarize_ns(a) == summarize_ns(rng.permutation(a))
+    assert summarize_ns([7_000_000]) == {"n": 1, "mean_ms": 7.0, "p50_ms": 7.0, "p95_ms": 7.0,
+                                         "p99_ms": 7.0, "max_ms": 7.0}
+    assert summarize_ns([]) == {"n": 0}
+    with pytest.raises(ValueError, match="finite"):
+        summarize_ns([1.0, float("nan")])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        summarize_ns(np.ones((2, 2)))
+
+
+# -- machine --------------------------------------------------------------------------------
+
+def test_machine_description_has_the_keys():
+    m = describe_machine()
+    for key in ("cpu", "arch", "cores_logical", "cores_available", "memory_gib", "gpus", "os",
+                "python", "libraries", "torch_threads", "load_average", "host_kind"):
+        assert key in m, key
+    for lib in ("torch", "onnxruntime", "numpy", "pyzmq", "tensorrt", "libzmq"):
+        assert lib in m["libraries"], lib
+    assert m["libraries"]["numpy"] == np.__version__
+    assert m["cores_available"] >= 1 and isinstance(m["gpus"], list)
+    assert m["load_average"] is None or len(m["load_average"]) == 3
+    json.dumps(m)  # JSON-ready
+    assert host_kind({"cores_available": 2, "gpus": []}) == "cpu-2c"
+    assert host_kind({"cores_available": 16, "gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}) == \
+        "nvidia-h100-80gb-hbm3-16c"
+
+
+# -- option parsing and targets -------------------------------------------------------------
+
+def test_int_list_ranges_and_lists():
+    assert int_list("1-8") == list(range(1, 9))
+    assert int_list("1,2,4,8") == [1, 2, 4, 8]
+    assert int_list("6,1-3,2") == [1, 2, 3, 6]
+    for bad in ("0", "3-1", "a", "1,,x"):
+        with pytest.raises(Exception, match="range|integer"):
+            int_list(bad)
+
+
+def _scenario(bodies: int, p99: float, overruns: int = 0, over_budget: int = 0) -> dict:
+    return {"bodies": bodies, "mode": "30Hz", "latency": {"p99_ms": p99},
+            "overruns": overruns, "over_budget": over_budget}
+
+
+def test_targets_are_evaluated_on_the_first_model():
+    result = {
+        "models": [{"label": "default"}, {"label": "tmr-paper"}],
+        "node": {"runs": [
+            {"model": "default", "engine": "onnxruntime",
+             "scenarios": [_scenario(1, 2.5), _scenario(6, 9.0, over_budget=1)]},
+            {"model": "tmr-paper", "engine": "onnxruntime",
+             "scenarios": [_scenario(1, 100.0)]}]},
+        "offline": {"rows": [{"model": "default", "engine": "onnxruntime",
+                              "frames_per_s": 25_000.0},
+                             {"model": "default", "engine": "torch", "frames_per_s": 9_000.0},
+                             {"model": "tmr-paper", "engine": "onnxruntime",
+                              "frames_per_s": 500.0}]},
+    }
+    t = evaluate_targets(result)
+    assert [r["met"] for r in t] == [True, False, True]  # 6 bodies: one frame over budget
+    assert all(r["model"] == "default" for r in t)
+    assert t[2]["engine"] == "onnxruntime"
+
+
+# -- the command ----------------------------------------------------------------------------
+
+def test_quick_json_run_saves_and_plots(tmp_path):
+    env = {**os.environ, "STREAMTMR_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    results = tmp_path / "results"
+    plot = tmp_path / "lat.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamtmr", "bench", "--quick", "--json",
+         "--models", "naive,tmr-tiny", "--engines", "onnxruntime@1", "--batches", "1,2",
+         "--bodies", "1,2", "--duration", "0.1", "--save", "--results-dir", str(results),
+         "--plot", str(plot)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)  # nothing but the JSON on stdout
+    for key in ("schema", "machine", "options", "models", "engines", "engine", "node",
+                "offline", "targets", "seconds"):
+        assert key in r, key
+    assert [m["label"] for m in r["models"]] == ["naive-tiny", "tmr-tiny"]
+
+    rows = r["engine"]["rows"]
+    assert {(x["model"], x["batch"]) for x in rows} == {
+        (m, b) for m in ("naive-tiny", "tmr-tiny") for b in (1, 2)}
+    for x in rows:
+        _check_latency(x, f"engine {x['model']} b{x['batch']}")
+        assert _positive_finite(x["windows_per_s"]) and x["n"] >= 1
+    assert next(x for x in rows if x["model"] == "naive-tiny")["rel_model"] == 1.0
+
+    (run,) = r["node"]["runs"]
+    assert run["model"] == "naive-tiny" and run["engine"] == "onnxruntime@1"
+    assert {(s["bodies"], s["mode"]) for s in run["scenarios"]} == {
+        (1, "30Hz"), (1, "max"), (2, "30Hz"), (2, "max")}
+    for s in run["scenarios"]:
+        where = f"node {s['bodies']} @ {s['mode']}"
+        assert s["received"] >= 1 and s["lost"] == s["sent"] - s["received"], where
+        _check_latency(s["latency"], where)
+        for stage in ("decode", "window", "infer", "smooth", "encode", "send", "total"):
+            assert stage in s["stages"], (where, stage)
+            _check_latency(s["stages"][stage], f"{where} {stage}")
+        # every frame the subscriber got carried each body of the frame
+        assert s["bodies_received"] == s["received"] * s["bodies"], where
+    assert r["node"]["runs"][0]["scenarios"][1]["achieved_hz"] > 0
+
+    for x in r["offline"]["rows"]:
+        assert _positive_finite(x["frames_per_s"]) and x["frames"] > 0
+
+    saved = list(results.glob("*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text()) == r
+    readme = (results / "README.md").read_text()
+    assert saved[0].name in readme and "naive-tiny" in readme
+    assert plot.stat().st_size > 1000
+
+
+def test_readme_lists_every_saved_run(tmp_path):
+    (tmp_path / "broken.json").write_text("{")
+    path = write_readme(tmp_path)
+    text = path.read_text()
+    assert "| broken.json | unreadable" in text
+
+
+def test_unknown_model_is_a_user_error(capsys):
+    from streamtmr.cli import main
+    assert main(["bench", "--models", "no-such-method", "--parts", "engine"]) == 2
+    assert "no-such-method" in capsys.readouterr().err
