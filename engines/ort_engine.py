@@ -1,6 +1,7 @@
 """ONNX Runtime engine: CPU by default, the CUDA execution provider when asked for and present.
 
-The session runs with ``intra_op_num_threads`` threads (default 2), sequential execution and
+The session runs with ``intra_op_num_threads`` threads (default: ``default_cpu_threads()``, no
+spinning, so an idle node leaves the CPU to the VR application), sequential execution and
 graph optimisation level ALL. The optimised graph is saved once (``optimized_model_filepath``)
 under the cache, keyed by the ONNX file's hash, the ONNX Runtime version, the provider and the
 CPU architecture, with a SHA-256 sidecar; later sessions load it with optimisation disabled.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import BackendUnavailable, Engine, EngineError
+from engines.base import BackendUnavailable, Engine, EngineError, default_cpu_threads
 from engines.cache import cache_dir, cache_key, verify, write_sidecar
 from engines.onnx_export import INPUT, OUTPUT
 from engines.source import ModelSource
@@ -41,13 +42,14 @@ class OrtEngine(Engine):
     """Runs the exported ONNX graph with ONNX Runtime."""
 
     def __init__(self, source: ModelSource, max_batch: int = 8, cuda: bool = False,
-                 device_id: int = 0, threads: int = 2, io_binding: bool | None = None,
+                 device_id: int = 0, threads: int | None = None, io_binding: bool | None = None,
                  cache: bool = True):
         super().__init__(source, max_batch)
         import onnxruntime as ort
         self.name = "onnxruntime-cuda" if cuda else "onnxruntime"
         if cuda and (reason := cuda_unavailable_reason()):
             raise BackendUnavailable(f"onnxruntime-cuda: {reason}")
+        threads = default_cpu_threads() if threads is None else threads
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = int(threads)
@@ -73,6 +75,7 @@ class OrtEngine(Engine):
             so = ort.SessionOptions()
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.graph_optimization_level = level
             so.log_severity_level = 3

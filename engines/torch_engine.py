@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engines.base import BackendUnavailable, Engine, EngineError
+from engines.base import BackendUnavailable, Engine, EngineError, default_cpu_threads
 from engines.source import ModelSource
 
 
@@ -42,7 +42,9 @@ class TorchEngine(Engine):
             dev = torch.device("cuda", dev.index if dev.index is not None else 0)
         elif dev.type != "cpu":
             raise ValueError(f"torch engine: unsupported device {device!r} (cpu or cuda[:N])")
-        if threads is not None:
+        if dev.type == "cpu":
+            torch.set_num_threads(int(threads) if threads is not None else default_cpu_threads())
+        elif threads is not None:
             torch.set_num_threads(int(threads))
         self.device = str(dev)
         self._dev = dev
