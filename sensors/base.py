@@ -78,8 +78,9 @@ class Pacer:
 
 
 def open_source(spec: str, *, realtime: bool = True, speed: float = 1.0, loop: bool = False,
-                max_bodies: int = 6, seed: int = 0) -> Source:
-    """Build a source from a ``--source`` specification (see :data:`SOURCE_SPECS`)."""
+                max_bodies: int = 6, seed: int = 0, security=None) -> Source:
+    """Build a source from a ``--source`` specification (see :data:`SOURCE_SPECS`).
+    ``security`` (a :class:`streamtmr.stream.security.Security`) applies to ZeroMQ sources."""
     if spec == "kinect":
         from sensors.kinect import KinectSource
         return KinectSource(max_bodies=max_bodies)
@@ -97,5 +98,5 @@ def open_source(spec: str, *, realtime: bool = True, speed: float = 1.0, loop: b
         return ReplaySource(path, realtime=realtime, speed=speed, loop=loop)
     if spec.startswith(("zmq://", "tcp://", "ipc://", "inproc://")):
         from sensors.zmq_source import ZmqSource
-        return ZmqSource(spec, max_bodies=max_bodies)
+        return ZmqSource(spec, max_bodies=max_bodies, security=security)
     raise SourceError(f"--source {spec!r}: expected one of {', '.join(SOURCE_SPECS)}")

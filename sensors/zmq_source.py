@@ -5,12 +5,15 @@ high-water mark caps the queue, a hard message-size cap bounds each message, and
 ``conflate=True`` only the newest message is kept (lowest latency when the consumer falls
 behind). Malformed messages are dropped and counted
 by their :class:`~streamtmr.stream.wire.WireError` reason.
+
+A non-loopback publisher must be reached over CURVE (``security`` with the publisher's public
+key); an unencrypted non-loopback connect is refused unless ``insecure`` (raw skeletons are
+biometric data, see :mod:`streamtmr.stream.security`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -19,6 +22,7 @@ import zmq
 from sensors.base import Source, SourceError
 from streamtmr.stream import wire
 from streamtmr.stream.frame import Frame
+from streamtmr.stream.security import Security, SecurityError
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,24 @@ class ZmqSource(Source):
 
     def __init__(self, endpoint: str, max_bodies: int = wire.MAX_BODIES,
                  max_bytes: int = wire.MAX_MESSAGE_BYTES, hwm: int = 64, conflate: bool = False,
-                 idle_ms: int = 100, context: zmq.Context | None = None):
+                 idle_ms: int = 100, context: zmq.Context | None = None,
+                 security: Security | None = None):
         super().__init__()
         self.endpoint = endpoint_of(endpoint)
         self.name = f"zmq({self.endpoint})"
         self.max_bodies, self.max_bytes = max_bodies, max_bytes
         self.idle_ms = idle_ms
+        try:
+            self.curve = (security or Security()).client(self.endpoint)
+        except SecurityError as e:
+            raise SourceError(str(e)) from None
+        self.decoder = wire.Decoder(self.name, max_bodies, max_bytes, dropped=self.dropped)
         self._ctx = context or zmq.Context.instance()
         self.socket = self._ctx.socket(zmq.SUB)
+        if self.curve is not None:
+            self.curve.apply(self.socket)
+            self.name = f"zmq+curve({self.endpoint})"
+            self.decoder.name = self.name
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
         # Bound what one message can allocate. Messages up to this hard cap reach the decoder
@@ -65,8 +79,11 @@ class ZmqSource(Source):
         except zmq.ZMQError as e:
             self.socket.close(0)
             raise SourceError(f"--source {endpoint}: cannot connect ({e})") from None
-        self.received = 0
-        self._logged = 0
+
+    @property
+    def received(self) -> int:
+        """Messages received (decoded + dropped)."""
+        return self.decoder.received
 
     def frames(self) -> Iterator[Frame | None]:
         poller = zmq.Poller()
@@ -83,17 +100,10 @@ class ZmqSource(Source):
                 if self.closed:
                     return
                 raise
-            self.received += 1
-            t0 = time.perf_counter_ns()
-            try:
-                frame = wire.decode(data, max_bodies=self.max_bodies, max_bytes=self.max_bytes)
-            except wire.WireError as e:
-                self.dropped[e.reason] += 1
-                if self._logged < 10:
-                    self._logged += 1
-                    log.warning("%s: dropped a malformed message (%s)", self.name, e)
+            frame = self.decoder(data)
+            if frame is None:
                 continue
-            self.last_decode_ns = time.perf_counter_ns() - t0
+            self.last_decode_ns = self.decoder.last_decode_ns
             yield frame
 
     def close(self) -> None:

@@ -72,6 +72,19 @@ def register(subparsers: Any) -> None:
                    help="replay speed factor [1]")
     p.add_argument("--loop", action="store_true", help="replay: start over at the end")
     p.add_argument("--seed", type=int, default=0, help="synthetic source seed [0]")
+    sec = p.add_argument_group(
+        "transport security", "Loopback endpoints may run in clear text; any other ZeroMQ "
+        "endpoint needs CURVE keys (make them with `streamtmr keys`) or --insecure.")
+    sec.add_argument("--curve-secret-key", default=None, metavar="PATH",
+                     help="this node's key pair (NAME.key_secret): encrypts the ZeroMQ sink "
+                          "and authenticates the node to a CURVE publisher")
+    sec.add_argument("--curve-allow", default=None, metavar="DIR",
+                     help="folder of subscriber public keys (*.key) allowed to receive from "
+                          "the ZeroMQ sink")
+    sec.add_argument("--curve-server-key", default=None, metavar="PATH",
+                     help="the sensor publisher's public key: connect to --source over CURVE")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow unencrypted ZeroMQ / OSC on non-loopback addresses")
     p.set_defaults(func=run)
 
 
@@ -81,15 +94,30 @@ def _engine(args: argparse.Namespace):
 
     from engines import BACKENDS, create_engine
     from streamtmr.dummy import DummyError, resolve_dummy
+    from streamtmr.stream.security import (
+        MAX_DUMMY_BYTES,
+        SecurityError,
+        check_file_size,
+        check_model_file,
+    )
 
     if args.engine != "auto" and args.engine not in BACKENDS:
         raise UserError(f"--engine {args.engine!r}: choose auto or one of {', '.join(BACKENDS)}")
     try:
+        if args.dummy != "default":
+            check_file_size(args.dummy, MAX_DUMMY_BYTES, "--dummy")
         dummy = resolve_dummy(args.dummy)
+    except SecurityError as e:
+        raise UserError(str(e)) from None
     except DummyError as e:
         raise UserError(f"--dummy {args.dummy}: {e}") from None
     if args.model != "default" and not Path(args.model).is_file():
         raise UserError(f"--model {args.model}: no such file")
+    if args.model != "default":
+        try:
+            check_model_file(args.model)
+        except SecurityError as e:
+            raise UserError(f"--model {e}") from None
     try:
         eng = create_engine(args.engine, model=args.model, dummy=dummy, window=args.window,
                             max_batch=max(8, args.max_bodies))
@@ -103,6 +131,7 @@ def _engine(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from sensors.base import SourceError, open_source
     from streamtmr.stream.node import Node, NodeConfig
+    from streamtmr.stream.security import Security, SecurityError
     from streamtmr.stream.sinks import SinkError, open_sinks
     from streamtmr.stream.wire import Recorder
 
@@ -115,18 +144,24 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     if args.hop > args.window:
         raise UserError(f"--hop {args.hop} must not exceed --window {args.window}")
+    try:
+        security = Security(args.curve_secret_key, args.curve_allow, args.curve_server_key,
+                            args.insecure)
+    except SecurityError as e:
+        raise UserError(str(e)) from None
     engine = _engine(args)  # a model that fails to load stops here: nothing was published
     sinks, source, recorder = [], None, None
     try:
         try:
-            sinks = open_sinks(args.sink, engine.dummy_lengths)
-        except SinkError as e:
+            sinks = open_sinks(args.sink, engine.dummy_lengths, security=security)
+        except (SinkError, SecurityError) as e:
             raise UserError(str(e)) from None
         if not sinks:
             raise UserError("--sink: at least one sink is needed")
         try:
             source = open_source(args.source, realtime=args.realtime, speed=args.speed,
-                                 loop=args.loop, max_bodies=args.max_bodies, seed=args.seed)
+                                 loop=args.loop, max_bodies=args.max_bodies, seed=args.seed,
+                                 security=security)
         except SourceError as e:
             raise UserError(str(e)) from None
         if args.record:
@@ -139,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             s.close()
         if source is not None:
             source.close()
+        security.close()
         raise
     node = Node(engine, sinks, config, recorder=recorder)
     log.info("streaming %s → %s with %s (window %d, hop %d, budget %.1f ms)", args.source,
@@ -159,13 +195,15 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         source.close()
         stats = node.close()
+        security.close()
         close = getattr(engine, "close", None)
         if close is not None:
             close()
     c = stats["counters"]
     print(json.dumps({"frames_in": c.get("frames_in", 0), "frames_out": c.get("frames_out", 0),
                       "bodies_out": c.get("bodies_out", 0), "overruns": c.get("overruns", 0),
-                      "engine_errors": c.get("engine_errors", 0), "dropped": stats["dropped"],
+                      "engine_errors": c.get("engine_errors", 0),
+                      "engine_hangs": c.get("engine_hangs", 0), "dropped": stats["dropped"],
                       "latency_ms": {k: {q: v[q] for q in ("p50_ms", "p99_ms") if q in v}
                                      for k, v in stats["latency"].items()}}),
           file=sys.stdout)

@@ -11,6 +11,13 @@ frames when it arrives but is not published late. While the worker is busy (a sl
 engine) new frames are not submitted: each one is an overrun handled by the policy ("hold":
 republish each present body's last anonymized frame, if not older than ``hold_ms``; "drop":
 publish nothing for that frame). Everything is counted in :class:`Metrics`.
+
+The counters form a ledger: every input frame is published once, rejected by the window
+(``frames_rejected``, reasons ``window:*``), lost to an overrun (``frames_lost``) or still
+pending a hop, so ``frames_in == frames_out + frames_rejected + frames_lost + frames_pending``.
+With ``hop == 1`` the same holds per body: ``bodies_in == bodies_out + bodies_lost`` (bodies
+of accepted frames; a held substitute counts as out, the reasons of losses are in
+``dropped``).
 """
 
 from __future__ import annotations
@@ -135,6 +142,13 @@ def bone_errors(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.abs(skeleton.bone_lengths(joints)[:, 1:] - lengths[1:]).max(axis=-1)
 
 
+def in_range(joints: np.ndarray) -> np.ndarray:
+    """Per body: every coordinate finite and within the wire format's range (what a
+    subscriber's decoder accepts): ``joints [B, 25, 3]`` → ``[B]`` bool."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(joints).reshape(len(joints), -1).max(axis=-1) <= wire.MAX_ABS_COORD
+
+
 class Node:
     """Anonymizes a stream of frames with one engine (dependency-injected) into sinks.
 
@@ -205,7 +219,11 @@ class Node:
         accepted = self.window.push(frame, now)
         m.time("window", time.perf_counter_ns() - t0)
         if not accepted:
+            m.inc("frames_rejected")
             return []
+        m.inc("bodies_in", len(frame.bodies))
+        if len(self.window.active) < len(frame.bodies):  # reasons in window.dropped
+            m.inc("bodies_lost", len(frame.bodies) - len(self.window.active))
         self._pending.append((frame.seq, frame.t_ns, frame.src))
         self._since_hop += 1
         if self._since_hop < self.config.hop:
@@ -213,6 +231,9 @@ class Node:
         self._since_hop = 0
         self._collect_late()
         slots = self.window.ready()
+        if len(slots) < len(self.window.active):  # windows short of min_frames real frames
+            m.drop("warming_up", len(self.window.active) - len(slots))
+            m.inc("bodies_lost", len(self.window.active) - len(slots))
         ids = [self.window.ids[s] for s in slots]
         if self._worker.busy:
             m.inc("overruns")
@@ -266,7 +287,7 @@ class Node:
             return
         self.metrics.inc("late_results")
         newest = np.ascontiguousarray(y[:, -1])
-        ok = bone_errors(newest, self.lengths) <= self.config.bone_tol
+        ok = (bone_errors(newest, self.lengths) <= self.config.bone_tol) & in_range(newest)
         now = time.monotonic_ns()
         for i, bid in enumerate(ids):
             if ok[i]:
@@ -275,9 +296,13 @@ class Node:
     def _fallback(self, ids: list[int], t_recv: int) -> list[Frame]:
         """Overrun or engine failure: held anonymized frames ("hold") or nothing ("drop")."""
         seq, t_ns, src = self._pending[-1]
+        if len(self._pending) > 1:  # hop > 1: one substitute for the newest pending frame
+            self.metrics.inc("frames_lost", len(self._pending) - 1)
         self._pending.clear()
         if self.config.overrun == "drop":
             self.metrics.drop("overrun_frame")
+            self.metrics.inc("frames_lost")
+            self.metrics.inc("bodies_lost", len(ids))
             return []
         bodies = []
         now = time.monotonic_ns()
@@ -288,6 +313,7 @@ class Node:
                 self.metrics.inc("bodies_held")
             else:
                 self.metrics.drop("no_held_frame")
+                self.metrics.inc("bodies_lost")
         return [self._emit(Frame(seq, t_ns, bodies, src), t_recv)]
 
     def _publish_outputs(self, slots, ids, result, t_recv: int) -> list[Frame]:
@@ -303,7 +329,8 @@ class Node:
         for i, (seq, t_ns, src) in enumerate(pending):
             t0 = time.perf_counter_ns()
             out = self.smoother.apply(slots, gens, y[:, i], t_ns / 1e9, self._smoothed)
-            ok = bone_errors(out, self.lengths) <= self.config.bone_tol
+            bones_ok = bone_errors(out, self.lengths) <= self.config.bone_tol
+            ok = bones_ok & in_range(out)
             self.metrics.time("smooth", time.perf_counter_ns() - t0)
             bodies = []
             for b in range(n):
@@ -313,11 +340,13 @@ class Node:
                     self._held[bid] = (joints, now)
                     bodies.append(Body(bid, joints, self._state))
                     continue
-                self.metrics.drop("bone_check")
+                self.metrics.drop("bone_check" if not bones_ok[b] else "out_of_range")
                 held = self._held.get(bid)
                 if self.config.overrun == "hold" and held is not None:
                     bodies.append(Body(bid, held[0], self._state))
                     self.metrics.inc("bodies_held")
+                else:
+                    self.metrics.inc("bodies_lost")
             published.append(self._emit(Frame(seq, t_ns, bodies, src), t_recv))
         return published
 
@@ -375,6 +404,9 @@ class Node:
             for sink in self.sinks:
                 for reason, n in list(sink.dropped.items()):
                     m.dropped[f"{sink.name}:{reason}"] = n
+                for name, n in dict(getattr(sink, "counters", {})).items():
+                    m.counters[f"{sink.name}:{name}"] = n
+            m.counters["frames_pending"] = len(self._pending)
             src = self._source
             if src is not None:
                 for reason, n in list(getattr(src, "dropped", {}).items()):

@@ -6,6 +6,10 @@ A sink never blocks the Node: ZeroMQ sends are non-blocking with a bounded high-
 UDP. The avatar sinks drive one avatar: they follow one body (the first one seen) for as long
 as it stays in the stream, then switch to the next. python-osc rejects numpy scalars, so every
 argument is converted to a Python ``int``/``float``/``str``.
+
+Every sink follows the transport policy of :mod:`streamtmr.stream.security`: clear text on
+loopback; a non-loopback ZeroMQ bind needs CURVE keys and an allow-list, a non-loopback OSC
+destination needs ``insecure`` (or is refused with :class:`SecurityError`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pythonosc.udp_client import UDPClient
 from streamtmr.skeleton import JOINT
 from streamtmr.stream import vmc
 from streamtmr.stream.frame import Body, Frame
+from streamtmr.stream.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +59,28 @@ class Sink(abc.ABC):
 
 
 class ZmqPubSink(Sink):
-    """Binds a PUB socket and sends one wire message per ZeroMQ frame, never blocking."""
+    """Binds a PUB socket and sends one wire message per ZeroMQ frame, never blocking.
+
+    ``security`` decides whether the socket is a CURVE server (only allow-listed subscribers
+    receive anything) or clear text, which it allows on loopback only unless ``insecure``
+    (see :mod:`streamtmr.stream.security`; raises :class:`SecurityError` otherwise).
+    """
 
     def __init__(self, endpoint: str = DEFAULT_ZMQ, hwm: int = 64,
-                 context: zmq.Context | None = None, linger_ms: int = 200):
+                 context: zmq.Context | None = None, linger_ms: int = 200,
+                 security: Security | None = None):
         super().__init__()
         self.endpoint = endpoint
         self.name = f"zmq({endpoint})"
         self._ctx = context or zmq.Context.instance()
+        self.curve = (security or Security()).server(endpoint, self._ctx)
         self.socket = self._ctx.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, linger_ms)
         self.socket.setsockopt(zmq.SNDTIMEO, 0)
+        if self.curve is not None:
+            self.curve.apply(self.socket)
+            self.name = f"zmq+curve({endpoint})"
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as e:
@@ -82,6 +97,14 @@ class ZmqPubSink(Sink):
             return False
         self.sent += 1
         return True
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Subscribers admitted and refused by the CURVE allow-list (handshakes)."""
+        if self.curve is None:
+            return {}
+        return {"curve_allowed": self.curve.allow.allowed,
+                "curve_denied": self.curve.allow.denied}
 
     def close(self) -> None:
         self.socket.close()
@@ -217,32 +240,37 @@ def _host_port(spec: str, default: tuple[str, int]) -> tuple[str, int]:
     return (u.hostname or default[0]), (port if port is not None else default[1])
 
 
-def open_sink(spec: str, lengths: np.ndarray, context: zmq.Context | None = None) -> Sink:
+def open_sink(spec: str, lengths: np.ndarray, context: zmq.Context | None = None,
+              security: Security | None = None) -> Sink:
     """Build a sink from ``zmq://HOST:PORT`` (also ``tcp://``, ``ipc://``, ``inproc://``
-    endpoints), ``vmc://HOST:PORT`` or ``vrchat://HOST:PORT``; ports default per protocol."""
+    endpoints), ``vmc://HOST:PORT`` or ``vrchat://HOST:PORT``; ports default per protocol.
+    ``security`` (default: loopback only, no keys) is enforced for every kind."""
+    security = security or Security()
     scheme = spec.split("://", 1)[0] if "://" in spec else ""
     if scheme == "zmq":
         host, port = _host_port(spec, ("127.0.0.1", 5556))
-        return ZmqPubSink(f"tcp://{host}:{port}", context=context)
+        host = f"[{host}]" if ":" in host else host
+        return ZmqPubSink(f"tcp://{host}:{port}", context=context, security=security)
     if scheme in ("tcp", "ipc", "inproc"):
-        return ZmqPubSink(spec, context=context)
-    if scheme == "vmc":
-        return VmcSink(lengths, *_host_port(spec, DEFAULT_VMC))
-    if scheme == "vrchat":
-        return VrchatSink(*_host_port(spec, DEFAULT_VRCHAT))
+        return ZmqPubSink(spec, context=context, security=security)
+    if scheme in ("vmc", "vrchat"):
+        host, port = _host_port(spec, DEFAULT_VMC if scheme == "vmc" else DEFAULT_VRCHAT)
+        security.check_osc(spec, host)
+        return VmcSink(lengths, host, port) if scheme == "vmc" else VrchatSink(host, port)
     raise SinkError(f"--sink {spec!r}: expected zmq://HOST:PORT, vmc://HOST:PORT or "
                     f"vrchat://HOST:PORT")
 
 
 def open_sinks(specs: str | list[str], lengths: np.ndarray,
-               context: zmq.Context | None = None) -> list[Sink]:
+               context: zmq.Context | None = None,
+               security: Security | None = None) -> list[Sink]:
     """Comma-separated (or listed) sink specifications → sinks (closed again on error)."""
     if isinstance(specs, str):
         specs = [s.strip() for s in specs.split(",") if s.strip()]
     sinks: list[Sink] = []
     try:
         for s in specs:
-            sinks.append(open_sink(s, lengths, context))
+            sinks.append(open_sink(s, lengths, context, security))
     except Exception:
         for k in sinks:
             k.close()

@@ -7,7 +7,8 @@ frame fills its whole slot, which pads the window by repetition until T real fra
 
 A slot is reset when its body reappears after a time gap beyond ``gap_ms`` and released when
 the body has been absent that long. Frames whose sequence number repeats or goes backwards are
-dropped and counted; a large backwards jump (a restarted sensor) resets every slot instead.
+dropped and counted; a large backwards jump, or any backwards jump after the stream was
+silent for longer than ``gap_ms`` (a restarted sensor), resets every slot instead.
 Nothing on the push/gather path allocates arrays.
 """
 
@@ -103,7 +104,8 @@ class WindowBuffer:
             if frame.seq == self.last_seq:
                 self.dropped["duplicate"] += 1
                 return False
-            if self.last_seq - frame.seq <= self.restart_seq:
+            if (self.last_seq - frame.seq <= self.restart_seq
+                    and now_ns - self._last_accept <= self.gap_ns):
                 self.dropped["out_of_order"] += 1
                 return False
             self.clear()

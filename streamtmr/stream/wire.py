@@ -16,7 +16,10 @@ Recordings of a stream are files of length-prefixed wire messages (see :class:`R
 
 from __future__ import annotations
 
+import logging
 import struct
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,8 @@ import numpy as np
 
 from streamtmr.skeleton import NUM_JOINTS
 from streamtmr.stream.frame import TRACKED, Body, Frame
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 SKELETON = "kinect_v2"
@@ -181,6 +186,40 @@ def decode(data: bytes | bytearray | memoryview, *, max_bodies: int = MAX_BODIES
            max_bytes: int = MAX_MESSAGE_BYTES) -> Frame:
     """Parse and validate one message into a :class:`Frame`; raises :class:`WireError`."""
     return decode_message(data, max_bodies=max_bodies, max_bytes=max_bytes).frame
+
+
+class Decoder:
+    """Decodes a stream of messages for a source: counts every message, every drop by its
+    :class:`WireError` reason (``dropped``), logs the first few drops, and times the decode.
+    ``received == decoded + sum(dropped.values())`` always holds."""
+
+    def __init__(self, name: str = "wire", max_bodies: int = MAX_BODIES,
+                 max_bytes: int = MAX_MESSAGE_BYTES, dropped: Counter[str] | None = None,
+                 log_first: int = 10):
+        self.name = name
+        self.max_bodies, self.max_bytes = int(max_bodies), int(max_bytes)
+        self.dropped: Counter[str] = Counter() if dropped is None else dropped
+        self.received = 0
+        self.decoded = 0
+        self.last_decode_ns: int | None = None
+        self._log_first = log_first
+        self._logged = 0
+
+    def __call__(self, data: bytes | bytearray | memoryview) -> Frame | None:
+        """The decoded frame, or None when the message was dropped (and counted)."""
+        self.received += 1
+        t0 = time.perf_counter_ns()
+        try:
+            frame = decode(data, max_bodies=self.max_bodies, max_bytes=self.max_bytes)
+        except WireError as e:
+            self.dropped[e.reason] += 1
+            if self._logged < self._log_first:
+                self._logged += 1
+                log.warning("%s: dropped a malformed message (%s)", self.name, e)
+            return None
+        self.last_decode_ns = time.perf_counter_ns() - t0
+        self.decoded += 1
+        return frame
 
 
 # --------------------------------------------------------------------------------------------
