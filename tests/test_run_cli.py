@@ -50,7 +50,9 @@ def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(f"tcp://127.0.0.1:{port}")  # connect first: ZeroMQ reconnects until bound
     stats, rec = tmp_path / "stats.json", tmp_path / "anon.stmr"
-    rc = main([*_base(naive_ckpt, port), "--source", "synthetic", "--max-frames", "90",
+    # real-time pacing (3 s): the subscriber has time to join before the stream ends
+    argv = [a for a in _base(naive_ckpt, port) if a != "--fast"]
+    rc = main([*argv, "--source", "synthetic", "--max-frames", "90",
                "--record", str(rec), "--stats-json", str(stats)])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
