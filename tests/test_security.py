@@ -204,6 +204,9 @@ def test_cli_end_to_end_curve_source_and_sink(keys, naive_ckpt, capsys):
     probe = ctx.socket(zmq.PUB)
     out_port = probe.bind_to_random_port("tcp://127.0.0.1")
     probe.close(0)
+    # closing is asynchronous: a viewer connecting now can still reach the probe's listener,
+    # fail the CURVE handshake against it and never retry; wait for the port to be free
+    time.sleep(0.3)
     viewer = _client(ctx, f"tcp://127.0.0.1:{out_port}", keys["viewer"][1],
                      zmq.auth.load_certificate(keys["node"][0])[0])
     got, stop = [], threading.Event()
