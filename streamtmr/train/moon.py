@@ -281,6 +281,30 @@ class MoonCurriculum(Curriculum):
 # Entry point
 # --------------------------------------------------------------------------------------------
 
+def run_stages(cur: Curriculum, model: Anonymizer, next_batch, config: Config, out: Path,
+               device: torch.device) -> None:
+    """The multi-optimiser stage loop shared by PMR/DMR and Moon: every stage of ``cur`` for its
+    iterations, ``next_batch(stage)`` feeding ``cur.step``; non-finite losses stop training;
+    JSON-lines log and (optionally) a checkpoint after each stage."""
+    t = config.train
+    log = JsonLog(out / "log.jsonl", t.progress)
+    for stage in cur.stages:
+        cur.begin(stage)
+        optimizers = cur.optimizers(stage)
+        t0 = time.perf_counter()
+        for it in range(1, stage.iterations + 1):
+            logs = cur.step(None, next_batch(stage), stage, optimizers)
+            bad = [k for k, v in logs.items() if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"stage {stage.name!r} iteration {it}: non-finite {bad}")
+            if it % t.log_every == 0 or it == stage.iterations:
+                log.write(stage=stage.name, it=it, s=round(time.perf_counter() - t0, 2), **logs)
+        if config.output.keep_stage_checkpoints:
+            save_checkpoint(out / f"stage{stage.position + 1}.safetensors", model.cpu(),
+                            {"stage": stage.name})
+            model.to(device)
+
+
 def save_modules(path: Path, module: nn.Module, meta: dict[str, Any]) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
@@ -308,22 +332,7 @@ def train_moon(config: Config, data_dir: str | Path, out_dir: str | Path | None 
         cur.classifiers().load_state_dict(load_file(str(classifiers)))
     model.to(device)
     cur.classifiers().to(device)
-    log = JsonLog(out / "log.jsonl", t.progress)
-    for stage in cur.stages:
-        cur.begin(stage)
-        opts = cur.optimizers(stage)
-        t0 = time.perf_counter()
-        for it in range(1, stage.iterations + 1):
-            logs = cur.step(None, data.next(), stage, opts)
-            bad = [k for k, v in logs.items() if not math.isfinite(v)]
-            if bad:
-                raise FloatingPointError(f"stage {stage.name!r} iteration {it}: non-finite {bad}")
-            if it % t.log_every == 0 or it == stage.iterations:
-                log.write(stage=stage.name, it=it, s=round(time.perf_counter() - t0, 2), **logs)
-        if config.output.keep_stage_checkpoints:
-            save_checkpoint(out / f"stage{stage.position + 1}.safetensors", model.cpu(),
-                            {"stage": stage.name})
-            model.to(device)
+    run_stages(cur, model, lambda stage: data.next(), config, out, device)
     save_modules(out / "classifiers.safetensors", cur.classifiers().cpu(),
                  {"classes": data.classes, "method": model.method})
     return save_checkpoint(out / "model.safetensors", model.cpu().eval(),

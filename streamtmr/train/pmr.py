@@ -41,8 +41,6 @@ Outputs in ``out_dir``: ``model.safetensors`` (:func:`save_checkpoint`), ``stage
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +65,13 @@ from streamtmr.models.pmr import PMR, PMRCritics, rest_pose_sequence
 from streamtmr.models.registry import build_model
 from streamtmr.train.config import Config, ConfigError
 from streamtmr.train.curriculum import Curriculum, Stage, clip_gradients, unique_parameters
-from streamtmr.train.moon import JsonLog, StoreBatches, pick_device, save_modules, set_trainable
+from streamtmr.train.moon import (
+    StoreBatches,
+    pick_device,
+    run_stages,
+    save_modules,
+    set_trainable,
+)
 
 PAIRED_STAGES = ("ae_paired", "clf_paired", "retarget")
 TRAIN_DEFAULTS: dict[str, Any] = {"triplet_margin": 0.3, "rest_target_prob": 0.5,
@@ -525,22 +529,8 @@ def train_pmr(config: Config, data_dir: str | Path, out_dir: str | Path | None =
     model.to(device)
     if cur.critics is not None:
         cur.critics.to(device)
-    log = JsonLog(out / "log.jsonl", t.progress)
-    for stage in cur.stages:
-        cur.begin(stage)
-        optimizers = cur.optimizers(stage)
-        t0 = time.perf_counter()
-        for it in range(1, stage.iterations + 1):
-            logs = cur.step(None, cur.next_batch(stage, t.batch_size, device), stage, optimizers)
-            bad = [k for k, v in logs.items() if not math.isfinite(v)]
-            if bad:
-                raise FloatingPointError(f"stage {stage.name!r} iteration {it}: non-finite {bad}")
-            if it % t.log_every == 0 or it == stage.iterations:
-                log.write(stage=stage.name, it=it, s=round(time.perf_counter() - t0, 2), **logs)
-        if config.output.keep_stage_checkpoints:
-            save_checkpoint(out / f"stage{stage.position + 1}.safetensors", model.cpu(),
-                            {"stage": stage.name})
-            model.to(device)
+    run_stages(cur, model, lambda stage: cur.next_batch(stage, t.batch_size, device), config,
+               out, device)
     extra = {"stages": [s.name for s in cur.stages],
              "classes": unpaired.classes if unpaired is not None else {}}
     if cur.critics is not None:
