@@ -65,11 +65,11 @@ def _params(model: Anonymizer) -> int:
 
 
 def _from_preset(spec: str, method: str, preset: str | None) -> BenchModel:
-    from streamtmr.models.registry import _REGISTRY, available
-    methods = available()  # imports every model module, so that all classes are registered
+    from streamtmr.models.registry import available, model_class
+    methods = available()
     if method not in methods:
         raise ModelSpecError(f"--models {spec}: no method {method!r} (have {', '.join(methods)})")
-    cls = _REGISTRY[method]  # the registry has no public class lookup; presets live on the class
+    cls = model_class(method)
     if preset is None:
         preset = "small" if "small" in cls.presets else "tiny"
     if preset not in cls.presets:

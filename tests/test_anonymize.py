@@ -13,7 +13,7 @@ from streamtmr import cli, skeleton
 from streamtmr.data.windows import window_starts
 from streamtmr.dummy import default_dummy
 from streamtmr.models.checkpoint import save_checkpoint
-from streamtmr.models.registry import _REGISTRY, available
+from streamtmr.models.registry import available, model_class
 from streamtmr.offline import anonymize_sequence, anonymize_sequences, load_sequences, stitch
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
@@ -30,7 +30,7 @@ def _cache(tmp_path, monkeypatch):
 def tiny(method: str):
     available()
     torch.manual_seed(0)
-    return _REGISTRY[method].from_preset("tiny")
+    return model_class(method).from_preset("tiny")
 
 
 def motion(frames: int, scale: float = 0.9, seed: int = 0) -> np.ndarray:

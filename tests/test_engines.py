@@ -16,7 +16,7 @@ from engines.tensorrt_engine import load_verified_plan, plan_facts, plan_path
 from streamtmr import skeleton
 from streamtmr.dummy import Dummy, default_dummy
 from streamtmr.models.checkpoint import CheckpointError, default_checkpoint_path
-from streamtmr.models.registry import _REGISTRY, available
+from streamtmr.models.registry import available, model_class
 
 DETERMINISTIC = [m for m in available() if m != "noise"]
 HAS_CUDA = torch.cuda.is_available()
@@ -30,7 +30,7 @@ def _cache(tmp_path, monkeypatch):
 
 def tiny(method: str):
     torch.manual_seed(0)
-    return _REGISTRY[method].from_preset("tiny")
+    return model_class(method).from_preset("tiny")
 
 
 def windows(batch: int, T: int, seed: int = 0) -> np.ndarray:

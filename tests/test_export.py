@@ -13,7 +13,7 @@ from engines import create_engine, resolve_source
 from engines.onnx_export import INPUT, OUTPUT, export_onnx, max_abs_error, read_metadata
 from streamtmr import cli
 from streamtmr.models.checkpoint import default_checkpoint_path, save_checkpoint
-from streamtmr.models.registry import _REGISTRY, available
+from streamtmr.models.registry import available, model_class
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
 NTU = REAL / "ntu_samples"
@@ -28,7 +28,7 @@ def _cache(tmp_path, monkeypatch):
 
 def tiny(method: str):
     torch.manual_seed(0)
-    return _REGISTRY[method].from_preset("tiny")
+    return model_class(method).from_preset("tiny")
 
 
 def random_windows(batch: int, T: int, seed: int = 0) -> np.ndarray:
