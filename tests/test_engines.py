@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import tiny
 
 from engines import BackendUnavailable, EngineError, create_engine, resolve_source
 from engines.cache import sidecar, verify, write_sidecar
@@ -16,21 +17,13 @@ from engines.tensorrt_engine import load_verified_plan, plan_facts, plan_path
 from streamtmr import skeleton
 from streamtmr.dummy import Dummy, default_dummy
 from streamtmr.models.checkpoint import CheckpointError, default_checkpoint_path
-from streamtmr.models.registry import available, model_class
+from streamtmr.models.registry import available
 
 DETERMINISTIC = [m for m in available() if m != "noise"]
 HAS_CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-
-
-def tiny(method: str):
-    torch.manual_seed(0)
-    return model_class(method).from_preset("tiny")
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def windows(batch: int, T: int, seed: int = 0) -> np.ndarray:

@@ -7,28 +7,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
+from conftest import tiny
 
 from engines import create_engine, resolve_source
 from engines.onnx_export import INPUT, OUTPUT, export_onnx, max_abs_error, read_metadata
 from streamtmr import cli
 from streamtmr.models.checkpoint import default_checkpoint_path, save_checkpoint
-from streamtmr.models.registry import available, model_class
+from streamtmr.models.registry import available
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
 NTU = REAL / "ntu_samples"
 STOCHASTIC = {"noise"}
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-
-
-def tiny(method: str):
-    torch.manual_seed(0)
-    return model_class(method).from_preset("tiny")
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def random_windows(batch: int, T: int, seed: int = 0) -> np.ndarray:
