@@ -46,6 +46,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from bench.machine import describe_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "fuzz_corpus"
 RESULTS = ROOT / "bench" / "results"
@@ -640,22 +642,12 @@ def run_atheris(messages: int, seed: int = 0, corpus: Path = CORPUS,
 # Recording and the command line
 # ------------------------------------------------------------------------------------------
 
-def machine() -> dict[str, Any]:
-    try:
-        from bench.machine import describe_machine
-        return describe_machine()
-    except ImportError:
-        import platform
-        return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                "os": platform.platform(), "python": platform.python_version()}
-
-
 def record(results: list[dict[str, Any]], path: Path | None = None) -> Path:
     """Append the runs to ``bench/results/fuzz-<date>.md`` (with the machine)."""
     date = _dt.date.today().isoformat()
     path = path or RESULTS / f"fuzz-{date}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    m = machine()
+    m = describe_machine()
     lines = [] if path.exists() else [f"# Wire and Node fuzzing, {date}", ""]
     for r in results:
         ok = r["crashes"] == 0 and all(r["ledger"].values())

@@ -25,7 +25,6 @@ import argparse
 import datetime as _dt
 import json
 import multiprocessing as mp
-import os
 import resource
 import sys
 import threading
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -283,16 +284,6 @@ def soak(bodies: int = 6, rate: float = 30.0, duration_s: float = 60.0, warmup_s
     }
 
 
-def machine() -> dict[str, Any]:
-    try:
-        from bench.machine import describe_machine
-        return describe_machine()
-    except ImportError:
-        import platform
-        return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                "os": platform.platform(), "python": platform.python_version()}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bodies", type=int, default=6)
@@ -314,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--bodies must be in [1, 6], --rate and --duration > 0, --warmup >= 0")
     res = soak(args.bodies, args.rate, args.duration, args.warmup, args.model, args.engine,
                args.window, args.budget_ms, args.seed)
-    res["machine"] = machine()
+    res["machine"] = describe_machine()
     text = json.dumps(res, indent=1, default=str)
     print(text)
     if args.out:

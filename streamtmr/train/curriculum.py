@@ -151,13 +151,17 @@ class Curriculum:
             raise RuntimeError(f"{type(self).__name__}: stage {stage.name!r} has λ for "
                                f"{sorted(missing)} but the model returned {sorted(terms)}")
         total = sum(stage.weights[k] * terms[k] for k in stage.active)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        logs = {"loss": float(total.detach())}
-        logs["grad_norm"] = clip_gradients(opt, self.config.train.grad_clip)
-        opt.step()
+        logs = {"loss": float(total.detach()), "grad_norm": self._opt_step(opt, total)}
         logs.update({k: float(v.detach()) for k, v in terms.items()})
         return logs
+
+    def _opt_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+        """Backpropagate ``loss``, clip (``train.grad_clip``), step; returns the gradient norm."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = clip_gradients(opt, self.config.train.grad_clip)
+        opt.step()
+        return norm
 
 
 def lr_factor(step: int, iterations: int, schedule: str, warmup: int = 0,

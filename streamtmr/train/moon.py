@@ -51,7 +51,6 @@ from streamtmr.train.curriculum import (
     Curriculum,
     DataInfo,
     Stage,
-    clip_gradients,
     unique_parameters,
 )
 
@@ -225,13 +224,6 @@ class MoonCurriculum(Curriculum):
         set_trainable(everything, False)
         set_trainable(self.trainable(stage), True)
         self._step = 0
-
-    def _opt_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = clip_gradients(opt, self.config.train.grad_clip)
-        opt.step()
-        return norm
 
     def anonymizer_terms(self, batch: dict[str, torch.Tensor], privacy: list[nn.Module],
                          ) -> dict[str, torch.Tensor]:

@@ -64,7 +64,7 @@ from streamtmr.models.checkpoint import save_checkpoint
 from streamtmr.models.pmr import PMR, PMRCritics, rest_pose_sequence
 from streamtmr.models.registry import build_model
 from streamtmr.train.config import Config, ConfigError
-from streamtmr.train.curriculum import Curriculum, Stage, clip_gradients, unique_parameters
+from streamtmr.train.curriculum import Curriculum, Stage, unique_parameters
 from streamtmr.train.moon import (
     StoreBatches,
     pick_device,
@@ -380,13 +380,6 @@ class PMRCurriculum(Curriculum):
         return terms, torch.cat([ab, ba])
 
     # -- one update ------------------------------------------------------------------------
-    def _opt_step(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = clip_gradients(opt, self.config.train.grad_clip)
-        opt.step()
-        return norm
-
     def step(self, net: nn.Module | None, batch: dict[str, torch.Tensor], stage: Stage,
              optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         if stage.name.startswith("clf_"):
