@@ -237,11 +237,18 @@ TABLE_HEAD = ("| run | host | CPU | load | model | engine b1 p50 / p99 | 1 body 
               "|---|---|---|---|---|---|---|---|---|\n")
 
 
+#: Result files of other checks, listed below the table rather than summarised in it.
+OTHER_PREFIXES = ("soak-", "fuzz-")
+
+
 def write_readme(results_dir: str | Path = RESULTS_DIR) -> Path:
     """Regenerate ``README.md`` from every saved ``*.json`` in ``results_dir``."""
     d = Path(results_dir)
-    rows = []
+    rows, others = [], []
     for p in sorted(d.glob("*.json")):
+        if p.name.startswith(OTHER_PREFIXES) or "gpu-parity" in p.name:
+            others.append(p.name)
+            continue
         try:
             r = json.loads(p.read_text())
             rows.append(summary_row(p.name, r))
@@ -249,6 +256,13 @@ def write_readme(results_dir: str | Path = RESULTS_DIR) -> Path:
             rows.append([p.name, f"unreadable: {e}"] + ["-"] * 7)
     text = README_HEAD + TABLE_HEAD + "".join("| " + " | ".join(_cell(c) for c in row) + " |\n"
                                  for row in rows)
+    others += sorted(q.name for q in d.iterdir()
+                     if q.suffix in (".md", ".txt") and q.name != "README.md")
+    if others:
+        text += ("\nOther recorded checks (soak: `python -m bench.soak`; fuzzing: "
+                 "`python -m bench.fuzz_wire`; GPU parity: `python -m bench.gpu_parity`; "
+                 "the GPU session script: `bench/gpu_session.sh`):\n\n"
+                 + "".join(f"* [{n}]({n})\n" for n in others))
     path = d / "README.md"
     path.write_text(text)
     return path

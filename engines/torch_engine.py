@@ -8,11 +8,15 @@ buffers and, with ``cuda_graphs`` (default on CUDA), captures one CUDA graph per
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from engines.base import BackendUnavailable, Engine, EngineError, default_cpu_threads
 from engines.source import ModelSource
+
+log = logging.getLogger(__name__)
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -54,6 +58,7 @@ class TorchEngine(Engine):
         self.module = torch.compile(module, dynamic=False) if compile else module
         self.compiled = bool(compile)
         self.cuda_graphs = dev.type == "cuda" and (cuda_graphs is None or bool(cuda_graphs))
+        self.graph_error: str | None = None
         if dev.type == "cuda":
             shape = (self.max_batch, self.window, 25, 3)
             self._h_in = torch.empty(shape, dtype=torch.float32, pin_memory=True)
@@ -78,14 +83,31 @@ class TorchEngine(Engine):
         b = x.shape[0]
         self._h_in[:b].numpy()[...] = x
         with torch.cuda.stream(self._stream), torch.inference_mode():
-            if self.cuda_graphs:
-                graph, _ = self._graphs.get(b) or self._capture(b)
+            graph = self._graph_for(b) if self.cuda_graphs else None
+            if graph is not None:
                 graph.replay()
             else:
                 self._d_in[:b].copy_(self._h_in[:b], non_blocking=True)
                 self._h_out[:b].copy_(self.module(self._d_in[:b]), non_blocking=True)
         self._stream.synchronize()
         out[...] = self._h_out[:b].numpy()
+
+    def _graph_for(self, b: int) -> torch.cuda.CUDAGraph | None:
+        """The CUDA graph for batch size ``b``, captured on first use. A model that cannot be
+        captured (e.g. it copies host data inside its forward pass) runs eagerly from then on,
+        with the reason logged and kept in :meth:`describe`."""
+        if b in self._graphs:
+            return self._graphs[b][0]
+        try:
+            return self._capture(b)[0]
+        except RuntimeError as e:
+            self.cuda_graphs = False
+            self.graph_error = str(e).splitlines()[0]
+            self._graphs.clear()
+            torch.cuda.synchronize(self._dev)
+            log.warning("%s: CUDA graph capture failed, running eagerly (%s)", self.name,
+                        self.graph_error)
+            return None
 
     def _capture(self, b: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture copy-in, model and copy-out for batch size ``b`` (after warm-up runs)."""
@@ -103,7 +125,8 @@ class TorchEngine(Engine):
         return self._graphs[b]
 
     def describe(self) -> dict:
-        return {**super().describe(), "cuda_graphs": self.cuda_graphs, "compiled": self.compiled}
+        return {**super().describe(), "cuda_graphs": self.cuda_graphs, "compiled": self.compiled,
+                **({"cuda_graph_error": self.graph_error} if self.graph_error else {})}
 
     def close(self) -> None:
         if self._dev.type == "cuda":

@@ -101,6 +101,8 @@ LEG_CHAIN = (JOINT["KneeLeft"], JOINT["AnkleLeft"])
 #: Spine, neck, head, thigh and shank: a standing-height proxy (ankle to head joint).
 HEIGHT_CHAIN = (JOINT["SpineMid"], JOINT["SpineShoulder"], JOINT["Neck"], JOINT["Head"],
                 JOINT["KneeLeft"], JOINT["AnkleLeft"])
+#: Index arrays of the chains above (``chain_length`` also accepts any other tuple).
+_CHAIN_INDEX: dict[tuple[int, ...], np.ndarray] = {}
 
 EPS = 1e-8
 
@@ -113,10 +115,38 @@ def _is_torch(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+#: Module-level constants already copied to a device, keyed by (id, dtype, device). Creating
+#: them once matters on CUDA: a host→device copy inside a forward pass costs a synchronising
+#: transfer per call and is not allowed during CUDA-graph capture.
+_DEVICE_CONSTANTS: dict[tuple[int, Any, Any], torch.Tensor] = {}
+
+
+def device_constant(a: Any, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``a`` (a module-level numpy array or tuple that lives as long as the program) as a
+    tensor on ``like``'s device, with ``dtype`` (default ``like.dtype``), created once per
+    device. Never pass a temporary: the cache is keyed by the object's identity."""
+    dtype = dtype or like.dtype
+    key = (id(a), dtype, like.device)
+    t = _DEVICE_CONSTANTS.get(key)
+    if t is None:
+        with torch.inference_mode(False):  # a normal tensor: autograd may save it later
+            t = torch.as_tensor(np.asarray(a), dtype=dtype, device=like.device)
+        _DEVICE_CONSTANTS[key] = t
+    return t
+
+
 def _const(a: np.ndarray, like: Any):
+    """A module-level constant array in the type of ``like`` (numpy or a tensor's device)."""
     if _is_torch(like):
-        return torch.as_tensor(a, dtype=like.dtype, device=like.device)
+        return device_constant(a, like)
     return a.astype(like.dtype, copy=False) if np.issubdtype(like.dtype, np.floating) else a
+
+
+def _take_joints(x: Any, index: np.ndarray, axis: int = -2):
+    """``x`` indexed by a constant joint ``index`` along ``axis`` (numpy or torch)."""
+    if _is_torch(x):
+        return x.index_select(axis, device_constant(index, x, torch.long))
+    return np.take(x, index, axis=axis)
 
 
 def _norm(x: Any, keepdims: bool = False):
@@ -138,7 +168,7 @@ def _matmul_joints(a: np.ndarray, v: Any):
 
 def bone_vectors(joints):
     """Vector from parent to child for every joint: ``[..., 25, 3]`` (root entry is 0)."""
-    return joints - joints[..., _PARENT_INDEX, :]
+    return joints - _take_joints(joints, _PARENT_INDEX)
 
 
 def bone_lengths(joints):
@@ -179,8 +209,10 @@ def set_bone_lengths(joints, lengths):
 
 def chain_length(lengths, chain: tuple[int, ...]):
     """Sum of the bone lengths of the given child joints: ``[...]``."""
-    idx = list(chain)
-    return lengths[..., idx].sum(-1)
+    chain = tuple(int(j) for j in chain)
+    if chain not in _CHAIN_INDEX:
+        _CHAIN_INDEX[chain] = np.asarray(chain, np.int64)
+    return _take_joints(lengths, _CHAIN_INDEX[chain], axis=-1).sum(-1)
 
 
 def leg_length(lengths):
@@ -366,11 +398,14 @@ def from_azure_kinect(joints32_mm):
     return mapped * _const(AZURE_AXES, mapped)
 
 
+_MIRROR_INDEX = np.asarray(MIRROR, np.int64)
+_MIRROR_SIGN = np.array([-1.0, 1.0, 1.0], dtype=np.float32)
+
+
 def mirror(joints):
     """Mirror a skeleton left↔right (negate X, swap left and right joints)."""
-    out = joints[..., list(MIRROR), :]
-    sign = _const(np.array([-1.0, 1.0, 1.0], dtype=np.float32), out)
-    return out * sign
+    out = _take_joints(joints, _MIRROR_INDEX)
+    return out * _const(_MIRROR_SIGN, out)
 
 
 def angle_between(u, v):

@@ -26,7 +26,7 @@ DUMMY = torch.tensor(default_dummy().lengths.copy())
 def make_store(root, subjects=(1, 2, 3, 4), actions=(0, 1, 2), reps=2, frames=24, seed=0):
     """A small labelled store: body proportions per subject, one swinging limb per action."""
     rng = np.random.default_rng(seed)
-    dirs0 = REST_DIRECTIONS.numpy()
+    dirs0 = np.asarray(REST_DIRECTIONS)
     limbs = [skeleton.JOINT[n] for n in ("ElbowLeft", "ElbowRight", "KneeLeft")]
     meta = {"splits": {"anonymizer_train": list(subjects)}}
     with StoreWriter(root, {"joints": (25, 3)}, meta=meta) as w:

@@ -115,3 +115,29 @@ def test_mirror_is_involution():
     x = torch.randn(3, 25, 3)
     assert torch.allclose(S.mirror(S.mirror(x)), x)
     assert torch.allclose(S.bone_lengths(S.mirror(x)), S.bone_lengths(x)[..., list(S.MIRROR)])
+
+
+def test_device_constants_are_created_once_and_safe_for_autograd():
+    """Joint-index and matrix constants are cached per device (no host→device copy per call,
+    which CUDA-graph capture forbids), and a constant first made under inference_mode can still
+    be saved for backward by a later training step."""
+    S._DEVICE_CONSTANTS.clear()
+    x = torch.randn(2, 4, 25, 3)
+    with torch.inference_mode():
+        S.bone_lengths(x)
+        S.leg_length(S.bone_lengths(x[:, 0]))
+    n = len(S._DEVICE_CONSTANTS)
+    assert n >= 2
+    y = x.clone().requires_grad_(True)
+    loss = S.leg_length(S.bone_lengths(y)).sum() + S.mirror(y).sum()
+    loss.backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+    S.bone_lengths(x)
+    assert len(S._DEVICE_CONSTANTS) == n + 2  # mirror's index and sign, nothing more
+    xn = x.numpy()
+    np.testing.assert_allclose(S.bone_vectors(xn), S.bone_vectors(x).numpy(),
+                               atol=1e-6)
+    np.testing.assert_allclose(S.mirror(xn), S.mirror(x).numpy(), atol=1e-6)
+    np.testing.assert_allclose(S.chain_length(S.bone_lengths(xn), (3, 4)),
+                               S.chain_length(S.bone_lengths(x), (3, 4)).numpy(),
+                               atol=1e-6)

@@ -31,7 +31,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true",
                    help="original, naive, the noise σ sweep, the shipped default, checkpoints "
                         "of --models and every runs/**/model.safetensors")
-    p.add_argument("--models", type=Path, help="YAML/JSON list of checkpoints for --all")
+    p.add_argument("--models", type=Path, action="append",
+                   help="(repeatable) YAML/JSON list of checkpoints, or a study file "
+                        "(configs/studies.yaml: its trained runs with their groups; "
+                        "untrained runs are skipped), "
+                        "evaluated with --all or on their own")
+    p.add_argument("--study-out", type=Path,
+                   help="folder holding the study's runs (default: the study file's 'out')")
+    p.add_argument("--methods",
+                   help="evaluate only these of the collected methods (comma-separated names; "
+                        "to split --all across processes that share --cache)")
+    p.add_argument("--cache", type=Path,
+                   help="per-method result cache (default OUT/cache): a method evaluated "
+                        "before with the same model, data and settings is read back")
+    p.add_argument("--no-cache", action="store_true", help="evaluate every method afresh")
     p.add_argument("--runs", type=Path, default=Path("runs"),
                    help="runs folder searched by --all (default ./runs)")
     p.add_argument("--sigmas", default="0.01,0.02,0.05,0.1,0.2",
@@ -39,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--utkinect", type=Path,
                    help="also evaluate on UTKinect-Action3D in this folder (original, naive, "
                         "and the other evaluated methods)")
+    p.add_argument("--utk-studies", action="store_true",
+                   help="also evaluate the study runs (--models study file) on UTKinect")
     p.add_argument("--utk-epochs", type=int, default=30,
                    help="attacker epochs on UTKinect (a small set; default 30)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder")
@@ -64,7 +79,8 @@ def _command(args: argparse.Namespace) -> str:
         if key in ("func", "command", "verbose") or value in (None, False):
             continue
         flag = "--" + key.replace("_", "-")
-        parts.append(flag if value is True else f"{flag} {value}")
+        for v in value if isinstance(value, list) else [value]:
+            parts.append(flag if v is True else f"{flag} {v}")
     return " ".join(parts)
 
 
@@ -84,13 +100,16 @@ def _candidates(args, suite):
     if args.all:
         cands = suite.baseline_candidates(_sigmas(args.sigmas))
         cands += suite.default_candidate()
-        if args.models:
-            cands += suite.read_model_list(args.models)
+        for models in args.models or ():
+            cands += suite.read_model_list(models, args.study_out)
         if args.runs and args.runs.is_dir():
             cands += suite.find_checkpoints(args.runs)
         return cands
+    if args.models and args.method is None:
+        return [c for models in args.models for c in suite.read_model_list(models,
+                                                                            args.study_out)]
     if args.method is None:
-        raise UserError("give --method or --all")
+        raise UserError("give --method, --models or --all")
     if args.method == "original":
         return []
     if args.method == "naive":
@@ -137,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed, progress=False)
         try:
             data = protocol.load_store(data_path, cfg)
-            candidates = _candidates(args, suite)
+            candidates = suite.unique_candidates(_candidates(args, suite))
+            if args.methods is not None:
+                candidates = suite.select(candidates, [n.strip() for n in
+                                                       args.methods.split(",") if n.strip()])
             methods = [suite.build(c, data.dummy, str(data_path), data.info["eval_subjects"])
                        for c in candidates]
         except (StoreError, protocol.ProtocolError, CheckpointError, KeyError) as e:
@@ -145,11 +167,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluating {', '.join(['original'] + [m.name for m in methods])} on "
               f"{data.info['train_windows']} / {data.info['test_windows']} windows of "
               f"{len(data.info['eval_subjects'])} unseen subjects")
-        results = protocol.run_protocol(data, methods, cfg)
+        cache = None if args.no_cache else suite.ResultCache(args.cache or args.out / "cache",
+                                                             cfg, data_path)
+        results = protocol.run_protocol(data, methods, cfg, cache)
+        if cache is not None:
+            print(f"cache {cache.root}: {len(cache.hits)} read back"
+                  + (f" ({', '.join(cache.hits)})" if cache.hits else "")
+                  + f", {len(cache.stored)} stored")
         if args.utkinect:
             from streamtmr.data.utkinect import UTKFormatError
             from streamtmr.eval.realdata import evaluate_utkinect
-            real = [m for m in methods if not m.name.startswith("noise")]
+            # Real-data transfer of the shipped default and the methods compared with it; the
+            # study runs (ablations, sweeps) too with --utk-studies.
+            real = [m for m in methods if not m.name.startswith("noise")
+                    and (args.utk_studies or not m.info.get("groups"))]
             try:
                 utk = TrainConfig(**{**attacker.as_dict(), "epochs": args.utk_epochs})
                 results["utkinect"] = evaluate_utkinect(args.utkinect, real, utk)

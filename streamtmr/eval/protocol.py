@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -431,17 +431,45 @@ def goals(result: dict[str, Any], chance: dict[str, float], original_action_top1
     }
 
 
-def run_protocol(data: EvalData, methods: list[Method], cfg: EvalConfig) -> dict[str, Any]:
+class ResultCache(Protocol):
+    """Stores one method's results between runs (see :class:`streamtmr.eval.suite.ResultCache`).
+    ``get`` returns ``None`` when the method is not cached (or cannot be)."""
+
+    def get(self, method: Method) -> dict[str, Any] | None: ...
+
+    def put(self, method: Method, result: dict[str, Any]) -> None: ...
+
+
+def run_protocol(data: EvalData, methods: list[Method], cfg: EvalConfig,
+                 cache: ResultCache | None = None) -> dict[str, Any]:
     """Evaluate every method on the same data, attackers and protocol. The static attackers
-    are trained once on original data; "original" is always evaluated first."""
-    static = train_attackers(data.train["joints"], data.train, cfg)
+    are trained once on original data; "original" is always evaluated first.
+
+    With ``cache``, a method found there is not evaluated again, and the static attackers are
+    not trained at all when every method (with "original") is cached. Every step is seeded
+    (attackers, probes, linkage pairs, stochastic anonymizers) and no method's evaluation
+    depends on another's, so a cached result equals a recomputed one (for the same data,
+    ``cfg`` and model). Goals and action retention are derived afterwards for every method.
+    """
     chance = data.chance()
-    results: dict[str, Any] = {}
     names = [m.name for m in methods]
     if "original" not in names:
         methods = [Method("original", None, None, None, {"method": "original"}), *methods]
+    results: dict[str, Any] = {}
+    todo = []
     for m in methods:
-        results[m.name] = evaluate_method(m, data, static, cfg)
+        hit = cache.get(m) if cache is not None else None
+        if hit is None:
+            todo.append(m)
+        else:
+            results[m.name] = {**hit, "info": m.info}
+    if todo:
+        static = train_attackers(data.train["joints"], data.train, cfg)
+        for m in todo:
+            results[m.name] = evaluate_method(m, data, static, cfg)
+            if cache is not None:
+                cache.put(m, results[m.name])
+    results = {m.name: results[m.name] for m in methods}
     orig = results["original"]["static"]["action_top1"]
     for name, r in results.items():
         if name != "original":
@@ -453,5 +481,6 @@ def run_protocol(data: EvalData, methods: list[Method], cfg: EvalConfig) -> dict
 
 __all__ = ["Attackers", "EvalConfig", "EvalData", "Method", "ProtocolError", "attack",
            "embedding_probes", "eval_subjects", "evaluate_method", "load_store",
-           "make_anonymizer", "make_pairs", "method_from_model", "quality", "run_protocol",
+           "make_anonymizer", "make_pairs", "method_from_model", "quality", "ResultCache",
+           "run_protocol",
            "streamed_newest", "train_attackers"]

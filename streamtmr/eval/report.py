@@ -139,6 +139,136 @@ def embedding_table(results: dict[str, Any]) -> list[str]:
                    "H_action action (linear)", "H_identity re-ID (linear)"], rows)
 
 
+# --------------------------------------------------------------------------------------------
+# Study groups (``configs/studies.yaml``): ablations, sweeps, candidates for the default
+# --------------------------------------------------------------------------------------------
+
+ABLATION = "ablation"
+DEFAULT_CANDIDATES = "default candidates"
+SHIPPED = "default (shipped)"
+COMPARISON_HEADER = ["method", "re-ID top-1 static", "re-ID top-1 adaptive",
+                     "linkage AUC adaptive", "action top-1 frozen", "action top-1 retrained",
+                     "MPJPE→target mm", "H_action re-ID (MLP)", "stream gap mm",
+                     "Δ re-ID adaptive (points)", "Δ action retrained (points)", "Δ MPJPE mm"]
+
+
+def in_group(results: dict[str, Any], group: str) -> list[str]:
+    """Methods whose ``info.groups`` holds ``group``, in results order."""
+    return [n for n, r in results["methods"].items()
+            if group in (r.get("info", {}).get("groups") or ())]
+
+
+def _mpjpe(r: dict[str, Any]) -> float | None:
+    return r.get("quality", {}).get("mpjpe_target_mm")
+
+
+def _delta(x: float | None, ref: float | None, scale: float, fmt: str) -> str:
+    if x is None or ref is None or math.isnan(x) or math.isnan(ref):
+        return "–"
+    return format(scale * (x - ref), fmt)
+
+
+def comparison_table(results: dict[str, Any], names: Sequence[str], reference: str | None,
+                     mark: str) -> list[str]:
+    """Privacy, utility and quality of ``names``, with the change from ``reference`` (listed
+    first, its name followed by ``mark``)."""
+    ms = results["methods"]
+    order = ([reference] if reference else []) + [n for n in names if n != reference]
+    ref = ms[reference] if reference else None
+    rows = []
+    for n in order:
+        r = ms[n]
+        s, a = r["static"], r["adaptive"]
+        e = r.get("embedding") or {}
+        row = [f"`{n}`" + (f" {mark}" if n == reference else ""), _pct(s["reid_top1"]),
+               _pct(a["reid_top1"]), _link(a.get("linkage")), _pct(s["action_top1"]),
+               _pct(a["action_top1"]), _num(_mpjpe(r), ".1f"),
+               _pct(e.get("probe_action_reid_mlp")),
+               _num(r.get("quality", {}).get("stream_gap_mm"), ".1f")]
+        if ref is None or n == reference:
+            row += ["–"] * 3
+        else:
+            row += [_delta(a["reid_top1"], ref["adaptive"]["reid_top1"], 100, "+.1f"),
+                    _delta(a["action_top1"], ref["adaptive"]["action_top1"], 100, "+.1f"),
+                    _delta(_mpjpe(r), _mpjpe(ref), 1, "+.1f")]
+        rows.append(row)
+    return _table(COMPARISON_HEADER, rows)
+
+
+def ablation_table(results: dict[str, Any]) -> list[str]:
+    """The ``ablation`` group against its ``reference: true`` run (the full model)."""
+    names = in_group(results, ABLATION)
+    if not names:
+        return []
+    ref = next((n for n in names if results["methods"][n]["info"].get("reference")), None)
+    return comparison_table(results, names, ref, "(full model)")
+
+
+def default_candidates_table(results: dict[str, Any]) -> list[str]:
+    """The ``default candidates`` group against the shipped default (when evaluated)."""
+    names = in_group(results, DEFAULT_CANDIDATES)
+    if not names:
+        return []
+    ref = SHIPPED if SHIPPED in results["methods"] else None
+    return comparison_table(results, names, ref, "(shipped)")
+
+
+def study_sweeps(results: dict[str, Any]) -> list[tuple[str, list[str], list[str]]]:
+    """(group, method names, ``param=value`` labels) of every study group other than the
+    ablations and the default candidates whose members carry ``param``/``value``, sorted by
+    value; groups with fewer than two such members are no sweep."""
+    groups: dict[str, list[str]] = {}
+    for n, r in results["methods"].items():
+        info = r.get("info", {})
+        if info.get("param") is None or info.get("value") is None:
+            continue
+        for g in info.get("groups") or ():
+            if g not in (ABLATION, DEFAULT_CANDIDATES):
+                groups.setdefault(g, []).append(n)
+    out = []
+    for g, names in groups.items():
+        if len(names) < 2:
+            continue
+        info = {n: results["methods"][n]["info"] for n in names}
+        names = sorted(names, key=lambda n: info[n]["value"])
+        out.append((g, names, [f"{info[n]['param']}={info[n]['value']:g}" for n in names]))
+    return out
+
+
+def sweep_table(results: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """One row per value of a study sweep (``names`` sorted by value)."""
+    ms = results["methods"]
+    params = list(dict.fromkeys(ms[n]["info"]["param"] for n in names))
+    rows = []
+    for n in names:
+        r, info = ms[n], ms[n]["info"]
+        rows.append([_num(info["value"], "g") if len(params) == 1 else
+                     f"{info['param']}={info['value']:g}",
+                     f"`{n}`" + (" (reference)" if info.get("reference") else ""),
+                     _pct(r["static"]["reid_top1"]), _pct(r["adaptive"]["reid_top1"]),
+                     _pct(r["static"]["action_top1"]), _pct(r["adaptive"]["action_top1"]),
+                     _num(_mpjpe(r), ".1f")])
+    return _table([params[0] if len(params) == 1 else "setting", "run", "re-ID top-1 static",
+                   "re-ID top-1 adaptive", "action top-1 frozen", "action top-1 retrained",
+                   "MPJPE→target mm"], rows)
+
+
+def study_markdown(results: dict[str, Any]) -> list[str]:
+    """Ablations, sweeps and default candidates of a study (empty without study groups)."""
+    lines: list[str] = []
+    abl = ablation_table(results)
+    if abl:
+        lines += ["", "Ablations (each row changes one part of the full model; Δ = row − full "
+                  "model; %, MPJPE in mm):", ""] + abl
+    for group, names, _ in study_sweeps(results):
+        lines += ["", f"Sweep {group} (%, MPJPE in mm):", ""] + sweep_table(results, names)
+    cand = default_candidates_table(results)
+    if cand:
+        lines += ["", "Candidates for the shipped default (Δ = row − shipped default; %, MPJPE "
+                  "in mm):", ""] + cand
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """All tables of one results dict as Markdown."""
     d = results["data"]
@@ -157,6 +287,7 @@ def markdown(results: dict[str, Any]) -> str:
     emb = embedding_table(results)
     if emb:
         lines += ["", "Embedding probes (test view, unseen subjects, %):", ""] + emb
+    lines += study_markdown(results)
     g = goals_table(results)
     if g:
         lines += ["", "Aims (adaptive re-ID ≤ 1.5 × chance, static ≤ chance + 1 point, "

@@ -2,16 +2,21 @@
 
 Methods come from: the baselines (``naive``, ``noise`` at one or several σ), checkpoints given
 explicitly, checkpoints listed in a YAML/JSON file (``[{name, checkpoint}, ...]`` or
-``{name: checkpoint}``), every ``model.safetensors`` under a runs directory, and the shipped
-default model when it exists. Sweeps (noise σ; any config or training-config value that varies
-across the checkpoints of one method, e.g. PMR α_emb, Moon α/β, TMR loss weights) get a
-trade-off plot.
+``{name: checkpoint}``) or trained by a study (``configs/studies.yaml``, whose groups, sweep
+parameter and reference flag travel with each method into the results), every
+``model.safetensors`` under a runs directory, and the shipped default model when it exists.
+Sweeps (noise σ; a study's sweep groups; otherwise any config or training-config value that
+varies across the checkpoints of one method, e.g. Moon α/β, TMR loss weights) get a trade-off
+plot. :class:`ResultCache` keeps each method's results on disk between runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ import yaml
 
 from streamtmr.dummy import Dummy
 from streamtmr.eval import report
-from streamtmr.eval.protocol import Method, ProtocolError, method_from_model
+from streamtmr.eval.protocol import EvalConfig, Method, ProtocolError, method_from_model
 from streamtmr.models.checkpoint import (
     CheckpointError,
     default_checkpoint_path,
@@ -37,11 +42,17 @@ DEFAULT_SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2)
 
 @dataclass
 class Candidate:
-    """A method before it is built: a name and either a baseline config or a checkpoint."""
+    """A method before it is built: a name and either a baseline config or a checkpoint, plus
+    the study groups it belongs to (``param``/``value``: its setting in a sweep group;
+    ``reference``: the row the others of its groups are compared with)."""
 
     name: str
     config: dict[str, Any] | None = None
     checkpoint: Path | None = None
+    groups: tuple[str, ...] = ()
+    param: str | None = None
+    value: float | None = None
+    reference: bool = False
 
 
 def baseline_candidates(sigmas: tuple[float, ...] = DEFAULT_SIGMAS, naive: bool = True
@@ -51,14 +62,17 @@ def baseline_candidates(sigmas: tuple[float, ...] = DEFAULT_SIGMAS, naive: bool 
     return out
 
 
-def read_model_list(path: str | Path) -> list[Candidate]:
-    """A YAML/JSON list of checkpoints: ``[{name, checkpoint}]`` or ``{name: checkpoint}``;
-    relative paths are relative to the list file."""
+def read_model_list(path: str | Path, study_out: str | Path | None = None) -> list[Candidate]:
+    """A YAML/JSON list of checkpoints: ``[{name, checkpoint}]`` or ``{name: checkpoint}``
+    (relative paths are relative to the list file), or a study file (a mapping with a ``runs``
+    list, see :func:`study_candidates`; ``study_out`` overrides where its runs are)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ProtocolError(f"{path}: cannot read model list ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("runs"), list):
+        return study_candidates(path, study_out)
     items = (list(data.items()) if isinstance(data, dict) else
              [(d.get("name"), d.get("checkpoint")) if isinstance(d, dict) else (None, None)
               for d in (data or [])])
@@ -69,6 +83,66 @@ def read_model_list(path: str | Path) -> list[Candidate]:
         p = Path(ckpt)
         out.append(Candidate(str(name), checkpoint=p if p.is_absolute() else path.parent / p))
     return out
+
+
+def study_candidates(path: str | Path, out: str | Path | None = None) -> list[Candidate]:
+    """The trained runs of a study file (``<out>/<name>/model.safetensors``; ``out`` defaults
+    to the study's own), named by run and carrying its groups, ``param``/``value`` and
+    ``reference``. Runs without a final checkpoint are skipped with a warning: studies may be
+    partly trained."""
+    from streamtmr.train.config import ConfigError
+    from streamtmr.train.study import load_study
+
+    try:
+        study = load_study(path)
+    except ConfigError as e:
+        raise ProtocolError(str(e)) from None
+    out = Path(out) if out is not None else None
+    found, missing = [], []
+    for run in study.runs:
+        ckpt = study.run_dir(run, out) / "model.safetensors"
+        if not ckpt.is_file():
+            missing.append(run.name)
+            continue
+        found.append(Candidate(run.name, checkpoint=ckpt, groups=run.groups, param=run.param,
+                               value=run.value, reference=run.reference))
+    if missing:
+        log.warning("%s: %d of %d runs have no model.safetensors under %s yet, skipped: %s",
+                    path, len(missing), len(study.runs), out or study.out, ", ".join(missing))
+    return found
+
+
+def unique_candidates(cands: list[Candidate]) -> list[Candidate]:
+    """Drop later candidates whose checkpoint is already listed (e.g. a study's run found again
+    by the runs-folder search); two different methods under one name are an error."""
+    out: list[Candidate] = []
+    seen: dict[Path, str] = {}
+    names: set[str] = set()
+    for c in cands:
+        if c.checkpoint is not None:
+            key = Path(c.checkpoint).resolve()
+            if key in seen:
+                log.info("%s: same checkpoint as %s, evaluated once", c.name, seen[key])
+                continue
+            seen[key] = c.name
+        if c.name in names:
+            raise ProtocolError(f"two methods are named {c.name!r}"
+                                + (f" (the second is {c.checkpoint})" if c.checkpoint else ""))
+        names.add(c.name)
+        out.append(c)
+    return out
+
+
+def select(cands: list[Candidate], names: list[str]) -> list[Candidate]:
+    """The candidates named in ``names`` (in candidate order); unknown names are an error.
+    ``original`` is always evaluated and may be named."""
+    known = [c.name for c in cands]
+    unknown = [n for n in names if n not in known and n != "original"]
+    if unknown:
+        raise ProtocolError(f"no method named {', '.join(map(repr, unknown))} (have "
+                            f"{', '.join(['original', *known])})")
+    wanted = set(names)
+    return [c for c in cands if c.name in wanted]
 
 
 def find_checkpoints(runs: str | Path) -> list[Candidate]:
@@ -119,15 +193,130 @@ def _check_training_subjects(extra: dict[str, Any], store_root: str | None,
 
 def build(c: Candidate, dummy: Dummy, store_root: str | None = None,
           eval_subjects: list[int] | None = None) -> Method:
+    study = {"groups": list(c.groups), "param": c.param, "value": c.value,
+             "reference": c.reference}
     if c.checkpoint is not None:
         config, extra = read_metadata(c.checkpoint)
         _check_training_subjects(extra, store_root, eval_subjects or [], c.checkpoint)
         model = load_checkpoint(c.checkpoint)
         info = {"checkpoint": str(c.checkpoint), "config": config,
-                "train_config": extra.get("train_config")}
+                "train_config": extra.get("train_config"), **study}
         return method_from_model(c.name, model, dummy, info)
     model = build_model(dict(c.config or {}))
-    return method_from_model(c.name, model, dummy, {"config": c.config})
+    return method_from_model(c.name, model, dummy, {"config": c.config, **study})
+
+
+# --------------------------------------------------------------------------------------------
+# Result cache
+# --------------------------------------------------------------------------------------------
+
+#: Part of every cache key: bump it when a change of the evaluation code changes results.
+CACHE_VERSION = 1
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def store_identity(store_root: str | Path) -> str:
+    """sha256 of a store's ``meta.json`` and ``index.csv`` (what it holds and how it was
+    generated; the frame arrays are not read)."""
+    h = hashlib.sha256()
+    for name in ("meta.json", "index.csv"):
+        p = Path(store_root) / name
+        h.update(name.encode() + b"\0" + (p.read_bytes() if p.is_file() else b"") + b"\0")
+    return h.hexdigest()
+
+
+class ResultCache:
+    """One JSON file per evaluated method in ``root``, named by the sha256 of: the model (its
+    checkpoint file's sha256, or the baseline's config; "original" = ``{"method":
+    "original"}``), ``cfg.as_dict()`` (protocol and attacker settings), the store's identity
+    (:func:`store_identity`), the window and :data:`CACHE_VERSION`.
+
+    Evaluation is seeded throughout (see :func:`streamtmr.eval.protocol.run_protocol`), so a
+    cached result equals a recomputed one on the same software and device (floating-point
+    sums may differ across torch versions or thread counts). Entries are written to a
+    temporary file and renamed, so several processes may share one cache. Methods with neither
+    a checkpoint nor a config (built in code) are never cached. The method's name and study
+    groups are not part of the key: they come from the current run.
+    """
+
+    def __init__(self, root: str | Path, cfg: EvalConfig, store_root: str | Path):
+        self.root = Path(root)
+        self.cfg = cfg.as_dict()
+        self.window = cfg.window
+        self.store = store_identity(store_root)
+        self.hits: list[str] = []
+        self.stored: list[str] = []
+        self._digests: dict[tuple[str, int, int], str] = {}
+
+    def _model_identity(self, method: Method) -> dict[str, Any] | None:
+        info = method.info
+        if info.get("checkpoint"):
+            p = Path(info["checkpoint"])
+            st = p.stat()
+            memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+            if memo not in self._digests:
+                self._digests[memo] = _sha256_file(p)
+            return {"checkpoint_sha256": self._digests[memo]}
+        if info.get("config") is not None:
+            return {"config": info["config"]}
+        if method.module is None:
+            return {"config": {"method": "original"}}
+        return None
+
+    def key(self, method: Method) -> str | None:
+        """The cache key of ``method`` (None: not cacheable)."""
+        model = self._model_identity(method)
+        if model is None:
+            return None
+        blob = json.dumps({"version": CACHE_VERSION, "model": model, "eval": self.cfg,
+                           "data": self.store, "window": self.window},
+                          sort_keys=True, default=report._json_default)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def path(self, method: Method) -> Path | None:
+        key = self.key(method)
+        return None if key is None else self.root / f"{key}.json"
+
+    def get(self, method: Method) -> dict[str, Any] | None:
+        p = self.path(method)
+        if p is None or not p.is_file():
+            return None
+        try:
+            result = json.loads(p.read_text())["result"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s: unreadable cache entry for %s (%s), evaluating again", p,
+                        method.name, e)
+            return None
+        self.hits.append(method.name)
+        return result
+
+    def put(self, method: Method, result: dict[str, Any]) -> None:
+        """Store ``result`` without what is derived from other methods (goals, retention) or
+        from this run (info)."""
+        p = self.path(method)
+        if p is None:
+            return
+        body = {k: v for k, v in result.items()
+                if k not in ("info", "goals", "action_retention")}
+        text = json.dumps({"name": method.name, "info": method.info, "result": body},
+                          indent=1, default=report._json_default)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.stored.append(method.name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,17 +343,22 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def sweeps(results: dict[str, Any]) -> list[tuple[str, list[str], list[str]]]:
-    """(title, method names, point labels) for each one-parameter sweep among the results."""
+    """(title, method names, point labels) for each one-parameter sweep among the results:
+    the noise σ sweep, the study's sweep groups (:func:`report.study_sweeps`), then sweeps
+    inferred from the one config value that varies across the other checkpoints of a method.
+    Methods with study groups are left to their groups: no sweep is inferred over them."""
     ms = results["methods"]
     out = []
-    noise = sorted((n for n, r in ms.items() if r["info"].get("method") == "noise"),
+    noise = sorted((n for n, r in ms.items()
+                    if r["info"].get("method") == "noise" and not r["info"].get("groups")),
                    key=lambda n: ms[n]["info"]["config"]["sigma"])
     if len(noise) >= 2:
         out.append(("Gaussian noise: σ sweep", ["original", *noise],
                     ["orig.", *[f"σ={ms[n]['info']['config']['sigma']:g}" for n in noise]]))
+    out += report.study_sweeps(results)
     by_method: dict[str, list[str]] = {}
     for n, r in ms.items():
-        if r["info"].get("checkpoint"):
+        if r["info"].get("checkpoint") and not r["info"].get("groups"):
             by_method.setdefault(r["info"]["method"], []).append(n)
     for method, names in by_method.items():
         if len(names) < 2:
@@ -188,9 +382,14 @@ def _ascii_slug(text: str) -> str:
 
 
 def plot_sweeps(results: dict[str, Any], img_dir: str | Path) -> list[Path]:
-    paths = []
+    paths: list[Path] = []
     for title, names, labels in sweeps(results):
-        p = Path(img_dir) / f"tradeoff_{_ascii_slug(title.replace(' sweep', ''))}.png"
+        stem = f"tradeoff_{_ascii_slug(title.replace(' sweep', ''))}"
+        p = Path(img_dir) / f"{stem}.png"
+        i = 2
+        while p in paths:  # two titles with the same ASCII slug
+            p = Path(img_dir) / f"{stem}_{i}.png"
+            i += 1
         report.tradeoff_plot(report.sweep_points(results, names, labels), p, title,
                              results["chance"])
         paths.append(p)

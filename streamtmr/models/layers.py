@@ -9,6 +9,7 @@ constants instead of chains of Shape/Gather/Concat nodes on the hot path.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -115,8 +116,15 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> torch
 
     Queries and keys are both indexed by frame from 0.
     """
-    mask = np.triu(np.ones((int(t_q), int(t_k)), dtype=bool), 1)
-    return torch.from_numpy(mask).to(device)
+    return _causal_mask(int(t_q), int(t_k), torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_mask(t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
+    # Built once per shape and device: no host→device copy per forward pass (CUDA graphs).
+    mask = np.triu(np.ones((t_q, t_k), dtype=bool), 1)
+    with torch.inference_mode(False):  # a normal tensor: autograd may save it later
+        return torch.from_numpy(mask).to(device)
 
 
 class Attention(nn.Module):

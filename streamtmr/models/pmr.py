@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,9 +43,9 @@ IN_FEATURES = J * 3
 OUT_FEATURES = 3 + skeleton.NUM_BONES * 3
 
 
-def _rest_directions() -> torch.Tensor:
+def _rest_directions() -> np.ndarray:
     """Unit bone directions ``[25, 3]`` of the dummy rest pose (independent of bone lengths)."""
-    return torch.as_tensor(skeleton.bone_directions(default_dummy().rest_pose()))
+    return skeleton.bone_directions(default_dummy().rest_pose())
 
 
 REST_DIRECTIONS = _rest_directions()
@@ -52,7 +53,7 @@ REST_DIRECTIONS = _rest_directions()
 
 def rest_pose_sequence(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     """Rest pose of bodies with bone lengths ``[B, 25]`` repeated: ``[B, frames, 25, 3]``."""
-    dirs = REST_DIRECTIONS.to(lengths)
+    dirs = skeleton.device_constant(REST_DIRECTIONS, lengths)
     pose = skeleton.forward_kinematics(lengths.new_zeros(*lengths.shape[:-1], 3), dirs, lengths)
     return pose[..., None, :, :].expand(*lengths.shape[:-1], frames, J, 3)
 

@@ -34,7 +34,7 @@ REST_DIRECTIONS = skeleton.bone_directions(
 
 def rest_pose(lengths: torch.Tensor) -> torch.Tensor:
     """Rest pose ``[..., 25, 3]`` (root at the origin) of bodies with bone lengths ``[..., 25]``."""
-    dirs = torch.as_tensor(REST_DIRECTIONS, dtype=lengths.dtype, device=lengths.device)
+    dirs = skeleton.device_constant(REST_DIRECTIONS, lengths)
     root = lengths.new_zeros(*lengths.shape[:-1], 3)
     return skeleton.forward_kinematics(root, dirs, lengths)
 
