@@ -119,3 +119,26 @@ def test_same_population_is_recognised_across_folders(store, tmp_path):
     with pytest.raises(protocol.ProtocolError, match="evaluation subjects"):
         suite.build(suite.Candidate("twin", checkpoint=path), protocol.store_dummy(store),
                     str(store.root), ev)
+
+
+def test_oracles_read_the_ground_truth_and_are_attacked_adaptively(store):
+    """The ground-truth rows: their output is the store's target arrays (MPJPE 0 to their own
+    array), they get retrained (adaptive) attackers like any anonymizer, and every method
+    reports MPJPE to the frame-aligned target_sync."""
+    from streamtmr.eval import suite
+    from streamtmr.eval.attackers import TrainConfig
+
+    cfg = protocol.EvalConfig(window=16, train_stride=16, gap_sequences=1, linkage_pairs=40,
+                              attacker=TrainConfig(width=8, epochs=1))
+    data = protocol.load_store(store, cfg)
+    assert {"target", "target_sync"} <= set(data.test)
+    cands = suite.oracle_candidates(data.test)
+    assert [c.name for c in cands] == ["ground truth (neutral tempo)", "ground truth (own tempo)"]
+    methods = [suite.build(c, data.dummy) for c in cands]
+    res = protocol.run_protocol(data, methods, cfg)["methods"]
+    neutral, own = res["ground truth (neutral tempo)"], res["ground truth (own tempo)"]
+    assert neutral["quality"]["mpjpe_target_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert own["quality"]["mpjpe_sync_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert own["quality"]["mpjpe_target_mm"] > 1.0 and "stream_gap_mm" not in own["quality"]
+    assert res["original"]["quality"]["mpjpe_sync_mm"] > 1.0
+    assert own["adaptive"] is not own["static"] and "linkage" in own["adaptive"]

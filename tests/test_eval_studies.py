@@ -192,9 +192,9 @@ def test_ablation_and_default_candidate_tables():
     rows = report.ablation_table(res)
     assert rows[0].startswith("| method | re-ID top-1 static | re-ID top-1 adaptive |")
     assert rows[2] == ("| `tmr-full` (full model) | 10.0 | 30.0 | 0.60 | 70.0 | 75.0 | 50.0 | "
-                       "25.0 | 1.5 | – | – | – |")
-    assert rows[3] == ("| `tmr-no-lstm` | 20.0 | 50.0 | 0.60 | 60.0 | 65.0 | 55.0 | 25.0 | 1.5 "
-                       "| +20.0 | -10.0 | +5.0 |")
+                       "– | 25.0 | 1.5 | – | – | – |")
+    assert rows[3] == ("| `tmr-no-lstm` | 20.0 | 50.0 | 0.60 | 60.0 | 65.0 | 55.0 | – | 25.0 | "
+                       "1.5 | +20.0 | -10.0 | +5.0 |")
     assert len(rows) == 4
     cand = report.default_candidates_table(res)
     assert cand[2].startswith("| `default (shipped)` (shipped) |")
@@ -218,3 +218,25 @@ def test_study_sweeps_take_precedence_and_are_plotted(tmp_path):
     paths = suite.plot_sweeps(res, tmp_path)
     assert [p.name for p in paths] == ["tradeoff_tmr_adv.png"]
     assert paths[0].stat().st_size > 1000
+
+
+def test_store_identity_follows_the_evaluated_arrays(tmp_path):
+    """Adding an array the evaluation does not read keeps a store's identity (cached results
+    stay valid); different joints (e.g. regenerated sensor noise) change it."""
+    import json
+    import shutil
+
+    from streamtmr.data.synth import generate
+
+    a = generate(tmp_path / "a", n_subjects=3, n_actions=1, reps=1, seed=0, progress=False)
+    before = suite.store_identity(a)
+    meta = json.loads((a / "meta.json").read_text())
+    meta["arrays"]["extra"] = {"dtype": "float32", "frame_shape": [1]}
+    (a / "extra.f32").write_bytes(b"\0" * 4 * meta["frames"])
+    (a / "meta.json").write_text(json.dumps(meta))
+    assert suite.store_identity(a) == before
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    with open(b / "joints.f32", "r+b") as f:
+        f.write(b"\1\2\3\4")
+    assert suite.store_identity(b) != before

@@ -195,7 +195,7 @@ def test_store_round_trip_and_ground_truth(tiny_store):
     np.testing.assert_allclose(meta["dummy"]["lengths"], dummy.lengths, atol=1e-6)
     assert sorted(meta["splits"]["anonymizer_train"] + meta["splits"]["eval"]) == [0, 1, 2]
     assert len(store) == 3 * 3 * len(VIEWS) * 2
-    assert set(store.array_names) == {"joints", "clean", "target", "state"}
+    assert set(store.array_names) == {"joints", "clean", "target", "target_sync", "state"}
     for col in ("subject", "action", "view", "rep", "sex", "age_group"):
         assert store.column(col).dtype.kind == "i"
     assert set(store.column("view")) == {0, 1, 2}
@@ -213,6 +213,9 @@ def test_store_round_trip_and_ground_truth(tiny_store):
         target, _ = synth.render(content, target_body, camera=cam, sensor_noise=False)
         np.testing.assert_allclose(seq.arrays["clean"], clean, atol=1e-6)
         np.testing.assert_allclose(seq.arrays["target"], target, atol=1e-6)
+        sync, _ = synth.render(content, synth.replace(target_body, tempo=person.tempo),
+                               camera=cam, sensor_noise=False)
+        np.testing.assert_allclose(seq.arrays["target_sync"], sync, atol=1e-6)
         np.testing.assert_allclose(skeleton.bone_lengths(seq.arrays["target"]),
                                    np.broadcast_to(dummy.lengths, target.shape[:2]), atol=1e-5)
         noise = np.linalg.norm(seq.arrays["joints"] - seq.arrays["clean"], axis=-1)
@@ -232,6 +235,48 @@ def test_views_see_the_same_performance(tiny_store):
     for c in clean[1:]:
         np.testing.assert_allclose(skeleton.bone_lengths(c), skeleton.bone_lengths(clean[0]),
                                    atol=1e-5)
+
+
+def _onset_end(seq: np.ndarray) -> tuple[int, int]:
+    """First and last frame where the wrists move faster than 0.3 m/s (relative to the root)."""
+    rel = seq[:, list(skeleton.HANDS)] - seq[:, :1]
+    speed = np.linalg.norm(np.diff(rel, axis=0), axis=-1).max(-1) * synth.FPS
+    moving = np.flatnonzero(speed > 0.3)
+    return int(moving[0]), int(moving[-1])
+
+
+def test_target_sync_follows_the_source_timing():
+    """target_sync is the neutral-style dummy at the person's own tempo: it starts and stops
+    moving with the source, while the neutral-tempo target ends at another time."""
+    people = synth.sample_population(60, seed=0)
+    fast = max(people, key=lambda p: p.tempo)
+    assert fast.tempo > 1.15
+    content, cams, _ = synth.plan_performance(fast, synth.ACTIONS.index("wave"), 0,
+                                              (0.0,), seed=0)
+    body = synth.neutral_identity(default_dummy().lengths)
+    clean = synth.world_motion(content, fast)
+    sync = synth.world_motion(content, synth.replace(body, tempo=fast.tempo))
+    target = synth.world_motion(content, body)
+    (c0, c1), (s0, s1), (_t0, t1) = _onset_end(clean), _onset_end(sync), _onset_end(target)
+    assert abs(s0 - c0) <= 3 and abs(s1 - c1) <= 3
+    assert t1 - c1 > 6  # the neutral tempo is slower: the target lags the fast person
+
+
+def test_add_target_sync_upgrades_an_older_store(tiny_store, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_store, old)
+    (old / "target_sync.f32").unlink()
+    meta = json.loads((old / "meta.json").read_text())
+    del meta["arrays"]["target_sync"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    assert "target_sync" not in SkeletonStore(old).array_names
+    synth.add_target_sync(old, progress=False)
+    np.testing.assert_array_equal(SkeletonStore(old).array("target_sync"),
+                                  SkeletonStore(tiny_store).array("target_sync"))
+    synth.add_target_sync(old, progress=False)  # already there: nothing to do
 
 
 def test_generate_refuses_existing_store(tiny_store):

@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "default: the shipped model if it is of that method)")
     p.add_argument("--sigma", type=float, default=0.05, help="σ (m) of --method noise")
     p.add_argument("--all", action="store_true",
-                   help="original, naive, the noise σ sweep, the shipped default, checkpoints "
-                        "of --models and every runs/**/model.safetensors")
+                   help="original, the ground-truth oracles (SynthKinect), naive, the noise σ "
+                        "sweep, the shipped default, checkpoints of --models and every "
+                        "runs/**/model.safetensors")
     p.add_argument("--models", type=Path, action="append",
                    help="(repeatable) YAML/JSON list of checkpoints, or a study file "
                         "(configs/studies.yaml: its trained runs with their groups; "
@@ -94,11 +95,11 @@ def _sigmas(text: str) -> tuple[float, ...]:
     return values
 
 
-def _candidates(args, suite):
+def _candidates(args, suite, arrays=()):
     from streamtmr.models.checkpoint import default_checkpoint_path, read_metadata
 
     if args.all:
-        cands = suite.baseline_candidates(_sigmas(args.sigmas))
+        cands = suite.oracle_candidates(arrays) + suite.baseline_candidates(_sigmas(args.sigmas))
         cands += suite.default_candidate()
         for models in args.models or ():
             cands += suite.read_model_list(models, args.study_out)
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed, progress=False)
         try:
             data = protocol.load_store(data_path, cfg)
-            candidates = suite.unique_candidates(_candidates(args, suite))
+            candidates = suite.unique_candidates(_candidates(args, suite, data.test))
             if args.methods is not None:
                 candidates = suite.select(candidates, [n.strip() for n in
                                                        args.methods.split(",") if n.strip()])

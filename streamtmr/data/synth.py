@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,8 @@ AGE_GROUPS = ("young", "adult", "senior")
 #: and foot joints sit a few centimetres above the floor).
 FLOOR_CLEARANCE = 0.04
 #: Store arrays written by :func:`generate` (frame shapes).
-ARRAYS = {"joints": (25, 3), "clean": (25, 3), "target": (25, 3), "state": (25,)}
+ARRAYS = {"joints": (25, 3), "clean": (25, 3), "target": (25, 3), "target_sync": (25, 3),
+          "state": (25,)}
 
 # --------------------------------------------------------------------------------------------
 # Bodies
@@ -552,7 +553,9 @@ def generate(out_dir: str | Path, n_subjects: int = 60, n_actions: int | None = 
     Every subject performs the first ``n_actions`` actions (all by default) ``reps`` times; each
     performance is seen by every camera in ``views``. Arrays: ``joints`` (observed, with sensor
     noise), ``clean`` (no sensor noise), ``target`` (same content on ``dummy``, neutral style,
-    no noise), ``state`` (tracking state as float). Index columns: subject, action (index in
+    no noise), ``target_sync`` (the same, but at the person's own tempo: frame-aligned with the
+    source, the target a causal streaming anonymizer can reach), ``state`` (tracking state as
+    float). Index columns: subject, action (index in
     :data:`ACTIONS`), view (index in ``views``), rep, sex, age_group and the camera's distance,
     height and tilt.
     """
@@ -580,15 +583,62 @@ def generate(out_dir: str | Path, n_subjects: int = 60, n_actions: int | None = 
             content, cameras, rng = plan_performance(person, a, rep, views, seed)
             source = world_motion(content, person)
             target = world_motion(content, target_body)
+            # Tempo is the one part of style a streaming anonymizer cannot remove: it can only
+            # follow the source in time (no look-ahead). The synchronised target keeps it.
+            target_sync = world_motion(content, replace(target_body, tempo=person.tempo))
             for v, cam in enumerate(cameras):
                 clean = cam.project(source)
                 joints, state = sensor_model(clean, rng, cam.view_deg)
                 writer.append({"joints": joints, "clean": clean, "target": cam.project(target),
-                               "state": state},
+                               "target_sync": cam.project(target_sync), "state": state},
                               subject=person.subject, action=a, view=v, rep=rep, sex=person.sex,
                               age_group=person.age_group, distance=round(cam.distance, 4),
                               cam_height=round(cam.height, 4), tilt_deg=round(cam.tilt_deg, 3))
     return Path(out_dir)
+
+
+def add_target_sync(store_dir: str | Path, progress: bool = True) -> Path:
+    """Add the ``target_sync`` array to a SynthKinect store written before it existed.
+
+    Every performance is planned again from the store's generator record (seed, views, dummy):
+    the result equals what :func:`generate` writes today, and the other arrays are untouched.
+    """
+    import json
+
+    from streamtmr.data.store import SkeletonStore
+
+    store = SkeletonStore(store_dir)
+    meta, root = store.meta, Path(store_dir)
+    if "target_sync" in store.array_names:
+        return root
+    info = meta.get("info", {})
+    if info.get("generator") != "streamtmr.data.synth":
+        raise ValueError(f"{root}: not a SynthKinect store (generator {info.get('generator')!r})")
+    seed, views = int(info["seed"]), [float(v) for v in meta["views_deg"]]
+    people = {p.subject: p for p in sample_population(int(info["subjects"]), seed)}
+    body = neutral_identity(np.asarray(meta["dummy"]["lengths"], np.float32))
+    shape = (int(meta["frames"]), *ARRAYS["target_sync"])
+    tmp = root / "target_sync.f32.tmp"
+    out = np.memmap(tmp, dtype=np.float32, mode="w+", shape=shape)
+    done: dict[tuple[int, int, int], list] = {}
+    for r in _progress(store.rows, progress, "target_sync"):
+        key = (r["subject"], r["action"], r["rep"])
+        if key not in done:
+            person = people[r["subject"]]
+            content, cameras, _ = plan_performance(person, r["action"], r["rep"], views, seed)
+            motion = world_motion(content, replace(body, tempo=person.tempo))
+            done = {key: [cam.project(motion) for cam in cameras]}
+        seq = done[key][r["view"]]
+        if len(seq) != r["length"]:
+            raise ValueError(f"{root}: row {r} has {r['length']} frames, the generator gives "
+                             f"{len(seq)} (a store of another generator version?)")
+        out[r["offset"]:r["offset"] + r["length"]] = seq
+    out.flush()
+    del out
+    tmp.rename(root / "target_sync.f32")
+    meta["arrays"]["target_sync"] = {"dtype": "float32", "frame_shape": list(ARRAYS["target_sync"])}
+    (root / "meta.json").write_text(json.dumps(meta, indent=1))
+    return root
 
 
 def _progress(items: list, enabled: bool, label: str) -> Iterable:

@@ -145,7 +145,7 @@ def load_store(store: SkeletonStore | str, config: EvalConfig | None = None) -> 
     cfg = config or EvalConfig()
     store = store if isinstance(store, SkeletonStore) else SkeletonStore(store)
     ev, anon_train = eval_subjects(store)
-    arrays = ("joints", "target") if "target" in store.array_names else ("joints",)
+    arrays = ("joints", *[a for a in ORACLE_ARRAYS if a in store.array_names])
     for col in ("subject", "action", "view"):
         if store.rows and col not in store.rows[0]:
             raise ProtocolError(f"{store.root}/index.csv: no {col!r} column")
@@ -190,6 +190,10 @@ def load_store(store: SkeletonStore | str, config: EvalConfig | None = None) -> 
 # --------------------------------------------------------------------------------------------
 
 Anonymize = Callable[[np.ndarray], np.ndarray]
+#: Ground-truth arrays of a SynthKinect store that can stand in for an anonymizer's output
+#: ("oracle" rows): the dummy performing the same content in the neutral style, at neutral
+#: tempo (``target``) or at the person's own tempo (``target_sync``, frame-aligned).
+ORACLE_ARRAYS = ("target", "target_sync")
 
 
 def _pad_frames(x: np.ndarray, T: int) -> np.ndarray:
@@ -298,14 +302,16 @@ def attack(att: Attackers, x: np.ndarray, labels: dict[str, np.ndarray], cfg: Ev
 # --------------------------------------------------------------------------------------------
 
 
-def quality(data: EvalData, anon_test: np.ndarray, anonymize: Anonymize,
+def quality(data: EvalData, anon_test: np.ndarray, anonymize: Anonymize | None,
             stream_window: int) -> dict[str, float]:
-    """Reconstruction, physical plausibility and the streamed-vs-offline gap."""
+    """Reconstruction, physical plausibility and the streamed-vs-offline gap (not for an
+    oracle, ``anonymize=None``)."""
     src = data.test["joints"]
     q: dict[str, float] = {}
     if data.has_target:
         q["mse_target"] = metrics.mse(anon_test, data.test["target"])
         q["mpjpe_target_mm"] = metrics.mpjpe_mm(anon_test, data.test["target"])
+    q.update(sync_quality(data, anon_test))
     q["mse_source"] = metrics.mse(anon_test, src)
     q["mpjpe_source_mm"] = metrics.mpjpe_mm(anon_test, src)
     ref = data.test["target"] if data.has_target else src
@@ -315,7 +321,7 @@ def quality(data: EvalData, anon_test: np.ndarray, anonymize: Anonymize,
     q["velocity_mmd"] = metrics.velocity_mmd(anon_test, ref)
     q["foot_skate_m_s"] = metrics.foot_skate(anon_test, fps=data.fps)
     q["foot_contact_corr"] = metrics.foot_contact_correlation(anon_test, ref)
-    if data.sequences:
+    if data.sequences and anonymize is not None:
         gaps = []
         for seq in data.sequences:
             offline = anonymize(seq[None])[0]
@@ -323,6 +329,14 @@ def quality(data: EvalData, anon_test: np.ndarray, anonymize: Anonymize,
                 streamed_newest(anonymize, seq, stream_window), offline))
         q["stream_gap_mm"] = float(np.mean(gaps))
     return q
+
+
+def sync_quality(data: EvalData, anon_test: np.ndarray) -> dict[str, float]:
+    """MPJPE to the frame-aligned ground truth (``target_sync``: neutral style at the person's
+    own tempo), where the store has it."""
+    if "target_sync" not in data.test:
+        return {}
+    return {"mpjpe_sync_mm": metrics.mpjpe_mm(anon_test, data.test["target_sync"])}
 
 
 def _pooled(h: torch.Tensor) -> np.ndarray:
@@ -385,6 +399,8 @@ class Method:
     window: int | None = None
     model: torch.nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: An oracle reads its output from this store array (see :data:`ORACLE_ARRAYS`).
+    oracle: str | None = None
 
 
 def method_from_model(name: str, model, dummy: Dummy, info: dict | None = None) -> Method:
@@ -399,14 +415,20 @@ def evaluate_method(method: Method, data: EvalData, static: Attackers, cfg: Eval
                     original_action_top1: float | None = None) -> dict[str, Any]:
     """Static and adaptive attacks, utility and physical metrics of one method."""
     t0 = time.time()
-    anonymize = make_anonymizer(method.module, method.window, cfg.batch, cfg.seed)
-    anon_train = anonymize(data.train["joints"])
-    anon_test = anonymize(data.test["joints"])
+    if method.oracle is not None:
+        if method.oracle not in data.test:
+            raise ProtocolError(f"{method.name}: the store has no {method.oracle!r} array")
+        anonymize = None
+        anon_train, anon_test = data.train[method.oracle], data.test[method.oracle]
+    else:
+        anonymize = make_anonymizer(method.module, method.window, cfg.batch, cfg.seed)
+        anon_train = anonymize(data.train["joints"])
+        anon_test = anonymize(data.test["joints"])
     stream_window = method.window or cfg.window
     res: dict[str, Any] = {"info": method.info}
     res["quality"] = quality(data, anon_test, anonymize, stream_window)
     res["static"] = attack(static, anon_test, data.test, cfg)
-    if method.module is None:
+    if method.module is None and method.oracle is None:
         res["adaptive"] = dict(res["static"])
     else:
         adaptive = train_attackers(anon_train, data.train, cfg)
@@ -416,6 +438,13 @@ def evaluate_method(method: Method, data: EvalData, static: Attackers, cfg: Eval
     res["seconds"] = round(time.time() - t0, 1)
     log.info("%s: %s s", method.name, res["seconds"])
     return res
+
+
+def _output(method: Method, part: dict[str, np.ndarray], cfg: EvalConfig) -> np.ndarray:
+    """``method``'s output for the windows of ``part`` (train or test)."""
+    if method.oracle is not None:
+        return part[method.oracle]
+    return make_anonymizer(method.module, method.window, cfg.batch, cfg.seed)(part["joints"])
 
 
 def goals(result: dict[str, Any], chance: dict[str, float], original_action_top1: float
@@ -463,6 +492,12 @@ def run_protocol(data: EvalData, methods: list[Method], cfg: EvalConfig,
             todo.append(m)
         else:
             results[m.name] = {**hit, "info": m.info}
+            if "target_sync" in data.test and "mpjpe_sync_mm" not in hit["quality"]:
+                # Entry from before the store had target_sync: add the cheap metric now.
+                results[m.name]["quality"] = {**hit["quality"], **sync_quality(data, _output(
+                    m, data.test, cfg))}
+                if cache is not None:
+                    cache.put(m, results[m.name])
     if todo:
         static = train_attackers(data.train["joints"], data.train, cfg)
         for m in todo:
@@ -482,5 +517,4 @@ def run_protocol(data: EvalData, methods: list[Method], cfg: EvalConfig,
 __all__ = ["Attackers", "EvalConfig", "EvalData", "Method", "ProtocolError", "attack",
            "embedding_probes", "eval_subjects", "evaluate_method", "load_store",
            "make_anonymizer", "make_pairs", "method_from_model", "quality", "ResultCache",
-           "run_protocol",
-           "streamed_newest", "train_attackers"]
+           "ORACLE_ARRAYS", "run_protocol", "streamed_newest", "sync_quality", "train_attackers"]

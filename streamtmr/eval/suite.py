@@ -26,7 +26,13 @@ import yaml
 
 from streamtmr.dummy import Dummy
 from streamtmr.eval import report
-from streamtmr.eval.protocol import EvalConfig, Method, ProtocolError, method_from_model
+from streamtmr.eval.protocol import (
+    ORACLE_ARRAYS,
+    EvalConfig,
+    Method,
+    ProtocolError,
+    method_from_model,
+)
 from streamtmr.models.checkpoint import (
     CheckpointError,
     default_checkpoint_path,
@@ -191,10 +197,25 @@ def _check_training_subjects(extra: dict[str, Any], store_root: str | None,
                             "anonymizers must be evaluated on subjects they never saw")
 
 
+ORACLE_NAMES = {"target": "ground truth (neutral tempo)",
+                "target_sync": "ground truth (own tempo)"}
+
+
+def oracle_candidates(arrays) -> list[Candidate]:
+    """The store's ground-truth retargets as methods (:data:`protocol.ORACLE_ARRAYS`): what a
+    perfect offline anonymizer (neutral tempo) and a perfect streaming one (the person's own
+    tempo: it cannot run ahead of the sensor) would output."""
+    return [Candidate(ORACLE_NAMES[a], {"method": "oracle", "array": a})
+            for a in ORACLE_ARRAYS if a in arrays]
+
+
 def build(c: Candidate, dummy: Dummy, store_root: str | None = None,
           eval_subjects: list[int] | None = None) -> Method:
     study = {"groups": list(c.groups), "param": c.param, "value": c.value,
              "reference": c.reference}
+    if c.config is not None and c.config.get("method") == "oracle":
+        return Method(c.name, None, None, None, {"config": c.config, **study},
+                      oracle=c.config["array"])
     if c.checkpoint is not None:
         config, extra = read_metadata(c.checkpoint)
         _check_training_subjects(extra, store_root, eval_subjects or [], c.checkpoint)
@@ -222,13 +243,28 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Store arrays an evaluation reads (their bytes are part of the store's identity).
+IDENTITY_ARRAYS = ("joints", *ORACLE_ARRAYS)
+
+
 def store_identity(store_root: str | Path) -> str:
-    """sha256 of a store's ``meta.json`` and ``index.csv`` (what it holds and how it was
-    generated; the frame arrays are not read)."""
+    """sha256 of what an evaluation reads from a store: ``index.csv``, ``meta.json`` without its
+    list of arrays, and the bytes of the arrays in :data:`IDENTITY_ARRAYS` that it has. Adding
+    another array (e.g. ``clean``) keeps the identity; regenerating the data changes it."""
+    root = Path(store_root)
     h = hashlib.sha256()
-    for name in ("meta.json", "index.csv"):
-        p = Path(store_root) / name
-        h.update(name.encode() + b"\0" + (p.read_bytes() if p.is_file() else b"") + b"\0")
+    index = root / "index.csv"
+    h.update(b"index.csv\0" + (index.read_bytes() if index.is_file() else b"") + b"\0")
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    arrays = meta.pop("arrays", {}) if isinstance(meta, dict) else {}
+    h.update(json.dumps(meta, sort_keys=True).encode() + b"\0")
+    for name in IDENTITY_ARRAYS:
+        p = root / f"{name}.f32"
+        if name in arrays and p.is_file():
+            h.update(name.encode() + b"\0" + _sha256_file(p).encode() + b"\0")
     return h.hexdigest()
 
 
