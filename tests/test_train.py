@@ -213,3 +213,16 @@ def test_cli_trains_adversarial_methods(store, tmp_path, config, capsys):
     assert cli.main(["train", "--config", str(path), "--data", str(store), "--out", str(out),
                      "--resume"]) == 2
     assert "not supported" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("config", ["tmr_tiny.yaml", "pmr_tiny.yaml", "dmr_tiny.yaml",
+                                    "moon_resnet_tiny.yaml", "moon_ae_tiny.yaml"])
+def test_every_method_trains_on_cuda(store, tmp_path, config, capsys):
+    """The training loops keep every tensor on the GPU (no CPU/CUDA mix) and save a
+    checkpoint that loads on the CPU."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(TINY.parent / config), "--data", str(store),
+                     "--out", str(out), "--device", "cuda", "--no-progress"]) == 0
+    model = load_checkpoint(capsys.readouterr().out.split("trained model: ")[1].strip())
+    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
