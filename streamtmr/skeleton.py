@@ -87,6 +87,7 @@ MIRROR: tuple[int, ...] = tuple(
 HEAD = (JOINT["Head"],)
 HANDS = (JOINT["HandLeft"], JOINT["HandRight"], JOINT["HandTipLeft"], JOINT["HandTipRight"])
 FEET = (JOINT["AnkleLeft"], JOINT["FootLeft"], JOINT["AnkleRight"], JOINT["FootRight"])
+_FEET_INDEX = np.asarray(FEET, np.int64)
 #: End effectors used by end-effector-weighted losses: head, hands and feet.
 END_EFFECTORS = (JOINT["Head"], JOINT["HandLeft"], JOINT["HandRight"], JOINT["FootLeft"],
                  JOINT["FootRight"])
@@ -237,6 +238,27 @@ def rescale_root(joints, scale, ref_frame: int = 0):
         scale = np.asarray(scale, dtype=joints.dtype)
     shift = (root - ref) * (scale[..., None, None] - 1)
     return joints + shift[..., None, :]
+
+
+def floor_height(seq):
+    """Height (Y) of the lowest foot point over a window ``[..., T, 25, 3]`` → ``[...]``: the
+    floor the body stands on at least once in the window."""
+    feet = _take_joints(seq, _FEET_INDEX)[..., 1]
+    if _is_torch(feet):
+        return feet.flatten(-2).amin(-1)
+    return feet.reshape(*feet.shape[:-2], -1).min(-1)
+
+
+def place_on_floor(seq, floor):
+    """Shift ``seq [..., T, 25, 3]`` vertically so that its lowest foot point is at ``floor``
+    (``[...]``); with Y up this stands a retargeted body on the source's floor."""
+    dy = floor - floor_height(seq)
+    if _is_torch(seq):
+        zero = torch.zeros_like(dy)
+        return seq + torch.stack([zero, dy, zero], -1)[..., None, None, :]
+    shift = np.zeros(seq.shape[:-3] + (1, 1, 3), seq.dtype)
+    shift[..., 1] = dy[..., None, None]
+    return seq + shift
 
 
 # --------------------------------------------------------------------------------------------

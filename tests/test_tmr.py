@@ -181,7 +181,7 @@ def test_ri_and_adv_train_their_heads_against_the_encoder():
     model = tiny()
     batch = make_batch()
     # RI: the classifier's CE uses detached features, the entropy term frozen head weights
-    code, _, _ = model._encode_action(batch["source"])
+    code, _ = model._encode_action(batch["source"])
     pooled = code.pooled.detach().requires_grad_(True)
     from streamtmr import losses as L
     ri = model._ri_loss(pooled, batch["subject"], L)
@@ -349,3 +349,30 @@ def test_vector_quantizer_straight_through_and_stats():
     torch.testing.assert_close(loss, expected)
     stats = vq.stats(codes)
     assert stats["usage"] == 0.75 and stats["perplexity"] == pytest.approx(3.0)
+
+
+def test_floor_align_stands_the_dummy_on_the_source_floor(tmp_path):
+    """With ``floor_align`` the output's lowest foot point over the window is the source's
+    (the dummy stands on the same floor, whatever its height); the shift is vertical only and
+    the switch leaves everything else as it was; it exports to ONNX."""
+    batch = make_batch(b=3, t=16)
+    src = batch["source"]
+    lengths = torch.as_tensor(default_dummy().lengths)
+    plain = tiny().eval()
+    aligned = tiny(floor_align=True).eval()
+    aligned.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        y0 = plain.retarget(src, lengths)
+        y1 = aligned.retarget(src, lengths)
+    torch.testing.assert_close(skeleton.floor_height(y1), skeleton.floor_height(src),
+                               atol=1e-5, rtol=0)
+    d = y1 - y0
+    torch.testing.assert_close(d[..., [0, 2]], torch.zeros_like(d[..., [0, 2]]), atol=1e-5,
+                               rtol=0)
+    assert torch.allclose(d[..., 1], d[:, :1, :1, 1].expand_as(d[..., 1]), atol=1e-5)
+    fixed = aligned.for_dummy(lengths).eval()
+    _export(fixed, src[:2], tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(sess.run(None, {"x": src.numpy()})[0], fixed(src).numpy(),
+                                   atol=1e-4)

@@ -75,6 +75,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "identity_mode": "static",  # or "full_sequence"
     "tokens": "motion",  # pos+vel+acc; "position"; "dynamics" (= motion + bone lengths)
     "vq": False,
+    # place the output on the source's floor (lowest foot point of the window): the dummy's
+    # pelvis height is its own, which the leg-normalised decoder cannot know
+    "floor_align": False,
     "vq_codes": 512,
     "vq_beta": 0.25,
     # sizes
@@ -104,7 +107,7 @@ _CHOICES = {
     "tokens": ("motion", "position", "dynamics"),
     "style": ("adain", "film"),
 }
-_BOOLS = ("causal", "temporal_conv", "lstm", "vq")
+_BOOLS = ("causal", "temporal_conv", "lstm", "vq", "floor_align")
 _POSITIVE_INTS = ("window", "num_actions", "num_subjects", "vq_codes", "d_action", "action_heads",
                   "lstm_hidden", "backbone_channels", "backbone_blocks", "d_identity",
                   "identity_hidden", "d_model", "decoder_layers", "decoder_heads", "ffn_mult")
@@ -184,20 +187,21 @@ class DisentangledTMR(Anonymizer):
                              f"1..{self.window}")
 
     def _normalize(self, source: torch.Tensor):
-        """Canonical (frame 0) joints ÷ source leg length, plus the frame to map back."""
+        """Canonical (frame 0) joints ÷ source leg length, plus the frame to map back: rotation,
+        origin and the floor height (lowest foot point of the window, canonical metres)."""
         self._check_source(source)
         canon, rot, origin = skeleton.canonicalize(source, ref_frame=0)
         leg = skeleton.leg_length(skeleton.bone_lengths(source[:, 0])).clamp_min(0.1)
         x = canon / leg[:, None, None, None]
         lengths = skeleton.bone_lengths(x) if self.config["tokens"] == "dynamics" else None
-        return x, lengths, rot, origin
+        return x, lengths, (rot, origin, skeleton.floor_height(canon))
 
     def _encode_action(self, source: torch.Tensor):
-        x, lengths, rot, origin = self._normalize(source)
+        x, lengths, frame = self._normalize(source)
         code = self.action_encoder(x, lengths)
         if code.codes is not None:
             self._last_codes = code.codes.detach()
-        return code, rot, origin
+        return code, frame
 
     def _target(self, target: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(bone lengths [B, 25], identity-encoder input [B, T', 25, 3]) from bone lengths
@@ -212,8 +216,9 @@ class DisentangledTMR(Anonymizer):
                          f"[B, T, 25, 3], got {tuple(target.shape)}")
 
     def _decode(self, h_action: torch.Tensor, h_identity: torch.Tensor, lengths: torch.Tensor,
-                rot: torch.Tensor, origin: torch.Tensor, teacher: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                frame: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                teacher: torch.Tensor | None = None) -> torch.Tensor:
+        rot, origin, floor = frame
         leg = skeleton.leg_length(lengths)[:, None, None]
         if teacher is not None:
             canon = skeleton.to_canonical(teacher, rot, origin)
@@ -221,13 +226,15 @@ class DisentangledTMR(Anonymizer):
                                      skeleton.bone_directions(canon))
         root, dirs = self.decoder(h_action, h_identity, teacher)
         y = skeleton.forward_kinematics(root * leg, dirs, lengths[:, None, :])
+        if self.config["floor_align"]:
+            y = skeleton.place_on_floor(y, floor)
         return skeleton.from_canonical(y, rot, origin)
 
     def retarget_encoded(self, source: torch.Tensor, lengths: torch.Tensor,
                          h_identity: torch.Tensor) -> torch.Tensor:
         """Retarget with a precomputed H_identity ``[B, d_identity]`` and lengths ``[B, 25]``."""
-        code, rot, origin = self._encode_action(source)
-        return self._decode(code.h, h_identity, lengths, rot, origin)
+        code, frame = self._encode_action(source)
+        return self._decode(code.h, h_identity, lengths, frame)
 
     # ---------------------------------------------------------------- public API
 
@@ -247,7 +254,7 @@ class DisentangledTMR(Anonymizer):
     def embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Action and identity codes of one sequence ``[B, T, 25, 3]``: ``h_action [B, T, d]``,
         ``action_pooled [B, d]``, ``action_logits [B, classes]``, ``h_identity [B, d_id]``."""
-        code, _, _ = self._encode_action(x)
+        code, _ = self._encode_action(x)
         h_identity = self.identity_encoder(skeleton.canonicalize(x, ref_frame=0)[0])
         return {"h_action": code.h, "action_pooled": code.pooled, "action_logits": code.logits,
                 "h_identity": h_identity}
@@ -312,7 +319,7 @@ class DisentangledTMR(Anonymizer):
         if not active:
             return out
         source = need("source")
-        code, rot, origin = self._encode_action(source)
+        code, frame = self._encode_action(source)
         pooled = code.pooled
         if "ar" in active:
             out["ar"] = L.action_ce(code.logits, need("action"))
@@ -345,7 +352,7 @@ class DisentangledTMR(Anonymizer):
 
         target = need("target")
         teacher = target if self.config["decoding"] == "autoregressive" else None
-        y = self._decode(code.h, h_identity, lengths, rot, origin, teacher)
+        y = self._decode(code.h, h_identity, lengths, frame, teacher)
         if "mse" in active:
             out["mse"] = L.mse(y, target)
         if "bone" in active:
