@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             from streamtmr.eval.realdata import evaluate_utkinect
             # Real-data transfer of the shipped default and the methods compared with it; the
             # study runs (ablations, sweeps) too with --utk-studies.
-            real = [m for m in methods if not m.name.startswith("noise")
+            real = [m for m in methods if not m.name.startswith("noise") and m.oracle is None
                     and (args.utk_studies or not m.info.get("groups"))]
             try:
                 utk = TrainConfig(**{**attacker.as_dict(), "epochs": args.utk_epochs})
