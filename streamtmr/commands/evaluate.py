@@ -195,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
         img_dir = args.report.parent / "img" if args.report else out / "img"
         images = suite.plot_sweeps(results, img_dir)
         if args.tsne:
-            for m in methods:
-                if m.model is not None:
+            for m in methods:  # the compared models; study runs are summarised in tables
+                if m.model is not None and not m.info.get("groups"):
                     images += suite.tsne_plots(m, data, img_dir)
         results["images"] = [str(p) for p in images]
         report.write_json(results, out / "results.json")
