@@ -48,6 +48,7 @@ def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys
     probe.close(0)
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RECONNECT_IVL, 10)  # retry every 10 ms until the node binds
     sub.connect(f"tcp://127.0.0.1:{port}")  # connect first: ZeroMQ reconnects until bound
     stats, rec = tmp_path / "stats.json", tmp_path / "anon.stmr"
     # real-time pacing (3 s): the subscriber has time to join before the stream ends
