@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,19 +43,35 @@ def _base(ckpt: Path, port: int) -> list[str]:
 
 
 def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys):
-    ctx = zmq.Context()
-    probe = ctx.socket(zmq.PUB)
+    probe = zmq.Context.instance().socket(zmq.PUB)
     port = probe.bind_to_random_port("tcp://127.0.0.1")
     probe.close(0)
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RECONNECT_IVL, 10)  # retry every 10 ms until the node binds
-    sub.connect(f"tcp://127.0.0.1:{port}")  # connect first: ZeroMQ reconnects until bound
+    got, done = [], threading.Event()
+
+    def subscribe() -> None:
+        """A client joining the running node (after it bound), collecting until it ends."""
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        time.sleep(0.5)
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        while not done.is_set() or sub.poll(200):
+            if sub.poll(50):
+                got.append(wire.decode_message(sub.recv()))
+        sub.close(0)
+        ctx.term()
+
+    client = threading.Thread(target=subscribe, daemon=True)
+    client.start()
     stats, rec = tmp_path / "stats.json", tmp_path / "anon.stmr"
     # real-time pacing (3 s): the subscriber has time to join before the stream ends
     argv = [a for a in _base(naive_ckpt, port) if a != "--fast"]
-    rc = main([*argv, "--source", "synthetic", "--max-frames", "90",
-               "--record", str(rec), "--stats-json", str(stats)])
+    try:
+        rc = main([*argv, "--source", "synthetic", "--max-frames", "90",
+                   "--record", str(rec), "--stats-json", str(stats)])
+    finally:
+        done.set()
+        client.join(10)
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["frames_in"] == 90 and summary["frames_out"] == 90
@@ -65,12 +82,8 @@ def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys
     frames = list(ReplaySource(rec, realtime=False))
     assert len(frames) == 90 and sum(len(f.bodies) for f in frames) > 0
     assert all(_bone_err(b.joints) < 1e-4 for f in frames for b in f.bodies)
-    got = []
-    while sub.poll(200):
-        got.append(wire.decode_message(sub.recv()))
-    sub.close(0)
-    ctx.term()
-    assert got and all(m.anon is not None for m in got)  # late joiner: some were sent before
+    # a late joiner misses the first messages, then gets only anonymized frames
+    assert got and all(m.anon is not None for m in got)
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/real/ntu_samples")
