@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from streamtmr.eval.report import save_figure
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STAGES = ("decode", "window", "infer", "smooth", "encode", "send", "total")
 
@@ -144,12 +146,7 @@ def plot(samples: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
         ax.set_xlabel(title)
         ax.set_ylabel("count")
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------

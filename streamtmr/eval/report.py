@@ -371,6 +371,13 @@ def tradeoff_plot(points: Sequence[dict[str, Any]], path: str | Path, title: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (PNG, 110 dpi, creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,12 +407,7 @@ def scatter_2d(points: np.ndarray, colors: np.ndarray, path: str | Path, title: 
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def document(results: dict[str, Any], images: Sequence[str] = ()) -> str:
