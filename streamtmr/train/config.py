@@ -54,6 +54,15 @@ class DataConfig:
     #: Store arrays used as source and ground-truth target.
     source_array: str = "joints"
     target_array: str = "target"
+    #: Style augmentation of the *source* in training steps (not validation; the target is
+    #: untouched), so the model learns that these differences between people do not change
+    #: its output: per window, every bone's direction gets a constant random offset of this
+    #: standard deviation (unit-vector units, 0.07 ≈ 4°), its motion around the window's mean
+    #: direction a random gain exp(N(0, amplitude)), and its length a factor N(1, bones).
+    #: See :func:`streamtmr.train.augment.style_jitter`. 0 switches a part off.
+    augment_posture: float = 0.0
+    augment_amplitude: float = 0.0
+    augment_bones: float = 0.0
 
 
 @dataclass
@@ -288,6 +297,15 @@ def _check_values(cfg: Config, where: _Where) -> None:
         raise where.error(("train", "betas"), f"expected two numbers in [0, 1), got {t.betas}")
     positive(("data", "window"), cfg.data.window)
     positive(("data", "max_val_windows"), cfg.data.max_val_windows)
+    for name in ("augment_posture", "augment_amplitude", "augment_bones"):
+        positive(("data", name), getattr(cfg.data, name), strict=False)
+        if getattr(cfg.data, name) and cfg.model.method != "tmr":
+            raise where.error(("data", name), f"style augmentation is implemented for method "
+                              f"'tmr' only, not {cfg.model.method!r}")
+    if cfg.data.augment_bones >= 0.25:
+        raise where.error(("data", "augment_bones"),
+                          f"must be < 0.25 (a bone could shrink to nothing), "
+                          f"got {cfg.data.augment_bones!r}")
 
 
 def from_dict(raw: Any, source: str = "<config>", lines: dict[Path_, int] | None = None,

@@ -127,6 +127,10 @@ class Curriculum:
         """Turn a loader batch (store arrays + encoded labels) into the model's batch."""
         return batch
 
+    def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training-step augmentation of a prepared batch (validation never sees it)."""
+        return batch
+
     def trainable(self, stage: Stage) -> list[nn.Module]:
         raise NotImplementedError
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from streamtmr import skeleton
 from streamtmr.models.tmr import LOSS_NAMES
+from streamtmr.train.augment import style_jitter
 from streamtmr.train.config import ConfigError, ModelConfig
 from streamtmr.train.curriculum import Curriculum, DataInfo, Stage
 
@@ -59,6 +60,14 @@ class TMRCurriculum(Curriculum):
         return {"source": batch[d.source_array], "target": target,
                 "target_lengths": skeleton.bone_lengths(target).median(dim=1).values,
                 "action": batch["action"], "subject": batch["subject"]}
+
+    def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        d = self.config.data
+        if not (d.augment_posture or d.augment_amplitude or d.augment_bones):
+            return batch
+        source = style_jitter(batch["source"], d.augment_posture, d.augment_amplitude,
+                              d.augment_bones)
+        return {**batch, "source": source}
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], stage: Stage,
                ) -> dict[str, torch.Tensor]:
