@@ -21,6 +21,11 @@ def test_mse_and_mpjpe_known_values():
     assert metrics.mse(pred, ref) == pytest.approx((0.003**2 + 0.004**2) / 3)
     with pytest.raises(ValueError, match="shape mismatch"):
         metrics.mse(pred[:2], ref)
+    # a translated body has a position error but no pose error
+    assert metrics.pose_mpjpe_mm(pred, ref) == pytest.approx(0.0, abs=1e-9)
+    bent = ref.copy()
+    bent[:, J["HandLeft"]] += [0.0, 0.0, 0.025]  # one joint of 25 moved 25 mm
+    assert metrics.pose_mpjpe_mm(bent + 1.0, ref) == pytest.approx(1.0)
 
 
 def test_bone_length_variance():

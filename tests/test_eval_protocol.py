@@ -139,6 +139,8 @@ def test_oracles_read_the_ground_truth_and_are_attacked_adaptively(store):
     neutral, own = res["ground truth (neutral tempo)"], res["ground truth (own tempo)"]
     assert neutral["quality"]["mpjpe_target_mm"] == pytest.approx(0.0, abs=1e-6)
     assert own["quality"]["mpjpe_sync_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert own["quality"]["pose_mpjpe_sync_mm"] == pytest.approx(0.0, abs=1e-6)
     assert own["quality"]["mpjpe_target_mm"] > 1.0 and "stream_gap_mm" not in own["quality"]
-    assert res["original"]["quality"]["mpjpe_sync_mm"] > 1.0
+    q = res["original"]["quality"]
+    assert q["mpjpe_sync_mm"] > q["pose_mpjpe_sync_mm"] > 1.0
     assert own["adaptive"] is not own["static"] and "linkage" in own["adaptive"]

@@ -38,6 +38,13 @@ def mpjpe_mm(pred, ref) -> float:
     return float(np.linalg.norm(pred - ref, axis=-1).mean() * 1000.0)
 
 
+def pose_mpjpe_mm(pred, ref, root: int = 0) -> float:
+    """Root-aligned MPJPE (mm): joints relative to the root joint, so that only the pose is
+    compared, not where the body is (``pred``/``ref`` ``[..., 25, 3]``)."""
+    pred, ref = _pair(pred, ref)
+    return mpjpe_mm(pred - pred[..., root:root + 1, :], ref - ref[..., root:root + 1, :])
+
+
 # --------------------------------------------------------------------------------------------
 # Physical plausibility
 # --------------------------------------------------------------------------------------------
