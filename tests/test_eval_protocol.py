@@ -144,3 +144,44 @@ def test_oracles_read_the_ground_truth_and_are_attacked_adaptively(store):
     q = res["original"]["quality"]
     assert q["mpjpe_sync_mm"] > q["pose_mpjpe_sync_mm"] > 1.0
     assert own["adaptive"] is not own["static"] and "linkage" in own["adaptive"]
+
+
+def test_cached_entries_from_before_the_pose_metric_are_upgraded_without_attackers(
+        store, monkeypatch):
+    """A cached result lacking the own-tempo metrics gets them from the method's output alone:
+    no attacker is trained, the entry is rewritten, the other numbers are kept."""
+    cfg = protocol.EvalConfig(window=16, train_stride=16, gap_sequences=1)
+    data = protocol.load_store(store, cfg)
+    naive = protocol.Method("naive", NaiveRetarget().for_dummy(
+        torch.as_tensor(np.array(data.dummy.lengths, np.float32))), None, None,
+        {"method": "naive"})
+    old = {"static": {"action_top1": 0.5, "reid_top1": 0.9},
+           "adaptive": {"reid_top1": 0.9, "linkage": {"auc": 0.9}},
+           "quality": {"mpjpe_source_mm": 12.0, "mpjpe_sync_mm": 99.0}}
+
+    class DictCache:
+        def __init__(self):
+            self.d = {"original": json.loads(json.dumps(old)), "naive": json.loads(
+                json.dumps(old))}
+
+        def get(self, m):
+            return self.d.get(m.name)
+
+        def put(self, m, result):
+            self.d[m.name] = result
+
+    def no_training(*a, **k):
+        raise AssertionError("attackers trained for a cached method")
+
+    monkeypatch.setattr(protocol, "train_attackers", no_training)
+    cache = DictCache()
+    res = protocol.run_protocol(data, [naive], cfg, cache)["methods"]
+    expect = protocol.sync_quality(data, protocol._output(naive, data.test, cfg))
+    for name in ("original", "naive"):
+        q = res[name]["quality"]
+        assert q["mpjpe_source_mm"] == 12.0  # kept
+        assert q == cache.d[name]["quality"]  # rewritten
+    assert res["naive"]["quality"]["pose_mpjpe_sync_mm"] == pytest.approx(
+        expect["pose_mpjpe_sync_mm"])
+    assert res["naive"]["quality"]["mpjpe_sync_mm"] == pytest.approx(expect["mpjpe_sync_mm"])
+    assert 1.0 < expect["pose_mpjpe_sync_mm"] < expect["mpjpe_sync_mm"]
