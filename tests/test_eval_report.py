@@ -54,3 +54,24 @@ def test_sweeps_and_tradeoff_plot(tmp_path):
     assert found[1][0] == "pmr: train.loss.alpha_emb sweep" and found[1][1] == ["p1", "p2"]
     paths = suite.plot_sweeps(res, tmp_path)
     assert len(paths) == 2 and all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_no_sweep_is_inferred_from_runs_that_differ_in_more_than_one_setting():
+    """Two recipes whose only numeric difference is the class count also differ in a string
+    setting (the target array) and in a setting the older run lacks: not a sweep."""
+    def tmr(n, target, extra=""):
+        return {"method": "tmr", "num_subjects": n}, f"data:\n  target_array: {target}\n{extra}"
+
+    def res(*runs):
+        ms = {"original": _result("original", None, 0.9, 0.9)}
+        for i, (cfg, train) in enumerate(runs):
+            ms[f"t{i}"] = _result("tmr", cfg, 0.2, 0.8, f"c{i}", train)
+        return {"chance": {"reid_top1": 0.05, "action_top1": 0.1}, "methods": ms}
+
+    assert suite.sweeps(res(tmr(40, "target"), tmr(100, "target_sync"))) == []
+    assert suite.sweeps(res(tmr(40, "target_sync"),
+                            tmr(100, "target_sync", "  augment_posture: 0.1\n"))) == []
+    # the output folder differs between any two runs and is not a setting
+    found = suite.sweeps(res(tmr(40, "target_sync", "output:\n  dir: runs/a\n"),
+                             tmr(100, "target_sync", "output:\n  dir: runs/b\n")))
+    assert [(t, n) for t, n, _ in found] == [("tmr: num_subjects sweep", ["t0", "t1"])]

@@ -375,7 +375,14 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flat(v, key + "."))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[key] = float(v)
+        elif v is None or isinstance(v, (str, bool)):
+            out[key] = v
     return out
+
+
+#: Config keys that differ between runs without making them different models.
+_NOT_A_SETTING = ("seed", "step", "iterations", "log", "every", "dir", "progress", "device",
+                  "num_threads", "num_workers")
 
 
 def sweeps(results: dict[str, Any]) -> list[tuple[str, list[str], list[str]]]:
@@ -401,10 +408,14 @@ def sweeps(results: dict[str, Any]) -> list[tuple[str, list[str], list[str]]]:
             continue
         flats = {n: {**_flat(ms[n]["info"].get("config")),
                      **_flat(ms[n]["info"].get("train_config"), "train.")} for n in names}
-        keys = set.intersection(*(set(f) for f in flats.values()))
-        varying = [k for k in sorted(keys) if len({flats[n][k] for n in names}) > 1
-                   and not any(s in k for s in ("seed", "step", "iterations", "log", "every"))]
-        if len(varying) == 1:
+        # Every setting counts, numeric or not, and one present in some configs only (a key
+        # added later) differs: a sweep is inferred only where the runs differ in exactly one
+        # numeric setting.
+        keys = set.union(*(set(f) for f in flats.values()))
+        varying = [k for k in sorted(keys) if not any(s in k for s in _NOT_A_SETTING)
+                   and len({repr(flats[n].get(k, "<absent>")) for n in names}) > 1]
+        if len(varying) == 1 and all(isinstance(flats[n].get(varying[0]), float)
+                                     for n in names):
             k = varying[0]
             names = sorted(names, key=lambda n: flats[n][k])
             out.append((f"{method}: {k} sweep", names,
