@@ -3,10 +3,11 @@
 An anonymizer's output should not change when a different person performs the same motion. The
 identity adversaries of DisentangledTMR learn that from the 40 people they see, and generalise
 poorly to new ones (docs/results.md). Augmentation teaches the same invariance for every
-person the generator can make up: each training window gets a random habitual posture, a random
-movement amplitude and random proportions, while the reconstruction target stays the neutral
-performance. The perturbations are generic skeleton geometry, not SynthKinect's style model, so
-what they teach transfers to real recordings.
+person the perturbations can make up: each training window gets a random habitual posture, a
+random movement amplitude and random proportions, while the reconstruction target stays the
+neutral performance. The perturbations are generic skeleton geometry, not SynthKinect's style
+model, so what they teach is not tied to SynthKinect (docs/training.md measures the effect on
+SynthKinect's unseen people and on the real UTKinect recordings).
 """
 
 from __future__ import annotations
