@@ -113,12 +113,13 @@ def test_trainer_augments_training_batches_only(store, tmp_path):
     assert out["target"] is batch["target"] and not torch.allclose(out["source"], batch["source"])
     assert plain.curriculum.augment(batch) is batch
     # validation sees the data as stored: the same model validates identically under both
+    before_a, before_b = plain.model.state_dict(), jittered.model.state_dict()
+    assert all(torch.equal(before_a[k], before_b[k]) for k in before_a)  # same initial model
     assert plain.validate() == jittered.validate()
     # training sees the augmented source: same seed, different weights after a few steps
     plain.fit(max_steps=3)
     jittered.fit(max_steps=3)
-    b = jittered.model.state_dict()
-    a = plain.model.state_dict()
+    a, b = plain.model.state_dict(), jittered.model.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
