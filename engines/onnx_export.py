@@ -18,15 +18,17 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import torch
 
 from engines.cache import atomic_write
-from engines.source import ModelSource
 from streamtmr import __version__
+
+if TYPE_CHECKING:  # engines.source calls this module to export; the type is for readers only
+    from engines.source import ModelSource
 
 INPUT = "windows"
 OUTPUT = "anonymized"
