@@ -14,10 +14,9 @@ import pkgutil
 import sys
 
 from streamtmr import __version__, commands
+from streamtmr.commands import UserError
 
-
-class UserError(Exception):
-    """An error caused by the user's input: printed without a traceback, exit status 2."""
+__all__ = ["UserError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 
 def int_list(text: str) -> list[int]:

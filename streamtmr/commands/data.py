@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

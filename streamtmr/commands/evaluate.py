@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 METHODS = ("original", "naive", "noise", "tmr", "pmr", "dmr", "moon-resnet", "moon-ae")
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 #: Largest |ONNX Runtime − PyTorch| accepted for a deterministic model (fp32).
 PARITY_ATOL = 1e-4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 log = logging.getLogger("streamtmr.run")
 

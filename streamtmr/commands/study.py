@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streamtmr.cli import UserError
+from streamtmr.commands import UserError
 
 METHODS = ("naive", "noise", "tmr", "pmr", "dmr", "moon-resnet", "moon-ae")
 
