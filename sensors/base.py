@@ -1,4 +1,4 @@
-"""The one interface every frame source implements, and the factory behind ``--source``.
+"""The one interface every frame source implements (``--source`` is parsed in :mod:`sensors.open`).
 
 A :class:`Source` is an iterable of :class:`~streamtmr.stream.frame.Frame`. A live source may
 also yield ``None`` when no frame arrived for a while (an idle tick), so that the consumer can
@@ -15,9 +15,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 from streamtmr.stream.frame import Frame
-
-#: What ``--source`` accepts, for error messages.
-SOURCE_SPECS = ("kinect", "azure", "synthetic", "replay:PATH", "zmq://HOST:PORT")
 
 
 class SourceError(ValueError):
@@ -75,28 +72,3 @@ class Pacer:
         elif self._next > now:
             time.sleep((self._next - now) / 1e9)
         self._next += self.period_ns
-
-
-def open_source(spec: str, *, realtime: bool = True, speed: float = 1.0, loop: bool = False,
-                max_bodies: int = 6, seed: int = 0, security=None) -> Source:
-    """Build a source from a ``--source`` specification (see :data:`SOURCE_SPECS`).
-    ``security`` (a :class:`streamtmr.stream.security.Security`) applies to ZeroMQ sources."""
-    if spec == "kinect":
-        from sensors.kinect import KinectSource
-        return KinectSource(max_bodies=max_bodies)
-    if spec == "azure":
-        from sensors.kinect import AzureKinectSource
-        return AzureKinectSource(max_bodies=max_bodies)
-    if spec == "synthetic":
-        from sensors.synthetic import SyntheticSource
-        return SyntheticSource(realtime=realtime, speed=speed, max_bodies=max_bodies, seed=seed)
-    if spec.startswith("replay:"):
-        from sensors.replay import ReplaySource
-        path = spec[len("replay:"):]
-        if not path:
-            raise SourceError("--source replay:PATH needs a path")
-        return ReplaySource(path, realtime=realtime, speed=speed, loop=loop)
-    if spec.startswith(("zmq://", "tcp://", "ipc://", "inproc://")):
-        from sensors.zmq_source import ZmqSource
-        return ZmqSource(spec, max_bodies=max_bodies, security=security)
-    raise SourceError(f"--source {spec!r}: expected one of {', '.join(SOURCE_SPECS)}")

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import zmq
 
-from sensors.base import SourceError, open_source
+from sensors.base import SourceError
 from sensors.kinect import (
     AzureKinectSource,
     KinectSource,
     bodies_from_azure,
     bodies_from_pykinect2,
 )
+from sensors.open import open_source
 from sensors.replay import ReplaySource
 from sensors.synthetic import SyntheticSource
 from sensors.zmq_source import ZmqSource

@@ -27,13 +27,12 @@ def _positive(kind: type, name: str):
 
 
 def register(subparsers: Any) -> None:
+    from sensors.open import source_help
     p = subparsers.add_parser(
         "run", help="run the streaming node (source → anonymizer → sinks)",
         description="Anonymize a live skeleton stream: read frames from a source, retarget "
                     "every tracked body onto the dummy, publish to ZeroMQ / OSC sinks.")
-    p.add_argument("--source", default="synthetic",
-                   help="kinect | azure | synthetic | replay:PATH | zmq://HOST:PORT "
-                        "(connects to a sensor publisher) [synthetic]")
+    p.add_argument("--source", default="synthetic", help=f"{source_help()} [synthetic]")
     p.add_argument("--sink", default="zmq://127.0.0.1:5556",
                    help="comma-separated: zmq://HOST:PORT (binds a PUB), vmc://HOST:PORT, "
                         "vrchat://HOST:PORT [zmq://127.0.0.1:5556]")
@@ -129,7 +128,8 @@ def _engine(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from sensors.base import SourceError, open_source
+    from sensors.base import SourceError
+    from sensors.open import open_source
     from streamtmr.stream.node import Node, NodeConfig
     from streamtmr.stream.security import Security, SecurityError
     from streamtmr.stream.sinks import SinkError, open_sinks
