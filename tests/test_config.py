@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streamtmr.models.tmr import STAGE_WEIGHTS, DisentangledTMR
+from streamtmr.models.tmr import DisentangledTMR
 from streamtmr.train.config import ConfigError, dump_config, from_dict, load_config
-from streamtmr.train.tmr import STAGES, TMRCurriculum
+from streamtmr.train.tmr import STAGE_WEIGHTS, STAGES, TMRCurriculum
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TMR_CONFIGS = ("tmr_tiny.yaml", "tmr_small.yaml", "tmr_paper.yaml")

@@ -11,14 +11,17 @@ from streamtmr import skeleton
 from streamtmr.dummy import default_dummy
 from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
 from streamtmr.models.registry import build_model
-from streamtmr.models.tmr import (
+from streamtmr.models.tmr import DisentangledTMR, validate_config
+from streamtmr.models.tmr_encoders import REST_DIRECTIONS
+from streamtmr.train.tmr import (
     LOSS_NAMES,
     STAGE_ITERATIONS,
     STAGE_WEIGHTS,
-    DisentangledTMR,
-    validate_config,
+    ri_loss,
+    stage_modules,
+    stage_weights,
+    tmr_training_losses,
 )
-from streamtmr.models.tmr_encoders import REST_DIRECTIONS
 
 torch.set_num_threads(1)
 DUMMY = torch.tensor(np.array(default_dummy().lengths))
@@ -89,8 +92,8 @@ def test_variants_shapes_bones_and_losses(overrides):
     err = (skeleton.bone_lengths(y) - batch["target_lengths"][:, None]).abs()[..., 1:]
     assert err.max() < 1e-5
     model.train()
-    weights = model.stage_weights(3) | {"ee": 1.0}
-    losses = model.training_losses(batch, weights)
+    weights = stage_weights(model, 3) | {"ee": 1.0}
+    losses = tmr_training_losses(model, batch, weights)
     assert set(losses) == {k for k, v in weights.items() if v}
     for name, value in losses.items():
         assert value.dim() == 0 and torch.isfinite(value), name
@@ -140,15 +143,15 @@ def _grad_params(modules):
 def test_training_losses_gradients_follow_the_curriculum():
     model = tiny()
     batch = make_batch()
-    all_modules = model.stage_modules(3)
+    all_modules = stage_modules(model, 3)
     assert {id(p) for p in model.parameters()} == _grad_params(all_modules)
 
     # stage 1: encoder losses only; nothing reaches the decoder
-    losses = model.training_losses(batch, STAGE_WEIGHTS[1])
+    losses = tmr_training_losses(model, batch, STAGE_WEIGHTS[1])
     assert set(losses) == {"ar", "ri", "nce", "adv", "orth", "mi"}
     sum(STAGE_WEIGHTS[1][k] * v for k, v in losses.items()).backward()
     assert all(p.grad is None for p in model.decoder.parameters())
-    for module in model.stage_modules(1):
+    for module in stage_modules(model, 1):
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(p.grad.abs().sum() > 0 for p in model.subject_head.parameters())
@@ -156,10 +159,10 @@ def test_training_losses_gradients_follow_the_curriculum():
     model.zero_grad(set_to_none=True)
 
     # stage 2: encoders frozen as the trainer does; only the decoder learns
-    stage = _grad_params(model.stage_modules(2))
+    stage = _grad_params(stage_modules(model, 2))
     for p in model.parameters():
         p.requires_grad_(id(p) in stage)
-    losses = model.training_losses(batch, STAGE_WEIGHTS[2])
+    losses = tmr_training_losses(model, batch, STAGE_WEIGHTS[2])
     assert set(losses) == {"mse", "bone", "smooth", "vel"}
     sum(STAGE_WEIGHTS[2][k] * v for k, v in losses.items()).backward()
     assert all(p.grad is None for p in model.parameters() if id(p) not in stage)
@@ -171,9 +174,9 @@ def test_training_losses_gradients_follow_the_curriculum():
     # stage 3: everything
     for p in model.parameters():
         p.requires_grad_(True)
-    losses = model.training_losses(batch, STAGE_WEIGHTS[3])
+    losses = tmr_training_losses(model, batch, STAGE_WEIGHTS[3])
     sum(STAGE_WEIGHTS[3][k] * v for k, v in losses.items()).backward()
-    for module in model.stage_modules(3):
+    for module in stage_modules(model, 3):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
@@ -181,17 +184,17 @@ def test_ri_and_adv_train_their_heads_against_the_encoder():
     model = tiny()
     batch = make_batch()
     # RI: the classifier's CE uses detached features, the entropy term frozen head weights
-    code, _ = model._encode_action(batch["source"])
+    code, _ = model.encode_action(batch["source"])
     pooled = code.pooled.detach().requires_grad_(True)
     from streamtmr import losses as L
-    ri = model._ri_loss(pooled, batch["subject"], L)
+    ri = ri_loss(model, pooled, batch["subject"])
     g_feat, = torch.autograd.grad(ri, pooled, retain_graph=True)
     gap = L.entropy_gap(model.subject_head(pooled))
     g_gap, = torch.autograd.grad(gap, pooled)
     torch.testing.assert_close(g_feat, g_gap)  # features only see the entropy term
     # adv: the encoder receives the reversed discriminator gradient
     model.zero_grad()
-    out = model.training_losses(batch, {"adv": 1.0})
+    out = tmr_training_losses(model, batch, {"adv": 1.0})
     out["adv"].backward()
     g_rev = model.action_encoder.head.weight.grad  # head is not on the adv path
     assert g_rev is None
@@ -206,12 +209,13 @@ def test_training_losses_rejects_bad_requests():
     model = tiny()
     batch = make_batch()
     with pytest.raises(KeyError, match="bogus"):
-        model.training_losses(batch, {"bogus": 1.0})
+        tmr_training_losses(model, batch, {"bogus": 1.0})
     with pytest.raises(ValueError, match="vq"):
-        model.training_losses(batch, {"vq": 1.0})
+        tmr_training_losses(model, batch, {"vq": 1.0})
     with pytest.raises(KeyError, match="subject"):
-        model.training_losses({k: v for k, v in batch.items() if k != "subject"}, {"adv": 1.0})
-    assert model.training_losses(batch, {"mse": 0.0}) == {}
+        tmr_training_losses(model, {k: v for k, v in batch.items() if k != "subject"},
+                            {"adv": 1.0})
+    assert tmr_training_losses(model, batch, {"mse": 0.0}) == {}
 
 
 def test_overfit_one_batch():
@@ -219,13 +223,13 @@ def test_overfit_one_batch():
     batch = make_batch(b=4, t=16, seed=3)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     weights = {"mse": 1.0}
-    first = float(model.training_losses(batch, weights)["mse"])
+    first = float(tmr_training_losses(model, batch, weights)["mse"])
     for _ in range(100):
-        loss = model.training_losses(batch, weights)["mse"]
+        loss = tmr_training_losses(model, batch, weights)["mse"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-    last = float(model.training_losses(batch, weights)["mse"])
+    last = float(tmr_training_losses(model, batch, weights)["mse"])
     assert last < first / 5, (first, last)
 
 
@@ -315,8 +319,8 @@ def test_stage_table_matches_design():
         assert tuple(STAGE_WEIGHTS[s][name] for s in (1, 2, 3)) == per_stage
     assert STAGE_ITERATIONS == {1: 20_000, 2: 15_000, 3: 15_000}
     assert set(STAGE_WEIGHTS[1]) <= set(LOSS_NAMES)
-    assert tiny(vq=True).stage_weights(1)["vq"] == 1.0
-    assert "vq" not in tiny().stage_weights(1)
+    assert stage_weights(tiny(vq=True), 1)["vq"] == 1.0
+    assert "vq" not in stage_weights(tiny(), 1)
 
 
 def test_skeleton_classifier_shapes_and_causality():

@@ -1,11 +1,9 @@
 """Loss library: disentanglement, reconstruction and physical plausibility (pure functions)."""
 
 from streamtmr.losses.disentangle import (
-    GradientReversal,
     action_ce,
     cross_correlation_mi,
     entropy_gap,
-    grad_reverse,
     info_nce,
     orthogonality,
     subspace_orthogonality,
@@ -34,9 +32,9 @@ from streamtmr.losses.reconstruction import (
 )
 
 __all__ = [
-    "JOINT_ANGLE_LIMITS", "GradientReversal", "acceleration", "action_ce", "angular_momentum",
+    "JOINT_ANGLE_LIMITS", "acceleration", "action_ce", "angular_momentum",
     "bone_length_loss", "cross_correlation_mi", "cross_reconstruction", "end_effector_mse",
-    "entropy_gap", "foot_contacts", "foot_skating", "grad_reverse", "info_nce",
+    "entropy_gap", "foot_contacts", "foot_skating", "info_nce",
     "joint_angle_validity", "joint_angle_violation", "joint_angles", "latent_consistency", "mse",
     "orthogonality", "smoothness", "subspace_orthogonality", "triplet", "velocity_frechet",
     "velocity_loss", "velocity_mmd",

@@ -1,6 +1,7 @@
 """Disentanglement losses: keep action features free of identity, and identity free of action.
 
-Pure functions on tensors; every one returns a scalar.
+Pure functions on tensors; every one returns a scalar. The gradient-reversal layer that turns a
+classifier into an adversary is a layer: :func:`streamtmr.models.layers.grad_reverse`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from streamtmr.models.layers import GradientReversal, grad_reverse
-
 __all__ = [
-    "GradientReversal", "action_ce", "cross_correlation_mi", "entropy_gap", "grad_reverse",
-    "info_nce", "orthogonality", "subspace_orthogonality",
+    "action_ce", "cross_correlation_mi", "entropy_gap", "info_nce", "orthogonality",
+    "subspace_orthogonality",
 ]
 
 

@@ -13,16 +13,10 @@ space with ``skeleton.from_canonical``, the reference only changes what the netw
 motion is predicted in leg-length units and multiplied by the target's leg length, which is the
 leg-length-ratio rescaling of ``skeleton.rescale_root``.
 
-Training (:meth:`DisentangledTMR.training_losses`) follows the design's 3-stage curriculum
-(:data:`STAGE_WEIGHTS`, :meth:`DisentangledTMR.stage_modules`). How the two subject-side terms
-work:
-
-* ``ri`` — a subject classifier (``subject_head``) is trained by cross-entropy on *detached*
-  pooled H_action, while the encoder is trained to maximise the entropy of that classifier's
-  prediction through a copy of the head with detached parameters. The reported value is the
-  sum of both terms (classifier CE + ``log C − H``).
-* ``adv`` — a separate discriminator sees pooled H_action through a gradient-reversal layer:
-  one cross-entropy trains the discriminator and, reversed, pushes the encoder to fool it.
+Training lives in :mod:`streamtmr.train.tmr` (the curriculum, its λ tables and
+:func:`~streamtmr.train.tmr.tmr_training_losses`); the model offers the steps it needs:
+:meth:`DisentangledTMR.encode_action`, :meth:`DisentangledTMR.decode` and the two training heads
+``subject_head`` (re-identification) and ``discriminator`` (behind gradient reversal).
 """
 
 from __future__ import annotations
@@ -31,36 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from streamtmr import skeleton
 from streamtmr.models.base import Anonymizer
-from streamtmr.models.layers import MLP, grad_reverse
+from streamtmr.models.layers import MLP
 from streamtmr.models.registry import register
 from streamtmr.models.tmr_decoder import Decoder, frame_features
 from streamtmr.models.tmr_encoders import ActionCode, ActionEncoder, IdentityEncoder, rest_pose
 
 J = skeleton.NUM_JOINTS
-
-#: Loss weights λ per curriculum stage (design table). Stage 1 trains the encoders, stage 2 the
-#: decoder with frozen encoders, stage 3 everything.
-STAGE_WEIGHTS: dict[int, dict[str, float]] = {
-    1: {"ar": 1.0, "ri": 1.0, "nce": 0.1, "adv": 0.5, "orth": 0.1, "mi": 0.1,
-        "mse": 0.0, "bone": 0.0, "smooth": 0.0, "vel": 0.0},
-    2: {"ar": 0.0, "ri": 0.0, "nce": 0.0, "adv": 0.0, "orth": 0.0, "mi": 0.0,
-        "mse": 1.0, "bone": 0.5, "smooth": 0.1, "vel": 0.1},
-    3: {"ar": 0.5, "ri": 0.5, "nce": 0.05, "adv": 0.25, "orth": 0.05, "mi": 0.05,
-        "mse": 1.0, "bone": 0.5, "smooth": 0.1, "vel": 0.1},
-}
-#: Iterations per stage.
-STAGE_ITERATIONS: dict[int, int] = {1: 20_000, 2: 15_000, 3: 15_000}
-#: Optimiser settings of the design.
-TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "adam"}
-
-ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
-DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee")
-LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "method": "tmr",
@@ -196,7 +170,8 @@ class DisentangledTMR(Anonymizer):
         lengths = skeleton.bone_lengths(x) if self.config["tokens"] == "dynamics" else None
         return x, lengths, (rot, origin, skeleton.floor_height(canon))
 
-    def _encode_action(self, source: torch.Tensor):
+    def encode_action(self, source: torch.Tensor):
+        """(action code, frame to map back) of a source window ``[B, T, 25, 3]``."""
         x, lengths, frame = self._normalize(source)
         code = self.action_encoder(x, lengths)
         if code.codes is not None:
@@ -215,9 +190,11 @@ class DisentangledTMR(Anonymizer):
         raise ValueError(f"tmr: target must be bone lengths [25] / [B, 25] or a sequence "
                          f"[B, T, 25, 3], got {tuple(target.shape)}")
 
-    def _decode(self, h_action: torch.Tensor, h_identity: torch.Tensor, lengths: torch.Tensor,
-                frame: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                teacher: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, h_action: torch.Tensor, h_identity: torch.Tensor, lengths: torch.Tensor,
+               frame: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+               teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """Joints ``[B, T, 25, 3]`` in camera space on bones ``lengths [B, 25]``; ``teacher``
+        (the target motion) feeds an autoregressive decoder its ground-truth previous frames."""
         rot, origin, floor = frame
         leg = skeleton.leg_length(lengths)[:, None, None]
         if teacher is not None:
@@ -233,8 +210,8 @@ class DisentangledTMR(Anonymizer):
     def retarget_encoded(self, source: torch.Tensor, lengths: torch.Tensor,
                          h_identity: torch.Tensor) -> torch.Tensor:
         """Retarget with a precomputed H_identity ``[B, d_identity]`` and lengths ``[B, 25]``."""
-        code, frame = self._encode_action(source)
-        return self._decode(code.h, h_identity, lengths, frame)
+        code, frame = self.encode_action(source)
+        return self.decode(code.h, h_identity, lengths, frame)
 
     # ---------------------------------------------------------------- public API
 
@@ -254,7 +231,7 @@ class DisentangledTMR(Anonymizer):
     def embeddings(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Action and identity codes of one sequence ``[B, T, 25, 3]``: ``h_action [B, T, d]``,
         ``action_pooled [B, d]``, ``action_logits [B, classes]``, ``h_identity [B, d_id]``."""
-        code, _ = self._encode_action(x)
+        code, _ = self.encode_action(x)
         h_identity = self.identity_encoder(skeleton.canonicalize(x, ref_frame=0)[0])
         return {"h_action": code.h, "action_pooled": code.pooled, "action_logits": code.logits,
                 "h_identity": h_identity}
@@ -266,111 +243,6 @@ class DisentangledTMR(Anonymizer):
         if self._last_codes is None:
             return {"perplexity": 0.0, "usage": 0.0}
         return self.action_encoder.vq.stats(self._last_codes)
-
-    # ---------------------------------------------------------------- training contract
-
-    def stage_modules(self, stage: int) -> list[nn.Module]:
-        """Modules trained in curriculum stage 1 (encoders + heads), 2 (decoder), 3 (all)."""
-        encoders = [self.action_encoder, self.identity_encoder, self.subject_head,
-                    self.discriminator]
-        if stage == 1:
-            return encoders
-        if stage == 2:
-            return [self.decoder]
-        if stage == 3:
-            return [*encoders, self.decoder]
-        raise ValueError(f"tmr: curriculum stage must be 1, 2 or 3, got {stage!r}")
-
-    def stage_weights(self, stage: int) -> dict[str, float]:
-        """:data:`STAGE_WEIGHTS` of ``stage``, plus the VQ commitment loss (1 in stages 1 and 3)
-        for vq models."""
-        if stage not in STAGE_WEIGHTS:
-            raise ValueError(f"tmr: curriculum stage must be 1, 2 or 3, got {stage!r}")
-        weights = dict(STAGE_WEIGHTS[stage])
-        if self.config["vq"]:
-            weights["vq"] = 0.0 if stage == 2 else 1.0
-        return weights
-
-    def training_losses(self, batch: dict[str, torch.Tensor], weights: dict[str, float]
-                        ) -> dict[str, torch.Tensor]:
-        """Unweighted scalar losses for every name in ``weights`` with a nonzero λ.
-
-        batch: ``source [B,T,25,3]``, ``target [B,T,25,3]`` (ground-truth retarget on the target
-        body), ``target_lengths [B,25]``, ``action [B]``, ``subject [B]``; optional ``identity
-        [B,T',25,3]`` (another recording of the target body for the identity encoder). Without
-        it the identity encoder sees the target's rest pose ("static") or ``target``
-        ("full_sequence", which lets target motion leak into H_identity — the ablation).
-        """
-        from streamtmr import losses as L  # training-only dependency, kept off the hot path
-
-        unknown = sorted(set(weights) - set(LOSS_NAMES))
-        if unknown:
-            raise KeyError(f"tmr: unknown loss name(s) {unknown}; known: {list(LOSS_NAMES)}")
-        active = [k for k in LOSS_NAMES if float(weights.get(k, 0.0)) != 0.0]
-        if "vq" in active and not self.config["vq"]:
-            raise ValueError("tmr: loss 'vq' requested but the model has vq: false")
-
-        def need(key: str) -> torch.Tensor:
-            if key not in batch:
-                raise KeyError(f"tmr: batch lacks {key!r}, needed for losses {active}")
-            return batch[key]
-
-        out: dict[str, torch.Tensor] = {}
-        if not active:
-            return out
-        source = need("source")
-        code, frame = self._encode_action(source)
-        pooled = code.pooled
-        if "ar" in active:
-            out["ar"] = L.action_ce(code.logits, need("action"))
-        if "ri" in active:
-            out["ri"] = self._ri_loss(pooled, need("subject"), L)
-        if "nce" in active:
-            out["nce"] = L.info_nce(pooled, need("action"), float(self.config["nce_tau"]))
-        if "adv" in active:
-            logits = self.discriminator(grad_reverse(pooled, float(self.config["adv_scale"])))
-            out["adv"] = F.cross_entropy(logits, need("subject"))
-        if "vq" in active:
-            out["vq"] = code.vq_loss
-        if not {"orth", "mi", *DECODER_LOSSES} & set(active):
-            return out
-
-        lengths = need("target_lengths")
-        if "identity" in batch:
-            id_input = skeleton.canonicalize(batch["identity"], ref_frame=0)[0]
-        elif self.config["identity_mode"] == "full_sequence":
-            id_input = skeleton.canonicalize(need("target"), ref_frame=0)[0]
-        else:
-            id_input = rest_pose(lengths)[:, None]
-        h_identity = self.identity_encoder(id_input)
-        if "orth" in active:
-            out["orth"] = L.subspace_orthogonality(pooled, h_identity)
-        if "mi" in active:
-            out["mi"] = L.cross_correlation_mi(pooled, h_identity)
-        if not set(DECODER_LOSSES) & set(active):
-            return out
-
-        target = need("target")
-        teacher = target if self.config["decoding"] == "autoregressive" else None
-        y = self._decode(code.h, h_identity, lengths, frame, teacher)
-        if "mse" in active:
-            out["mse"] = L.mse(y, target)
-        if "bone" in active:
-            out["bone"] = L.bone_length_loss(y, lengths)
-        if "smooth" in active:
-            out["smooth"] = L.smoothness(y)
-        if "vel" in active:
-            out["vel"] = L.velocity_loss(y, target)
-        if "ee" in active:
-            out["ee"] = L.end_effector_mse(y, target, float(self.config["ee_weight"]))
-        return out
-
-    def _ri_loss(self, pooled: torch.Tensor, subject: torch.Tensor, L) -> torch.Tensor:
-        """Classifier CE on detached features + entropy gap through detached classifier weights."""
-        ce = F.cross_entropy(self.subject_head(pooled.detach()), subject)
-        frozen = {n: p.detach() for n, p in self.subject_head.named_parameters()}
-        logits = torch.func.functional_call(self.subject_head, frozen, (pooled,))
-        return ce + L.entropy_gap(logits)
 
 
 class DummyTMR(nn.Module):
@@ -400,5 +272,4 @@ class DummyTMR(nn.Module):
                                            self.h_identity.expand(b, -1))
 
 
-__all__ = ["DEFAULT_CONFIG", "LOSS_NAMES", "STAGE_ITERATIONS", "STAGE_WEIGHTS", "TRAIN_DEFAULTS",
-           "ActionCode", "DisentangledTMR", "DummyTMR", "validate_config"]
+__all__ = ["DEFAULT_CONFIG", "ActionCode", "DisentangledTMR", "DummyTMR", "validate_config"]

@@ -1,4 +1,4 @@
-"""The DisentangledTMR curriculum: 3 stages with the design's λ table.
+"""The DisentangledTMR curriculum and objective: 3 stages with the design's λ table.
 
 ==========  =======================================  ===============================
 stage       trains                                   λ (design table)
@@ -8,8 +8,18 @@ decoder     decoder (encoders frozen, eval mode)     MSE 1, bone .5, smooth .1, 
 end_to_end  everything                               stage 1 × ½ + stage 2
 ==========  =======================================  ===============================
 
-Stage names map to ``model.stage_modules(1|2|3)``; a config may leave out ``weights`` to use
-``model.stage_weights(k)`` (:data:`streamtmr.models.tmr.STAGE_WEIGHTS`).
+A config may leave out a stage's ``weights`` to use :func:`stage_weights` (:data:`STAGE_WEIGHTS`).
+The objective, :func:`tmr_training_losses`, is a plain function of a model, a batch and the λ of
+a stage, so that variants of the model (e.g. a streaming TMR) train with the same losses. How the
+two subject-side terms work:
+
+* ``ri`` — a subject classifier (``model.subject_head``) is trained by cross-entropy on *detached*
+  pooled H_action, while the encoder is trained to maximise the entropy of that classifier's
+  prediction through a copy of the head with detached parameters. The reported value is the
+  sum of both terms (classifier CE + ``log C − H``).
+* ``adv`` — a separate discriminator (``model.discriminator``) sees pooled H_action through a
+  gradient-reversal layer: one cross-entropy trains the discriminator and, reversed, pushes the
+  encoder to fool it.
 """
 
 from __future__ import annotations
@@ -17,16 +27,152 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from streamtmr import losses as L
 from streamtmr import skeleton
-from streamtmr.models.tmr import LOSS_NAMES
+from streamtmr.models.layers import grad_reverse
+from streamtmr.models.tmr import DisentangledTMR
+from streamtmr.models.tmr_encoders import rest_pose
 from streamtmr.train.augment import style_jitter
 from streamtmr.train.config import ConfigError, ModelConfig
 from streamtmr.train.curriculum import Curriculum, DataInfo, Stage
 
-#: Config stage name → the model's stage number.
+#: Loss weights λ per curriculum stage (design table). Stage 1 trains the encoders, stage 2 the
+#: decoder with frozen encoders, stage 3 everything.
+STAGE_WEIGHTS: dict[int, dict[str, float]] = {
+    1: {"ar": 1.0, "ri": 1.0, "nce": 0.1, "adv": 0.5, "orth": 0.1, "mi": 0.1,
+        "mse": 0.0, "bone": 0.0, "smooth": 0.0, "vel": 0.0},
+    2: {"ar": 0.0, "ri": 0.0, "nce": 0.0, "adv": 0.0, "orth": 0.0, "mi": 0.0,
+        "mse": 1.0, "bone": 0.5, "smooth": 0.1, "vel": 0.1},
+    3: {"ar": 0.5, "ri": 0.5, "nce": 0.05, "adv": 0.25, "orth": 0.05, "mi": 0.05,
+        "mse": 1.0, "bone": 0.5, "smooth": 0.1, "vel": 0.1},
+}
+#: Iterations per stage.
+STAGE_ITERATIONS: dict[int, int] = {1: 20_000, 2: 15_000, 3: 15_000}
+#: Optimiser settings of the design.
+TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "adam"}
+
+ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
+DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee")
+LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES
+
+#: Config stage name → stage number.
 STAGES = {"encoders": 1, "decoder": 2, "end_to_end": 3}
+
+
+def _check_stage(stage: int) -> None:
+    if stage not in STAGE_WEIGHTS:
+        raise ValueError(f"tmr: curriculum stage must be 1, 2 or 3, got {stage!r}")
+
+
+def stage_modules(model: DisentangledTMR, stage: int) -> list[nn.Module]:
+    """Modules trained in curriculum stage 1 (encoders + heads), 2 (decoder), 3 (all)."""
+    _check_stage(stage)
+    encoders = [model.action_encoder, model.identity_encoder, model.subject_head,
+                model.discriminator]
+    return {1: encoders, 2: [model.decoder], 3: [*encoders, model.decoder]}[stage]
+
+
+def stage_weights(model: DisentangledTMR, stage: int) -> dict[str, float]:
+    """:data:`STAGE_WEIGHTS` of ``stage``, plus the VQ commitment loss (1 in stages 1 and 3)
+    for vq models."""
+    _check_stage(stage)
+    weights = dict(STAGE_WEIGHTS[stage])
+    if model.config["vq"]:
+        weights["vq"] = 0.0 if stage == 2 else 1.0
+    return weights
+
+
+def _active(model: DisentangledTMR, weights: dict[str, float]) -> list[str]:
+    unknown = sorted(set(weights) - set(LOSS_NAMES))
+    if unknown:
+        raise KeyError(f"tmr: unknown loss name(s) {unknown}; known: {list(LOSS_NAMES)}")
+    active = [k for k in LOSS_NAMES if float(weights.get(k, 0.0)) != 0.0]
+    if "vq" in active and not model.config["vq"]:
+        raise ValueError("tmr: loss 'vq' requested but the model has vq: false")
+    return active
+
+
+def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
+                        weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Unweighted scalar losses for every name in ``weights`` with a nonzero λ.
+
+    batch: ``source [B,T,25,3]``, ``target [B,T,25,3]`` (ground-truth retarget on the target
+    body), ``target_lengths [B,25]``, ``action [B]``, ``subject [B]``; optional ``identity
+    [B,T',25,3]`` (another recording of the target body for the identity encoder). Without
+    it the identity encoder sees the target's rest pose ("static") or ``target``
+    ("full_sequence", which lets target motion leak into H_identity — the ablation).
+    """
+    active = _active(model, weights)
+
+    def need(key: str) -> torch.Tensor:
+        if key not in batch:
+            raise KeyError(f"tmr: batch lacks {key!r}, needed for losses {active}")
+        return batch[key]
+
+    if not active:
+        return {}
+    code, frame = model.encode_action(need("source"))
+    out = _encoder_losses(model, code, active, need)
+    if not {"orth", "mi", *DECODER_LOSSES} & set(active):
+        return out
+    lengths = need("target_lengths")
+    h_identity = model.identity_encoder(_identity_input(model, batch, need))
+    if "orth" in active:
+        out["orth"] = L.subspace_orthogonality(code.pooled, h_identity)
+    if "mi" in active:
+        out["mi"] = L.cross_correlation_mi(code.pooled, h_identity)
+    if set(DECODER_LOSSES) & set(active):
+        target = need("target")
+        teacher = target if model.config["decoding"] == "autoregressive" else None
+        y = model.decode(code.h, h_identity, lengths, frame, teacher)
+        out.update(_decoder_losses(model, y, target, lengths, active))
+    return out
+
+
+def _encoder_losses(model: DisentangledTMR, code, active: list[str], need) -> dict[str, Any]:
+    """The action-side terms: recognition, re-ID entropy, InfoNCE, adversary, VQ."""
+    out: dict[str, torch.Tensor] = {}
+    pooled = code.pooled
+    if "ar" in active:
+        out["ar"] = L.action_ce(code.logits, need("action"))
+    if "ri" in active:
+        out["ri"] = ri_loss(model, pooled, need("subject"))
+    if "nce" in active:
+        out["nce"] = L.info_nce(pooled, need("action"), float(model.config["nce_tau"]))
+    if "adv" in active:
+        logits = model.discriminator(grad_reverse(pooled, float(model.config["adv_scale"])))
+        out["adv"] = F.cross_entropy(logits, need("subject"))
+    if "vq" in active:
+        out["vq"] = code.vq_loss
+    return out
+
+
+def _identity_input(model: DisentangledTMR, batch: dict[str, torch.Tensor], need
+                    ) -> torch.Tensor:
+    if "identity" in batch:
+        return skeleton.canonicalize(batch["identity"], ref_frame=0)[0]
+    if model.config["identity_mode"] == "full_sequence":
+        return skeleton.canonicalize(need("target"), ref_frame=0)[0]
+    return rest_pose(need("target_lengths"))[:, None]
+
+
+def _decoder_losses(model: DisentangledTMR, y: torch.Tensor, target: torch.Tensor,
+                    lengths: torch.Tensor, active: list[str]) -> dict[str, torch.Tensor]:
+    terms = {"mse": lambda: L.mse(y, target), "bone": lambda: L.bone_length_loss(y, lengths),
+             "smooth": lambda: L.smoothness(y), "vel": lambda: L.velocity_loss(y, target),
+             "ee": lambda: L.end_effector_mse(y, target, float(model.config["ee_weight"]))}
+    return {k: terms[k]() for k in DECODER_LOSSES if k in active}
+
+
+def ri_loss(model: DisentangledTMR, pooled: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
+    """Classifier CE on detached features + entropy gap through detached classifier weights."""
+    ce = F.cross_entropy(model.subject_head(pooled.detach()), subject)
+    frozen = {n: p.detach() for n, p in model.subject_head.named_parameters()}
+    logits = torch.func.functional_call(model.subject_head, frozen, (pooled,))
+    return ce + L.entropy_gap(logits)
 
 
 class TMRCurriculum(Curriculum):
@@ -49,10 +195,10 @@ class TMRCurriculum(Curriculum):
         return cfg
 
     def default_weights(self, name: str) -> dict[str, float] | None:
-        return self.model.stage_weights(STAGES[name])
+        return stage_weights(self.model, STAGES[name])
 
     def trainable(self, stage: Stage) -> list[nn.Module]:
-        return self.model.stage_modules(STAGES[stage.name])
+        return stage_modules(self.model, STAGES[stage.name])
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         d = self.config.data
@@ -71,4 +217,4 @@ class TMRCurriculum(Curriculum):
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], stage: Stage,
                ) -> dict[str, torch.Tensor]:
-        return model.training_losses(batch, stage.weights)
+        return tmr_training_losses(model, batch, stage.weights)
