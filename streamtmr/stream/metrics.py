@@ -47,6 +47,10 @@ class LatencyHistogram:
                 "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
                 "p99_ms": round(float(p99), 4), "max_ms": round(self.max_ns / 1e6, 4)}
 
+    def histogram(self, edges_ns: np.ndarray) -> list[int]:
+        """Counts of the recent samples between consecutive ``edges_ns``."""
+        return np.histogram(self._ring[:min(self._n, len(self._ring))], edges_ns)[0].tolist()
+
 
 class Metrics:
     """Counters (frames in/out, drops by reason, overruns, engine errors) and stage latencies.
@@ -82,6 +86,12 @@ class Metrics:
                    "latency": {s: h.summary() for s, h in self.stages.items()}}
         out["out_fps"] = round(self.counters["frames_out"] / elapsed, 2) if elapsed > 0 else 0.0
         return out
+
+    def histograms(self, edges_ms: list[float]) -> dict[str, list[int]]:
+        """Per stage, counts of the recent latencies between consecutive ``edges_ms``."""
+        edges = np.asarray(edges_ms, np.float64) * 1e6
+        with self._lock:
+            return {s: h.histogram(edges) for s, h in self.stages.items()}
 
     def line(self) -> str:
         """One log line: rates, drops and the key latencies."""
