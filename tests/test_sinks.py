@@ -11,6 +11,7 @@ import pytest
 import zmq
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import ThreadingOSCUDPServer
+from scipy.spatial.transform import Rotation
 
 from streamtmr import skeleton
 from streamtmr.dummy import default_dummy
@@ -31,8 +32,11 @@ SWING = [b for b in vmc.BONES if b[2] is not None and b[0] not in ("Hips", "Ches
 
 def rotation(axis, deg: float) -> np.ndarray:
     a = np.asarray(axis, float) / np.linalg.norm(axis)
-    q = np.array([*(a * np.sin(np.radians(deg) / 2)), np.cos(np.radians(deg) / 2)])
-    return vmc.quat_to_matrix(q)
+    return Rotation.from_rotvec(a * np.radians(deg)).as_matrix()
+
+
+def rot(q: np.ndarray) -> Rotation:
+    return Rotation.from_quat(q)
 
 
 def t_pose_kinect(yaw_deg: float = 0.0) -> np.ndarray:
@@ -57,37 +61,6 @@ def random_pose(seed: int) -> np.ndarray:
 # Rotation math
 # ------------------------------------------------------------------------------------------
 
-def test_quaternion_helpers():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        q = rng.normal(size=4)
-        q /= np.linalg.norm(q)
-        m = vmc.quat_to_matrix(q)
-        assert np.allclose(m @ m.T, np.eye(3), atol=1e-9) and np.isclose(np.linalg.det(m), 1)
-        assert np.allclose(vmc.quat_to_matrix(vmc.quat_from_matrix(m)), m, atol=1e-9)
-        a, b = rng.normal(size=3), rng.normal(size=3)
-        assert np.allclose(vmc.quat_rotate(vmc.quat_between(a, b), a / np.linalg.norm(a)),
-                           b / np.linalg.norm(b), atol=1e-9)
-    a = np.array([0.0, 1.0, 0.0])
-    assert np.allclose(vmc.quat_rotate(vmc.quat_between(a, -a), a), -a, atol=1e-9)
-
-
-def test_unity_euler_convention():
-    # Unity: Quaternion.Euler(x, y, z) rotates about Z, then X, then Y.
-    assert np.allclose(vmc.unity_euler(np.array([0, np.sin(np.pi / 4), 0, np.cos(np.pi / 4)])),
-                       [0, 90, 0], atol=1e-6)
-    q30x = np.array([np.sin(np.radians(15)), 0, 0, np.cos(np.radians(15))])
-    assert np.allclose(vmc.unity_euler(q30x), [30, 0, 0], atol=1e-6)
-    m = rotation([0, 1, 0], 20) @ rotation([1, 0, 0], 10) @ rotation([0, 0, 1], 30)
-    assert np.allclose(vmc.unity_euler(vmc.quat_from_matrix(m)), [10, 20, 30], atol=1e-6)
-    rng = np.random.default_rng(1)
-    for _ in range(50):
-        q = rng.normal(size=4)
-        q /= np.linalg.norm(q)
-        back = vmc.euler_to_quat(vmc.unity_euler(q))
-        assert np.allclose(vmc.quat_to_matrix(back), vmc.quat_to_matrix(q), atol=1e-6)
-
-
 def test_rest_pose_gives_identity_rotations():
     _, local, world = vmc.solve(t_pose_kinect())
     assert np.allclose(np.abs(local[:, 3]), 1, atol=1e-6)
@@ -111,7 +84,7 @@ def test_solved_rotations_reproduce_bone_directions(seed):
             continue
         c = skeleton.JOINT[child]
         cur = pos[c] - pos[skeleton.JOINT[at]]
-        got = vmc.quat_rotate(world[i], vmc.REST_DIRECTIONS[c])
+        got = rot(world[i]).apply(vmc.REST_DIRECTIONS[c])
         np.testing.assert_allclose(got, cur / np.linalg.norm(cur), atol=1e-5)
 
 
@@ -123,10 +96,10 @@ def test_hierarchy_with_local_rotations_rebuilds_torso_and_arms():
     world, placed = {}, {}
     for i, (name, _at, _, parent) in enumerate(vmc.BONES):
         if parent is None:
-            world[name], placed[name] = local[i], pos[0]
+            world[name], placed[name] = rot(local[i]), pos[0]
             continue
-        world[name] = vmc.quat_mul(world[parent], local[i])
-        placed[name] = placed[parent] + vmc.quat_rotate(world[parent], offsets[i])
+        world[name] = world[parent] * rot(local[i])
+        placed[name] = placed[parent] + world[parent].apply(offsets[i])
     for name, at, _, _ in vmc.BONES:
         if "Leg" in name or "Foot" in name:
             continue  # the hip joints hang off the Hips frame: only their directions are exact
@@ -221,8 +194,8 @@ def test_vrchat_trackers_over_udp(osc_server):
         assert len(p) == 3 and all(isinstance(v, float) for v in p + r)
         np.testing.assert_allclose(p, pos[skeleton.JOINT[joint]], atol=1e-5)
         q = vmc.euler_to_quat(np.array(r))
-        np.testing.assert_allclose(vmc.quat_to_matrix(q),
-                                   vmc.quat_to_matrix(world[vmc.BONE_NAMES.index(bone)]),
+        np.testing.assert_allclose(rot(q).as_matrix(),
+                                   rot(world[vmc.BONE_NAMES.index(bone)]).as_matrix(),
                                    atol=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""Bone rotations for avatar protocols (VMC, VRChat) solved from anonymized joint positions.
+"""Bone rotations for avatar protocols (VMC, VRChat) and BVH, solved from joint positions.
 
 Coordinates: Kinect v2 camera space is right-handed (X to the sensor's left, Y up, Z away
 from the sensor); Unity is left-handed (X right, Y up, Z forward). The same physical point is
@@ -12,14 +12,21 @@ is the swing taking its rest direction to its current direction expressed in the
 (the twist about the bone is not observable from positions and stays zero). Hips and Chest use
 two directions (spine up and the hip / shoulder line) so the torso's yaw is kept.
 
-Quaternions are ``(x, y, z, w)`` arrays, rotating column vectors (Unity's ``q * v``).
+The solver is generic (:class:`Plan`: bones, rest directions, two-direction frames): the VMC
+plan (:data:`VMC`) drives Unity's humanoid bones, :mod:`streamtmr.bvh` builds a plan over every
+Kinect joint from the same parts. Rotations are :class:`scipy.spatial.transform.Rotation`;
+quaternions handed out are ``(x, y, z, w)`` arrays rotating column vectors (Unity's ``q * v``).
 """
 
 from __future__ import annotations
 
-import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from streamtmr import skeleton
 from streamtmr.skeleton import JOINT
@@ -67,10 +74,12 @@ BONES: tuple[tuple[str, str, str | None, str | None], ...] = (
     *((f"{s}Foot", f"Ankle{s}", f"Foot{s}", f"{s}LowerLeg") for s in ("Left", "Right")),
 )
 BONE_NAMES = tuple(b[0] for b in BONES)
-_INDEX = {name: i for i, name in enumerate(BONE_NAMES)}
-#: Bones whose rotation comes from two directions: (up child, across from, across to).
-_FRAMES = {"Hips": ("SpineMid", "HipLeft", "HipRight"),
-           "Chest": ("Neck", "ShoulderLeft", "ShoulderRight")}
+#: Kinect joints whose rotation comes from two directions: (up child, across from, across to).
+#: The up child is the bone's own direction, so it is reproduced exactly.
+TORSO_FRAMES: dict[str, tuple[str, str, str]] = {
+    "SpineBase": ("SpineMid", "HipLeft", "HipRight"),
+    "SpineShoulder": ("Neck", "ShoulderLeft", "ShoulderRight")}
+_FRAMES = {"Hips": "SpineBase", "Chest": "SpineShoulder"}
 
 
 def to_unity(points: np.ndarray) -> np.ndarray:
@@ -79,162 +88,160 @@ def to_unity(points: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Quaternions (x, y, z, w)
+# Rotation helpers (scipy), batched over leading dimensions
 # --------------------------------------------------------------------------------------------
 
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw,
-                     aw * bw - ax * bx - ay * by - az * bz])
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.cross`` over the last axis, without its per-call overhead (small arrays)."""
+    a, b = np.broadcast_arrays(a, b)
+    out = np.empty(a.shape)
+    out[..., 0] = a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1]
+    out[..., 1] = a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2]
+    out[..., 2] = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+    return out
 
 
-def quat_conj(q: np.ndarray) -> np.ndarray:
-    return np.array([-q[0], -q[1], -q[2], q[3]])
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.where(n > 1e-12, v / np.maximum(n, 1e-12), 0.0)
 
 
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    x, y, z, w = q / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+def swing(a: np.ndarray, b: np.ndarray) -> Rotation:
+    """The shortest rotations taking unit directions ``a [N, 3]`` to directions ``b [N, 3]``
+    (a half turn about an axis orthogonal to ``a`` when opposite; identity when ``b`` is 0)."""
+    a, b = np.broadcast_arrays(np.asarray(a, np.float64), _unit(np.asarray(b, np.float64)))
+    cross = _cross(a, b)
+    sin, cos = np.linalg.norm(cross, axis=-1), np.einsum("...i,...i->...", a, b)
+    ref = np.where(np.abs(a[..., :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+    axis = np.where((sin < 1e-9)[..., None] & (cos < 0)[..., None], _unit(_cross(a, ref)),
+                    _unit(cross))
+    return Rotation.from_rotvec(axis * np.arctan2(sin, cos)[..., None])
 
 
-def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return quat_to_matrix(q) @ v
-
-
-def quat_from_matrix(m: np.ndarray) -> np.ndarray:
-    """Unit quaternion of a rotation matrix (Shepperd's method, w >= 0)."""
-    tr = m[0, 0] + m[1, 1] + m[2, 2]
-    if tr > 0:
-        s = 2.0 * np.sqrt(tr + 1.0)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s]
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def quat_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The shortest rotation (swing) taking direction ``a`` to direction ``b``."""
-    a = a / max(np.linalg.norm(a), 1e-12)
-    b = b / max(np.linalg.norm(b), 1e-12)
-    d = float(a @ b)
-    if d < -1.0 + 1e-9:  # opposite: half turn about any axis orthogonal to a
-        axis = np.cross(a, (1.0, 0.0, 0.0) if abs(a[0]) < 0.9 else (0.0, 1.0, 0.0))
-        axis /= np.linalg.norm(axis)
-        return np.array([axis[0], axis[1], axis[2], 0.0])
-    q = np.array([*np.cross(a, b), 1.0 + d])
-    return q / np.linalg.norm(q)
+def basis(up: np.ndarray, across: np.ndarray) -> np.ndarray:
+    """Orthonormal frames ``[N, 3, 3]`` (columns x, y, z): y along ``up``, x towards ``across``."""
+    y = _unit(up)
+    x = across - np.einsum("...i,...i->...", across, y)[..., None] * y
+    fallback = _cross(y, np.where(np.abs(y[..., 2:]) < 0.9, [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]))
+    x = _unit(np.where((np.linalg.norm(x, axis=-1) < 1e-9)[..., None], fallback, x))
+    return np.stack([x, y, _cross(x, y)], axis=-1)
 
 
 def unity_euler(q: np.ndarray) -> np.ndarray:
     """Unity's ``Quaternion.eulerAngles`` in degrees, each in [0, 360): the rotation is
-    Z first, then X, then Y (``R = Ry · Rx · Rz``)."""
-    m = quat_to_matrix(q)
-    x = np.arcsin(np.clip(-m[1, 2], -1.0, 1.0))
-    if abs(m[1, 2]) < 1 - 1e-9:
-        y = np.arctan2(m[0, 2], m[2, 2])
-        z = np.arctan2(m[1, 0], m[1, 1])
-    else:  # gimbal lock: put everything in Y
-        y = np.arctan2(-m[2, 0], m[0, 0])
-        z = 0.0
-    return np.degrees(np.array([x, y, z])) % 360.0
+    Z first, then X, then Y (``R = Ry · Rx · Rz``). Accepts ``[..., 4]``."""
+    with warnings.catch_warnings():  # gimbal lock: scipy puts everything in Y, as Unity does
+        warnings.simplefilter("ignore", UserWarning)
+        yxz = Rotation.from_quat(np.reshape(q, (-1, 4))).as_euler("YXZ", degrees=True)
+    return np.reshape(yxz[:, [1, 0, 2]] % 360.0, np.shape(q)[:-1] + (3,))
 
 
 def euler_to_quat(deg: np.ndarray) -> np.ndarray:
     """Inverse of :func:`unity_euler` (Unity's ``Quaternion.Euler``)."""
-    x, y, z = np.radians(deg)
-
-    def axis(i: int, a: float) -> np.ndarray:
-        q = np.zeros(4)
-        q[i], q[3] = np.sin(a / 2), np.cos(a / 2)
-        return q
-    return quat_mul(axis(1, y), quat_mul(axis(0, x), axis(2, z)))
+    deg = np.asarray(deg, np.float64)
+    return Rotation.from_euler("YXZ", deg[..., [1, 0, 2]], degrees=True).as_quat()
 
 
 # --------------------------------------------------------------------------------------------
-# Pose solving (per frame on the publishing path: plain float math, no tiny numpy arrays)
+# Pose solving
 # --------------------------------------------------------------------------------------------
 
-def _q_mul(a, b):
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return (aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz)
+@dataclass(frozen=True)
+class _Level:
+    """The bones of one depth of a plan, as index arrays (see :func:`solve_plan`)."""
+
+    bones: np.ndarray      # (k,) bone indices
+    parents: np.ndarray    # (k,) parent bone index, len(plan.bones) for a root
+    swung: np.ndarray      # positions within the level of the swing bones
+    at: np.ndarray         # (s,) Kinect joint each swing bone sits on
+    child: np.ndarray      # (s,) Kinect joint it points to
+    frames: tuple[tuple[int, str], ...]  # (position within the level, torso joint)
 
 
-def _q_rot(q, v):
-    """Rotate v by unit q: v + 2w (u × v) + 2 u × (u × v)."""
-    x, y, z, w = q
-    vx, vy, vz = v
-    tx, ty, tz = 2 * (y * vz - z * vy), 2 * (z * vx - x * vz), 2 * (x * vy - y * vx)
-    return (vx + w * tx + y * tz - z * ty, vy + w * ty + z * tx - x * tz,
-            vz + w * tz + x * ty - y * tx)
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Bones to solve: ``bones`` as :data:`BONES` (parents first), ``rest`` the rest direction
+    of every Kinect joint's bone in the axes the points come in, ``frames`` the bones whose
+    rotation is a two-direction torso frame (bone name → Kinect joint of :data:`TORSO_FRAMES`)."""
+
+    bones: tuple[tuple[str, str, str | None, str | None], ...]
+    rest: np.ndarray
+    frames: Mapping[str, str]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(b[0] for b in self.bones)
+
+    @cached_property
+    def levels(self) -> tuple[_Level, ...]:
+        """Bones grouped by depth in the tree: every parent in an earlier level."""
+        index = {name: i for i, name in enumerate(self.names)}
+        depth: list[int] = []
+        for _, _, _, parent in self.bones:
+            depth.append(0 if parent is None else depth[index[parent]] + 1)
+        out = []
+        for d in range(max(depth) + 1):
+            level = [i for i, x in enumerate(depth) if x == d]
+            rows = [self.bones[i] for i in level]
+            swung = [k for k, (name, _, child, _) in enumerate(rows)
+                     if child is not None and name not in self.frames]
+            out.append(_Level(
+                np.array(level), np.array([len(self.bones) if p is None else index[p]
+                                           for *_, p in rows]),
+                np.array(swung, np.int64), np.array([JOINT[rows[k][1]] for k in swung]),
+                np.array([JOINT[rows[k][2]] for k in swung], np.int64),
+                tuple((k, self.frames[r[0]]) for k, r in enumerate(rows) if r[0] in self.frames)))
+        return tuple(out)
+
+    def rest_offsets(self, lengths: np.ndarray) -> np.ndarray:
+        """Local position of every bone in its parent (rest pose, the plan's axes)."""
+        rest = skeleton.forward_kinematics(np.zeros(3), self.rest, np.asarray(lengths, float))
+        at = {name: JOINT[j] for name, j, _, _ in self.bones}
+        return np.array([np.zeros(3) if p is None else rest[at[n]] - rest[at[p]]
+                         for n, _, _, p in self.bones])
 
 
-def _unit(v):
-    n = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
-    return (v[0] / n, v[1] / n, v[2] / n) if n > 1e-12 else (0.0, 0.0, 0.0)
+def _frame(points: np.ndarray, rest: np.ndarray, joint: str) -> Rotation:
+    """Global rotation of a torso frame: the rest frame turned onto the current one."""
+    up, a, b = (JOINT[n] for n in TORSO_FRAMES[joint])
+    o = JOINT[joint]
+    cur = basis(points[:, up] - points[:, o], points[:, b] - points[:, a])
+    ref = basis(rest[up], rest[b] - rest[a])
+    return Rotation.from_matrix(cur @ ref.T)
 
 
-def _between(a, b):
-    """Swing taking unit a to direction b."""
-    b = _unit(b)
-    d = a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-    if d < -1.0 + 1e-9:  # opposite: half turn about an axis orthogonal to a
-        ref = (1.0, 0.0, 0.0) if abs(a[0]) < 0.9 else (0.0, 1.0, 0.0)
-        ax = _unit(_cross(a, ref))
-        return (ax[0], ax[1], ax[2], 0.0)
-    cx, cy, cz = _cross(a, b)
-    w = 1.0 + d
-    n = math.sqrt(cx * cx + cy * cy + cz * cz + w * w)
-    return (cx / n, cy / n, cz / n, w / n)
+def solve_plan(points: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """Local and global rotations ``[F, len(plan.bones), 4]`` of ``points [F, 25, 3]`` (the
+    plan's axes), one frame per row; all frames and all bones of one depth at once."""
+    points = np.asarray(points, np.float64)
+    f, n = points.shape[0], len(plan.bones)
+    local = np.zeros((f, n, 4))
+    world = np.zeros((f, n + 1, 4))  # slot n: the identity, "parent" of the roots
+    world[:, n, 3] = local[..., 3] = 1.0
+    for lv in plan.levels:
+        k = len(lv.bones)
+        g_parent = Rotation.from_quat(world[:, lv.parents].reshape(-1, 4))  # (F·k)
+        if len(lv.swung):
+            d = (points[:, lv.child] - points[:, lv.at]).reshape(-1, 3)  # (F·s, 3)
+            sel = (np.arange(f)[:, None] * k + lv.swung).ravel()
+            rest = np.tile(plan.rest[lv.child], (f, 1))
+            q = swing(rest, g_parent[sel].inv().apply(d)).as_quat()
+            local[:, lv.bones[lv.swung]] = q.reshape(f, len(lv.swung), 4)
+        for pos, joint in lv.frames:
+            g = _frame(points, plan.rest, joint)
+            local[:, lv.bones[pos]] = (g_parent[pos::k].inv() * g).as_quat()
+        loc = Rotation.from_quat(local[:, lv.bones].reshape(-1, 4))
+        world[:, lv.bones] = (g_parent * loc).as_quat().reshape(f, k, 4)
+    return local, world[:, :n]
 
 
-def _cross(a, b):
-    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
-
-
-def _basis(up, across) -> np.ndarray:
-    """Orthonormal frame (columns x, y, z) with y along ``up`` and x towards ``across``."""
-    y = _unit(up)
-    d = across[0] * y[0] + across[1] * y[1] + across[2] * y[2]
-    x = (across[0] - d * y[0], across[1] - d * y[1], across[2] - d * y[2])
-    if math.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]) < 1e-9:  # degenerate
-        x = _cross(y, (0.0, 0.0, 1.0) if abs(y[2]) < 0.9 else (1.0, 0.0, 0.0))
-    x = _unit(x)
-    z = _cross(x, y)
-    return np.array([[x[0], y[0], z[0]], [x[1], y[1], z[1]], [x[2], y[2], z[2]]])
-
-
-_REST = [tuple(float(c) for c in d) for d in REST_DIRECTIONS]
-_REST_BASES = {name: _basis(REST_DIRECTIONS[JOINT[up]],
-                            REST_DIRECTIONS[JOINT[b]] - REST_DIRECTIONS[JOINT[a]])
-               for name, (up, a, b) in _FRAMES.items()}
-_PLAN = tuple((name, JOINT[at], None if child is None else JOINT[child],
-               None if parent is None else _INDEX[parent]) for name, at, child, parent in BONES)
+#: The VMC humanoid plan (Unity axes).
+VMC = Plan(BONES, REST_DIRECTIONS, _FRAMES)
 
 
 def rest_offsets(lengths: np.ndarray) -> np.ndarray:
     """Local position of every bone of :data:`BONES` in its parent (Unity axes, T-pose)."""
-    rest = skeleton.forward_kinematics(np.zeros(3), REST_DIRECTIONS, np.asarray(lengths, float))
-    out = np.zeros((len(BONES), 3))
-    for i, (_, at, _, parent) in enumerate(BONES):
-        if parent is not None:
-            out[i] = rest[JOINT[at]] - rest[JOINT[BONES[_INDEX[parent]][1]]]
-    return out
+    return VMC.rest_offsets(lengths)
 
 
 _cache: tuple[np.ndarray, bytes, tuple] | None = None
@@ -253,30 +260,7 @@ def solve(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if _cache is not None and _cache[0] is joints and _cache[1] == key:
         return _cache[2]
     p = to_unity(raw.astype(np.float64))
-    pl = p.tolist()
-    local: list[tuple] = []
-    world: list[tuple] = []
-    ident = (0.0, 0.0, 0.0, 1.0)
-    for name, at, child, parent in _PLAN:
-        g_parent = world[parent] if parent is not None else ident
-        inv = (-g_parent[0], -g_parent[1], -g_parent[2], g_parent[3])
-        if name in _FRAMES:
-            up, a, b = (pl[JOINT[n]] for n in _FRAMES[name])
-            o = pl[at]
-            cur = _basis((up[0] - o[0], up[1] - o[1], up[2] - o[2]),
-                         (b[0] - a[0], b[1] - a[1], b[2] - a[2]))
-            g = tuple(float(c) for c in quat_from_matrix(cur @ _REST_BASES[name].T))
-            loc = _q_mul(inv, g)
-        elif child is None:
-            loc = ident
-        else:
-            c, o = pl[child], pl[at]
-            d_local = _q_rot(inv, (c[0] - o[0], c[1] - o[1], c[2] - o[2]))
-            loc = _between(_REST[child], d_local)
-        g = _q_mul(g_parent, loc)
-        n = math.sqrt(sum(v * v for v in g))
-        local.append(loc)
-        world.append((g[0] / n, g[1] / n, g[2] / n, g[3] / n))
-    result = (p, np.array(local), np.array(world))
+    local, world = solve_plan(p[None], VMC)
+    result = (p, local[0], world[0])
     _cache = (joints, key, result)
     return result
