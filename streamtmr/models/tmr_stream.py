@@ -1,0 +1,522 @@
+"""StreamTMR: the streaming form of DisentangledTMR (method "tmr-stream", the shipped default).
+
+Same boxes as :mod:`streamtmr.models.tmr`, every one of them causal, with two entry points that
+compute the same function: ``forward(sequence)`` in parallel over time (training, offline) and
+``step(frame, state) -> (frame_out, state)`` (serving, O(1) per frame)::
+
+    frame x_t [B,25,3] ─▶ heading frame of x_t (hips → +X), root at the origin, ÷ track leg length
+        ─▶ tokens: pose, velocity, acceleration (9 per joint) ─▶ embed
+        ─▶ + multi-scale causal temporal conv k=3,5,7     (state: the last 6 embedded frames)
+        ─▶ attention over the last W frames, ALiBi bias   (state: key/value ring of W frames)
+        ─▶ + unidirectional LSTM                          (state: h, c)
+        ─▶ gate with the causal ST-GCN backbone           (state: its temporal-conv caches)
+        ─▶ H_action_t ─▶ per-frame decoder, styled by H_identity (baked for the dummy)
+        ─▶ root offset + 24 unit bone directions in the heading frame
+        ─▶ forward kinematics with the dummy's bone lengths ─▶ back to camera space at the
+           source's root, standing on the source's lowest foot point of the frame
+
+Reference. DisentangledTMR canonicalises each 64-frame window on the window's first frame, so the
+same instant is computed from as many references as windows contain it. StreamTMR needs no
+rotation or translation reference at all: every frame is expressed in its own heading frame
+(rotation about the vertical that turns its hips to +X, origin at its root), velocities and
+accelerations are rotated into that same frame, and the output is mapped back with the same
+rotation and origin. The network therefore sees only translation- and heading-invariant features,
+the output root follows the source's root plus a learned horizontal offset and a per-frame floor
+contact, and nothing is ever re-anchored, so nothing can jump. The one per-track reference is the
+scale: the source's leg length measured on the track's first frame (state ``ref_leg``); bone
+lengths do not change within a track, so the first frame is as good a reference as any.
+
+Deviation from the design. The design's action encoder ends in a BiLSTM, its attention sees the
+whole window and its decoder attends over the whole window of H_action. Here the LSTM is
+unidirectional, attention sees the last W frames (``window``) with ALiBi position biases instead
+of absolute positions (a frame's output does not depend on where a track or window started), and
+the decoder is per frame (its temporal context comes from the encoder). The training objective is
+DisentangledTMR's, unchanged: this class provides its hooks (``encode_action``, ``decode``,
+the identity encoder and the two subject heads) for
+:func:`streamtmr.train.tmr.tmr_training_losses` and the same 3-stage curriculum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamtmr import skeleton
+from streamtmr.models.base import Anonymizer
+from streamtmr.models.classifier import STGCNBlock
+from streamtmr.models.layers import MLP, AdaIN, FiLM, MultiScaleTemporalConv
+from streamtmr.models.registry import register
+from streamtmr.models.tmr import DisentangledTMR
+from streamtmr.models.tmr_encoders import ActionCode, IdentityEncoder, rest_pose
+
+J = skeleton.NUM_JOINTS
+TOKEN_FEATURES = 9  # pose + velocity + acceleration per joint
+KERNELS = (3, 5, 7)  # multi-scale temporal conv
+BACKBONE_KERNEL = 5
+FRAME_OUT = 2 + 3 * J  # horizontal root offset + bone directions (root entry unused)
+
+
+@dataclass
+class StreamTMRConfig:
+    """Sizes of the streaming DisentangledTMR (defaults: the paper's sizes)."""
+
+    method: str = "tmr-stream"
+    window: int = 64  # W: frames in the attention ring (also the training window)
+    num_actions: int = 60
+    num_subjects: int = 40
+    d_action: int = 256
+    action_heads: int = 8
+    action_layers: int = 1
+    lstm_hidden: int = 256
+    backbone_channels: int = 64
+    backbone_blocks: int = 3
+    d_identity: int = 128
+    identity_hidden: int = 64
+    d_model: int = 256
+    decoder_layers: int = 6
+    ffn_mult: int = 4
+    style: str = "adain"  # or "film"
+    dropout: float = 0.1
+    # training objective (shared with DisentangledTMR)
+    nce_tau: float = 0.07
+    adv_scale: float = 1.0
+    ee_weight: float = 5.0
+    identity_mode: str = "static"  # or "full_sequence" (the ablation)
+    decoding: str = "parallel"  # the streaming form decodes every frame on its own
+    vq: bool = False  # no codebook in the streaming form
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any] | None) -> StreamTMRConfig:
+        """Validated config (the message names the key); unknown keys are rejected."""
+        config = dict(config or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise KeyError(f"tmr-stream config: unknown key(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**config)
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        fixed = {"method": "tmr-stream", "decoding": "parallel", "vq": False}
+        for key, value in fixed.items():
+            if getattr(self, key) != value:
+                raise ValueError(f"tmr-stream config: {key} must be {value!r}, "
+                                 f"got {getattr(self, key)!r}")
+        choices = {"style": ("adain", "film"), "identity_mode": ("static", "full_sequence")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"tmr-stream config: {key} must be one of {allowed}, "
+                                 f"got {getattr(self, key)!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
+                                    or value < (0 if f.name == "action_layers" else 1)):
+                raise ValueError(f"tmr-stream config: {f.name} must be a positive integer, "
+                                 f"got {value!r}")
+        if self.d_action % self.action_heads:
+            raise ValueError(f"tmr-stream config: d_action ({self.d_action}) must be divisible "
+                             f"by action_heads ({self.action_heads})")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"tmr-stream config: dropout must be in [0, 1), got {self.dropout!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-frame geometry: heading frame, tokens, and the way back
+# --------------------------------------------------------------------------------------------
+
+
+def _local(points: torch.Tensor, rot: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """Per-frame ``skeleton.to_canonical``: points ``[..., 25, 3]``, rot ``[..., 3, 3]``."""
+    return skeleton.to_canonical(points[..., None, :, :], rot, origin)[..., 0, :, :]
+
+
+def frame_inputs(x: torch.Tensor, prev1: torch.Tensor, prev2: torch.Tensor, leg: torch.Tensor):
+    """Network inputs of frames ``x [B, T, 25, 3]`` given the frames one and two before them.
+
+    Returns ``tokens [B, T, 225]``, the backbone's input ``[B, T, 25, 6]`` (pose + velocity) and
+    the frame to map back: heading rotation ``[B, T, 3, 3]``, source root ``[B, T, 3]`` and the
+    source's lowest foot height ``[B, T]``. ``leg [B]``: the track's leg length (scale).
+    """
+    rot = skeleton.rotation_y(skeleton.facing_angle(x))  # [B, T, 3, 3]
+    root = x[..., skeleton.ROOT, :]
+    scale = leg[:, None, None, None]
+    zero = torch.zeros_like(root)
+    pose = _local(x, rot, root) / scale  # [B, T, 25, 3]
+    vel = _local(x - prev1, rot, zero) / scale
+    acc = _local(x - 2 * prev1 + prev2, rot, zero) / scale
+    tokens = torch.cat([pose, vel, acc], -1).reshape(-1, int(x.shape[1]), J * TOKEN_FEATURES)
+    floor = skeleton.floor_height(x[..., None, :, :])  # [B, T]
+    return tokens, torch.cat([pose, vel], -1), (rot, root, floor)
+
+
+def track_leg(frame: torch.Tensor) -> torch.Tensor:
+    """Leg length ``[B]`` of frames ``[B, 25, 3]``: the per-track scale reference."""
+    return skeleton.leg_length(skeleton.bone_lengths(frame)).clamp_min(0.1)
+
+
+def shifted(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x [B, T, ...]`` delayed by ``n`` frames along time, the first frame repeated."""
+    return torch.cat([x[:, :1].expand(-1, n, *x.shape[2:]), x[:, : int(x.shape[1]) - n]], 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Action encoder: causal boxes with forward (parallel) and step (one frame, cached state)
+# --------------------------------------------------------------------------------------------
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi slopes 2^(-8 i / heads), i = 1..heads (Press et al. 2022)."""
+    return torch.tensor([2.0 ** (-8.0 * (i + 1) / heads) for i in range(heads)])
+
+
+class RingAttention(nn.Module):
+    """Multi-head self-attention over the last ``window`` frames with an ALiBi bias.
+
+    Position enters only as a penalty ``slope_h · age`` on each key, so where the ring starts
+    does not matter. ``step`` keeps keys and values in a ring ``[B, W, C]`` whose last slot is
+    the newest frame; slots older than the track are masked.
+    """
+
+    def __init__(self, dim: int, heads: int, window: int):
+        super().__init__()
+        self.heads, self.head_dim, self.window = heads, dim // heads, window
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.register_buffer("slopes", alibi_slopes(heads)[:, None, None], persistent=False)
+        ages = torch.arange(window - 1, -1, -1, dtype=torch.float32)  # slot j holds age W-1-j
+        self.register_buffer("ages", ages, persistent=False)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, int(x.shape[1]), self.heads, self.head_dim).transpose(1, 2)
+
+    def _attend(self, q, k, v, bias) -> torch.Tensor:
+        att = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim)) + bias
+        y = torch.matmul(att.softmax(-1), v)  # (B, nh, Tq, hs)
+        return self.out(y.transpose(1, 2).reshape(-1, int(q.shape[2]), self.heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[B, T, C]``: frame i attends frames i-W+1 … i."""
+        t = int(x.shape[1])
+        k, v = self.kv(x).chunk(2, -1)
+        idx = torch.arange(t, device=x.device, dtype=torch.float32)
+        age = idx[:, None] - idx[None, :]  # (T, T): query i, key j
+        bias = -self.slopes * age  # (nh, T, T)
+        bias = bias.masked_fill((age < 0) | (age >= self.window), -1e9)
+        return self._attend(self._heads(self.q(x)), self._heads(k), self._heads(v), bias)
+
+    def step(self, x: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Tensor,
+             seen: torch.Tensor):
+        """x ``[B, 1, C]``; rings ``[B, W, C]``; seen ``[B, 1]`` frames before this one."""
+        k, v = self.kv(x).chunk(2, -1)
+        k_ring = torch.cat([k_ring[:, 1:], k], 1)  # (B, W, C), oldest first
+        v_ring = torch.cat([v_ring[:, 1:], v], 1)
+        bias = -self.slopes * self.ages  # (nh, 1, W)
+        empty = (self.ages > seen)[:, None, None, :]  # (B, 1, 1, W): before the track began
+        bias = torch.where(empty, torch.full_like(bias, -1e9), bias)  # (B, nh, 1, W)
+        y = self._attend(self._heads(self.q(x)), self._heads(k_ring), self._heads(v_ring), bias)
+        return y, k_ring, v_ring
+
+
+class Block(nn.Module):
+    """Pre-norm ring attention + MLP on ``[B, T, C]``."""
+
+    def __init__(self, dim: int, heads: int, window: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = RingAttention(dim, heads, window)
+        self.mlp = MLP(dim, 2 * dim, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+    def step(self, x, k_ring, v_ring, seen):
+        y, k_ring, v_ring = self.attn.step(self.norm1(x), k_ring, v_ring, seen)
+        x = x + y
+        return x + self.mlp(self.norm2(x)), k_ring, v_ring
+
+
+class Backbone(nn.Module):
+    """Causal ST-GCN-lite action backbone on (pose, velocity) per joint → ``[B, T, C]``."""
+
+    def __init__(self, channels: int, blocks: int):
+        super().__init__()
+        self.embed = nn.Linear(6, channels)
+        self.blocks = nn.ModuleList(STGCNBlock(channels, channels, BACKBONE_KERNEL, causal=True)
+                                    for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)  # (B, T, J, C)
+        for block in self.blocks:
+            h = block(h)
+        return h.mean(2)
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor):
+        """x ``[B, 1, J, 6]``; cache ``[B, blocks, k-1, J, C]`` (each block's last k-1 frames
+        after its graph conv; zeros before the track, as the parallel form's zero padding)."""
+        h, new = self.embed(x), []
+        for i, block in enumerate(self.blocks):
+            g = F.gelu(block.norm(block.gcn(h)))  # (B, 1, J, C)
+            buf = torch.cat([cache[:, i], g], 1)  # (B, k, J, C)
+            y = block.tcn(buf.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, 1, J, C)
+            h = F.gelu(y + block.res(h))
+            new.append(buf[:, 1:])
+        return h.mean(2), torch.stack(new, 1)
+
+
+def tconv_step(tconv: MultiScaleTemporalConv, buf: torch.Tensor) -> torch.Tensor:
+    """One frame of a causal :class:`MultiScaleTemporalConv` from its last ``max(k)`` inputs
+    ``buf [B, max_k, C]`` (newest last) → ``[B, 1, C]``."""
+    n = int(buf.shape[1])
+    ys = [b.conv(buf[:, n - b.conv.kernel_size[0]:].transpose(1, 2)).transpose(1, 2)
+          for b in tconv.branches]
+    return tconv.proj(F.gelu(torch.cat(ys, -1)))
+
+
+class StreamActionEncoder(nn.Module):
+    """Tokens → embed → + causal multi-scale temporal conv → ring attention → + LSTM → norm,
+    gated with the backbone → H_action ``[B, T, d_action]`` and action logits."""
+
+    def __init__(self, cfg: StreamTMRConfig):
+        super().__init__()
+        d = cfg.d_action
+        self.embed = nn.Linear(J * TOKEN_FEATURES, d)
+        self.tconv = MultiScaleTemporalConv(d, KERNELS, causal=True)
+        self.blocks = nn.ModuleList(Block(d, cfg.action_heads, cfg.window, cfg.dropout)
+                                    for _ in range(cfg.action_layers))
+        self.lstm = nn.LSTM(d, cfg.lstm_hidden, batch_first=True)
+        self.lstm_proj = nn.Linear(cfg.lstm_hidden, d)
+        self.norm = nn.LayerNorm(d)
+        self.backbone = Backbone(cfg.backbone_channels, cfg.backbone_blocks)
+        self.backbone_proj = nn.Linear(cfg.backbone_channels, d)
+        self.gate = nn.Linear(2 * d, d)
+        self.head = nn.Linear(d, cfg.num_actions)
+
+    def _gated(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        h, f = self.norm(h), self.backbone_proj(f)
+        g = torch.sigmoid(self.gate(torch.cat([h, f], -1)))
+        return g * h + (1 - g) * f
+
+    def forward(self, tokens: torch.Tensor, joints: torch.Tensor) -> ActionCode:
+        """tokens ``[B, T, 225]``, joints ``[B, T, 25, 6]`` (see :func:`frame_inputs`)."""
+        h = self.embed(tokens)  # (B, T, d)
+        h = h + self.tconv(h)
+        for block in self.blocks:
+            h = block(h)
+        h = h + self.lstm_proj(self.lstm(h)[0])
+        h = self._gated(h, self.backbone(joints))
+        pooled = h.mean(1)
+        return ActionCode(h, pooled, self.head(pooled))
+
+    def step(self, tokens, joints, state: dict[str, torch.Tensor], first: torch.Tensor):
+        """One frame (``tokens [B, 1, 225]``); ``first [B, 1]`` marks a track's first frame."""
+        h = self.embed(tokens)  # (B, 1, d)
+        n = max(KERNELS) - 1
+        cache = torch.where(first[:, :, None], torch.cat([h] * n, 1), state["conv"])
+        buf = torch.cat([cache, h], 1)  # (B, 7, d)
+        h = h + tconv_step(self.tconv, buf)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            h, k, v = block.step(h, state["kv_k"][:, i], state["kv_v"][:, i], state["t"])
+            ks.append(k)
+            vs.append(v)
+        y, (hn, cn) = self.lstm(h, (state["lstm_h"][None], state["lstm_c"][None]))
+        h = h + self.lstm_proj(y)
+        f, gcn = self.backbone.step(joints, state["gcn"])
+        new = {"conv": buf[:, 1:], "lstm_h": hn[0], "lstm_c": cn[0], "gcn": gcn}
+        if ks:
+            new.update(kv_k=torch.stack(ks, 1), kv_v=torch.stack(vs, 1))
+        else:
+            new.update(kv_k=state["kv_k"], kv_v=state["kv_v"])
+        return self._gated(h, f), new
+
+
+# --------------------------------------------------------------------------------------------
+# Decoder: per frame, styled by H_identity
+# --------------------------------------------------------------------------------------------
+
+
+class DecoderLayer(nn.Module):
+    """Style transfer from H_identity, then a pre-norm FFN (per frame)."""
+
+    def __init__(self, dim: int, ffn: int, d_identity: int, style: str, dropout: float):
+        super().__init__()
+        self.style = (AdaIN if style == "adain" else FiLM)(d_identity, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.ffn = MLP(dim, ffn, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, h_identity: torch.Tensor) -> torch.Tensor:
+        x = self.style(x, h_identity)
+        return x + self.drop(self.ffn(self.norm(x)))
+
+
+class FrameDecoder(nn.Module):
+    """H_action ``[B, T, d_action]`` + H_identity ``[B or 1, d_identity]`` → horizontal root
+    offset ``[B, T, 2]`` (target leg units) and unit bone directions ``[B, T, 25, 3]``, both in
+    the source frame's heading frame."""
+
+    def __init__(self, cfg: StreamTMRConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.memory = nn.Linear(cfg.d_action, d)
+        self.layers = nn.ModuleList(
+            DecoderLayer(d, cfg.ffn_mult * d, cfg.d_identity, cfg.style, cfg.dropout)
+            for _ in range(cfg.decoder_layers))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, FRAME_OUT)
+
+    def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor):
+        x = self.memory(h_action)
+        for layer in self.layers:
+            x = layer(x, h_identity)
+        out = self.head(self.norm(x))
+        dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
+        dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
+        return out[..., :2], dirs
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+@register
+class StreamTMR(DisentangledTMR):
+    """Streaming DisentangledTMR (see the module docstring). Trains with DisentangledTMR's
+    objective and curriculum; serves through :meth:`for_dummy` (``forward``/``step``)."""
+
+    method = "tmr-stream"
+    exact_bones = True
+    traits = frozenset({"learned", "streaming"})
+    trainer = "streamtmr.train.tmr:TMRCurriculum"
+    presets = {
+        "tiny": {"window": 16, "num_actions": 8, "num_subjects": 6, "d_action": 32,
+                 "action_heads": 2, "lstm_hidden": 16, "backbone_channels": 8,
+                 "backbone_blocks": 1, "d_identity": 16, "identity_hidden": 16, "d_model": 32,
+                 "decoder_layers": 1, "ffn_mult": 2, "dropout": 0.0},
+        "small": {"window": 64, "d_action": 64, "action_heads": 4, "lstm_hidden": 64,
+                  "backbone_channels": 16, "backbone_blocks": 1, "d_identity": 64,
+                  "identity_hidden": 32, "d_model": 64, "decoder_layers": 2, "ffn_mult": 2},
+        "paper": {},
+    }
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        cfg = StreamTMRConfig.from_dict(config)
+        Anonymizer.__init__(self, asdict(cfg))
+        d = cfg.d_action
+        self.action_encoder = StreamActionEncoder(cfg)
+        self.identity_encoder = IdentityEncoder(self.config)
+        self.decoder = FrameDecoder(cfg)
+        self.subject_head = MLP(d, d, cfg.num_subjects)  # RI classifier (entropy side)
+        self.discriminator = MLP(d, d, cfg.num_subjects)  # adversary behind grad reversal
+        self._last_codes = None
+
+    # ------------------------------------------------- hooks of DisentangledTMR's objective
+
+    def _check_source(self, source: torch.Tensor) -> None:
+        if torch.jit.is_tracing():
+            return
+        if source.dim() != 4 or source.shape[-2:] != (J, 3) or source.shape[1] < 1:
+            raise ValueError(f"tmr-stream: source must be [B, T, 25, 3] with T >= 1, "
+                             f"got {tuple(source.shape)}")
+
+    def encode_action(self, source: torch.Tensor):
+        """source ``[B, T, 25, 3]`` (a track from its first frame) → (ActionCode, frame)."""
+        self._check_source(source)
+        leg = track_leg(source[:, 0])
+        tokens, joints, frame = frame_inputs(source, shifted(source, 1), shifted(source, 2), leg)
+        return self.action_encoder(tokens, joints), frame
+
+    def decode(self, h_action: torch.Tensor, h_identity: torch.Tensor, lengths: torch.Tensor,
+                frame, teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """Joints ``[B, T, 25, 3]`` in camera space with exactly ``lengths`` ``[B, 25]``."""
+        rot, root, floor = frame
+        offset, dirs = self.decoder(h_action, h_identity)
+        leg = skeleton.leg_length(lengths)[:, None, None]  # (B, 1, 1)
+        offset = torch.stack([offset[..., 0], torch.zeros_like(offset[..., 0]),
+                              offset[..., 1]], -1) * leg  # (B, T, 3), metres
+        y = skeleton.forward_kinematics(offset, dirs, lengths[:, None, :])  # heading frame
+        y = skeleton.from_canonical(y[..., None, :, :], rot, root)  # (B, T, 1, 25, 3)
+        return skeleton.place_on_floor(y, floor)[..., 0, :, :]
+
+    def for_dummy(self, dummy_lengths) -> StreamingDummy:
+        return StreamingDummy(self, dummy_lengths)
+
+
+class StreamingDummy(nn.Module):
+    """StreamTMR for one fixed dummy: H_identity baked in; what engines run and export.
+
+    ``forward(x [B, T, 25, 3]) -> [B, T, 25, 3]`` (each sequence a track from its first frame)
+    and ``step(frame [B, 25, 3], state) -> (out [B, 25, 3], state)`` compute the same function;
+    ``init_state(batch)`` is a fresh track, ``state_spec()`` the per-body state shapes.
+    """
+
+    streaming = True
+
+    def __init__(self, model: StreamTMR, dummy_lengths):
+        super().__init__()
+        if isinstance(dummy_lengths, torch.Tensor):
+            lengths = dummy_lengths.detach().to(torch.float32).reshape(-1).clone()
+        else:
+            lengths = torch.tensor(np.array(dummy_lengths, np.float32).reshape(-1))
+        if lengths.shape != (J,):
+            raise ValueError(f"tmr-stream: dummy lengths must be [25], got {tuple(lengths.shape)}")
+        self.model = model
+        self.register_buffer("lengths", lengths)
+        with torch.no_grad():
+            h = model.identity_encoder(rest_pose(lengths)[None, None])  # (1, d_identity)
+        self.register_buffer("h_identity", h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code, frame = self.model.encode_action(x)
+        return self.model.decode(code.h, self.h_identity, self.lengths.expand(x.shape[0], J),
+                                  frame)
+
+    def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Per-body state shapes (all float32), in the order of the exported graph's inputs."""
+        cfg = self.model.config
+        d, c = cfg["d_action"], cfg["backbone_channels"]
+        layers, w = cfg["action_layers"], cfg["window"]
+        shapes = {
+            "t": (1,),  # frames seen so far (capped at W); 0 = the next frame starts the track
+            "ref_leg": (1,),  # the track's leg length (scale reference)
+            "prev": (2, J, 3),  # the two frames before the next one (camera space)
+            "conv": (max(KERNELS) - 1, d),  # temporal conv: last 6 embedded frames
+            "kv_k": (layers, w, d),  # attention key ring, oldest first
+            "kv_v": (layers, w, d),  # attention value ring
+            "lstm_h": (cfg["lstm_hidden"],),
+            "lstm_c": (cfg["lstm_hidden"],),
+            "gcn": (cfg["backbone_blocks"], BACKBONE_KERNEL - 1, J, c),  # backbone caches
+        }
+        return {k: (v, torch.float32) for k, v in shapes.items()}
+
+    def init_state(self, batch: int) -> dict[str, torch.Tensor]:
+        like = self.lengths
+        return {k: like.new_zeros((batch, *shape)) for k, (shape, _) in self.state_spec().items()}
+
+    def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor]):
+        """One frame ``[B, 25, 3]`` of B tracks → (output ``[B, 25, 3]``, the new state)."""
+        first = state["t"] < 0.5  # (B, 1)
+        ref_leg = torch.where(first, track_leg(frame)[:, None], state["ref_leg"])
+        x = frame[:, None]  # (B, 1, 25, 3)
+        prev = torch.where(first[:, :, None, None], torch.cat([x, x], 1), state["prev"])
+        tokens, joints, geo = frame_inputs(x, prev[:, 1:], prev[:, :1], ref_leg[:, 0])
+        h, new = self.model.action_encoder.step(tokens, joints, state, first)
+        y = self.model.decode(h, self.h_identity, self.lengths.expand(frame.shape[0], J), geo)
+        window = float(self.model.config["window"])
+        new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
+                   prev=torch.cat([prev[:, 1:], x], 1))
+        return y[:, 0], {k: new[k] for k in self.state_spec()}
+
+
+__all__ = ["StreamTMR", "StreamTMRConfig", "StreamingDummy", "frame_inputs"]
