@@ -10,9 +10,15 @@ Typical use::
 """
 
 from engines.base import BACKENDS, BackendUnavailable, Engine, EngineError, check_windows
-from engines.select import AUTO_ORDER, create_engine, unavailable_reason
+from engines.select import (
+    AUTO_ORDER,
+    ModelRefused,
+    create_engine,
+    open_engine,
+    unavailable_reason,
+)
 from engines.source import ModelSource, resolve_source
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BackendUnavailable", "Engine", "EngineError",
-           "ModelSource", "check_windows", "create_engine", "resolve_source",
-           "unavailable_reason"]
+           "ModelRefused", "ModelSource", "check_windows", "create_engine", "open_engine",
+           "resolve_source", "unavailable_reason"]

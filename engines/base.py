@@ -62,6 +62,15 @@ class Engine(abc.ABC):
     name: str = "base"
     device: str = "cpu"
     precision: str = "fp32"
+    #: Windowed engines run windows; streaming engines (``step``) set this True.
+    streaming: bool = False
+    #: SHA-256 of the graph bytes the back end actually loaded (ONNX / plan); None: the
+    #: source's weights (PyTorch runs the checkpoint itself).
+    graph_sha256: str | None = None
+    #: The privacy card bound to the weights (set by :func:`engines.open_engine`).
+    card: dict[str, Any] | None = None
+    #: True when the model runs without a card (``--allow-unevaluated``).
+    unevaluated: bool = False
 
     def __init__(self, source: ModelSource, max_batch: int = 8):
         if int(max_batch) < 1:
@@ -106,6 +115,49 @@ class Engine(abc.ABC):
             raise ValueError(f"k must be in [1, {self.window}], got {k}")
         return np.ascontiguousarray(self.run(windows)[:, self.window - int(k):])
 
+    # -- streaming models (``streaming`` True): one frame per body and call -------------------
+
+    def _step(self, frames: np.ndarray, state: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Back end of :meth:`step` (validated input, ``1 <= B``)."""
+        raise EngineError(f"{self.name}: no step() for this back end")
+
+    def state_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Per-body state: name → (shape, dtype). Only for streaming models."""
+        if self.source.state_spec is None:
+            raise EngineError(f"{self.name}: {self.source.name} ({self.source.method}) is a "
+                              "windowed model; it has no per-body state (use run())")
+        return {k: (tuple(v), np.dtype(np.float32)) for k, v in self.source.state_spec.items()}
+
+    def init_state(self, n: int) -> dict[str, np.ndarray]:
+        """Fresh track state for ``n`` bodies: name → ``float32 [n, ...]`` (zeros)."""
+        return {k: np.zeros((int(n), *shape), dtype) for k, (shape, dtype)
+                in self.state_spec().items()}
+
+    def step(self, frames: np.ndarray, state: dict[str, np.ndarray]
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One frame of B bodies ``float32 [B, 25, 3]`` with their states (``[B, ...]`` each)
+        → (anonymized ``float32 [B, 25, 3]``, new states). ValueError names a bad field."""
+        spec = self.state_spec()
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.float32 \
+                or frames.ndim != 3 or frames.shape[1:] != (skeleton.NUM_JOINTS, 3):
+            raise ValueError(f"frames: expected float32 [B, 25, 3], got "
+                             f"{getattr(frames, 'dtype', type(frames).__name__)} "
+                             f"{list(getattr(frames, 'shape', []))}")
+        b = frames.shape[0]
+        if b < 1 or not np.isfinite(frames.sum(dtype=np.float64)):
+            raise ValueError(f"frames: need >= 1 body and finite values (batch {b})")
+        if set(state) != set(spec):
+            raise ValueError(f"state: expected keys {sorted(spec)}, got {sorted(state)}")
+        for k, (shape, dtype) in spec.items():
+            v = state[k]
+            if not isinstance(v, np.ndarray) or v.dtype != dtype or v.shape != (b, *shape):
+                raise ValueError(f"state[{k!r}]: expected {dtype} {[b, *shape]}, got "
+                                 f"{getattr(v, 'dtype', type(v).__name__)} "
+                                 f"{list(getattr(v, 'shape', []))}")
+        return self._step(np.ascontiguousarray(frames),
+                          {k: np.ascontiguousarray(v) for k, v in state.items()})
+
     def warmup(self, batch_sizes: tuple[int, ...] | list[int] = (1,)) -> None:
         """Run each batch size once (allocations, kernel selection, graph capture)."""
         pose = self.source.dummy.rest_pose()
@@ -119,7 +171,9 @@ class Engine(abc.ABC):
         return {"backend": self.name, "device": self.device, "precision": self.precision,
                 "max_batch": self.max_batch, "window": self.window, "model": self.source.name,
                 "method": self.source.method, "dummy": self.source.dummy.name,
-                "model_sha256": self.source.sha256}
+                "model_sha256": self.source.sha256,
+                "graph_sha256": self.graph_sha256 or self.source.sha256,
+                "unevaluated": self.unevaluated}
 
     def __repr__(self) -> str:
         d = self.describe()

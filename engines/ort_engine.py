@@ -12,6 +12,7 @@ Hot path: with ``io_binding`` the output of each call is bound straight into the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from engines.base import BackendUnavailable, Engine, EngineError, default_cpu_threads
 from engines.cache import cache_dir, cache_key, verify, write_sidecar
-from engines.onnx_export import INPUT, OUTPUT
+from engines.onnx_export import FRAMES, INPUT, OUTPUT, STATE_IN, STATE_OUT
 from engines.source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class OrtEngine(Engine):
         self._out_device = "cuda" if cuda else "cpu"
         self._device_id = int(device_id)
         self._device_out: dict[int, object] = {}
+        self.streaming = source.streaming
+        if self.streaming:  # step graph: frames + state_in.* → anonymized + state_out.*
+            self._names = list(source.state_spec)
+            self._outputs = [OUTPUT, *(STATE_OUT + k for k in self._names)]
 
     def _session(self, ort, onnx_path: Path, providers: list, cache: bool):
         def options(level):
@@ -83,22 +88,21 @@ class OrtEngine(Engine):
 
         full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not cache:
-            return ort.InferenceSession(str(onnx_path), options(full), providers=providers)
+            return self._load(ort, onnx_path, options(full), providers)
         provider = providers[0] if isinstance(providers[0], str) else providers[0][0]
         facts = {"source_sha256": self.source.graph_key, "onnxruntime": ort.__version__,
                  "provider": provider, "machine": platform.machine(), "level": "ALL"}
         cached = cache_dir("ort") / f"{cache_key(*facts.values())}.onnx"
         if verify(cached, facts) is not None:
             try:
-                return ort.InferenceSession(
-                    str(cached), options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-                    providers=providers)
+                return self._load(ort, cached,
+                                  options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers)
             except Exception as e:  # a stale or foreign optimised graph: rebuild it
                 log.warning("cached optimised model %s unusable (%s); rebuilding", cached, e)
         so = options(full)
         tmp = cached.with_name(cached.name + ".tmp")
         so.optimized_model_filepath = str(tmp)
-        session = ort.InferenceSession(str(onnx_path), so, providers=providers)
+        session = self._load(ort, onnx_path, so, providers)
         try:
             tmp.replace(cached)
             write_sidecar(cached, facts)
@@ -106,7 +110,31 @@ class OrtEngine(Engine):
             log.warning("could not cache the optimised model at %s (%s)", cached, e)
         return session
 
+    def _load(self, ort, path: Path, so, providers: list):
+        """A session from the bytes of ``path``, hashed as loaded (:attr:`graph_sha256`)."""
+        data = Path(path).read_bytes()
+        session = ort.InferenceSession(data, so, providers=providers)
+        self.graph_sha256 = hashlib.sha256(data).hexdigest()
+        return session
+
+    def _step(self, frames: np.ndarray, state: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        feeds = {FRAMES: frames, **{STATE_IN + k: state[k] for k in self._names}}
+        try:
+            res = self.session.run(self._outputs, feeds)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise EngineError(f"{self.name}: step failed ({e})") from e
+        return res[0], dict(zip(self._names, res[1:], strict=True))
+
+    def _run_windows_by_step(self, x: np.ndarray, out: np.ndarray) -> None:
+        """A streaming model on windows: each window is a track, stepped from a fresh state."""
+        state = self.init_state(x.shape[0])
+        for t in range(x.shape[1]):
+            out[:, t], state = self._step(np.ascontiguousarray(x[:, t]), state)
+
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
+        if self.streaming:
+            return self._run_windows_by_step(x, out)
         try:
             if self._binding is None:
                 out[...] = self.session.run([OUTPUT], {INPUT: x})[0]

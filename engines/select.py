@@ -11,8 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engines.base import BACKENDS, BackendUnavailable, Engine
+import numpy as np
+
+from engines.base import BACKENDS, BackendUnavailable, Engine, EngineError
 from engines.source import ModelSource, resolve_source
+from engines.triton_engine import SCHEME as TRITON_SCHEME
 from streamtmr.dummy import Dummy
 from streamtmr.models.base import Anonymizer
 
@@ -92,10 +95,15 @@ def create_engine(engine: str = "auto",
     checkpoint path, an exported ``.onnx`` (or TensorRT plan) file, or an Anonymizer. dummy:
     None/"default", a dummy JSON path or a :class:`~streamtmr.dummy.Dummy`. ``options`` go to
     the back end (e.g. ``threads`` and ``io_binding`` for ONNX Runtime, ``cuda_graphs`` and
-    ``compile`` for torch, ``fp16`` for TensorRT).
+    ``compile`` for torch, ``fp16`` for TensorRT). ``triton://HOST:PORT`` connects to a
+    ``streamtmr serve`` server (:mod:`engines.triton_engine`).
     """
+    if str(engine).startswith(TRITON_SCHEME):
+        from engines.triton_engine import open_triton
+        return open_triton(engine, model, dummy, window, max_batch, **options)
     if engine != "auto" and engine not in BACKENDS:
-        raise ValueError(f"unknown engine {engine!r}; choose one of auto, {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown engine {engine!r}; choose one of auto, {', '.join(BACKENDS)}"
+                         f" or {TRITON_SCHEME}HOST:PORT")
     unknown = set(options) - set().union(*_BACKEND_OPTIONS.values())
     if unknown:
         raise TypeError(f"create_engine: unknown option(s) {sorted(unknown)}")
@@ -131,3 +139,123 @@ _BACKEND_OPTIONS = {"tensorrt": {"fp16", "cuda_graphs"},
 def _options_for(backend: str, options: dict[str, Any]) -> dict[str, Any]:
     """The subset of ``options`` that ``backend`` takes (auto passes each what applies)."""
     return {k: v for k, v in options.items() if k in _BACKEND_OPTIONS[backend]}
+
+
+class ModelRefused(EngineError):
+    """A model file failed a check of :func:`open_engine` (the message says which)."""
+
+
+#: Largest model file opened (checkpoint, ONNX or plan).
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+
+def _model_path(model: Anonymizer | str | Path | None) -> Path | None:
+    """The file the weights come from (the shipped checkpoint for None/"default")."""
+    if isinstance(model, Anonymizer):
+        return None
+    if model is None or str(model) == "default":
+        from streamtmr.models.checkpoint import default_checkpoint_path
+        return default_checkpoint_path()
+    return Path(model)
+
+
+def check_files(model: Anonymizer | str | Path | None,
+                dummy: Dummy | str | Path | None = None) -> Path | None:
+    """Every check on the model and dummy files before anything is loaded: present, not a
+    pickle, under the size caps. Returns the model's path (None for an in-memory model)."""
+    from streamtmr.stream.security import (
+        MAX_DUMMY_BYTES,
+        SecurityError,
+        check_file_size,
+        check_model_file,
+    )
+
+    path = _model_path(model)
+    try:
+        if isinstance(dummy, str | Path) and str(dummy) != "default":
+            check_file_size(dummy, MAX_DUMMY_BYTES, "dummy")
+        if path is not None:
+            if not path.is_file():
+                raise ModelRefused(f"model {path}: no such file")
+            check_model_file(path)
+            check_file_size(path, MAX_MODEL_BYTES, "model")
+    except SecurityError as e:
+        raise ModelRefused(str(e)) from None
+    return path
+
+
+def leak_score(engine: Engine, clip: np.ndarray | None = None) -> float:
+    """Median bone-direction angle (degrees) between ``engine``'s output and its input on the
+    calibration clip (:func:`streamtmr.leak_guard.calibration_clip`); NaN when the output is
+    not finite."""
+    from streamtmr import leak_guard
+
+    clip = leak_guard.calibration_clip() if clip is None else clip
+    if engine.streaming:
+        state = engine.init_state(len(clip))
+        outs = []
+        for t in range(clip.shape[1]):
+            y, state = engine.step(np.ascontiguousarray(clip[:, t]), state)
+            outs.append(y)
+        out, src = np.stack(outs, axis=1), clip
+    else:
+        T = engine.window
+        L = clip.shape[1]
+        seqs = clip if L >= T else np.concatenate(
+            [clip, np.repeat(clip[:, -1:], T - L, axis=1)], axis=1)
+        starts = sorted({0, seqs.shape[1] - T})
+        src = np.ascontiguousarray(np.concatenate([seqs[:, s:s + T] for s in starts]))
+        out = engine.run(src)
+    if not np.isfinite(out).all():
+        return float("nan")
+    return float(np.median(leak_guard.frame_angles(out, src)))
+
+
+def open_engine(engine: str = "auto", model: Anonymizer | str | Path | None = None,
+                dummy: Dummy | str | Path | None = None, window: int | None = 64,
+                max_batch: int = 8, device: str | None = None, *,
+                allow_unevaluated: bool = False, leak_guard: bool = True,
+                warmup: bool = True, **options: Any) -> Engine:
+    """The guarded door to an engine, used by every entry point (run, anonymize, export, the
+    embedding API, bench). Checks, in order: the files (:func:`check_files`: pickles refused,
+    size caps), the privacy card bound to the weights' SHA-256 (:mod:`engines.card`; without
+    one the model is refused unless ``allow_unevaluated``, which is logged and sets
+    ``engine.unevaluated``), then builds the engine (:func:`create_engine`), warms it up and
+    runs the leak guard's start-up check: a model whose output tracks its input on the
+    calibration clip (median angle below :data:`streamtmr.leak_guard.MARGIN_DEG`) is refused.
+    ``leak_guard=False`` skips that check (the evaluation's pass-through baselines only).
+    Every refusal is a :class:`ModelRefused` with a one-line message.
+    """
+    from engines.card import CardError, find_card
+    from streamtmr.leak_guard import MARGIN_DEG
+
+    path = check_files(model, dummy)
+    try:
+        card = find_card(path) if path is not None else None
+    except (CardError, OSError) as e:
+        raise ModelRefused(str(e)) from None
+    what = "the in-memory model" if path is None else str(path)
+    if card is None and not allow_unevaluated:
+        raise ModelRefused(f"model {what}: no privacy card bound to its weights (see "
+                           "engines/card.py); pass --allow-unevaluated to run it anyway "
+                           "(every output message is then marked unevaluated)")
+    if card is None:
+        log.warning("model %s runs WITHOUT a privacy card (--allow-unevaluated): every output "
+                    "message is marked \"unevaluated\": true", what)
+    eng = create_engine(engine, model=model, dummy=dummy, window=window, max_batch=max_batch,
+                        device=device, **options)
+    eng.card, eng.unevaluated = card, card is None
+    try:
+        if warmup:
+            eng.warmup()
+        if leak_guard:
+            score = leak_score(eng)
+            if not score >= MARGIN_DEG:
+                raise ModelRefused(
+                    f"leak guard: model {what} follows its input on the calibration clip "
+                    f"(median bone-direction angle {score:.2f}° < margin {MARGIN_DEG}°); "
+                    "refusing to publish a pass-through model")
+    except BaseException:
+        eng.close()
+        raise
+    return eng

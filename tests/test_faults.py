@@ -104,7 +104,7 @@ def _loopback(ctx, engine, config=None):
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(sink.bound)
-    node = api.Node(source, [sink], engine, config=config or NodeConfig(budget_ms=1000))
+    node = api.Node(source, [sink], engine, config=config or NodeConfig(leak_guard=False, budget_ms=1000))
     return pub, port, source, sub, node.start()
 
 
@@ -171,7 +171,7 @@ def test_stalled_subscriber_neither_blocks_nor_grows(engine):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, hwm)
     sub.connect("inproc://stalled")
-    node = Node(engine, [sink], NodeConfig(budget_ms=1000, hop=8, smoothing="none"))
+    node = Node(engine, [sink], NodeConfig(leak_guard=False, budget_ms=1000, hop=8, smoothing="none"))
     ids = (1, 2, 3, 4, 5, 6)  # 6 bodies: ~2 KB per message
     n_frames, warm = 16_000, 1_600
     rss: dict[str, float] = {}
@@ -233,7 +233,7 @@ def test_engine_hangs_forever_node_holds_then_stops_cleanly(engine, caplog):
     eng = Wrapped(engine)
     ctx = zmq.Context()
     guard, got = RawGuard(), []
-    cfg = NodeConfig(budget_ms=40, hang_ms=300, hold_ms=600)
+    cfg = NodeConfig(leak_guard=False, budget_ms=40, hang_ms=300, hold_ms=600)
     pub, _, source, sub, node = _loopback(ctx, eng, cfg)
     try:
         _send_until(pub, sub, guard, got, lambda s: frame(s), lambda: len(got) >= 20)

@@ -90,7 +90,7 @@ class Chaos:
 def test_fuzz_with_a_chaotic_engine(engine, overrun, smoothing):
     """With smoothing the leaked input is rebuilt on the dummy's bones by the smoother (the
     naive retarget, not raw joints); without it the bone check drops it."""
-    cfg = NodeConfig(budget_ms=1000, overrun=overrun, smoothing=smoothing,
+    cfg = NodeConfig(leak_guard=False, budget_ms=1000, overrun=overrun, smoothing=smoothing,
                      stats_interval_s=3600)
     h = Harness(Chaos(engine, seed=3), cfg, check_every=100)
     for cat, data in _take(HostileStream(seed=5), 1500):
@@ -199,7 +199,7 @@ def _frames(draw):
                                                                   HealthCheck.data_too_large])
 @given(msgs=_frames())
 def test_node_property_never_leaks_and_accounts(engine, msgs):
-    h = Harness(engine, NodeConfig(budget_ms=1000, gap_ms=100, stats_interval_s=3600),
+    h = Harness(engine, NodeConfig(leak_guard=False, budget_ms=1000, gap_ms=100, stats_interval_s=3600),
                 check_every=1)
     for data in msgs:
         h.feed(data)
@@ -222,7 +222,7 @@ def test_hostile_stream_over_tcp_loopback(engine):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(sink.bound)
-    node = api.Node(source, [sink], engine, config=NodeConfig(budget_ms=1000)).start()
+    node = api.Node(source, [sink], engine, config=NodeConfig(leak_guard=False, budget_ms=1000)).start()
     stream, raw = HostileStream(seed=9), set()
     lengths = engine.dummy_lengths
     got = []

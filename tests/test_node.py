@@ -28,7 +28,9 @@ REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
 
 
 def make_engine(window: int = T):
-    """The real torch engine running the naive retarget (fast, exact bone lengths)."""
+    """The real torch engine running the naive retarget (fast, exact bone lengths). It keeps
+    the source's bone directions, so the leak guard would refuse it: the tests of other
+    behaviour run with ``leak_guard=False``; the guard has its own tests (test_leak_guard)."""
     from engines import create_engine
     return create_engine("torch", model=build_model({"method": "naive"}), window=window,
                          max_batch=8)
@@ -107,7 +109,7 @@ def free_port() -> int:
 # ------------------------------------------------------------------------------------------
 
 def test_step_publishes_dummy_bodies(engine):
-    node = Node(engine, config=NodeConfig(budget_ms=1000))
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000))
     inputs = {}
     for seq in range(40):
         f = frame(seq, [1, 2])
@@ -126,7 +128,7 @@ def test_step_publishes_dummy_bodies(engine):
 
 
 def test_bodies_appear_and_disappear(engine):
-    node = Node(engine, config=NodeConfig(budget_ms=1000, gap_ms=100))
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000, gap_ms=100))
     plan = [[1]] * 5 + [[1, 2, 3]] * 5 + [[2]] * 10 + [[]] * 3 + [[4, 5, 6, 7, 8, 9]] * 3
     for seq, ids in enumerate(plan):
         out = node.step(frame(seq, ids))
@@ -136,7 +138,7 @@ def test_bodies_appear_and_disappear(engine):
 
 
 def test_gap_duplicates_out_of_order(engine):
-    node = Node(engine, config=NodeConfig(budget_ms=1000, gap_ms=200))
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000, gap_ms=200))
     seqs = [0, 1, 2, 2, 1, 3, 30, 31]  # a duplicate, a late frame, a 0.9 s gap
     published = [o.seq for s in seqs for o in node.step(frame(s, [1]))]
     assert published == [0, 1, 2, 3, 30, 31]
@@ -146,7 +148,7 @@ def test_gap_duplicates_out_of_order(engine):
 
 
 def test_hop_publishes_k_frames_per_call(engine):
-    node = Node(engine, config=NodeConfig(budget_ms=1000, hop=4))
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000, hop=4))
     outs = [node.step(frame(s, [1, 2])) for s in range(12)]
     assert [len(o) for o in outs] == [0, 0, 0, 4] * 3
     assert [f.seq for f in outs[7]] == [4, 5, 6, 7]
@@ -157,7 +159,7 @@ def test_hop_publishes_k_frames_per_call(engine):
 
 def test_engine_exception_fail_closed_hold_then_recover(engine):
     eng = Faulty(engine)
-    node = Node(eng, config=NodeConfig(budget_ms=1000))
+    node = Node(eng, config=NodeConfig(leak_guard=False, budget_ms=1000))
     good = node.step(frame(0, [1]))[0].bodies[0].joints.copy()
     eng.mode = "raise"
     for seq in range(1, 6):
@@ -175,7 +177,7 @@ def test_engine_exception_fail_closed_hold_then_recover(engine):
 
 def test_engine_exception_drop_policy_publishes_nothing(engine):
     eng = Faulty(engine)
-    node = Node(eng, config=NodeConfig(budget_ms=1000, overrun="drop"))
+    node = Node(eng, config=NodeConfig(leak_guard=False, budget_ms=1000, overrun="drop"))
     node.step(frame(0, [1]))
     eng.mode = "raise"
     assert node.step(frame(1, [1])) == []
@@ -187,7 +189,7 @@ def test_engine_exception_drop_policy_publishes_nothing(engine):
 def test_bad_engine_output_never_published(engine, mode, reason):
     eng = Faulty(engine)
     eng.mode = mode
-    node = Node(eng, config=NodeConfig(budget_ms=1000, smoothing="none"))
+    node = Node(eng, config=NodeConfig(leak_guard=False, budget_ms=1000, smoothing="none"))
     for seq in range(5):
         out = node.step(frame(seq, [1, 2]))
         assert out == [] or out[0].bodies == []
@@ -197,7 +199,7 @@ def test_bad_engine_output_never_published(engine, mode, reason):
 
 def test_stalled_engine_does_not_block(engine):
     eng = Faulty(engine)
-    node = Node(eng, config=NodeConfig(budget_ms=30, hang_ms=200))
+    node = Node(eng, config=NodeConfig(leak_guard=False, budget_ms=30, hang_ms=200))
     first = node.step(frame(0, [1]))[0].bodies[0].joints.copy()
     eng.mode, eng.stall_s = "stall", 1.5
     t0 = time.monotonic()
@@ -223,7 +225,7 @@ def test_stalled_engine_does_not_block(engine):
 
 def test_held_frames_expire(engine):
     eng = Faulty(engine)
-    node = Node(eng, config=NodeConfig(budget_ms=1000, hold_ms=50))
+    node = Node(eng, config=NodeConfig(leak_guard=False, budget_ms=1000, hold_ms=50))
     node.step(frame(0, [1]))
     eng.mode = "raise"
     time.sleep(0.1)
@@ -234,7 +236,7 @@ def test_held_frames_expire(engine):
 def test_stats_json_and_recording(engine, tmp_path):
     stats = tmp_path / "stats.json"
     rec = wire.Recorder(tmp_path / "anon.stmr")
-    node = Node(engine, config=NodeConfig(budget_ms=1000, stats_json=str(stats),
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000, stats_json=str(stats),
                                           stats_interval_s=0.0), recorder=rec)
     node.run(iter([frame(s, [1, 2]) for s in range(10)] + [None]))
     node.close()
@@ -249,7 +251,7 @@ def test_stats_json_and_recording(engine, tmp_path):
 
 
 def test_anonymizer_api(engine):
-    with api.Anonymizer(engine, config=NodeConfig(budget_ms=1000)) as anon:
+    with api.Anonymizer(engine, config=NodeConfig(leak_guard=False, budget_ms=1000)) as anon:
         out = anon.push(frame(0, [5]))
         assert out is not None and out.bodies[0].id == 5
         assert anon.push(frame(0, [5])) is None  # duplicate
@@ -284,7 +286,7 @@ def test_tcp_loopback_publisher_node_subscriber(engine, n_bodies):
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(f"tcp://127.0.0.1:{out_port}")
-    node = api.Node(source, [sink], engine, config=NodeConfig(budget_ms=1000)).start()
+    node = api.Node(source, [sink], engine, config=NodeConfig(leak_guard=False, budget_ms=1000)).start()
     ids = list(range(10, 10 + n_bodies))
     inputs = {}
 
@@ -319,7 +321,7 @@ def test_ntu_replay_through_node(engine):
     if not files:
         pytest.skip(f"real NTU samples not found under {REAL}")
     from sensors.replay import ReplaySource
-    node = Node(engine, config=NodeConfig(budget_ms=1000))
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000))
     src = ReplaySource(files[0], realtime=False)
     out = []
     for f in src:
@@ -335,7 +337,7 @@ def test_ntu_replay_through_node(engine):
 def test_node_thread_stops_promptly_on_idle_source(engine):
     ctx = zmq.Context()
     source = ZmqSource(f"tcp://127.0.0.1:{free_port()}", context=ctx, idle_ms=20)
-    node = api.Node(source, [], engine).start()
+    node = api.Node(source, [], engine, config=NodeConfig(leak_guard=False)).start()
     time.sleep(0.1)
     assert node.running
     stats = node.stop(timeout_s=5)
@@ -344,7 +346,7 @@ def test_node_thread_stops_promptly_on_idle_source(engine):
 
 
 def test_concurrent_stats_reads_are_safe(engine):
-    node = Node(engine, config=NodeConfig(budget_ms=1000))
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000))
     stop = threading.Event()
     snaps = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -40,6 +41,9 @@ def register(subparsers: Any) -> None:
                    "onnxruntime-cuda | torch | torch-cuda [auto]")
     p.add_argument("--model", default="default", help="checkpoint or exported model [default]")
     p.add_argument("--dummy", default="default", help="dummy JSON file [default]")
+    p.add_argument("--allow-unevaluated", action="store_true",
+                   help="run a model without a privacy card (logged; every output message "
+                        "is marked \"unevaluated\": true)")
     p.add_argument("--window", type=_positive(int, "--window"), default=64,
                    help="frames per window [64]")
     p.add_argument("--hop", type=_positive(int, "--hop"), default=1,
@@ -60,6 +64,9 @@ def register(subparsers: Any) -> None:
                    help="also record the anonymized stream (replayable with replay:PATH)")
     p.add_argument("--stats-json", default=None, metavar="PATH",
                    help="write counters and latencies here periodically and at exit")
+    p.add_argument("--viewer", default=None, metavar="[HOST:]PORT",
+                   help="serve a live web viewer of the anonymized stream and the node's "
+                        "metrics (host 127.0.0.1 unless named; needs the viewer extra)")
     p.add_argument("--stats-interval", type=_positive(float, "--stats-interval"), default=5.0,
                    metavar="S", help="seconds between stats lines [5]")
     pace = p.add_mutually_exclusive_group()
@@ -88,43 +95,34 @@ def register(subparsers: Any) -> None:
 
 
 def _engine(args: argparse.Namespace):
-    """Load the anonymizer; every failure names the argument that caused it."""
-    from pathlib import Path
-
-    from engines import BACKENDS, create_engine
-    from streamtmr.dummy import DummyError, resolve_dummy
-    from streamtmr.stream.security import (
-        MAX_DUMMY_BYTES,
-        SecurityError,
-        check_file_size,
-        check_model_file,
-    )
+    """Load the anonymizer through the guarded door (:func:`engines.open_engine`: file checks,
+    privacy card, leak guard); every failure is one line naming what was refused."""
+    from engines import BACKENDS, ModelRefused, open_engine
+    from streamtmr.dummy import DummyError
 
     if args.engine != "auto" and args.engine not in BACKENDS:
         raise UserError(f"--engine {args.engine!r}: choose auto or one of {', '.join(BACKENDS)}")
     try:
-        if args.dummy != "default":
-            check_file_size(args.dummy, MAX_DUMMY_BYTES, "--dummy")
-        dummy = resolve_dummy(args.dummy)
-    except SecurityError as e:
-        raise UserError(str(e)) from None
+        return open_engine(args.engine, model=args.model, dummy=args.dummy,
+                           window=args.window, max_batch=max(8, args.max_bodies),
+                           allow_unevaluated=args.allow_unevaluated)
+    except ModelRefused as e:
+        raise UserError(f"--model {args.model}: {e}") from None
     except DummyError as e:
         raise UserError(f"--dummy {args.dummy}: {e}") from None
-    if args.model != "default" and not Path(args.model).is_file():
-        raise UserError(f"--model {args.model}: no such file")
-    if args.model != "default":
-        try:
-            check_model_file(args.model)
-        except SecurityError as e:
-            raise UserError(f"--model {e}") from None
-    try:
-        eng = create_engine(args.engine, model=args.model, dummy=dummy, window=args.window,
-                            max_batch=max(8, args.max_bodies))
-        eng.warmup()
     except Exception as e:  # the model or back end cannot run: nothing has been published
         raise UserError(f"--engine {args.engine} --model {args.model}: cannot load the "
                         f"anonymizer ({type(e).__name__}: {e})") from None
-    return eng
+
+
+def _viewer_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    if args.viewer is None:
+        return None
+    from streamtmr.viewer import ViewerError, viewer_address
+    try:
+        return viewer_address(args.viewer, args.insecure)
+    except ViewerError as e:
+        raise UserError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,11 +147,15 @@ def run(args: argparse.Namespace) -> int:
                             args.insecure)
     except SecurityError as e:
         raise UserError(str(e)) from None
+    viewer_at = _viewer_address(args)
     engine = _engine(args)  # a model that fails to load stops here: nothing was published
     sinks, source, recorder = [], None, None
     try:
         try:
             sinks = open_sinks(args.sink, engine.dummy_lengths, security=security)
+            if viewer_at is not None:
+                from streamtmr.viewer.server import ViewerSink
+                sinks.append(ViewerSink(*viewer_at))
         except (SinkError, SecurityError) as e:
             raise UserError(str(e)) from None
         if not sinks:
@@ -177,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
         security.close()
         raise
     node = Node(engine, sinks, config, recorder=recorder)
+    for sink in sinks:
+        if hasattr(sink, "attach"):  # the viewer shows the node's metrics
+            sink.attach(node)
     log.info("streaming %s → %s with %s (window %d, hop %d, budget %.1f ms)", args.source,
              ", ".join(s.name for s in sinks), node.model_name, args.window, args.hop,
              args.budget_ms)
@@ -188,17 +193,32 @@ def run(args: argparse.Namespace) -> int:
         node.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    failure = None
     try:
         node.run(source, max_frames=args.max_frames, duration_s=args.duration)
+    except (SourceError, ValueError, OSError) as e:  # e.g. a truncated replay file
+        failure = f"--source {args.source}: {e}"
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
         source.close()
         stats = node.close()
         security.close()
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        if not node.abandoned:  # never close a session under a running engine call
+            engine.close()
+    _summary(stats)
+    if failure is not None:
+        raise UserError(failure)
+    if node.abandoned:  # an engine call still runs: exit now, without tearing down under it
+        log.warning("exiting with an engine call still running (abandoned)")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
+    return 0
+
+
+def _summary(stats: dict[str, Any]) -> None:
     c = stats["counters"]
     print(json.dumps({"frames_in": c.get("frames_in", 0), "frames_out": c.get("frames_out", 0),
                       "bodies_out": c.get("bodies_out", 0), "overruns": c.get("overruns", 0),
@@ -207,4 +227,3 @@ def run(args: argparse.Namespace) -> int:
                       "latency_ms": {k: {q: v[q] for q in ("p50_ms", "p99_ms") if q in v}
                                      for k, v in stats["latency"].items()}}),
           file=sys.stdout)
-    return 0

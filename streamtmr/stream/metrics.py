@@ -6,8 +6,10 @@ behaviour) plus running count, mean and max over the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -110,9 +112,19 @@ class Metrics:
                 f"total p50/p99={p('total', 'p50_ms')}/{p('total', 'p99_ms')} ms")
 
     def write_json(self, path: str | Path) -> None:
-        """Write the snapshot atomically (readers never see a half-written file)."""
+        """Write the snapshot atomically (readers never see a half-written file) through an
+        exclusive temporary file with a random name beside ``path`` (``O_EXCL|O_NOFOLLOW``:
+        a file or symlink planted there is never written through), then ``os.replace``,
+        which replaces a link at ``path`` itself rather than its target."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.snapshot(), indent=1))
-        os.replace(tmp, path)
+        data = json.dumps(self.snapshot(), indent=1).encode()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,14 @@ from typing import Any
 import numpy as np
 
 from streamtmr import skeleton
+from streamtmr.leak_guard import MARGIN_DEG, LeakGuard, frame_angles
 from streamtmr.skeleton import NUM_JOINTS
 from streamtmr.stream import wire
 from streamtmr.stream.frame import TRACKED, Body, Frame
 from streamtmr.stream.metrics import Metrics
 from streamtmr.stream.sinks import Sink
 from streamtmr.stream.smoothing import KINDS, Smoother
+from streamtmr.stream.state import StateSlots
 from streamtmr.stream.window import WindowBuffer
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class NodeConfig:
     hang_ms: float = 2000.0      # an engine call running this long is reported hung
     hold_ms: float = 1000.0      # held frames older than this are no longer republished
     bone_tol: float = 1e-3       # metres: max |bone length − dummy| for a body to be published
+    leak_guard: bool = True      # refuse output tracking the input (off: baselines only)
+    leak_margin_deg: float = MARGIN_DEG
     stats_interval_s: float = 5.0
     stats_json: str | None = None
 
@@ -77,19 +81,26 @@ class NodeConfig:
             raise ValueError(f"smoothing must be one of {KINDS}, got {self.smoothing!r}")
         if min(self.gap_ms, self.hang_ms, self.hold_ms, self.bone_tol) <= 0:
             raise ValueError("gap_ms, hang_ms, hold_ms and bone_tol must be > 0")
+        if not 0 <= self.leak_margin_deg < 90:
+            raise ValueError(f"leak_margin_deg must be in [0, 90), got {self.leak_margin_deg}")
         return self
 
 
 class _Worker:
-    """One engine call at a time in a daemon thread; the caller waits with a timeout."""
+    """One engine call at a time in a daemon thread; the caller waits with a timeout.
 
-    def __init__(self, engine: Any):
-        self.engine = engine
+    A call that outlives shutdown is abandoned, never interrupted: :meth:`stop` returns after
+    its timeout with :attr:`abandoned` set, and the engine must then not be closed (closing an
+    ONNX Runtime session under a running call aborts the process).
+    """
+
+    def __init__(self):
         self._cv = threading.Condition()
-        self._job: tuple[np.ndarray, int, Any] | None = None
-        self._result: tuple[Any, np.ndarray | None, BaseException | None] | None = None
+        self._job: tuple[Callable[[], Any], Any] | None = None
+        self._result: tuple[Any, Any, BaseException | None] | None = None
         self.busy = False
         self.busy_since = 0
+        self.abandoned = False
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="streamtmr-engine", daemon=True)
         self._thread.start()
@@ -100,10 +111,10 @@ class _Worker:
                 self._cv.wait_for(lambda: self._job is not None or self._stop)
                 if self._stop:
                     return
-                x, k, tag = self._job
+                fn, tag = self._job
                 self._job = None
             try:
-                res = (tag, self.engine.run_latest(x, k), None)
+                res = (tag, fn(), None)
             except BaseException as e:  # any failure of the engine is data for the Node
                 res = (tag, None, e)
             with self._cv:
@@ -111,12 +122,12 @@ class _Worker:
                 self.busy = False
                 self._cv.notify_all()
 
-    def submit(self, x: np.ndarray, k: int, tag: Any) -> None:
+    def submit(self, fn: Callable[[], Any], tag: Any) -> None:
         with self._cv:
             if self.busy:
                 raise RuntimeError("engine worker is busy")
             self._result = None
-            self._job = (x, k, tag)
+            self._job = (fn, tag)
             self.busy = True
             self.busy_since = time.monotonic_ns()
             self._cv.notify_all()
@@ -135,6 +146,26 @@ class _Worker:
             self._stop = True
             self._cv.notify_all()
         self._thread.join(timeout_s)  # a hung engine call keeps its daemon thread; we move on
+        self.abandoned = self._thread.is_alive()
+
+
+@dataclass
+class _Call:
+    """What one engine call was about: the bodies, their slots and window generations, and
+    the source frames the output must be checked against (``[B, k, 25, 3]``, a copy)."""
+
+    ids: list[int]
+    slots: list[int]
+    gens: list[int]
+    src: np.ndarray
+
+
+def card_summary(card: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the node reports of the engine's privacy card: its binding and numbers."""
+    if not isinstance(card, dict):
+        return None
+    return {k: card[k] for k in ("name", "method", "sha256", "graph_sha256", "privacy")
+            if k in card}
 
 
 def bone_errors(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -146,15 +177,39 @@ def in_range(joints: np.ndarray) -> np.ndarray:
     """Per body: every coordinate finite and within the wire format's range (what a
     subscriber's decoder accepts): ``joints [B, 25, 3]`` → ``[B]`` bool."""
     with np.errstate(invalid="ignore"):
-        return np.abs(joints).reshape(len(joints), -1).max(axis=-1) <= wire.MAX_ABS_COORD
+        flat = np.abs(joints).reshape(len(joints), NUM_JOINTS * 3)
+        return flat.max(axis=-1, initial=0.0) <= wire.MAX_ABS_COORD
+
+
+def finite_rows(y: np.ndarray) -> np.ndarray:
+    """Per body: every value finite. ``y [B, ...]`` → ``[B]`` bool."""
+    return np.isfinite(y).reshape(len(y), -1).all(axis=-1) if len(y) else np.ones(0, bool)
+
+
+def run_windows(engine: Any, x: np.ndarray, k: int) -> np.ndarray:
+    """``engine.run_latest(x, k)``; when a batch of several bodies comes back non-finite for
+    all of them (one body can poison a whole batch in a graph that mixes the batch), each is
+    run again alone, so the good ones still get fresh output."""
+    y = engine.run_latest(x, k)
+    if len(x) > 1 and isinstance(y, np.ndarray) and y.shape[:1] == x.shape[:1]:
+        if not finite_rows(y).any():
+            y = np.array(y, copy=True)
+            for i in range(len(x)):
+                try:
+                    y[i] = engine.run_latest(np.ascontiguousarray(x[i:i + 1]), k)[0]
+                except Exception:  # stays non-finite: refused by the per-body check
+                    continue
+    return y
 
 
 class Node:
     """Anonymizes a stream of frames with one engine (dependency-injected) into sinks.
 
-    ``engine`` provides ``window``, ``dummy_lengths``, ``run_latest(windows, k)`` and
-    ``describe()`` (see :mod:`engines`). Use :meth:`step` for one frame (returns what was
-    published) or :meth:`run` to drain a source; :meth:`close` ends it.
+    ``engine`` provides ``dummy_lengths`` and ``describe()`` and either ``window`` and
+    ``run_latest(windows, k)`` (windowed models) or, with ``streaming = True``,
+    ``init_state(n)`` and ``step(frames, state)`` (see :mod:`engines` and
+    ``notes/STREAMING_API.md``). Use :meth:`step` for one frame (returns what was published)
+    or :meth:`run` to drain a source; :meth:`close` ends it.
     """
 
     def __init__(self, engine: Any, sinks: Iterable[Sink] = (),
@@ -162,6 +217,7 @@ class Node:
                  metrics: Metrics | None = None, model_name: str | None = None):
         self.config = cfg = (config or NodeConfig()).validate()
         self.engine = engine
+        self.streaming = bool(getattr(engine, "streaming", False))
         self.sinks = list(sinks)
         self.recorder = recorder
         self.metrics = metrics or Metrics()
@@ -171,19 +227,24 @@ class Node:
         except Exception:  # describe() is informative only
             desc = {}
         self.model_name = model_name or str(desc.get("model") or getattr(engine, "name", "?"))
-        self.window = WindowBuffer(int(engine.window), cfg.max_bodies, cfg.gap_ms,
-                                   min_frames=cfg.min_frames)
-        T = self.window.window
+        self.unevaluated = bool(getattr(engine, "unevaluated", False))
+        T = 1 if self.streaming else int(engine.window)
+        if self.streaming and cfg.hop != 1:
+            raise ValueError(f"a streaming model steps every frame: hop must be 1, got {cfg.hop}")
+        self.window = WindowBuffer(T, cfg.max_bodies, cfg.gap_ms, min_frames=min(cfg.min_frames, T))
         if cfg.hop > T:
             raise ValueError(f"hop ({cfg.hop}) must not exceed the window ({T})")
+        self.states = StateSlots(engine, cfg.max_bodies) if self.streaming else None
         self.smoother = Smoother(self.lengths, cfg.max_bodies, cfg.smoothing)
+        self.guard = (LeakGuard(cfg.max_bodies, cfg.leak_margin_deg) if cfg.leak_guard
+                      else None)
         self._batch = np.zeros((cfg.max_bodies, T, NUM_JOINTS, 3), np.float32)
         self._smoothed = np.zeros((cfg.max_bodies, NUM_JOINTS, 3), np.float32)
         self._held: dict[int, tuple[np.ndarray, int]] = {}  # body id → (joints, t monotonic)
         self._pending: deque[tuple[int, int, str]] = deque(maxlen=cfg.hop)  # (seq, t_ns, src)
         self._state = np.full(NUM_JOINTS, TRACKED, np.uint8)
         self._state.setflags(write=False)
-        self._worker = _Worker(engine)
+        self._worker = _Worker()
         self._since_hop = 0
         self._hung_reported = False
         self._errors_logged = 0
@@ -191,7 +252,16 @@ class Node:
         self._last_stats = time.monotonic()
         self._closed = False
         self._source: Any = None
-        self.metrics.info.update(model=self.model_name, engine=desc, config=asdict(cfg))
+        self.metrics.info.update(
+            model=self.model_name, engine=desc, config=asdict(cfg),
+            graph_sha256=desc.get("graph_sha256"), unevaluated=self.unevaluated,
+            card=card_summary(getattr(engine, "card", None)))
+        if self.unevaluated:
+            log.warning("model %s has no privacy card: every output message is marked "
+                        "\"unevaluated\": true", self.model_name)
+        if not cfg.leak_guard:
+            log.warning("leak guard OFF: output that tracks the input is published (baseline "
+                        "measurements only)")
 
     # -- control --------------------------------------------------------------------------
 
@@ -202,6 +272,11 @@ class Node:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def abandoned(self) -> bool:
+        """True after :meth:`close` left an engine call running (do not close the engine)."""
+        return self._worker.abandoned
 
     # -- the pipeline ---------------------------------------------------------------------
 
@@ -241,11 +316,9 @@ class Node:
             self._check_hang(now)
             return self._fallback(ids, t_recv)
         if not slots:
-            return self._publish_outputs([], [], None, t_recv)
-        x = self.window.gather(slots, self._batch)
-        k = len(self._pending)
+            return self._publish_outputs(None, None, None, t_recv)
+        call = self._submit(slots, ids)
         t0 = time.perf_counter_ns()
-        self._worker.submit(x, k, ids)
         budget_left = self.config.budget_ms / 1e3 - (time.monotonic_ns() - t_recv) / 1e9
         res = self._worker.wait(budget_left)
         if res is None:
@@ -254,44 +327,80 @@ class Node:
             return self._fallback(ids, t_recv)
         m.time("infer", time.perf_counter_ns() - t0)
         self._hung_reported = False
-        y = self._check_output(res, len(slots), k)
-        if y is None:
+        checked = self._check_output(res)
+        if checked is None:
             return self._fallback(ids, t_recv)
-        gens = [self.window.generation[s] for s in slots]
-        return self._publish_outputs(slots, ids, (y, gens), t_recv)
+        return self._publish_outputs(call, *checked, t_recv)
 
-    def _check_output(self, res, n: int, k: int) -> np.ndarray | None:
-        _, y, err = res
+    def _submit(self, slots: list[int], ids: list[int]) -> _Call:
+        """Start the engine call for ``slots`` (windows, or one step of the streaming state)."""
+        x = self.window.gather(slots, self._batch)
+        k = len(self._pending)
+        gens = [self.window.generation[s] for s in slots]
+        call = _Call(ids, slots, gens, np.array(x[:, x.shape[1] - k:]))
+        if self.states is None:
+            engine = self.engine
+            self._worker.submit(lambda: run_windows(engine, x, k), call)
+        else:
+            frames = np.ascontiguousarray(x[:, -1])
+            state = self.states.gather(slots, gens)
+            step = self.engine.step
+            self._worker.submit(lambda: step(frames, state), call)
+        return call
+
+    def _check_output(self, res) -> tuple[np.ndarray, np.ndarray] | None:
+        """Whole-call failures → None (every body falls back). Otherwise the output
+        ``[B, k, 25, 3]`` and which bodies passed the per-body checks on what the engine
+        returned: finite and in range, the dummy's bone lengths, the leak guard."""
+        call, y, err = res
+        n, k = call.src.shape[:2]
+        if err is None and self.states is not None:
+            y, err = self.states.accept(call, y)
         if err is not None:
             self.metrics.inc("engine_errors")
             self.metrics.drop("engine_error")
             self._log_error("engine raised %s: %s", type(err).__name__, err)
             return None
-        if (not isinstance(y, np.ndarray) or y.shape != (n, k, NUM_JOINTS, 3)
-                or not np.isfinite(y).all()):
+        if not isinstance(y, np.ndarray) or y.shape != (n, k, NUM_JOINTS, 3):
             self.metrics.inc("engine_errors")
             self.metrics.drop("bad_output")
-            self._log_error("engine returned %s, expected finite [%d, %d, 25, 3]",
+            self._log_error("engine returned %s, expected [%d, %d, 25, 3]",
                             getattr(y, "shape", type(y).__name__), n, k)
             return None
-        return y
+        flat = y.reshape(n * k, NUM_JOINTS, 3)
+        sane = in_range(flat).reshape(n, k).all(axis=1)
+        with np.errstate(invalid="ignore"):
+            bones = (bone_errors(flat, self.lengths) <= self.config.bone_tol).reshape(n, k)
+        bones = bones.all(axis=1) & sane
+        ok = bones.copy()
+        if self.guard is not None and ok.any():
+            good = np.flatnonzero(ok)
+            angles = frame_angles(y[good], call.src[good])  # (g, k)
+            ok[good] = self.guard.update([call.slots[i] for i in good],
+                                         [call.gens[i] for i in good], angles)
+        for reason, bad in (("bad_output", ~sane), ("bone_check", sane & ~bones),
+                            ("leak_guard", bones & ~ok)):
+            if bad.any():
+                self.metrics.drop(reason, int(bad.sum()))
+                self._log_error("refused %d body output(s): %s (body ids %s)", int(bad.sum()),
+                                reason, [call.ids[i] for i in np.flatnonzero(bad)][:6])
+        if self.states is not None:
+            self.states.reset([call.slots[i] for i in np.flatnonzero(~ok)])
+        return y, ok
 
     def _collect_late(self) -> None:
         """A call that finished after its deadline refreshes the held frames (not published)."""
         res = self._worker.wait(0.0)
         if res is None:
             return
-        ids = res[0]
-        y = self._check_output(res, len(ids), res[1].shape[1] if res[1] is not None else 0)
-        if y is None:
+        checked = self._check_output(res)
+        if checked is None:
             return
+        y, ok = checked
         self.metrics.inc("late_results")
-        newest = np.ascontiguousarray(y[:, -1])
-        ok = (bone_errors(newest, self.lengths) <= self.config.bone_tol) & in_range(newest)
         now = time.monotonic_ns()
-        for i, bid in enumerate(ids):
-            if ok[i]:
-                self._held[bid] = (newest[i].copy(), now)
+        for i in np.flatnonzero(ok):
+            self._held[res[0].ids[i]] = (y[i, -1].copy(), now)
 
     def _fallback(self, ids: list[int], t_recv: int) -> list[Frame]:
         """Overrun or engine failure: held anonymized frames ("hold") or nothing ("drop")."""
@@ -304,49 +413,47 @@ class Node:
             self.metrics.inc("frames_lost")
             self.metrics.inc("bodies_lost", len(ids))
             return []
-        bodies = []
-        now = time.monotonic_ns()
-        for bid in ids:
-            held = self._held.get(bid)
-            if held is not None and now - held[1] <= self.config.hold_ms * 1e6:
-                bodies.append(Body(bid, held[0], self._state))
-                self.metrics.inc("bodies_held")
-            else:
-                self.metrics.drop("no_held_frame")
-                self.metrics.inc("bodies_lost")
+        bodies = [b for b in (self._held_body(bid) for bid in ids) if b is not None]
         return [self._emit(Frame(seq, t_ns, bodies, src), t_recv)]
 
-    def _publish_outputs(self, slots, ids, result, t_recv: int) -> list[Frame]:
+    def _held_body(self, bid: int) -> Body | None:
+        """The held anonymized frame of ``bid`` if fresh enough (counted), else None."""
+        held = self._held.get(bid)
+        if (self.config.overrun == "hold" and held is not None
+                and time.monotonic_ns() - held[1] <= self.config.hold_ms * 1e6):
+            self.metrics.inc("bodies_held")
+            return Body(bid, held[0], self._state)
+        self.metrics.drop("no_held_frame")
+        self.metrics.inc("bodies_lost")
+        return None
+
+    def _publish_outputs(self, call: _Call | None, y, ok, t_recv: int) -> list[Frame]:
         pending = list(self._pending)
         self._pending.clear()
-        if result is None:
+        if call is None:
             return [self._emit(Frame(s, t, [], src), t_recv) for s, t, src in pending]
-        y, gens = result
-        n = len(slots)
-        published = []
         now = time.monotonic_ns()
-        self._prune_held(set(ids), now)
+        self._prune_held(set(call.ids), now)
+        good = np.flatnonzero(ok)
+        g_slots = [call.slots[i] for i in good]
+        g_gens = [call.gens[i] for i in good]
+        published = []
         for i, (seq, t_ns, src) in enumerate(pending):
             t0 = time.perf_counter_ns()
-            out = self.smoother.apply(slots, gens, y[:, i], t_ns / 1e9, self._smoothed)
-            bones_ok = bone_errors(out, self.lengths) <= self.config.bone_tol
-            ok = bones_ok & in_range(out)
+            out = self.smoother.apply(g_slots, g_gens, y[good, i], t_ns / 1e9, self._smoothed)
+            fine = in_range(out)
             self.metrics.time("smooth", time.perf_counter_ns() - t0)
+            fresh = {int(good[j]): out[j] for j in range(len(good)) if fine[j]}
+            if not fine.all():
+                self.metrics.drop("out_of_range", int((~fine).sum()))
             bodies = []
-            for b in range(n):
-                bid = ids[b]
-                if ok[b]:
-                    joints = out[b].copy()
+            for b, bid in enumerate(call.ids):
+                if b in fresh:
+                    joints = fresh[b].copy()
                     self._held[bid] = (joints, now)
                     bodies.append(Body(bid, joints, self._state))
-                    continue
-                self.metrics.drop("bone_check" if not bones_ok[b] else "out_of_range")
-                held = self._held.get(bid)
-                if self.config.overrun == "hold" and held is not None:
-                    bodies.append(Body(bid, held[0], self._state))
-                    self.metrics.inc("bodies_held")
-                else:
-                    self.metrics.inc("bodies_lost")
+                elif (held := self._held_body(bid)) is not None:
+                    bodies.append(held)
             published.append(self._emit(Frame(seq, t_ns, bodies, src), t_recv))
         return published
 
@@ -359,7 +466,8 @@ class Node:
         """Encode and send one anonymized frame to every sink (and the recording)."""
         m = self.metrics
         t0 = time.perf_counter_ns()
-        payload = wire.encode(frame, wire.AnonInfo(self.model_name, time.monotonic_ns() - t_recv))
+        payload = wire.encode(frame, wire.AnonInfo(self.model_name, time.monotonic_ns() - t_recv,
+                                                   unevaluated=self.unevaluated))
         t1 = time.perf_counter_ns()
         m.time("encode", t1 - t0)
         for sink in self.sinks:
@@ -458,6 +566,9 @@ class Node:
             return self.stats()
         self._closed = True
         self._worker.stop()
+        if self._worker.abandoned:
+            log.warning("an engine call is still running at shutdown: abandoned (the engine is "
+                        "not closed under it)")
         for sink in self.sinks:
             try:
                 sink.close()

@@ -51,13 +51,13 @@ class Smoother:
         (dummy bone lengths) goes to ``out[:B]``, which is returned."""
         b = len(slots)
         res = out[:b]
-        if self.kind == "none":
+        if self.kind == "none" or b == 0:
             np.copyto(res, joints)
             return res
         x = np.empty((b, NUM_JOINTS + 1, 3), np.float32)
         x[:, 0] = joints[:, skeleton.ROOT]
         x[:, 1:] = skeleton.bone_directions(joints)
-        idx = np.asarray(slots)
+        idx = np.asarray(slots, np.int64)
         fresh = np.array([self._gen[s] != g for s, g in zip(slots, generations)])
         prev_x, prev_dx = self._x[idx], self._dx[idx]
         dt = np.maximum(t_s - self._t[idx], 1e-3)[:, None, None].astype(np.float32)

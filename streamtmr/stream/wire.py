@@ -62,10 +62,12 @@ class WireError(ValueError):
 
 @dataclass(frozen=True)
 class AnonInfo:
-    """What an anonymized message adds: the model's name and the node's latency (ns)."""
+    """What an anonymized message adds: the model's name and the node's latency (ns), and
+    ``"unevaluated": true`` when the model runs without a privacy card."""
 
     model: str
     lat_ns: int
+    unevaluated: bool = False
 
 
 @dataclass
@@ -90,6 +92,8 @@ def encode(frame: Frame, anon: AnonInfo | None = None) -> bytes:
                            "t_ns": int(frame.t_ns), "skeleton": SKELETON, "bodies": bodies}
     if anon is not None:
         msg.update(anon=True, model=str(anon.model), lat_ns=int(anon.lat_ns))
+        if anon.unevaluated:
+            msg["unevaluated"] = True
     return msgpack.packb(msg, use_bin_type=True)
 
 
@@ -178,7 +182,8 @@ def decode_message(data: bytes | bytearray | memoryview, *, max_bodies: int = MA
     if "anon" in msg:
         if msg["anon"] is not True:
             raise WireError("bad_type", "anon must be true when present")
-        anon = AnonInfo(_str(msg, "model"), _int(msg, "lat_ns"))
+        anon = AnonInfo(_str(msg, "model"), _int(msg, "lat_ns"),
+                        unevaluated=msg.get("unevaluated") is True)
     return Message(Frame(seq, t_ns, bodies, src), anon)
 
 
