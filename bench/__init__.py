@@ -8,5 +8,6 @@ saved results). This module stays import-light: the CLI reads its defaults when 
 
 #: The comparison ``streamtmr bench`` runs when no ``--models`` are given.
 DEFAULT_MODELS = ("default", "tmr-paper", "pmr-small", "moon-resnet-small")
-#: The benchmarks one run can include (``--parts``).
-PARTS = ("engine", "node", "offline")
+#: The benchmarks one run can include (``--parts``): engine calls on windows, streaming
+#: ``step`` calls per frame, the node end to end, offline throughput.
+PARTS = ("engine", "step", "node", "offline")

@@ -183,3 +183,94 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["rel_model"] = round(r["p50_ms"] / base, 3) if base else None
         base = by.get((r["model"], first_engine, r["batch"]))
         r["rel_engine"] = round(r["p50_ms"] / base, 3) if base else None
+
+
+# ------------------------------------------------------------------------------------------
+# Streaming engines: one step per frame
+# ------------------------------------------------------------------------------------------
+
+#: Bodies per ``engine.step`` call that ``streamtmr bench`` times by default.
+STEP_BATCHES = (1, 6, 32, 256)
+#: Frames of motion cycled through by a step cell (each body its own SynthKinect clip).
+STEP_FRAMES = 240
+
+
+def is_streaming(engine) -> bool:
+    """Whether ``engine`` serves a streaming model (``step(frames, state)``)."""
+    return bool(getattr(engine, "streaming", False))
+
+
+def step_inputs(clips: list[np.ndarray], bodies: int, frames: int = STEP_FRAMES) -> np.ndarray:
+    """``float32 [frames, bodies, 25, 3]``: body ``i`` plays clip ``i mod len(clips)`` (looped
+    ping-pong), so every step sees real, continuing motion."""
+    from bench.motion import pingpong
+    tracks = [pingpong(clips[i % len(clips)]) for i in range(min(bodies, len(clips)))]
+    t = np.arange(frames)
+    out = np.stack([tracks[i % len(tracks)][(t + 7 * i) % len(tracks[i % len(tracks)])]
+                    for i in range(bodies)], axis=1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def time_steps(engine, frames: np.ndarray, cell_s: float, min_iters: int,
+               max_s: float | None = None, max_iters: int = 100_000) -> np.ndarray:
+    """Latencies (ns) of ``engine.step`` on consecutive frames ``[F, B, 25, 3]`` of ``B``
+    tracks, the state carried from call to call (a fresh track per body at the start): until
+    ``cell_s`` seconds and ``min_iters`` calls, or ``max_s`` seconds and at least one call."""
+    state = engine.init_state(frames.shape[1])
+    for k in range(2):  # warm-up: allocations, first-call costs
+        _, state = engine.step(frames[k], state)
+    samples = []
+    start = time.perf_counter_ns()
+    deadline = start + int(cell_s * 1e9)
+    hard = start + int(max(max_s or cell_s, cell_s) * 1e9)
+    k = 2
+    while len(samples) < max_iters:
+        x = frames[k % len(frames)]
+        t0 = time.perf_counter_ns()
+        _, state = engine.step(x, state)
+        t1 = time.perf_counter_ns()
+        samples.append(t1 - t0)
+        k += 1
+        if t1 >= hard or (t1 >= deadline and len(samples) >= min_iters):
+            break
+    return np.asarray(samples, np.int64)
+
+
+def bench_steps(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[int],
+                clips: list[np.ndarray], cell_s: float, min_iters: int, pair_budget_s: float,
+                torch_threads: int, log: Callable[[str], None] = lambda s: None,
+                ) -> tuple[list[dict[str, Any]], dict[tuple[str, str, int], np.ndarray]]:
+    """Time ``engine.step`` of every streaming ``(model, spec, engine)`` pair at every number
+    of bodies per call. Rows carry the latency summary per call and bodies (frames) per
+    second; raw samples are keyed by (model label, engine label, bodies)."""
+    rows: list[dict[str, Any]] = []
+    samples: dict[tuple[str, str, int], np.ndarray] = {}
+    spent = {i: 0.0 for i in range(len(pairs))}
+    inputs = {b: step_inputs(clips, b) for b in batches}
+    for b in batches:
+        for i, (model, spec, engine) in enumerate(pairs):
+            row: dict[str, Any] = {"model": model.label, "engine": spec.label, "bodies": b}
+            if spent[i] > pair_budget_s:
+                row["skipped"] = f"time budget ({pair_budget_s:.1f} s per model × engine) spent"
+                rows.append(row)
+                continue
+            use_threads(spec, torch_threads)
+            time.sleep(PAUSE_S)
+            t0 = time.perf_counter()
+            try:
+                s = time_steps(engine, inputs[b], cell_s, min_iters,
+                               max_s=pair_budget_s - spent[i])
+            except Exception as e:  # an engine failing at one batch size is a result too
+                row["skipped"] = f"failed: {type(e).__name__}: {e}"
+                rows.append(row)
+                continue
+            finally:
+                spent[i] += time.perf_counter() - t0
+            row.update(summarize_ns(s))
+            row["bodies_per_s"] = round(b * len(s) / (s.sum() / 1e9), 1)
+            rows.append(row)
+            samples[(model.label, spec.label, b)] = s
+            log(f"step {model.label} / {spec.label} {b} bodies: p50 {row['p50_ms']:.3f} ms, "
+                f"p99 {row['p99_ms']:.3f} ms ({row['n']} calls)")
+    set_torch_threads(torch_threads)
+    return rows, samples

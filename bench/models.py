@@ -47,6 +47,12 @@ class BenchModel:
     window: int
     params: int | None
     model: Anonymizer | str  # an Anonymizer, or a path / "default" for create_engine
+    sha256: str = ""         # of the weights file, or of config + weights in memory
+
+    @property
+    def ident(self) -> str:
+        """The exact model: label and sha256 prefix (what every recorded row names)."""
+        return f"{self.label} sha256:{self.sha256[:12]}"
 
     def for_engine(self) -> Anonymizer | str:
         """What to hand to :func:`engines.create_engine`: a private copy of an in-memory model
@@ -57,7 +63,7 @@ class BenchModel:
         return {"spec": self.spec, "label": self.label, "note": self.note,
                 "method": self.method,
                 "preset": self.preset, "weights": self.weights, "window": self.window,
-                "params": self.params}
+                "params": self.params, "sha256": self.sha256, "ident": self.ident}
 
 
 def _params(model: Anonymizer) -> int:
@@ -77,9 +83,10 @@ def _from_preset(spec: str, method: str, preset: str | None) -> BenchModel:
                              f"(have {', '.join(sorted(cls.presets))})")
     torch.manual_seed(SEED)
     model = cls.from_preset(preset).eval()
+    from engines.source import state_sha256
     return BenchModel(spec, f"{method}-{preset}", f"{method} preset {preset!r}, untrained",
                       method, preset, f"random (seed {SEED})", model.window, _params(model),
-                      model)
+                      model, state_sha256(model, model.config))
 
 
 def default_model_present() -> bool:
@@ -100,10 +107,11 @@ def resolve_model_spec(spec: str) -> BenchModel:
             return m
         from streamtmr.models.checkpoint import resolve_model
         model = resolve_model("default")
-        from streamtmr.models.checkpoint import default_checkpoint_path
+        from streamtmr.models.checkpoint import default_checkpoint_path, file_sha256
+        path = default_checkpoint_path()
         return BenchModel(spec, "default", f"the shipped {model.method} model "
-                          f"({default_checkpoint_path().name})", model.method, None, "trained",
-                          model.window, _params(model), "default")
+                          f"({path.name})", model.method, None, "trained",
+                          model.window, _params(model), "default", file_sha256(path))
     path = Path(spec)
     if spec.lower().endswith((".onnx", ".safetensors", ".plan", ".engine", ".trt")):
         if not path.is_file():
@@ -111,13 +119,15 @@ def resolve_model_spec(spec: str) -> BenchModel:
         if spec.lower().endswith(".safetensors"):
             from streamtmr.models.checkpoint import load_checkpoint
             model = load_checkpoint(path)
+            from streamtmr.models.checkpoint import file_sha256
             return BenchModel(spec, path.name, f"{model.method} checkpoint {path}",
                               model.method, None, "file", model.window, _params(model),
-                              str(path))
+                              str(path), file_sha256(path))
         from engines import resolve_source
         source = resolve_source(str(path), None, None)
         return BenchModel(spec, path.name, f"{source.method} exported model {path}",
-                          source.method, None, "file", source.window, None, str(path))
+                          source.method, None, "file", source.window, None, str(path),
+                          source.sha256)
     methods = available()
     if spec in methods:
         return _from_preset(spec, spec, None)

@@ -1,9 +1,11 @@
 """Offline throughput: frames/s of :func:`streamtmr.offline.anonymize_sequences`.
 
-The same path as ``streamtmr anonymize`` (windows of several sequences batched into engine
-calls of up to ``max_batch`` windows, default hop ``T // 2``, stitching and the projection onto
-the dummy's bones), timed on SynthKinect sequences. Sequences are processed a few at a time
-until the time slice is used, so a slow model still finishes its slice promptly.
+The same path as ``streamtmr anonymize`` on a folder of recordings: every sequence of the set
+in one call, so that the engine sees large batches (a windowed model: windows of several
+sequences batched into calls of up to ``max_batch`` windows, default hop ``T // 2``, stitched
+and projected onto the dummy's bones; a streaming model: every frame computed once, the
+sequences stepped together). Timed on SynthKinect motion; the call repeats until the time
+slice is used, after one warm-up call.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ OFFLINE_BATCH = 32
 
 
 def bench_offline(engine, sequences: list[np.ndarray], duration_s: float,
-                  group: int = 4) -> dict[str, Any]:
-    """Anonymize ``sequences`` ``group`` at a time, cycling, for at least ``duration_s``
-    (and at least one group after one warm-up group). Returns frames, seconds, frames/s."""
+                  group: int | None = None) -> dict[str, Any]:
+    """Anonymize ``sequences`` (``group`` per call, default all of them), cycling, for at least
+    ``duration_s`` (and at least one call after the warm-up call). Returns frames, seconds,
+    calls, frames/s."""
     if not sequences:
         raise ValueError("offline benchmark needs at least one sequence")
+    group = len(sequences) if group is None else int(group)
     groups = [sequences[i:i + group] for i in range(0, len(sequences), group)]
     anonymize_sequences(engine, groups[0])  # warm-up: allocations, first-call costs
     frames = calls = 0
@@ -38,5 +42,6 @@ def bench_offline(engine, sequences: list[np.ndarray], duration_s: float,
         if seconds >= duration_s:
             break
     return {"frames": frames, "seconds": round(seconds, 3), "calls": calls,
-            "frames_per_s": round(frames / seconds, 1), "max_batch": engine.max_batch,
-            "window": engine.window}
+            "sequences_per_call": group, "frames_per_s": round(frames / seconds, 1),
+            "max_batch": engine.max_batch, "window": engine.window,
+            "streaming": bool(getattr(engine, "streaming", False))}

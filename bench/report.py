@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.stats import MIN_P99_SAMPLES
 from streamtmr.eval.report import save_figure
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -29,9 +30,26 @@ def _rel(v: float | None) -> str:
 # ------------------------------------------------------------------------------------------
 
 def render(result: dict[str, Any], console) -> None:
-    """Print the run as rich tables on ``console``."""
-    from rich.table import Table
+    """Print the run as rich tables on ``console``: the header, then one table per part."""
+    _print_header(result, console)
+    for part in (_engine_tables, _step_tables, _node_tables, _offline_tables, _target_tables):
+        for table in part(result):
+            console.print(table)
 
+
+def _p99(d: dict[str, Any] | None) -> str:
+    """p99 in ms, marked ``*`` when fewer than :data:`MIN_P99_SAMPLES` samples back it."""
+    text = _ms(d, "p99_ms")
+    n = (d or {}).get("n", (d or {}).get("count"))
+    return text + ("*" if text != "-" and n is not None and n < MIN_P99_SAMPLES else "")
+
+
+def _ident(result: dict[str, Any], label: str) -> str:
+    md = next((m for m in result.get("models", []) if m["label"] == label), None)
+    return md.get("ident", label) if md else label
+
+
+def _print_header(result: dict[str, Any], console) -> None:
     m = result["machine"]
     gpu = ", ".join(g["name"] for g in m["gpus"]) or "none"
     console.print(f"[bold]streamtmr bench[/bold] {result['started']}  ({result['seconds']} s)")
@@ -43,82 +61,137 @@ def render(result: dict[str, Any], console) -> None:
                   f"{result.get('load_average_end')} (shared machine: figures include it)")
     for md in result["models"]:
         params = f"{md['params']:,} params" if md.get("params") else ""
-        console.print(f"model {md['label']}: {md['note']}; window {md['window']}, {params}")
+        console.print(f"model {md.get('ident', md['label'])}: {md['note']}; window "
+                      f"{md['window']}, {params}")
     for k, v in result["engines"]["unavailable"].items():
         console.print(f"[dim]engine {k} not benchmarked: {v}[/dim]")
+    console.print(f"[dim]* p99 from fewer than {MIN_P99_SAMPLES} samples[/dim]")
 
-    if "engine" in result:
-        rows = result["engine"]["rows"]
-        batches = sorted({r["batch"] for r in rows})
-        t = Table(title="Engine latency per call after warm-up, p50 / p99 ms (— : time budget "
-                        "spent)")
-        t.add_column("model")
-        t.add_column("engine")
-        for b in batches:
-            t.add_column(f"b{b}", justify="right")
-        for col in ("best windows/s", "b1 × first model", "b1 × first engine"):
-            t.add_column(col, justify="right")
-        pairs = list(dict.fromkeys((r["model"], r["engine"]) for r in rows))
-        for model, eng in pairs:
-            cells = {r["batch"]: r for r in rows if (r["model"], r["engine"]) == (model, eng)}
-            done = [r for r in cells.values() if "p50_ms" in r]
-            best = max(done, key=lambda r: r["windows_per_s"], default=None)
-            b1 = cells.get(batches[0], {})
-            t.add_row(model, eng,
-                      *(f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f}" if "p50_ms" in c else "—"
-                        for c in (cells.get(b, {}) for b in batches)),
-                      f"{best['windows_per_s']:.0f} (b{best['batch']})" if best else "-",
-                      _rel(b1.get("rel_model")), _rel(b1.get("rel_engine")))
-        console.print(t)
-        for b in result["engine"]["built"]:
-            if "error" in b:
-                console.print(f"[yellow]{b['model']} / {b['engine']}: {b['error']}[/yellow]")
 
+def _engine_tables(result: dict[str, Any]) -> list:
+    from rich.table import Table
+
+    if "engine" not in result:
+        return []
+    rows = result["engine"]["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    t = Table(title="Engine latency per call on windows after warm-up, p50 / p99 ms (— : "
+                    "time budget spent)")
+    for col in ("model", "engine", *(f"b{b}" for b in batches), "best windows/s",
+                "b1 × first model", "b1 × first engine"):
+        t.add_column(col, justify="left" if col in ("model", "engine") else "right")
+    for model, eng in dict.fromkeys((r["model"], r["engine"]) for r in rows):
+        cells = {r["batch"]: r for r in rows if (r["model"], r["engine"]) == (model, eng)}
+        done = [r for r in cells.values() if "p50_ms" in r]
+        best = max(done, key=lambda r: r["windows_per_s"], default=None)
+        b1 = cells.get(batches[0], {})
+        t.add_row(_ident(result, model), eng,
+                  *(f"{c['p50_ms']:.2f} / {_p99(c)}" if "p50_ms" in c else "—"
+                    for c in (cells.get(b, {}) for b in batches)),
+                  f"{best['windows_per_s']:.0f} (b{best['batch']})" if best else "-",
+                  _rel(b1.get("rel_model")), _rel(b1.get("rel_engine")))
+    errors = [f"[yellow]{b['model']} / {b['engine']}: {b['error']}[/yellow]"
+              for b in result["engine"]["built"] if "error" in b]
+    return [t, *errors]
+
+
+def _step_tables(result: dict[str, Any]) -> list:
+    from rich.table import Table
+
+    if "step" not in result:
+        return []
+    rows = result["step"]["rows"]
+    bodies = sorted({r["bodies"] for r in rows})
+    t = Table(title="Streaming step latency per call (one frame of N bodies), p50 / p99 ms; "
+                    "best bodies/s")
+    for col in ("model", "engine", *(f"{n} bod{'y' if n == 1 else 'ies'}" for n in bodies),
+                "best bodies/s"):
+        t.add_column(col, justify="left" if col in ("model", "engine") else "right")
+    for model, eng in dict.fromkeys((r["model"], r["engine"]) for r in rows):
+        cells = {r["bodies"]: r for r in rows if (r["model"], r["engine"]) == (model, eng)}
+        done = [r for r in cells.values() if "p50_ms" in r]
+        best = max(done, key=lambda r: r["bodies_per_s"], default=None)
+        t.add_row(_ident(result, model), eng,
+                  *(f"{c['p50_ms']:.3f} / {_p99(c)}" if "p50_ms" in c else "—"
+                    for c in (cells.get(n, {}) for n in bodies)),
+                  f"{best['bodies_per_s']:.0f}" if best else "-")
+    windowed = result["step"].get("windowed_models") or []
+    note = [f"[dim]windowed models (no step): {', '.join(windowed)}[/dim]"] if windowed else []
+    return [t, *note]
+
+
+def _node_tables(result: dict[str, Any]) -> list:
+    out = []
     for run in (result.get("node") or {}).get("runs", []):
-        t = Table(title=f"Node end to end over ZeroMQ loopback, ms: {run['model']} on "
-                        f"{run['engine']} (budget {run['config']['budget_ms']:g} ms; max = "
-                        f"closed loop, budget lifted)")
-        for col in ("bodies", "mode", "Hz", "frames", "lost", "e2e p50", "e2e p95", "e2e p99",
-                    "node total p99", "overruns", "over budget", "held", "drops"):
-            t.add_column(col, justify="right")
-        for s in run["scenarios"]:
-            drops = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "0"
-            t.add_row(str(s["bodies"]), s["mode"], f"{s['achieved_hz']:.0f}", str(s["sent"]),
-                      str(s["lost"]), _ms(s["latency"], "p50_ms"), _ms(s["latency"], "p95_ms"),
-                      _ms(s["latency"], "p99_ms"), _ms(s["stages"].get("total"), "p99_ms"),
-                      str(s["overruns"]), str(s["over_budget"]), str(s["bodies_held"]), drops)
-        console.print(t)
-        t = Table(title=f"Per-stage breakdown (node metrics, p50 / p99 ms): {run['model']}")
-        t.add_column("bodies", justify="right")
-        t.add_column("mode", justify="right")
-        for st in STAGES:
-            t.add_column(st, justify="right")
-        for s in run["scenarios"]:
-            t.add_row(str(s["bodies"]), s["mode"],
-                      *(f"{_ms(s['stages'].get(st), 'p50_ms')} / "
-                        f"{_ms(s['stages'].get(st), 'p99_ms')}" for st in STAGES))
-        console.print(t)
+        out += [_node_table(result, run), _stage_table(result, run)]
+    return out
 
-    if "offline" in result:
-        t = Table(title="Offline anonymize throughput")
-        for col in ("model", "engine", "frames", "seconds", "frames/s", "× first model"):
-            t.add_column(col, justify="left" if col in ("model", "engine") else "right")
-        for r in result["offline"]["rows"]:
-            if "skipped" in r:
-                t.add_row(r["model"], r["engine"], "-", "-", "-", f"[dim]{r['skipped']}[/dim]")
-                continue
-            t.add_row(r["model"], r["engine"], str(r["frames"]), f"{r['seconds']:.2f}",
-                      f"{r['frames_per_s']:.0f}", _rel(r.get("rel_model")))
-        console.print(t)
 
-    if result.get("targets"):
-        t = Table(title="Targets (recorded, not asserted)")
-        for col in ("target", "model", "engine", "measured", "met"):
-            t.add_column(col)
-        for r in result["targets"]:
-            t.add_row(r["target"], r["model"], r["engine"], r["measured"],
-                      "[green]yes[/green]" if r["met"] else "[red]no[/red]")
-        console.print(t)
+def _node_table(result: dict[str, Any], run: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"Node end to end over ZeroMQ loopback, ms: {_ident(result, run['model'])} "
+                    f"on {run['engine']} (budget {run['config']['budget_ms']:g} ms; max = "
+                    f"closed loop, budget lifted; late = overruns + fresh frames over budget, "
+                    f"each frame once)")
+    for col in ("bodies", "mode", "Hz", "frames", "lost", "e2e p50", "e2e p95", "e2e p99",
+                "node total p99", "late", "overruns", "over budget", "held", "drops"):
+        t.add_column(col, justify="right")
+    for s in run["scenarios"]:
+        drops = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "0"
+        t.add_row(str(s["bodies"]), s["mode"], f"{s['achieved_hz']:.0f}", str(s["sent"]),
+                  str(s["lost"]), _ms(s["latency"], "p50_ms"), _ms(s["latency"], "p95_ms"),
+                  _p99(s["latency"]), _p99(s["stages"].get("total")), _late_text(s),
+                  str(s["overruns"]), str(s["over_budget"]), str(s["bodies_held"]), drops)
+    return t
+
+
+def _stage_table(result: dict[str, Any], run: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"Per-stage breakdown (node metrics, p50 / p99 ms): "
+                    f"{_ident(result, run['model'])}")
+    t.add_column("bodies", justify="right")
+    t.add_column("mode", justify="right")
+    for st in STAGES:
+        t.add_column(st, justify="right")
+    for s in run["scenarios"]:
+        t.add_row(str(s["bodies"]), s["mode"],
+                  *(f"{_ms(s['stages'].get(st), 'p50_ms')} / "
+                    f"{_ms(s['stages'].get(st), 'p99_ms')}" for st in STAGES))
+    return t
+
+
+def _offline_tables(result: dict[str, Any]) -> list:
+    from rich.table import Table
+
+    if "offline" not in result:
+        return []
+    t = Table(title="Offline anonymize throughput (all sequences in one call)")
+    for col in ("model", "engine", "frames", "seconds", "frames/s", "× first model"):
+        t.add_column(col, justify="left" if col in ("model", "engine") else "right")
+    for r in result["offline"]["rows"]:
+        if "skipped" in r:
+            t.add_row(_ident(result, r["model"]), r["engine"], "-", "-", "-",
+                      f"[dim]{r['skipped']}[/dim]")
+            continue
+        t.add_row(_ident(result, r["model"]), r["engine"], str(r["frames"]),
+                  f"{r['seconds']:.2f}", f"{r['frames_per_s']:.0f}", _rel(r.get("rel_model")))
+    return [t]
+
+
+def _target_tables(result: dict[str, Any]) -> list:
+    from rich.table import Table
+
+    if not result.get("targets"):
+        return []
+    t = Table(title="Aims (recorded, not asserted)")
+    for col in ("target", "model", "engine", "measured", "met"):
+        t.add_column(col)
+    for r in result["targets"]:
+        t.add_row(r["target"], _ident(result, r["model"]), r["engine"], r["measured"],
+                  "[green]yes[/green]" if r["met"] else "[red]no[/red]")
+    return [t]
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,27 +260,40 @@ def _scenario(run: dict[str, Any], bodies: int, rate: bool) -> dict[str, Any] | 
 
 
 def summary_row(name: str, r: dict[str, Any]) -> list[str]:
-    """The README's row for one saved result."""
+    """The README's row for one saved result (its first model)."""
     m = r["machine"]
-    first = r["models"][0]["label"] if r.get("models") else "-"
+    first = r["models"][0] if r.get("models") else {"label": "-"}
+    label = first["label"]
     eng = next((x for x in (r.get("engine") or {}).get("rows", [])
-                if x["model"] == first and x["batch"] == 1 and "p50_ms" in x), None)
-    run = next((x for x in (r.get("node") or {}).get("runs", []) if x["model"] == first), None)
+                if x["model"] == label and x["batch"] == 1 and "p50_ms" in x), None)
+    steps = {x["bodies"]: x for x in (r.get("step") or {}).get("rows", [])
+             if x["model"] == label and "p99_ms" in x}
+    run = next((x for x in (r.get("node") or {}).get("runs", []) if x["model"] == label), None)
     one = _scenario(run, 1, True) if run else None
     six = _scenario(run, 6, True) if run else None
     off = [x for x in (r.get("offline") or {}).get("rows", [])
-           if x["model"] == first and "frames_per_s" in x]
+           if x["model"] == label and "frames_per_s" in x]
     best = max(off, key=lambda x: x["frames_per_s"]) if off else None
     load = m.get("load_average") or ["-"]
     return [
         f"[{r['started'][:16]}]({name})", m["host_kind"], m["cpu"][:40], str(load[0]),
-        first,
-        f"{eng['engine']} {eng['p50_ms']:.2f} / {eng['p99_ms']:.2f}" if eng else "-",
-        _ms(one["latency"], "p99_ms") if one else "-",
-        f"{_ms(six['latency'], 'p99_ms')} ({six['overruns'] + six['over_budget']})"
-        if six else "-",
+        first.get("ident", label),
+        f"{eng['engine']} {eng['p50_ms']:.2f} / {_p99(eng)}" if eng else "-",
+        " / ".join(_p99(steps.get(n)) for n in (1, 6)) if steps else "-",
+        f"{_p99(one['latency'])} ({one['sent']})" if one else "-",
+        f"{_p99(six['latency'])} ({_late_text(six)} of {six['sent']})" if six else "-",
         f"{best['frames_per_s']:.0f} ({best['engine']})" if best else "-",
     ]
+
+
+def _late_text(row: dict[str, Any]) -> str:
+    """Late frames of a node scenario; for runs saved before frames were counted once, the
+    range they must lie in (a held frame was counted both as an overrun and over budget)."""
+    if "late" in row:
+        return str(row["late"])
+    lo = max(row["overruns"], row["over_budget"])
+    hi = min(row["overruns"] + row["over_budget"], row["sent"])
+    return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
 README_HEAD = """# Recorded benchmark runs
@@ -216,22 +302,28 @@ Written by `streamtmr bench --save` (one JSON per run: `<date>-<host-kind>.json`
 description — CPU, cores, memory, GPU, OS, library versions and the load average at the start
 and end). Every figure in a file was measured in that one run, so models and engines compare as
 ratios under the same conditions. This machine-generated table summarises the first model of
-each run (the shipped default model when run without `--models`):
+each run (the shipped default model when run without `--models`), named by its label and the
+sha256 prefix of its weights (older runs: label only):
 
-* **engine b1**: engine call latency at batch 1, p50 / p99 in ms (first engine);
+* **engine b1**: engine call latency on windows at batch 1, p50 / p99 in ms (first engine);
+* **step 1 / 6 bodies p99**: streaming models, one `step` call for one frame of 1 or 6 bodies,
+  ms (first engine; `-` for a windowed model);
 * **1 body p99 / 6 bodies p99**: end-to-end latency over ZeroMQ loopback (sensor publish →
-  anonymized receive) at 30 Hz, ms; in brackets the frames over the node's budget (overruns
-  the node counted plus published frames whose in-node latency exceeded the budget);
+  anonymized receive) at 30 Hz, ms; in brackets the frames of the scenario (1 body) and the
+  late frames among them (6 bodies: overruns plus fresh frames over the node's budget, each
+  frame once; runs saved before 2026-12-02 did not record which frames overran, so their
+  late frames are given as the range they lie in);
 * **offline**: frames/s of `anonymize` on the best CPU/GPU engine;
 * **load**: 1-minute load average at the start — the machine may have been shared.
 
-Targets (2-core CPU, default model): 1 body p99 ≤ 3 ms; 6 bodies @ 30 Hz p99 ≤ 10 ms with 0
-overruns; offline ≥ 20,000 frames/s on CPU.
+`*`: a p99 from fewer than 600 samples (little more than the maximum). Aims (2-core CPU,
+default model): step 1 body p99 ≤ 0.8 ms, 6 bodies ≤ 2 ms; end to end 1 body p99 ≤ 3 ms,
+6 bodies @ 30 Hz p99 ≤ 5 ms with 0 late frames; offline ≥ 50,000 frames/s on CPU.
 
 """
-TABLE_HEAD = ("| run | host | CPU | load | model | engine b1 p50 / p99 | 1 body p99 "
-              "| 6 bodies p99 (overruns) | offline frames/s |\n"
-              "|---|---|---|---|---|---|---|---|---|\n")
+TABLE_HEAD = ("| run | host | CPU | load | model | engine b1 p50 / p99 | step 1 / 6 bodies p99 "
+              "| 1 body p99 (frames) | 6 bodies p99 (late of frames) | offline frames/s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 #: Result files of other checks, listed below the table rather than summarised in it.
@@ -250,7 +342,7 @@ def write_readme(results_dir: str | Path = RESULTS_DIR) -> Path:
             r = json.loads(p.read_text())
             rows.append(summary_row(p.name, r))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            rows.append([p.name, f"unreadable: {e}"] + ["-"] * 7)
+            rows.append([p.name, f"unreadable: {e}"] + ["-"] * 8)
     text = README_HEAD + TABLE_HEAD + "".join("| " + " | ".join(_cell(c) for c in row) + " |\n"
                                  for row in rows)
     others += sorted(q.name for q in d.iterdir()

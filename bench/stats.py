@@ -8,6 +8,8 @@ import numpy as np
 
 #: The percentiles every latency is reported at (keys ``p50_ms``, ``p95_ms``, ``p99_ms``).
 PERCENTILES = (50, 95, 99)
+#: Samples below which a p99 is little more than the maximum (the report marks it).
+MIN_P99_SAMPLES = 600
 
 
 def summarize_ns(samples_ns: Sequence[int] | np.ndarray) -> dict[str, float | int]:

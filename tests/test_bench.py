@@ -7,12 +7,14 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.machine import describe_machine, host_kind
+from bench.node import late_frames
 from bench.report import write_readme
 from bench.stats import summarize_ns
 from bench.suite import evaluate_targets
@@ -87,28 +89,81 @@ def test_int_list_ranges_and_lists():
 
 
 def _scenario(bodies: int, p99: float, overruns: int = 0, over_budget: int = 0) -> dict:
-    return {"bodies": bodies, "mode": "30Hz", "latency": {"p99_ms": p99},
-            "overruns": overruns, "over_budget": over_budget}
+    return {"bodies": bodies, "mode": "30Hz", "latency": {"p99_ms": p99}, "sent": 600,
+            "overruns": overruns, "over_budget": over_budget, "late": overruns + over_budget}
 
 
 def test_targets_are_evaluated_on_the_first_model():
+    step = [{"model": "default", "engine": "onnxruntime", "bodies": 1, "p99_ms": 0.5, "n": 600},
+            {"model": "default", "engine": "onnxruntime", "bodies": 6, "p99_ms": 2.5, "n": 600},
+            {"model": "tmr-paper", "engine": "onnxruntime", "bodies": 1, "p99_ms": 0.1,
+             "n": 600}]
     result = {
         "models": [{"label": "default"}, {"label": "tmr-paper"}],
+        "step": {"rows": step},
         "node": {"runs": [
             {"model": "default", "engine": "onnxruntime",
-             "scenarios": [_scenario(1, 2.5), _scenario(6, 9.0, over_budget=1)]},
+             "scenarios": [_scenario(1, 2.5), _scenario(6, 4.0, over_budget=1)]},
             {"model": "tmr-paper", "engine": "onnxruntime",
              "scenarios": [_scenario(1, 100.0)]}]},
         "offline": {"rows": [{"model": "default", "engine": "onnxruntime",
-                              "frames_per_s": 25_000.0},
+                              "frames_per_s": 55_000.0},
                              {"model": "default", "engine": "torch", "frames_per_s": 9_000.0},
                              {"model": "tmr-paper", "engine": "onnxruntime",
                               "frames_per_s": 500.0}]},
     }
     t = evaluate_targets(result)
-    assert [r["met"] for r in t] == [True, False, True]  # 6 bodies: one frame over budget
+    # step 6 bodies over 2 ms; 6 bodies end to end: one frame late
+    assert [r["met"] for r in t] == [True, False, True, False, True]
     assert all(r["model"] == "default" for r in t)
-    assert t[2]["engine"] == "onnxruntime"
+    assert t[-1]["engine"] == "onnxruntime"
+
+
+def test_late_frames_are_counted_once():
+    """A held copy published after the budget is an overrun, not also "over budget"."""
+    result = {"overrun_seqs": np.array([3, 4]), "seqs": np.array([2, 3, 4, 5]),
+              "node_lat_ns": np.array([1, 12, 2, 15]) * 1_000_000}
+    assert late_frames(result, budget_ms=10.0) == {"overruns": 2, "over_budget": 1, "late": 3}
+
+
+class _SlowEngine:
+    """A real engine whose every call takes ``delay_s`` longer (a saturated machine)."""
+
+    def __init__(self, engine, delay_s: float):
+        self._engine, self._delay = engine, delay_s
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def run_latest(self, windows, k=1):
+        time.sleep(self._delay)
+        return self._engine.run_latest(windows, k)
+
+    def step(self, frames, state):
+        time.sleep(self._delay)
+        return self._engine.step(frames, state)
+
+
+def test_node_overruns_are_counted_once_over_zeromq():
+    """Every frame overruns a 10 ms budget on a 25 ms engine: each is late once (the node's
+    held copy is published after the budget, which used to count it a second time)."""
+    from bench.engines import EngineSpec, build_engine
+    from bench.models import resolve_model_spec
+    from bench.motion import motion_clips
+    from bench.node import bench_node
+
+    engine = build_engine(resolve_model_spec("tmr-tiny"), EngineSpec("onnxruntime", 1))
+    try:
+        section, _ = bench_node(_SlowEngine(engine, 0.025), motion_clips(1), [1], 30.0,
+                                frames=24, max_s=5.0, warmup_s=0.2, budget_ms=10.0)
+    finally:
+        engine.close()
+    rate = next(s for s in section["scenarios"] if s["mode"] == "30Hz")
+    assert rate["sent"] == 24 and rate["received"] == 24
+    assert rate["overruns"] == rate["node_overrun_counter"]
+    assert rate["overruns"] >= 20, rate  # nearly every frame overran
+    assert rate["late"] == rate["overruns"] + rate["over_budget"] <= rate["sent"], rate
+    assert rate["bodies_held"] >= 1  # held copies were published, and counted once
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -119,16 +174,25 @@ def test_quick_json_run_saves_and_plots(tmp_path):
     plot = tmp_path / "lat.png"
     proc = subprocess.run(
         [sys.executable, "-m", "streamtmr", "bench", "--quick", "--json",
-         "--models", "naive,tmr-tiny", "--engines", "onnxruntime@1", "--batches", "1,2",
-         "--bodies", "1,2", "--duration", "0.1", "--save", "--results-dir", str(results),
+         "--models", "naive,tmr-tiny", "--node-models", "tmr-tiny", "--engines",
+         "onnxruntime@1", "--batches", "1,2", "--step-batches", "1,2", "--bodies", "1,2",
+         "--node-frames", "15", "--duration", "0.1", "--save", "--results-dir", str(results),
          "--plot", str(plot)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)  # nothing but the JSON on stdout
-    for key in ("schema", "machine", "options", "models", "engines", "engine", "node",
+    for key in ("schema", "machine", "options", "models", "engines", "engine", "step", "node",
                 "offline", "targets", "seconds"):
         assert key in r, key
     assert [m["label"] for m in r["models"]] == ["naive-tiny", "tmr-tiny"]
+    for m in r["models"]:  # the exact model: label and sha256 of its weights
+        assert len(m["sha256"]) == 64 and m["ident"] == f"{m['label']} sha256:{m['sha256'][:12]}"
+    assert r["models"][0]["sha256"] != r["models"][1]["sha256"]
+    sha = {m["label"]: m["sha256"][:12] for m in r["models"]}
+    for part in ("engine", "offline"):
+        assert all(x["model_sha256"] == sha[x["model"]] for x in r[part]["rows"]), part
+    # both are windowed models: the step part names them and times nothing
+    assert r["step"]["rows"] == [] and r["step"]["windowed_models"] == ["naive-tiny", "tmr-tiny"]
 
     rows = r["engine"]["rows"]
     assert {(x["model"], x["batch"]) for x in rows} == {
@@ -139,12 +203,15 @@ def test_quick_json_run_saves_and_plots(tmp_path):
     assert next(x for x in rows if x["model"] == "naive-tiny")["rel_model"] == 1.0
 
     (run,) = r["node"]["runs"]
-    assert run["model"] == "naive-tiny" and run["engine"] == "onnxruntime@1"
+    assert run["model"] == "tmr-tiny" and run["engine"] == "onnxruntime@1"
+    assert run["model_sha256"] == sha["tmr-tiny"]
     assert {(s["bodies"], s["mode"]) for s in run["scenarios"]} == {
         (1, "30Hz"), (1, "max"), (2, "30Hz"), (2, "max")}
     for s in run["scenarios"]:
         where = f"node {s['bodies']} @ {s['mode']}"
+        assert s["sent"] == 15, where  # the scenario's frame count, not a time slice
         assert s["received"] >= 1 and s["lost"] == s["sent"] - s["received"], where
+        assert s["late"] == s["overruns"] + s["over_budget"] <= s["sent"], where
         _check_latency(s["latency"], where)
         for stage in ("decode", "window", "infer", "smooth", "encode", "send", "total"):
             assert stage in s["stages"], (where, stage)
@@ -159,7 +226,7 @@ def test_quick_json_run_saves_and_plots(tmp_path):
     saved = list(results.glob("*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text()) == r
     readme = (results / "README.md").read_text()
-    assert saved[0].name in readme and "naive-tiny" in readme
+    assert saved[0].name in readme and f"naive-tiny sha256:{sha['naive-tiny']}" in readme
     assert plot.stat().st_size > 1000
 
 

@@ -1,4 +1,5 @@
-"""``streamtmr bench``: engine, end-to-end node and offline benchmarks (code in :mod:`bench`)."""
+"""``streamtmr bench``: engine, streaming step, end-to-end node and offline benchmarks (code in
+:mod:`bench`)."""
 
 from __future__ import annotations
 
@@ -47,12 +48,14 @@ def register(subparsers: Any) -> None:
     from bench import DEFAULT_MODELS, PARTS
 
     p = subparsers.add_parser(
-        "bench", help="latency and throughput benchmarks (engines, node, offline)",
-        description="Measure engine latency per batch size, end-to-end node latency over "
-                    "ZeroMQ loopback (1..6 bodies at 30 Hz and at the maximum rate, with a "
-                    "per-stage breakdown) and offline throughput, for several models and every "
-                    "engine present, in one run. Without options: the default model compared "
-                    f"with {', '.join(DEFAULT_MODELS[1:])} on every engine present.")
+        "bench", help="latency and throughput benchmarks (engines, steps, node, offline)",
+        description="Measure engine latency per batch of windows, streaming step latency per "
+                    "frame at 1, 6, 32 and 256 bodies per call, end-to-end node latency over "
+                    "ZeroMQ loopback (1 and 6 bodies, 600 frames at 30 Hz and 600 at the "
+                    "maximum rate, with a per-stage breakdown) and offline throughput, for "
+                    "several models and every engine present, in one run; every row names the "
+                    "exact model (label and sha256 prefix). Without options: the default model "
+                    f"compared with {', '.join(DEFAULT_MODELS[1:])} on every engine present.")
     p.add_argument("--models", type=str_list, default=None, metavar="LIST",
                    help="comma-separated: default, METHOD[-PRESET] (tmr-small, tmr-paper, "
                         "pmr-small, moon-resnet-small, naive, ...) or a checkpoint/.onnx path "
@@ -62,8 +65,12 @@ def register(subparsers: Any) -> None:
                         "(onnxruntime@1) [every engine present]")
     p.add_argument("--batches", type=int_list, default=None, metavar="LIST",
                    help="engine batch sizes, e.g. 1-8 or 1,2,4,8 [1-8; --quick: 1,8]")
+    p.add_argument("--step-batches", type=int_list, default=None, metavar="LIST",
+                   help="bodies per step call for streaming models [1,6,32,256; --quick: 1,6]")
     p.add_argument("--bodies", type=int_list, default=None, metavar="LIST",
-                   help="bodies per frame for the node benchmark [1-6; --quick: 1,6]")
+                   help="bodies per frame for the node benchmark [1,6]")
+    p.add_argument("--node-frames", type=int, default=None, metavar="N",
+                   help="measured frames per node scenario [600; --quick: 20]")
     p.add_argument("--node-models", type=str_list, default=None, metavar="LIST",
                    help="models for the node benchmark (run on the first engine) "
                         "[the first of --models]")
@@ -74,10 +81,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--budget-ms", type=positive, default=10.0,
                    help="the node's latency budget per frame [10]")
     p.add_argument("--duration", type=positive, default=None, metavar="S",
-                   help="time scale: node scenarios 2×S s (S closed loop), engine cells 0.3×S "
-                        "s, offline 1.5×S s per model × engine [1; --quick: 0.15]")
+                   help="time scale: engine cells 0.3×S s, step cells ≥ 0.5×S s, closed-loop "
+                        "node scenarios ≤ 30×S s, offline 1.5×S s per model × engine "
+                        "[1; --quick: 0.15]")
     p.add_argument("--quick", action="store_true",
-                   help="tiny durations, batches 1,8 and bodies 1,6 (smoke test, seconds)")
+                   help="tiny durations, batches 1,8, step batches 1,6, 20 node frames (smoke "
+                        "test, seconds)")
     p.add_argument("--json", action="store_true",
                    help="print the results as JSON on stdout (nothing else goes there)")
     p.add_argument("--plot", default=None, metavar="PATH.png",
@@ -91,6 +100,7 @@ def register(subparsers: Any) -> None:
 
 def options_from_args(args: argparse.Namespace):
     from bench import DEFAULT_MODELS
+    from bench.engines import STEP_BATCHES
     from bench.suite import BenchOptions
 
     quick = bool(args.quick)
@@ -98,8 +108,10 @@ def options_from_args(args: argparse.Namespace):
         models=args.models or list(DEFAULT_MODELS),
         engines=args.engines,
         batches=args.batches or ([1, 8] if quick else list(range(1, 9))),
-        bodies=args.bodies or ([1, 6] if quick else list(range(1, 7))),
+        step_batches=args.step_batches or ([1, 6] if quick else list(STEP_BATCHES)),
+        bodies=args.bodies or [1, 6],
         rate_hz=args.rate, duration=args.duration or (0.15 if quick else 1.0),
+        node_frames=args.node_frames or (20 if quick else 600),
         node_models=args.node_models, parts=args.parts, budget_ms=args.budget_ms,
         quick=quick)
 
