@@ -32,6 +32,11 @@ if TYPE_CHECKING:  # engines.source calls this module to export; the type is for
 
 INPUT = "windows"
 OUTPUT = "anonymized"
+#: Step graph of a streaming model: ``frames`` + ``state_in.<name>`` → ``anonymized`` +
+#: ``state_out.<name>``.
+FRAMES = "frames"
+STATE_IN = "state_in."
+STATE_OUT = "state_out."
 OPSET = 17
 PREFIX = "streamtmr."
 
@@ -68,7 +73,10 @@ def _register_symbolics() -> None:
 
 def export_onnx(source: ModelSource, path: str | Path, opset: int = OPSET,
                 check: bool = True) -> Path:
-    """Export ``source.module`` to ``path`` (atomically) with metadata; ``onnx.checker`` on it."""
+    """Export ``source.module`` to ``path`` (atomically) with metadata; ``onnx.checker`` on it.
+
+    A streaming source exports its step graph (:func:`_export_step`), a windowed one its
+    window graph."""
     if source.module is None:
         raise ValueError(f"{source.name}: already an ONNX model, nothing to export")
     if opset < 17:
@@ -76,21 +84,21 @@ def export_onnx(source: ModelSource, path: str | Path, opset: int = OPSET,
     _register_symbolics()
     path = Path(path)
     module = source.module.eval().cpu()
-    example = torch.as_tensor(example_input(source, 2))
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notices
-        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset,
-                          input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-                          do_constant_folding=True)
-    proto = onnx.load_from_string(buf.getvalue())
+    if source.streaming:
+        graph = _export_step(module, source, opset)
+    else:
+        example = torch.as_tensor(example_input(source, 2))
+        graph = _export(module, (example,), [INPUT], [OUTPUT], opset)
+    proto = onnx.load_from_string(graph)
     meta = {"version": __version__, "method": source.method,
             "config": json.dumps(source.config, sort_keys=True, default=str),
             "dummy": json.dumps({"name": source.dummy.name,
                                  "lengths": [float(v) for v in source.dummy.lengths]}),
             "window": str(source.window), "model_sha256": source.sha256,
             "graph_key": source.graph_key}
+    if source.streaming:
+        meta.update(streaming="1", state_spec=json.dumps(
+            {k: list(v) for k, v in source.state_spec.items()}))
     del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()
@@ -100,6 +108,47 @@ def export_onnx(source: ModelSource, path: str | Path, opset: int = OPSET,
         onnx.checker.check_model(proto, full_check=True)
     atomic_write(path, proto.SerializeToString())
     return path
+
+
+def _export(module: torch.nn.Module, args: tuple, inputs: list[str], outputs: list[str],
+            opset: int) -> bytes:
+    """Legacy-exporter bytes of ``module(*args)``, every input and output batch-dynamic."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer notices
+        torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset,
+                          input_names=inputs, output_names=outputs,
+                          dynamic_axes={n: {0: "batch"} for n in (*inputs, *outputs)},
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+class StepGraph(torch.nn.Module):
+    """A streaming module's ``step`` with the state as flat tensors, in ``state_spec`` order:
+    ``(frames, *state_in) -> (anonymized, *state_out)``."""
+
+    def __init__(self, module: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.module, self.names = module, list(names)
+
+    def forward(self, frames: torch.Tensor, *state: torch.Tensor):
+        out, new = self.module.step(frames, dict(zip(self.names, state, strict=True)))
+        return (out, *(new[n] for n in self.names))
+
+
+def _export_step(module: torch.nn.Module, source: ModelSource, opset: int) -> bytes:
+    """The step graph: inputs ``frames`` [B,25,3] and ``state_in.<name>``, outputs
+    ``anonymized`` [B,25,3] and ``state_out.<name>``, batch axis dynamic."""
+    names = list(source.state_spec)
+    # a state some frames into a track, so that no branch is constant-folded away
+    state = {k: v for k, v in module.init_state(2).items()}
+    x = torch.as_tensor(example_input(source, 2))
+    with torch.no_grad():
+        for t in range(3):
+            _, state = module.step(x[:, t], state)
+    args = (x[:, 3], *(state[n] for n in names))
+    return _export(StepGraph(module, names), args, [FRAMES, *(STATE_IN + n for n in names)],
+                   [OUTPUT, *(STATE_OUT + n for n in names)], opset)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -116,9 +165,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not exported by streamtmr (metadata lacks "
                          f"{', '.join(PREFIX + k for k in missing)})")
     try:
-        return {**props, "config": json.loads(props["config"]),
+        meta = {**props, "config": json.loads(props["config"]),
                 "dummy": json.loads(props["dummy"]), "window": int(props["window"])}
-    except (json.JSONDecodeError, ValueError) as e:
+        if props.get("streaming") == "1":
+            meta["state_spec"] = {k: tuple(int(n) for n in v)
+                                  for k, v in json.loads(props["state_spec"]).items()}
+        return meta
+    except (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: malformed streamtmr metadata ({e})") from None
 
 
@@ -133,12 +186,33 @@ def example_input(source: ModelSource, batch: int, seed: int = 0) -> np.ndarray:
 
 
 def max_abs_error(source: ModelSource, path: str | Path, inputs: np.ndarray) -> float:
-    """Largest |ONNX Runtime − PyTorch| over ``inputs [B, T, 25, 3]`` (CPU, fp32)."""
+    """Largest |ONNX Runtime − PyTorch| over ``inputs [B, T, 25, 3]`` (CPU, fp32); a streaming
+    model is stepped through every frame of each sequence on both sides, states carried."""
     import onnxruntime as ort
     if source.module is None:
         raise ValueError(f"{source.name}: parity needs the PyTorch model")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if source.streaming:
+        return _step_error(source, sess, np.asarray(inputs, np.float32))
     y_onnx = sess.run([OUTPUT], {INPUT: np.ascontiguousarray(inputs, np.float32)})[0]
     with torch.inference_mode():
         y_torch = source.module.cpu()(torch.from_numpy(np.array(inputs, np.float32))).numpy()
     return float(np.abs(y_onnx - y_torch).max())
+
+
+def _step_error(source: ModelSource, sess, inputs: np.ndarray) -> float:
+    """Largest |ONNX − PyTorch| of the step graph over every frame and every state tensor."""
+    names = list(source.state_spec)
+    module = source.module.cpu()
+    with torch.inference_mode():
+        state = module.init_state(inputs.shape[0])
+        s_onnx = {k: v.numpy() for k, v in state.items()}
+        err = 0.0
+        for t in range(inputs.shape[1]):
+            frame = np.ascontiguousarray(inputs[:, t])
+            y, state = module.step(torch.from_numpy(frame), state)
+            res = sess.run(None, {FRAMES: frame, **{STATE_IN + k: s_onnx[k] for k in names}})
+            s_onnx = dict(zip(names, res[1:], strict=True))
+            err = max(err, float(np.abs(res[0] - y.numpy()).max()),
+                      *(float(np.abs(s_onnx[k] - state[k].numpy()).max()) for k in names))
+    return err

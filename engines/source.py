@@ -70,7 +70,14 @@ class ModelSource:
     onnx_path: Path | None = None           # the .onnx file the model was given as
     plan_path: Path | None = None           # the TensorRT plan the model was given as
     deterministic: bool = True
+    #: Streaming model (``step(frame, state)``): per-body state shapes, name → shape (float32);
+    #: None for a windowed model.
+    state_spec: dict[str, tuple[int, ...]] | None = None
     _exported: Path | None = field(default=None, repr=False)
+
+    @property
+    def streaming(self) -> bool:
+        return self.state_spec is not None
 
     @property
     def graph_key(self) -> str:
@@ -146,7 +153,15 @@ def resolve_source(model: Anonymizer | str | Path | None = None,
     module = anonymizer.for_dummy(torch.tensor(np.array(d.lengths), dtype=torch.float32)).eval()
     return ModelSource(name=name, method=anonymizer.method, config=dict(anonymizer.config),
                        window=w, dummy=d, sha256=sha, module=module,
-                       deterministic=anonymizer.method != "noise" and _deterministic(anonymizer))
+                       deterministic=anonymizer.method != "noise" and _deterministic(anonymizer),
+                       state_spec=_state_spec(module))
+
+
+def _state_spec(module: nn.Module) -> dict[str, tuple[int, ...]] | None:
+    """Per-body state shapes of a streaming module (``streaming = True``), else None."""
+    if not getattr(module, "streaming", False):
+        return None
+    return {k: tuple(int(n) for n in shape) for k, (shape, _) in module.state_spec().items()}
 
 
 def _deterministic(model: Anonymizer) -> bool:
@@ -175,7 +190,8 @@ def _onnx_source(path: Path, dummy: Any, window: int | None) -> ModelSource:
     baked = _check_baked(path, meta, dummy, window)
     return ModelSource(name=str(path), method=meta["method"], config=meta["config"],
                        window=int(meta["window"]), dummy=baked, sha256=file_sha256(path),
-                       onnx_path=path, deterministic=meta["method"] != "noise")
+                       onnx_path=path, deterministic=meta["method"] != "noise",
+                       state_spec=meta.get("state_spec"))
 
 
 def _plan_source(path: Path, dummy: Any, window: int | None) -> ModelSource:

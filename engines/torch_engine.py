@@ -4,6 +4,11 @@ Everything runs under ``torch.inference_mode``. On CUDA the engine keeps pinned 
 buffers and, with ``cuda_graphs`` (default on CUDA), captures one CUDA graph per batch size
 (input copy, model, output copy) and replays it. ``compile=True`` wraps the module in
 ``torch.compile`` first.
+
+Streaming models (``source.streaming``) run ``module.step(frame, state)`` in :meth:`step`; on
+CUDA one graph per batch size captures the copies of frames and states in, the step, and the
+copies out (states travel through pinned host buffers: the engine API hands them back as numpy).
+Windows given to :meth:`run` go through ``module.forward``, the same function in parallel.
 """
 
 from __future__ import annotations
@@ -66,6 +71,39 @@ class TorchEngine(Engine):
             self._d_in = torch.empty(shape, dtype=torch.float32, device=dev)
             self._stream = torch.cuda.Stream(dev)
             self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.streaming = source.streaming
+        self._step_graphs: dict[int, _CudaStep] = {}
+
+    def _step(self, frames: np.ndarray, state: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        try:
+            if self._dev.type == "cpu":
+                with torch.inference_mode():
+                    y, new = self.module.step(torch.from_numpy(frames),
+                                              {k: torch.from_numpy(v) for k, v in state.items()})
+                return y.numpy(), {k: v.numpy() for k, v in new.items()}
+            return self._step_cuda(frames, state)
+        except torch.cuda.OutOfMemoryError as e:
+            raise EngineError(f"{self.name}: out of GPU memory ({e})") from e
+        except RuntimeError as e:
+            raise EngineError(f"{self.name}: step failed ({e})") from e
+
+    def _step_cuda(self, frames: np.ndarray, state: dict[str, np.ndarray]):
+        b = frames.shape[0]
+        runner = self._step_graphs.get(b)
+        if runner is None:
+            runner = self._step_graphs[b] = _CudaStep(self.module, self.state_spec(), b,
+                                                      self._dev, self._stream)
+        if self.cuda_graphs and runner.graph is None:
+            try:
+                runner.capture()
+            except RuntimeError as e:
+                self.cuda_graphs = False
+                self.graph_error = str(e).splitlines()[0]
+                torch.cuda.synchronize(self._dev)
+                log.warning("%s: CUDA graph capture of step failed, running eagerly (%s)",
+                            self.name, self.graph_error)
+        return runner(frames, state)
 
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
         try:
@@ -132,3 +170,50 @@ class TorchEngine(Engine):
         if self._dev.type == "cuda":
             self._graphs.clear()
             torch.cuda.synchronize(self._dev)
+
+
+class _CudaStep:
+    """A streaming module's step for one batch size on CUDA: pinned host buffers, device
+    buffers, and (after :meth:`capture`) one CUDA graph of copy-in, step and copy-out."""
+
+    def __init__(self, module, spec: dict[str, tuple[tuple[int, ...], np.dtype]], b: int,
+                 dev: torch.device, stream: torch.cuda.Stream):
+        self.module, self.stream, self.graph = module, stream, None
+        shapes = {"frames": (b, 25, 3), **{k: (b, *shape) for k, (shape, _) in spec.items()}}
+        self.names = list(spec)
+        self.h_in = {k: torch.empty(s, dtype=torch.float32, pin_memory=True)
+                     for k, s in shapes.items()}
+        self.h_out = {k: torch.empty(s, dtype=torch.float32, pin_memory=True)
+                      for k, s in shapes.items()}
+        self.d_in = {k: torch.empty(s, dtype=torch.float32, device=dev)
+                     for k, s in shapes.items()}
+
+    def _run(self) -> None:
+        for k, t in self.d_in.items():
+            t.copy_(self.h_in[k], non_blocking=True)
+        y, new = self.module.step(self.d_in["frames"], {k: self.d_in[k] for k in self.names})
+        for k, t in {"frames": y, **new}.items():
+            self.h_out[k].copy_(t, non_blocking=True)
+
+    def capture(self) -> None:
+        with torch.cuda.stream(self.stream), torch.inference_mode():
+            for _ in range(3):  # warm-up on the side stream, as CUDA graph capture requires
+                self._run()
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                self._run()
+        self.graph = graph
+
+    def __call__(self, frames: np.ndarray, state: dict[str, np.ndarray]):
+        self.h_in["frames"].numpy()[...] = frames
+        for k in self.names:
+            self.h_in[k].numpy()[...] = state[k]
+        with torch.cuda.stream(self.stream), torch.inference_mode():
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._run()
+        self.stream.synchronize()
+        return (self.h_out["frames"].numpy().copy(),
+                {k: self.h_out[k].numpy().copy() for k in self.names})
