@@ -30,6 +30,7 @@ from streamtmr.models.checkpoint import (
     load_checkpoint,
     resolve_model,
 )
+from streamtmr.models.registry import find as find_method
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def resolve_source(model: Anonymizer | str | Path | None = None,
     module = anonymizer.for_dummy(torch.tensor(np.array(d.lengths), dtype=torch.float32)).eval()
     return ModelSource(name=name, method=anonymizer.method, config=dict(anonymizer.config),
                        window=w, dummy=d, sha256=sha, module=module,
-                       deterministic=anonymizer.method != "noise" and _deterministic(anonymizer),
+                       deterministic="stochastic" not in type(anonymizer).traits,
                        state_spec=_state_spec(module))
 
 
@@ -164,8 +165,11 @@ def _state_spec(module: nn.Module) -> dict[str, tuple[int, ...]] | None:
     return {k: tuple(int(n) for n in shape) for k, (shape, _) in module.state_spec().items()}
 
 
-def _deterministic(model: Anonymizer) -> bool:
-    return bool(getattr(model, "deterministic", True))
+def _deterministic(method: str) -> bool:
+    """False for a method whose registry entry is ``stochastic``; a file exported by a method
+    this install does not know (a plugin's) runs its own graph and counts as deterministic."""
+    entry = find_method(method)
+    return entry is None or not entry.stochastic
 
 
 def _check_baked(path: Path, meta: dict[str, Any], dummy: Any, window: int | None) -> Dummy:
@@ -190,7 +194,7 @@ def _onnx_source(path: Path, dummy: Any, window: int | None) -> ModelSource:
     baked = _check_baked(path, meta, dummy, window)
     return ModelSource(name=str(path), method=meta["method"], config=meta["config"],
                        window=int(meta["window"]), dummy=baked, sha256=file_sha256(path),
-                       onnx_path=path, deterministic=meta["method"] != "noise",
+                       onnx_path=path, deterministic=_deterministic(meta["method"]),
                        state_spec=meta.get("state_spec"))
 
 
@@ -205,4 +209,4 @@ def _plan_source(path: Path, dummy: Any, window: int | None) -> ModelSource:
     return ModelSource(name=str(path), method=record["method"], config=record.get("config", {}),
                        window=int(record["window"]), dummy=baked,
                        sha256=record["graph_sha256"], plan_path=path,
-                       deterministic=record["method"] != "noise")
+                       deterministic=_deterministic(record["method"]))

@@ -32,3 +32,16 @@ def test_data_knows_no_model_and_models_know_no_runtime():
     models = _loaded("streamtmr.models.tmr") | _loaded("streamtmr.models.pmr")
     assert not {m for m in models
                 if m.startswith(("engines", "streamtmr.stream", "sensors", "streamtmr.train"))}
+
+
+def test_models_know_no_training_objective():
+    """Losses are a training matter: no model module imports them, and losses import no model."""
+    import importlib
+
+    models = _loaded("streamtmr.models.registry; streamtmr.models.registry.available()")
+    assert "streamtmr.models.tmr" in models  # every model module was imported
+    assert not {m for m in models if m.startswith(("streamtmr.losses", "streamtmr.train"))}
+    assert not {m for m in _loaded("streamtmr.losses") if m.startswith("streamtmr.models")}
+    tmr = importlib.import_module("streamtmr.models.tmr")
+    assert not hasattr(tmr, "STAGE_WEIGHTS")
+    assert not hasattr(tmr.DisentangledTMR, "training_losses")

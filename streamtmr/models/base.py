@@ -27,6 +27,11 @@ class Anonymizer(nn.Module):
     #: Named configurations: at least "tiny" (tests, seconds on CPU); learned models also
     #: "small" (CPU streaming default) and "paper" (the published sizes, for GPUs).
     presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {}}
+    #: What kind of method it is (:data:`streamtmr.models.registry.TRAITS`).
+    traits: ClassVar[frozenset[str]] = frozenset({"windowed"})
+    #: ``"module:Class"`` of its training curriculum (under :mod:`streamtmr.train`), or None
+    #: when there is nothing to train. Named, not imported: models know no training loop.
+    trainer: ClassVar[str | None] = None
 
     def __init__(self, config: dict[str, Any] | None = None):
         super().__init__()

@@ -36,6 +36,7 @@ class GaussianNoise(Anonymizer):
 
     method = "noise"
     exact_bones = False
+    traits = frozenset({"windowed", "stochastic"})
 
     def __init__(self, config=None):
         super().__init__({"sigma": 0.05, **(config or {})})

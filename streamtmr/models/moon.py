@@ -39,6 +39,8 @@ def _root_relative(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class _MoonBase(Anonymizer):
     exact_bones = False
+    traits = frozenset({"learned", "windowed"})
+    trainer = "streamtmr.train.moon:MoonCurriculum"
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[-2:] != (J, 3):

@@ -135,6 +135,8 @@ class PMR(Anonymizer):
 
     method = "pmr"
     exact_bones = True
+    traits = frozenset({"learned", "windowed"})
+    trainer = "streamtmr.train.pmr:PMRCurriculum"
     #: tiny: tests; small: CPU streaming; paper: Table 5 sizes (embedding 256 × 32).
     presets = {
         "tiny": {"window": 16, "emb_channels": 32, "emb_len": 8, "hidden": [32, 32],
@@ -246,6 +248,7 @@ class DMR(PMR):
     """DMR (Aberman et al., 2020): PMR's networks trained without classifiers (α_emb = 0)."""
 
     method = "dmr"
+    trainer = "streamtmr.train.pmr:DMRCurriculum"
 
 
 # --------------------------------------------------------------------------------------------

@@ -125,6 +125,8 @@ class DisentangledTMR(Anonymizer):
 
     method = "tmr"
     exact_bones = True
+    traits = frozenset({"learned", "windowed"})
+    trainer = "streamtmr.train.tmr:TMRCurriculum"
     presets = {
         "tiny": {"window": 32, "num_actions": 8, "num_subjects": 6, "d_action": 32,
                  "action_heads": 2, "lstm_hidden": 16, "backbone_channels": 16,

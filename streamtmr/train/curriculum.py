@@ -1,7 +1,8 @@
 """Curricula: how a method trains, as ordered stages and one optimisation step.
 
 The trainer (:mod:`streamtmr.train.trainer`) is method-agnostic. A method plugs in by
-subclassing :class:`Curriculum` and registering it under its model's ``method`` name:
+subclassing :class:`Curriculum` and naming it in its model's registry entry
+(``trainer = "module:Class"``, see :mod:`streamtmr.models.registry`):
 
 - :meth:`Curriculum.trainable` — the modules a stage trains (everything else is frozen);
 - :meth:`Curriculum.losses` — the unweighted loss terms of one batch;
@@ -19,6 +20,7 @@ import importlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -70,6 +72,15 @@ class Curriculum:
     stage_names: ClassVar[tuple[str, ...]] = ()
     #: Loss names the method's λ tables may contain.
     loss_names: ClassVar[frozenset[str]] = frozenset()
+    #: True for methods that train several networks against each other (critics, classifier
+    #: ensembles): they run :meth:`run_own_loop` instead of the generic trainer.
+    own_loop: ClassVar[bool] = False
+
+    @classmethod
+    def run_own_loop(cls, config: Config, data_dir: str | Path,
+                     out_dir: str | Path | None = None) -> Path:
+        """Train single-process in the method's own loop; returns the model's checkpoint."""
+        raise NotImplementedError(f"{cls.__name__} trains in the generic loop")
 
     def __init__(self, model: nn.Module, config: Config):
         self.model = model
@@ -202,13 +213,23 @@ def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
-#: method name → "module:Class" of its curriculum (imported on first use).
-CURRICULA: dict[str, str] = {"tmr": "streamtmr.train.tmr:TMRCurriculum"}
-
-
 def curriculum_class(method: str) -> type[Curriculum]:
-    if method not in CURRICULA:
-        raise ConfigError(f"model.method: no training curriculum for method {method!r} "
-                          f"(trainable: {sorted(CURRICULA)})")
-    module, name = CURRICULA[method].split(":")
-    return getattr(importlib.import_module(module), name)
+    """The curriculum the method's registry entry names (``trainer = "module:Class"``)."""
+    from streamtmr.models.registry import available, entry
+    try:
+        e = entry(method)
+    except KeyError as err:
+        raise ConfigError(f"model.method: {err.args[0]}") from None
+    if e.trainer is None:
+        trainable = [m for m in available() if entry(m).trainer is not None]
+        raise ConfigError(f"model.method: {method!r} has nothing to train (trainable: "
+                          f"{trainable})")
+    module, name = e.trainer.split(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"model.method: {method}'s trainer {e.trainer!r} cannot be loaded "
+                          f"({type(err).__name__}: {err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Curriculum)):
+        raise ConfigError(f"model.method: {method}'s trainer {e.trainer!r} is not a Curriculum")
+    return cls

@@ -169,6 +169,12 @@ class MoonCurriculum(Curriculum):
 
     stage_names = ("pretrain_action", "pretrain_privacy", "adversarial", "ensemble")
     loss_names = frozenset({"action", "privacy", "rec"})
+    own_loop = True
+
+    @classmethod
+    def run_own_loop(cls, config: Config, data_dir: str | Path,
+                     out_dir: str | Path | None = None) -> Path:
+        return train_moon(config, data_dir, out_dir)
 
     def __init__(self, model: Anonymizer, config: Config, num_actions: int, num_subjects: int):
         if model.method not in METHODS:

@@ -64,7 +64,7 @@ from streamtmr.models.checkpoint import save_checkpoint
 from streamtmr.models.pmr import PMR, PMRCritics, rest_pose_sequence
 from streamtmr.models.registry import build_model
 from streamtmr.train.config import Config, ConfigError
-from streamtmr.train.curriculum import Curriculum, Stage, unique_parameters
+from streamtmr.train.curriculum import Curriculum, Stage, curriculum_class, unique_parameters
 from streamtmr.train.moon import (
     StoreBatches,
     pick_device,
@@ -194,6 +194,12 @@ class PMRCurriculum(Curriculum):
     loss_names = frozenset({"rec", "smooth", "cross", "trip", "latent", "ee", "emb", "qc",
                             "clf"})
     uses_critics = True
+    own_loop = True
+
+    @classmethod
+    def run_own_loop(cls, config: Config, data_dir: str | Path,
+                     out_dir: str | Path | None = None) -> Path:
+        return train_pmr(config, data_dir, out_dir)
 
     def __init__(self, model: PMR, config: Config, num_actions: int = 0, num_subjects: int = 0,
                  paired: SynthQuadruples | None = None, unpaired: StoreBatches | None = None,
@@ -431,14 +437,6 @@ class DMRCurriculum(PMRCurriculum):
         return w
 
 
-def curriculum_for(method: str) -> type[PMRCurriculum]:
-    if method == "pmr":
-        return PMRCurriculum
-    if method == "dmr":
-        return DMRCurriculum
-    raise ConfigError(f"model.method: train_pmr trains pmr or dmr, not {method!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
@@ -492,7 +490,10 @@ def train_pmr(config: Config, data_dir: str | Path, out_dir: str | Path | None =
     returns the final checkpoint path. ``critics``: a ``critics.safetensors`` to start from."""
     out = Path(out_dir if out_dir is not None else config.output.dir)
     t = config.train
-    cls = curriculum_for(config.model.method)
+    cls = curriculum_class(config.model.method)
+    if not issubclass(cls, PMRCurriculum):
+        raise ConfigError(f"model.method: train_pmr trains pmr or dmr, not "
+                          f"{config.model.method!r}")
     torch.manual_seed(t.seed)
     device = pick_device(t.device)
     names = {s.name for s in t.stages}

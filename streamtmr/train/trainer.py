@@ -539,20 +539,16 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path | None = None,
           resume: bool = False, device: str | None = None) -> Path:
     """Train ``cfg`` on the store at ``data_dir`` (joins torchrun's process group if any).
 
-    PMR/DMR and the Moon anonymizers train several networks against each other (critics,
-    classifier ensembles): their own loops in :mod:`streamtmr.train.pmr` and
-    :mod:`streamtmr.train.moon` run them, single-process, checkpointing at stage ends.
+    The method's registry entry names its curriculum. Curricula with ``own_loop`` (PMR/DMR and
+    the Moon anonymizers train several networks against each other: critics, classifier
+    ensembles) run single-process in their own loop, checkpointing at stage ends.
     """
-    method = cfg.model.method
-    if method in ("pmr", "dmr", "moon-resnet", "moon-ae"):
+    curriculum = curriculum_class(cfg.model.method)
+    if curriculum.own_loop:
         if resume:
-            raise TrainError(f"{method}: --resume is not supported; its loop checkpoints each "
-                             "stage (stage<k>.safetensors) in the run directory")
-        if method in ("pmr", "dmr"):
-            from streamtmr.train.pmr import train_pmr
-            return train_pmr(cfg, data_dir, out_dir)
-        from streamtmr.train.moon import train_moon
-        return train_moon(cfg, data_dir, out_dir)
+            raise TrainError(f"{cfg.model.method}: --resume is not supported; its loop "
+                             "checkpoints each stage (stage<k>.safetensors) in the run directory")
+        return curriculum.run_own_loop(cfg, data_dir, out_dir)
     trainer = Trainer(cfg, data_dir, out_dir, resume=resume, device=device)
     try:
         return trainer.fit()
