@@ -13,6 +13,7 @@ from typing import Any
 
 from sensors.base import Source, SourceError
 from sensors.kinect import AzureKinectSource, KinectSource
+from sensors.lsl import open_lsl
 from sensors.replay import ReplaySource
 from sensors.synthetic import SyntheticSource
 from sensors.zmq_source import ZmqSource
@@ -54,6 +55,8 @@ SOURCES: tuple[SourceKind, ...] = (
     SourceKind("zmq://HOST:PORT", ("zmq://", "tcp://", "ipc://", "inproc://"),
                lambda s, o: ZmqSource(s, max_bodies=o["max_bodies"], security=o["security"]),
                "a ZeroMQ publisher of wire messages"),
+    SourceKind("lsl://NAME", ("lsl://",), lambda s, o: open_lsl(s),
+               "a Lab Streaming Layer MoCap stream, 75 channels (needs the lsl extra)"),
 )
 
 #: What ``--source`` accepts, for help and error messages.

@@ -253,12 +253,15 @@ def open_sink(spec: str, lengths: np.ndarray, context: zmq.Context | None = None
         return ZmqPubSink(f"tcp://{host}:{port}", context=context, security=security)
     if scheme in ("tcp", "ipc", "inproc"):
         return ZmqPubSink(spec, context=context, security=security)
+    if scheme == "lsl":
+        from streamtmr.stream.lsl import open_lsl_sink  # pylsl only when asked for
+        return open_lsl_sink(spec)
     if scheme in ("vmc", "vrchat"):
         host, port = _host_port(spec, DEFAULT_VMC if scheme == "vmc" else DEFAULT_VRCHAT)
         security.check_osc(spec, host)
         return VmcSink(lengths, host, port) if scheme == "vmc" else VrchatSink(host, port)
-    raise SinkError(f"--sink {spec!r}: expected zmq://HOST:PORT, vmc://HOST:PORT or "
-                    f"vrchat://HOST:PORT")
+    raise SinkError(f"--sink {spec!r}: expected zmq://HOST:PORT, vmc://HOST:PORT, "
+                    f"vrchat://HOST:PORT or lsl://NAME")
 
 
 def open_sinks(specs: str | list[str], lengths: np.ndarray,
