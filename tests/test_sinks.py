@@ -15,7 +15,8 @@ from scipy.spatial.transform import Rotation
 
 from streamtmr import skeleton
 from streamtmr.dummy import default_dummy
-from streamtmr.stream import vmc, wire
+from streamtmr.stream import follow, vmc, wire
+from streamtmr.stream.follow import Follow
 from streamtmr.stream.frame import Body, Frame
 from streamtmr.stream.sinks import (
     SinkError,
@@ -199,15 +200,116 @@ def test_vrchat_trackers_over_udp(osc_server):
                                    atol=1e-4)
 
 
-def test_avatar_sinks_follow_one_body():
-    sink = VrchatSink("127.0.0.1", 9)
+def test_follow_first_keeps_one_body():
+    f = Follow()
     a, b = Body(1, random_pose(0)), Body(2, random_pose(1))
-    assert sink.pick(Frame(0, 0, [a, b])).id == 1
-    assert sink.pick(Frame(1, 0, [b, a])).id == 1  # keeps following body 1
-    assert sink.pick(Frame(2, 0, [b])).id == 2     # 1 left: switch
-    assert sink.pick(Frame(3, 0, [a, b])).id == 2
-    assert sink.pick(Frame(4, 0, [])) is None
+    assert f.assign(Frame(0, 0, [a, b]))[0].id == 1
+    assert f.assign(Frame(1, 0, [b, a]))[0].id == 1  # keeps following body 1
+    assert f.assign(Frame(2, 0, [b]))[0].id == 2     # 1 left: switch
+    assert f.assign(Frame(3, 0, [a, b]))[0].id == 2
+    assert f.assign(Frame(4, 0, [])) == [None]
+
+
+def _at(body_id: int, z: float) -> Body:
+    j = random_pose(body_id)
+    return Body(body_id, j - j[0] + np.array([0.0, 0.0, z], np.float32))
+
+
+def test_follow_nearest_with_hysteresis_and_fixed_id():
+    f = Follow("nearest")
+    assert f.assign(Frame(0, 0, [_at(1, 3.0), _at(2, 2.0)]))[0].id == 2
+    assert f.assign(Frame(1, 0, [_at(1, 1.9), _at(2, 2.0)]))[0].id == 2  # 10 cm: stays
+    assert f.assign(Frame(2, 0, [_at(1, 1.5), _at(2, 2.0)]))[0].id == 1  # 50 cm: switches
+    fixed = Follow(7)
+    assert fixed.assign(Frame(0, 0, [_at(1, 1.0)])) == [None]
+    assert fixed.assign(Frame(1, 0, [_at(1, 1.0), _at(7, 4.0)]))[0].id == 7
+
+
+def test_follow_fanout_keeps_slots():
+    f = Follow("first", outputs=2)
+    ids = lambda bodies: [None if b is None else b.id for b in bodies]  # noqa: E731
+    assert ids(f.assign(Frame(0, 0, [_at(4, 2.0)]))) == [4, None]
+    assert ids(f.assign(Frame(1, 0, [_at(5, 2.0), _at(4, 2.0), _at(6, 2.0)]))) == [4, 5]
+    assert ids(f.assign(Frame(2, 0, [_at(5, 2.0), _at(6, 2.0)]))) == [6, 5]  # 4 left: 6 in
+    near = Follow("nearest", outputs=2)
+    assert ids(near.assign(Frame(0, 0, [_at(1, 3.0), _at(2, 2.0), _at(3, 1.0)]))) == [3, 2]
+
+
+def test_follow_query_errors():
+    with pytest.raises(ValueError, match="fanout=0"):
+        follow.from_query({"fanout": ["0"]})
+    with pytest.raises(ValueError, match="cannot fan out"):
+        follow.from_query({"body": ["3"], "fanout": ["2"]})
+    with pytest.raises(ValueError, match="body='tallest'"):
+        follow.from_query({"body": ["tallest"]})
+    with pytest.raises(SinkError, match="fanout='many'"):
+        open_sink("vmc://127.0.0.1:39540?fanout=many", LENGTHS)
+    assert open_sink("vrchat://127.0.0.1?body=12", LENGTHS).follow.mode == 12
+
+
+@pytest.fixture
+def osc_servers():
+    """Three python-osc servers on consecutive UDP ports (for fan-out)."""
+    received: dict[int, list[tuple[str, tuple]]] = {}
+    servers = []
+    for _ in range(50):
+        base = ThreadingOSCUDPServer(("127.0.0.1", 0), Dispatcher())
+        port = base.server_address[1]
+        base.server_close()
+        try:
+            for k in range(3):
+                d = Dispatcher()
+                got = received.setdefault(port + k, [])
+                d.set_default_handler(lambda addr, *args, got=got: got.append((addr, args)))
+                servers.append(ThreadingOSCUDPServer(("127.0.0.1", port + k), d))
+            break
+        except OSError:
+            for srv in servers:
+                srv.server_close()
+            servers, received = [], {}
+    threads = [threading.Thread(target=srv.serve_forever, daemon=True) for srv in servers]
+    for t in threads:
+        t.start()
+    yield port, received
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_vmc_fanout_one_avatar_per_port(osc_servers):
+    port, received = osc_servers
+    sink = open_sink(f"vmc://127.0.0.1:{port}?fanout=3", LENGTHS)
+    a, b = Body(11, random_pose(11)), Body(12, random_pose(12))
+    assert sink.name == f"vmc(127.0.0.1:{port}-{port + 2})"
+    assert sink.send(Frame(0, 0, [a, b]), b"")
+    n = len(vmc.BONE_NAMES) + 3
+    for k in range(2):
+        _wait(received[port + k], n)
+    _wait(received[port + 2], 2)
     sink.close()
+    for k, body in enumerate((a, b)):
+        msgs = dict(received[port + k])
+        assert msgs["/VMC/Ext/OK"] == (1,)
+        hips = [args for addr, args in received[port + k]
+                if addr == "/VMC/Ext/Bone/Pos" and args[0] == "Hips"]
+        np.testing.assert_allclose(hips[0][1:4], vmc.to_unity(body.joints[0]), atol=1e-6)
+    assert dict(received[port + 2])["/VMC/Ext/OK"] == (0,)  # a free avatar: not tracked
+
+
+def test_vrchat_follows_the_chosen_body(osc_servers):
+    port, received = osc_servers
+    sink = open_sink(f"vrchat://127.0.0.1:{port}?body=22", LENGTHS)
+    mine = Body(22, random_pose(22))
+    assert sink.send(Frame(0, 0, [Body(21, random_pose(21))]), b"")  # not there: nothing
+    time.sleep(0.3)
+    assert received[port] == []
+    assert sink.send(Frame(1, 0, [Body(21, random_pose(21)), mine]), b"")
+    msgs = _wait(received[port], 18)
+    sink.close()
+    assert len(msgs) == 18
+    got = dict(msgs)
+    np.testing.assert_allclose(got["/tracking/trackers/1/position"],
+                               vmc.to_unity(mine.joints[0]), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@ VRChat's OSC trackers.
 
 A sink never blocks the Node: ZeroMQ sends are non-blocking with a bounded high-water mark
 (a stalled subscriber loses messages, counted, instead of growing a queue) and OSC goes over
-UDP. The avatar sinks drive one avatar: they follow one body (the first one seen) for as long
-as it stays in the stream, then switch to the next. python-osc rejects numpy scalars, so every
+UDP. An avatar sink drives one avatar per port: the body it follows is chosen with
+``?body=first|nearest|ID`` (default ``first``: the first body seen, for as long as it stays in
+the stream), or ``?fanout=N`` drives N avatars on ports PORT..PORT+N-1, one body each (see
+:mod:`streamtmr.stream.follow`). python-osc rejects numpy scalars, so every
 argument is converted to a Python ``int``/``float``/``str``.
 
 Every sink follows the transport policy of :mod:`streamtmr.stream.security`: clear text on
@@ -18,7 +20,7 @@ import abc
 import logging
 import time
 from collections import Counter
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import zmq
@@ -26,7 +28,7 @@ from pythonosc import osc_bundle_builder, osc_message_builder
 from pythonosc.udp_client import UDPClient
 
 from streamtmr.skeleton import JOINT
-from streamtmr.stream import vmc
+from streamtmr.stream import follow, vmc
 from streamtmr.stream.frame import Body, Frame
 from streamtmr.stream.security import Security
 
@@ -111,30 +113,27 @@ class ZmqPubSink(Sink):
 
 
 class _AvatarSink(Sink):
-    """Common part of the OSC sinks: a UDP client and the choice of the body to drive."""
+    """Common part of the OSC sinks: one UDP client per avatar (``host:port``, then
+    ``port + 1``, … when fanning out) and the choice of the body each avatar follows
+    (:class:`~streamtmr.stream.follow.Follow`: ``?body=first|nearest|ID``, ``?fanout=N``)."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, chooser: follow.Follow | None = None):
         super().__init__()
         self.host, self.port = host, int(port)
+        self.follow = chooser or follow.Follow()
+        n = self.follow.outputs
+        if self.port + n - 1 > 65535:
+            raise SinkError(f"{type(self).__name__}: ports {port}-{self.port + n - 1} "
+                            f"exceed 65535")
         try:
-            self.client = UDPClient(host, self.port)
+            self.clients = [UDPClient(host, self.port + k) for k in range(n)]
         except OSError as e:
             raise SinkError(f"{type(self).__name__}: cannot resolve {host}:{port} ({e})") from None
-        self._body_id: int | None = None
+        self.ports = f"{self.port}" if n == 1 else f"{self.port}-{self.port + n - 1}"
 
-    def pick(self, frame: Frame) -> Body | None:
-        """The body this sink drives: the one followed so far while present, else the first."""
-        if not frame.bodies:
-            return None
-        for b in frame.bodies:
-            if b.id == self._body_id:
-                return b
-        self._body_id = frame.bodies[0].id
-        return frame.bodies[0]
-
-    def _send(self, content) -> bool:
+    def _send(self, client: UDPClient, content) -> bool:
         try:
-            self.client.send(content)
+            client.send(content)
         except OSError as e:
             self.dropped["os_error"] += 1
             log.debug("%s: send failed: %s", self.name, e)
@@ -142,9 +141,10 @@ class _AvatarSink(Sink):
         return True
 
     def close(self) -> None:
-        sock = getattr(self.client, "_sock", None)
-        if sock is not None:
-            sock.close()
+        for client in self.clients:
+            sock = getattr(client, "_sock", None)
+            if sock is not None:
+                sock.close()
 
 
 def _message(address: str, *args: object):
@@ -165,9 +165,9 @@ class VmcSink(_AvatarSink):
     carry the root position. See :mod:`streamtmr.stream.vmc` for axes and rotations."""
 
     def __init__(self, lengths: np.ndarray, host: str = DEFAULT_VMC[0],
-                 port: int = DEFAULT_VMC[1]):
-        super().__init__(host, port)
-        self.name = f"vmc({host}:{port})"
+                 port: int = DEFAULT_VMC[1], chooser: follow.Follow | None = None):
+        super().__init__(host, port, chooser)
+        self.name = f"vmc({host}:{self.ports})"
         self.offsets = vmc.rest_offsets(lengths)
         self._t0 = time.monotonic()
 
@@ -188,7 +188,9 @@ class VmcSink(_AvatarSink):
         return bb.build()
 
     def send(self, frame: Frame, payload: bytes) -> bool:
-        ok = self._send(self.bundle(self.pick(frame)))
+        """One bundle per avatar; an avatar without a body gets ``/VMC/Ext/OK 0``."""
+        bodies = self.follow.assign(frame)
+        ok = all([self._send(c, self.bundle(b)) for c, b in zip(self.clients, bodies)])
         self.sent += ok
         return ok
 
@@ -208,9 +210,10 @@ class VrchatSink(_AvatarSink):
     three floats: world position in metres and Unity Euler angles in degrees (Z, X, Y order).
     Trackers 1–8 are hip, chest, left/right foot, left/right knee, left/right elbow."""
 
-    def __init__(self, host: str = DEFAULT_VRCHAT[0], port: int = DEFAULT_VRCHAT[1]):
-        super().__init__(host, port)
-        self.name = f"vrchat({host}:{port})"
+    def __init__(self, host: str = DEFAULT_VRCHAT[0], port: int = DEFAULT_VRCHAT[1],
+                 chooser: follow.Follow | None = None):
+        super().__init__(host, port, chooser)
+        self.name = f"vrchat({host}:{self.ports})"
 
     def messages(self, body: Body) -> list:
         pos, _, world = vmc.solve(body.joints)
@@ -223,10 +226,9 @@ class VrchatSink(_AvatarSink):
         return out
 
     def send(self, frame: Frame, payload: bytes) -> bool:
-        body = self.pick(frame)
-        if body is None:
-            return True
-        ok = all([self._send(m) for m in self.messages(body)])
+        """The trackers of each avatar's body; an avatar without one gets nothing."""
+        ok = all([self._send(c, m) for c, b in zip(self.clients, self.follow.assign(frame))
+                  if b is not None for m in self.messages(b)])
         self.sent += ok
         return ok
 
@@ -259,7 +261,12 @@ def open_sink(spec: str, lengths: np.ndarray, context: zmq.Context | None = None
     if scheme in ("vmc", "vrchat"):
         host, port = _host_port(spec, DEFAULT_VMC if scheme == "vmc" else DEFAULT_VRCHAT)
         security.check_osc(spec, host)
-        return VmcSink(lengths, host, port) if scheme == "vmc" else VrchatSink(host, port)
+        try:
+            chooser = follow.from_query(parse_qs(urlsplit(spec).query))
+        except ValueError as e:
+            raise SinkError(f"--sink {spec}: {e}") from None
+        return (VmcSink(lengths, host, port, chooser) if scheme == "vmc"
+                else VrchatSink(host, port, chooser))
     raise SinkError(f"--sink {spec!r}: expected zmq://HOST:PORT, vmc://HOST:PORT, "
                     f"vrchat://HOST:PORT or lsl://NAME")
 
