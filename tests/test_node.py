@@ -286,7 +286,8 @@ def test_tcp_loopback_publisher_node_subscriber(engine, n_bodies):
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(f"tcp://127.0.0.1:{out_port}")
-    node = api.Node(source, [sink], engine, config=NodeConfig(leak_guard=False, budget_ms=1000)).start()
+    cfg = NodeConfig(leak_guard=False, budget_ms=1000)
+    node = api.Node(source, [sink], engine, config=cfg).start()
     ids = list(range(10, 10 + n_bodies))
     inputs = {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def naive_ckpt(tmp_path_factory) -> Path:
+    """The naive retarget: no privacy card, and it keeps the source's bone directions."""
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "naive.safetensors",
                            build_model({"method": "naive"}))
+
+
+@pytest.fixture(scope="module")
+def model_ckpt(tmp_path_factory) -> Path:
+    """A copy of the shipped default with its privacy card beside it (bound by SHA-256)."""
+    d = tmp_path_factory.mktemp("carded")
+    src = default_checkpoint_path()
+    shutil.copyfile(src, d / "model.safetensors")
+    shutil.copyfile(src.with_suffix(".json"), d / "model.json")
+    return d / "model.safetensors"
 
 
 def _bone_err(joints):
@@ -42,7 +54,7 @@ def _base(ckpt: Path, port: int) -> list[str]:
             "--sink", f"zmq://127.0.0.1:{port}", "--budget-ms", "1000"]
 
 
-def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys):
+def test_run_synthetic_to_zmq_with_record_and_stats(model_ckpt, tmp_path, capsys):
     probe = zmq.Context.instance().socket(zmq.PUB)
     port = probe.bind_to_random_port("tcp://127.0.0.1")
     probe.close(0)
@@ -65,7 +77,7 @@ def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys
     client.start()
     stats, rec = tmp_path / "stats.json", tmp_path / "anon.stmr"
     # real-time pacing (3 s): the subscriber has time to join before the stream ends
-    argv = [a for a in _base(naive_ckpt, port) if a != "--fast"]
+    argv = [a for a in _base(model_ckpt, port) if a != "--fast"]
     try:
         rc = main([*argv, "--source", "synthetic", "--max-frames", "90",
                    "--record", str(rec), "--stats-json", str(stats)])
@@ -88,14 +100,14 @@ def test_run_synthetic_to_zmq_with_record_and_stats(naive_ckpt, tmp_path, capsys
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/real/ntu_samples")
                     .is_dir(), reason="real NTU samples not found")
-def test_run_replays_ntu(naive_ckpt, tmp_path):
+def test_run_replays_ntu(model_ckpt, tmp_path):
     rec = tmp_path / "ntu.stmr"
     ntu = Path(__file__).resolve().parents[2] / "shared/data/real/ntu_samples"
     sample = sorted(ntu.glob("*.skeleton"))[0]
     port = zmq.Context.instance().socket(zmq.PUB)
     p = port.bind_to_random_port("tcp://127.0.0.1")
     port.close(0)
-    assert main([*_base(naive_ckpt, p), "--source", f"replay:{sample}", "--record",
+    assert main([*_base(model_ckpt, p), "--source", f"replay:{sample}", "--record",
                  str(rec)]) == 0
     frames = list(ReplaySource(rec, realtime=False))
     assert len(frames) > 30 and all(_bone_err(b.joints) < 1e-4 for f in frames for b in f.bodies)
@@ -110,8 +122,8 @@ def test_run_replays_ntu(naive_ckpt, tmp_path):
     (["--dummy", "/nonexistent/dummy.json"], "--dummy"),
     (["--hop", "20"], "--hop"),
 ])
-def test_bad_arguments_are_user_errors(naive_ckpt, capsys, args, needle):
-    base = ["run", "--engine", "torch", "--model", str(naive_ckpt), "--window", "16",
+def test_bad_arguments_are_user_errors(model_ckpt, capsys, args, needle):
+    base = ["run", "--engine", "torch", "--model", str(model_ckpt), "--window", "16",
             "--fast", "--max-frames", "1", "--sink", "tcp://127.0.0.1:*"]
     rc = main(base + args)
     err = capsys.readouterr().err
@@ -127,8 +139,8 @@ def test_malformed_numbers_rejected_by_parser(args, capsys):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="checks the non-Windows error")
-def test_kinect_off_windows(naive_ckpt, capsys):
-    rc = main(["run", "--engine", "torch", "--model", str(naive_ckpt), "--window", "16",
+def test_kinect_off_windows(model_ckpt, capsys):
+    rc = main(["run", "--engine", "torch", "--model", str(model_ckpt), "--window", "16",
                "--source", "kinect", "--sink", "tcp://127.0.0.1:*"])
     err = capsys.readouterr().err
     assert rc == 2 and "synthetic" in err and "zmq://" in err
@@ -148,14 +160,14 @@ def test_default_model_runs(tmp_path):
     assert all(_bone_err(b.joints) < 1e-4 for f in frames for b in f.bodies)
 
 
-def test_sigterm_is_graceful(naive_ckpt, tmp_path):
+def test_sigterm_is_graceful(model_ckpt, tmp_path):
     stats = tmp_path / "stats.json"
     p = zmq.Context.instance().socket(zmq.PUB)
     port = p.bind_to_random_port("tcp://127.0.0.1")
     p.close(0)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamtmr", "run", "--engine", "torch", "--model",
-         str(naive_ckpt), "--window", "16", "--source", "synthetic", "--budget-ms", "1000",
+         str(model_ckpt), "--window", "16", "--source", "synthetic", "--budget-ms", "1000",
          "--sink", f"zmq://127.0.0.1:{port}", "--stats-json", str(stats),
          "--stats-interval", "0.3"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -177,3 +189,39 @@ def test_sigterm_is_graceful(naive_ckpt, tmp_path):
     assert final["counters"]["frames_out"] > 0
     assert json.loads(out.strip().splitlines()[-1])["frames_out"] == final["counters"][
         "frames_out"]
+
+
+def test_model_without_card_is_refused_unless_allowed_then_leak_guard(naive_ckpt, capsys):
+    """The naive retarget has no card (refused, naming --allow-unevaluated); allowed, the leak
+    guard refuses it on the calibration clip: it keeps the source's bone directions."""
+    base = ["run", "--engine", "torch", "--model", str(naive_ckpt), "--window", "16",
+            "--fast", "--max-frames", "1", "--sink", "tcp://127.0.0.1:*"]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "privacy card" in err and "--allow-unevaluated" in err and "Traceback" not in err
+    assert main([*base, "--allow-unevaluated"]) == 2
+    err = capsys.readouterr().err
+    assert "leak guard" in err and "Traceback" not in err
+
+
+def test_pickle_model_refused(tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    assert main(["run", "--model", str(bad), "--max-frames", "1",
+                 "--sink", "tcp://127.0.0.1:*"]) == 2
+    err = capsys.readouterr().err
+    assert "pickle" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared/data/real/ntu_samples")
+                    .is_dir(), reason="real NTU samples not found")
+def test_truncated_replay_is_one_line_error(model_ckpt, tmp_path, capsys):
+    ntu = Path(__file__).resolve().parents[2] / "shared/data/real/ntu_samples"
+    data = sorted(ntu.glob("*.skeleton"))[0].read_bytes()
+    cut = tmp_path / "cut.skeleton"
+    cut.write_bytes(data[:len(data) // 2])
+    rc = main(["run", "--engine", "torch", "--model", str(model_ckpt), "--window", "16",
+               "--fast", "--budget-ms", "1000", "--sink", "tcp://127.0.0.1:*",
+               "--source", f"replay:{cut}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--source" in err and "Traceback" not in err
