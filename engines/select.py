@@ -229,21 +229,26 @@ def open_engine(engine: str = "auto", model: Anonymizer | str | Path | None = No
     from engines.card import CardError, find_card
     from streamtmr.leak_guard import MARGIN_DEG
 
-    path = check_files(model, dummy)
+    # triton://: the server checked its files and sends the card bound to what it serves
+    remote = create_engine(engine, model=model, dummy=dummy, window=window,
+                           max_batch=max_batch, **options) if _is_remote(engine) else None
+    path = None if remote else check_files(model, dummy)
     try:
-        card = find_card(path) if path is not None else None
+        card = remote.card if remote else find_card(path) if path is not None else None
     except (CardError, OSError) as e:
         raise ModelRefused(str(e)) from None
-    what = "the in-memory model" if path is None else str(path)
+    what = remote.url if remote else "the in-memory model" if path is None else str(path)
     if card is None and not allow_unevaluated:
+        if remote:
+            remote.close()
         raise ModelRefused(f"model {what}: no privacy card bound to its weights (see "
                            "engines/card.py); pass --allow-unevaluated to run it anyway "
                            "(every output message is then marked unevaluated)")
     if card is None:
         log.warning("model %s runs WITHOUT a privacy card (--allow-unevaluated): every output "
                     "message is marked \"unevaluated\": true", what)
-    eng = create_engine(engine, model=model, dummy=dummy, window=window, max_batch=max_batch,
-                        device=device, **options)
+    eng = remote or create_engine(engine, model=model, dummy=dummy, window=window,
+                                  max_batch=max_batch, device=device, **options)
     eng.card, eng.unevaluated = card, card is None
     try:
         if warmup:
@@ -259,3 +264,7 @@ def open_engine(engine: str = "auto", model: Anonymizer | str | Path | None = No
         eng.close()
         raise
     return eng
+
+
+def _is_remote(engine: str) -> bool:
+    return str(engine).startswith(TRITON_SCHEME)

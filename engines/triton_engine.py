@@ -125,6 +125,10 @@ class TritonEngine(Engine):
         self.device = f"{info['device']}@{self.target.address}"
         self.precision = str(info["precision"])
         self.streaming = bool(info["streaming"])
+        #: The privacy card of the served weights, as the server found it (None: unevaluated).
+        self.card = info.get("card")
+        self.graph_sha256 = info.get("graph_sha256")  # what the server loaded
+        self.unevaluated = bool(info.get("unevaluated", self.card is None))
         self._spec = {n: (tuple(s["shape"]), np.dtype(s["dtype"]))
                       for n, s in info.get("state", {}).items()}
         self._init = {n: np.frombuffer(base64.b64decode(s["init"]), self._spec[n][1]).reshape(
@@ -169,7 +173,7 @@ class TritonEngine(Engine):
         except EngineError:
             self._close_client()
             raise
-        keys = ("model_sha256", "window", "dummy", "streaming", "state")
+        keys = ("model_sha256", "graph_sha256", "window", "dummy", "streaming", "state")
         if any(info.get(k) != self.info.get(k) for k in keys):
             self._close_client()
             raise EngineError(f"triton {self.target.address}: the server now serves "

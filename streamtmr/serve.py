@@ -12,9 +12,10 @@ Two Triton models are bound:
   [25, 3] and ``state_out.<name>``, the state in its *wire* dtype (``--state-dtype``: float
   state tensors as FP16 halve the bytes per body; integer ones stay as they are). Batch axis 0.
 * ``streamtmr_info`` — one JSON document (:func:`model_info`): model name and SHA-256, method,
-  window, the dummy's bone lengths, the privacy card, the state spec and one body's initial
-  state. Nodes read it on connect and again after every reconnect, so a node never mixes two
-  models and carries the card into its stats.
+  window, the dummy's bone lengths, the privacy card bound to the served weights (found by
+  ``engines.open_engine``; ``unevaluated`` when served with ``--allow-unevaluated``), the state
+  spec and one body's initial state. Nodes read it on connect and again after every
+  reconnect, so a node never mixes two models and carries the card into its stats.
 
 PyTriton 0.7 needs numpy < 2, the project's main environment has numpy 2: the server runs in an
 environment of its own (:func:`serving_python`), its Python backend stub with the running
@@ -73,6 +74,7 @@ class ServeConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     insecure: bool = False
+    allow_unevaluated: bool = False  # serve a model without a privacy card (nodes are told)
 
 
 def check_security(cfg: ServeConfig) -> None:
@@ -141,33 +143,6 @@ def _library_path_for_backend_stub() -> None:
 # What the nodes learn about the model
 # ------------------------------------------------------------------------------------------
 
-def privacy_card(source: Any) -> dict[str, Any]:
-    """The card bound to the served weights: the source's own card when it carries one, else
-    the JSON record next to the checkpoint whose ``sha256`` matches the weights; otherwise
-    ``{"evaluated": False}``."""
-    card = getattr(source, "card", None)
-    if isinstance(card, dict):
-        return card
-    path = _checkpoint_path(source)
-    record_path = path.with_suffix(".json") if path is not None else None
-    if record_path is not None and record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            record = None
-        if isinstance(record, dict) and record.get("sha256") == source.sha256:
-            return {"evaluated": True, **record}
-    return {"evaluated": False, "sha256": source.sha256}
-
-
-def _checkpoint_path(source: Any) -> Path | None:
-    if source.name == "default":
-        from streamtmr.models.checkpoint import default_checkpoint_path
-        return default_checkpoint_path()
-    path = Path(str(source.name))
-    return path if path.is_file() else None
-
-
 def model_info(engine: Any, state_dtype: str, max_batch: int) -> dict[str, Any]:
     """The ``streamtmr_info`` document for ``engine`` (see the module docstring)."""
     src = engine.source
@@ -177,7 +152,10 @@ def model_info(engine: Any, state_dtype: str, max_batch: int) -> dict[str, Any]:
         "dummy": {"name": src.dummy.name,
                   "lengths": np.asarray(src.dummy.lengths, np.float32).tolist()},
         "backend": engine.name, "device": engine.device, "precision": engine.precision,
-        "card": privacy_card(src), "streaming": bool(getattr(engine, "streaming", False))}
+        "graph_sha256": getattr(engine, "graph_sha256", None) or src.sha256,
+        "card": getattr(engine, "card", None),
+        "unevaluated": bool(getattr(engine, "unevaluated", True)),
+        "streaming": bool(getattr(engine, "streaming", False))}
     if info["streaming"]:
         wire = wire_spec(engine.state_spec(), state_dtype)
         init = engine.init_state(1)
@@ -324,13 +302,14 @@ def triton_config(cfg: ServeConfig):
 
 
 def build_engines(cfg: ServeConfig, engine_factory: Any = None) -> list[Any]:
-    """One engine per instance (``engine_factory()`` replaces ``create_engine`` when given)."""
+    """One engine per instance through the guarded door (``engines.open_engine``: file checks,
+    privacy card, leak guard); ``engine_factory()`` replaces it when given."""
     if engine_factory is None:
-        from engines import create_engine
+        from engines import open_engine
 
         def engine_factory():
-            return create_engine(cfg.engine, model=cfg.model, dummy=cfg.dummy,
-                                 window=cfg.window, max_batch=cfg.max_batch)
+            return open_engine(cfg.engine, model=cfg.model, dummy=cfg.dummy, window=cfg.window,
+                               max_batch=cfg.max_batch, allow_unevaluated=cfg.allow_unevaluated)
     engines = [engine_factory() for _ in range(max(1, int(cfg.instances)))]
     for e in engines:
         if getattr(e, "streaming", False):

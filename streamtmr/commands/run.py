@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
                    help="comma-separated: zmq://HOST:PORT (binds a PUB), vmc://HOST:PORT, "
                         "vrchat://HOST:PORT [zmq://127.0.0.1:5556]")
     p.add_argument("--engine", default="auto", help="auto | tensorrt | onnxruntime | "
-                   "onnxruntime-cuda | torch | torch-cuda [auto]")
+                   "onnxruntime-cuda | torch | torch-cuda | triton://HOST:PORT (a `streamtmr "
+                   "serve` server) [auto]")
     p.add_argument("--model", default="default", help="checkpoint or exported model [default]")
     p.add_argument("--dummy", default="default", help="dummy JSON file [default]")
     p.add_argument("--allow-unevaluated", action="store_true",
@@ -100,7 +101,8 @@ def _engine(args: argparse.Namespace):
     from engines import BACKENDS, ModelRefused, open_engine
     from streamtmr.dummy import DummyError
 
-    if args.engine != "auto" and args.engine not in BACKENDS:
+    if args.engine != "auto" and args.engine not in BACKENDS and not (
+            args.engine.startswith("triton://")):  # a `streamtmr serve` server
         raise UserError(f"--engine {args.engine!r}: choose auto or one of {', '.join(BACKENDS)}")
     try:
         return open_engine(args.engine, model=args.model, dummy=args.dummy,

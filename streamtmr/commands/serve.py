@@ -34,6 +34,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--instances", type=int, default=1, help="model instances [1]")
     p.add_argument("--state-dtype", choices=("fp16", "fp32"), default="fp16",
                    help="streaming models: float state on the wire [fp16]")
+    p.add_argument("--allow-unevaluated", action="store_true",
+                   help="serve a model without a privacy card (nodes then need it too)")
     sec = p.add_argument_group("transport security")
     sec.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate")
     sec.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine, model=args.model, dummy=args.dummy, window=args.window,
         max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
         state_dtype=args.state_dtype, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca, insecure=args.insecure)
+        tls_client_ca=args.tls_client_ca, insecure=args.insecure,
+        allow_unevaluated=args.allow_unevaluated)
     try:
         serve.check_security(cfg)
         if serve.pytriton_missing():
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _argv(args: argparse.Namespace) -> list[str]:
     """The parsed options as a command line again (for the re-execution)."""
-    argv = ["--insecure"] if args.insecure else []
+    argv = [f"--{f.replace('_', '-')}" for f in ("insecure", "allow_unevaluated")
+            if getattr(args, f)]
     for name in ("host", "port", "http_port", "metrics_port", "engine", "model", "dummy",
                  "window", "max_batch", "queue_delay_us", "instances", "state_dtype",
                  "tls_cert", "tls_key", "tls_client_ca"):

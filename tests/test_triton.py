@@ -1,0 +1,231 @@
+"""Triton serving on loopback: one ``streamtmr serve`` server (PyTriton, in the serving
+environment) and several nodes. Outputs equal the in-process engine's, Triton's dynamic batcher
+merges the nodes' requests, and a killed server makes the node hold or drop, count, and recover.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed "
+                    "(pip install -e '.[dev]')")
+
+from engines import EngineError, create_engine  # noqa: E402
+from streamtmr import serve, skeleton  # noqa: E402
+from streamtmr.dummy import default_dummy  # noqa: E402
+from streamtmr.stream.frame import Body, Frame  # noqa: E402
+from streamtmr.stream.node import Node, NodeConfig  # noqa: E402
+
+SERVE_PYTHON = serve.serving_python()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(SERVE_PYTHON is None or not SERVE_PYTHON.is_file(), reason=(
+        "no serving environment: .venv-serve/bin/python or $STREAMTMR_SERVE_PYTHON with "
+        "nvidia-pytriton and numpy<2 (.ci/run creates it)")),
+]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``streamtmr serve`` in its own process group (killed as a whole, like a crash)."""
+
+    def __init__(self, log: Path, *extra: str):
+        self.port, self.http, self.metrics = free_port(), free_port(), free_port()
+        self.url = f"triton://127.0.0.1:{self.port}"
+        self.log, self.extra, self.proc = log, extra, None
+
+    def start(self) -> Server:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [str(SERVE_PYTHON), "-m", "streamtmr", "serve", "--port", str(self.port),
+             "--http-port", str(self.http), "--metrics-port", str(self.metrics),
+             "--engine", "onnxruntime", "--queue-delay-us", "2000", *self.extra],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout_s: float = 150.0):
+        """A connected client engine once the server answers (fails with the log's tail)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                return create_engine(f"{self.url}?timeout_ms=5000&retry_ms=100")
+            except EngineError:
+                time.sleep(0.5)
+        pytest.fail(f"server not ready after {timeout_s} s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("triton") / "serve.log").start()
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    engine = server.wait_ready()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def local():
+    return create_engine("onnxruntime", window=64, max_batch=8)
+
+
+def moving_windows(n: int, window: int = 64, seed: int = 0) -> np.ndarray:
+    """People of different sizes waving: [n, window, 25, 3] float32."""
+    rng = np.random.default_rng(seed)
+    pose = default_dummy().rest_pose()
+    t = np.arange(window, dtype=np.float32)[:, None, None] / 30
+    out = []
+    for i in range(n):
+        body = pose * (0.9 + 0.2 * rng.random()) + np.array([0.5 * i, 0, 3.0], np.float32)
+        wave = 0.15 * np.sin(2 * np.pi * (0.3 + 0.2 * rng.random()) * t)
+        body = np.broadcast_to(body, (window, 25, 3)).copy()
+        arm = [skeleton.JOINT[j] for j in ("ElbowRight", "WristRight", "HandRight")]
+        body[:, arm, 1] += wave[:, :, 0]
+        out.append(body)
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+def test_output_equals_the_in_process_engine(client, local):
+    x = moving_windows(5)
+    np.testing.assert_allclose(client.run(x), local.run(x), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(client.run_latest(x[:2], 1), local.run_latest(x[:2], 1),
+                               atol=1e-5, rtol=0)
+
+
+def test_the_privacy_card_and_identity_travel_to_the_node(client, local):
+    d = client.describe()
+    assert d["backend"] == "triton" and d["server"] == client.url.split("?")[0]
+    assert d["model_sha256"] == local.source.sha256
+    assert client.card is not None and client.card["sha256"] == local.source.sha256
+    assert "privacy" in client.card and client.unevaluated is False
+    assert np.allclose(client.dummy_lengths, local.dummy_lengths)
+    node = Node(client, [], NodeConfig(budget_ms=5000))
+    try:
+        stats = node.stats()
+    finally:
+        node.close()
+    assert stats["card"]["sha256"] == local.source.sha256
+    assert stats["engine"]["server"].startswith("triton://127.0.0.1:")
+
+
+def test_client_refuses_bad_urls_and_clear_text_over_the_network():
+    for url in ("triton://", "triton://127.0.0.1", "triton://127.0.0.1:1?colour=red"):
+        with pytest.raises(ValueError):
+            create_engine(url)
+    with pytest.raises(ValueError, match="clear text"):
+        create_engine("triton://192.0.2.1:8001")
+    cfg = serve.ServeConfig(host="0.0.0.0")
+    with pytest.raises(serve.ServeError, match="--insecure"):
+        serve.check_security(cfg)
+    serve.check_security(serve.ServeConfig(host="0.0.0.0", insecure=True))
+
+
+def test_a_server_serving_another_window_is_refused(client, server):
+    with pytest.raises(EngineError, match="window 64"):
+        create_engine(server.url, window=32)
+
+
+def run_node(url: str, stats: Path, frames: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamtmr", "run", "--engine", url, "--source", "synthetic",
+         "--fast", "--max-frames", str(frames), "--budget-ms", "2000", "--stats-json",
+         str(stats), "--sink", f"zmq://127.0.0.1:{free_port()}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_three_node_processes_are_batched_together(client, server, tmp_path):
+    before = serve.statistics(server.metrics)
+    nodes = [run_node(server.url, tmp_path / f"node{i}.json", 150) for i in range(3)]
+    logs = [p.communicate(timeout=180)[0] for p in nodes]
+    after = serve.statistics(server.metrics)
+    for p, log in zip(nodes, logs):
+        assert p.returncode == 0, log[-2000:]
+    for i in range(3):
+        s = json.loads((tmp_path / f"node{i}.json").read_text())
+        assert s["counters"].get("engine_errors", 0) == 0
+        assert s["counters"]["bodies_out"] > 0
+        assert s["card"]["sha256"] == client.source.sha256
+    requests = after["requests"] - before["requests"]
+    executions = after["executions"] - before["executions"]
+    assert requests >= 3 * 100
+    assert requests / executions > 1.0, (requests, executions)
+
+
+def person_frame(seq: int) -> Frame:
+    pose = default_dummy().rest_pose() * 1.1 + np.array([0, 0, 3.0], np.float32)
+    pose[skeleton.JOINT["WristRight"], 1] += 0.2 * np.sin(seq / 5)
+    return Frame(seq, int(seq * 1e9 / 30), [Body(1, pose.astype(np.float32))], "test")
+
+
+def test_killed_server_holds_counts_and_recovers(server, tmp_path):
+    engine = server.wait_ready()
+    node = Node(engine, [], NodeConfig(budget_ms=3000, overrun="hold", hold_ms=60_000,
+                                       gap_ms=60_000))
+    seq = 0
+    try:
+        for _ in range(5):
+            seq += 1
+            out = node.step(person_frame(seq))
+        assert out and out[0].bodies
+        last = out[0].bodies[0].joints.copy()
+        server.kill()
+        errors = node.stats()["counters"].get("engine_errors", 0)
+        for _ in range(3):
+            seq += 1
+            for f in node.step(person_frame(seq)):  # held frames or nothing, never raw
+                for b in f.bodies:
+                    np.testing.assert_array_equal(b.joints, last)
+        assert node.stats()["counters"].get("engine_errors", 0) > errors
+        assert engine.errors > 0
+        server.start()
+        server.wait_ready().close()
+        deadline = time.monotonic() + 30
+        while engine.reconnects == 0 and time.monotonic() < deadline:
+            seq += 1
+            node.step(person_frame(seq))
+            time.sleep(0.05)
+        assert engine.reconnects >= 1
+        before = node.stats()["counters"].get("engine_errors", 0)
+        fresh = []
+        for _ in range(3):
+            seq += 1
+            fresh += node.step(person_frame(seq))
+        assert node.stats()["counters"].get("engine_errors", 0) == before
+        assert any(not np.array_equal(b.joints, last) for f in fresh for b in f.bodies)
+    finally:
+        node.close()
+        engine.close()
