@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from streamtmr.commands import UserError
@@ -19,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "same shape as the input) or .npz (one array per input). Long sequences "
                     "go through overlapping windows stitched by cross-fading.")
     p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True, help=".npy or .npz")
+    p.add_argument("--output", type=Path, required=True,
+                   help=".npy, .npz or .bvh (one BVH file per body: x.bvh, or x_body0.bvh, "
+                        "x_body1.bvh, … when there are several)")
     p.add_argument("--model", default=None,
                    help="checkpoint or exported .onnx (default: the shipped model)")
     p.add_argument("--dummy", default=None, help="dummy JSON file (default: the shipped dummy)")
@@ -30,11 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hop", type=int, default=None, help="frames between windows (default T/2)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the engine")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-unevaluated", action="store_true",
+                   help="run a model without a privacy card (logged)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines import BackendUnavailable, EngineError, create_engine
+    from engines import BackendUnavailable, EngineError, open_engine
+    from streamtmr.bvh import anonymize_to_bvh
     from streamtmr.data.ntu import NTUFormatError
     from streamtmr.dummy import DummyError
     from streamtmr.models.checkpoint import CheckpointError
@@ -43,16 +49,30 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     options = {} if args.threads is None else {"threads": args.threads}
+    if not args.output.parent.is_dir():
+        raise UserError(f"--output {args.output}: folder {args.output.parent} does not exist")
     try:
-        engine = create_engine(args.engine, model=args.model, dummy=args.dummy,
-                               window=args.window, max_batch=args.batch, **options)
-        report = anonymize_file(engine, args.input, args.output, hop=args.hop,
-                                progress=not args.no_progress)
+        engine = open_engine(args.engine, model=args.model, dummy=args.dummy,
+                             window=args.window, max_batch=args.batch,
+                             allow_unevaluated=args.allow_unevaluated, **options)
+        if args.output.suffix.lower() == ".bvh":
+            report, bodies = anonymize_to_bvh(engine, args.input, args.output, hop=args.hop,
+                                              progress=not args.no_progress)
+        else:
+            report, bodies = anonymize_file(engine, args.input, args.output, hop=args.hop,
+                                            progress=not args.no_progress), []
     except (CheckpointError, DummyError, NTUFormatError, FileNotFoundError, ValueError,
             TypeError, BackendUnavailable, EngineError) as e:
         raise UserError(str(e)) from None
     d = engine.describe()
+    if report.substituted:
+        print(f"warning: {len(report.substituted)} window(s) gave non-finite or invalid output "
+              f"and were replaced by the neighbouring output: {', '.join(report.substituted[:8])}"
+              + (" ..." if len(report.substituted) > 8 else ""), file=sys.stderr)
     print(f"wrote {report.output}: {report.sequences} sequence(s), {report.frames} frames in "
           f"{report.seconds:.2f} s ({report.frames_per_second:,.0f} frames/s) with "
           f"{d['backend']} on {d['device']} ({d['method']}, window {d['window']})")
+    if len(bodies) > 1:
+        for name, path in bodies:
+            print(f"  {path.name}: {name}")
     return 0
