@@ -8,16 +8,16 @@ import torch
 from streamtmr import skeleton
 from streamtmr.dummy import default_dummy
 from streamtmr.eval.attackers import (
+    AttackerTraining,
     LinkageAttacker,
     SkeletonClassifier,
-    TrainConfig,
     linkage_report,
     make_pairs,
     probe_accuracy,
 )
 
 torch.set_num_threads(1)
-TINY = TrainConfig(width=8, epochs=12, batch=32, lr=5e-3)
+TINY = AttackerTraining(width=8, epochs=12, batch=32, lr=5e-3)
 
 
 def _toy(n_per: int = 24, subjects: int = 3, seed: int = 0):
@@ -60,7 +60,7 @@ def test_classifier_rejects_mismatched_labels():
 def test_linkage_attacker_verifies_toy_subjects():
     x, subj, _ = _toy()
     xt, st, _ = _toy(seed=1)
-    att = LinkageAttacker(TrainConfig(width=8, epochs=10, batch=32, lr=5e-3),
+    att = LinkageAttacker(AttackerTraining(width=8, epochs=10, batch=32, lr=5e-3),
                           pairs_per_epoch=256).fit(x, subj)
     rep = att.evaluate(xt, st, n_pairs=200)
     assert rep["auc"] >= 0.8

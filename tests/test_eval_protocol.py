@@ -126,10 +126,10 @@ def test_oracles_read_the_ground_truth_and_are_attacked_adaptively(store):
     array), they get retrained (adaptive) attackers like any anonymizer, and every method
     reports MPJPE to the frame-aligned target_sync."""
     from streamtmr.eval import suite
-    from streamtmr.eval.attackers import TrainConfig
+    from streamtmr.eval.attackers import AttackerTraining
 
     cfg = protocol.EvalConfig(window=16, train_stride=16, gap_sequences=1, linkage_pairs=40,
-                              attacker=TrainConfig(width=8, epochs=1))
+                              attacker=AttackerTraining(width=8, epochs=1))
     data = protocol.load_store(store, cfg)
     assert {"target", "target_sync"} <= set(data.test)
     cands = suite.oracle_candidates(data.test)

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import tempfile
-import time
 from pathlib import Path
 
 from streamtmr.commands import UserError
-
-METHODS = ("original", "naive", "noise", "tmr", "pmr", "dmr", "moon-resnet", "moon-ae")
-log = logging.getLogger(__name__)
+from streamtmr.models.registry import available
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "on the anonymized data), plus reconstruction and physical metrics. "
                     "Writes results.json and results.md (and plots) to --out.")
     p.add_argument("--data", type=Path, help="SynthKinect store (with splits in meta.json)")
-    p.add_argument("--method", choices=METHODS, help="evaluate one method (with 'original')")
+    p.add_argument("--method", choices=["original", *available()],
+                   help="evaluate one method (with 'original')")
     p.add_argument("--checkpoint", type=Path, help="checkpoint of --method (learned methods; "
                    "default: the shipped model if it is of that method)")
     p.add_argument("--sigma", type=float, default=0.05, help="σ (m) of --method noise")
@@ -95,122 +90,46 @@ def _sigmas(text: str) -> tuple[float, ...]:
     return values
 
 
-def _candidates(args, suite, arrays=()):
-    from streamtmr.models.checkpoint import default_checkpoint_path, read_metadata
+def _request(args: argparse.Namespace):
+    from streamtmr.eval.runner import EvalRequest
 
-    if args.all:
-        cands = suite.oracle_candidates(arrays) + suite.baseline_candidates(_sigmas(args.sigmas))
-        cands += suite.default_candidate()
-        for models in args.models or ():
-            cands += suite.read_model_list(models, args.study_out)
-        if args.runs and args.runs.is_dir():
-            cands += suite.find_checkpoints(args.runs)
-        return cands
-    if args.models and args.method is None:
-        return [c for models in args.models for c in suite.read_model_list(models,
-                                                                            args.study_out)]
-    if args.method is None:
-        raise UserError("give --method, --models or --all")
-    if args.method == "original":
-        return []
-    if args.method == "naive":
-        return [suite.Candidate("naive", {"method": "naive"})]
-    if args.method == "noise":
-        return [suite.Candidate(f"noise σ={args.sigma:g}",
-                                {"method": "noise", "sigma": args.sigma})]
-    ckpt = args.checkpoint
-    if ckpt is None:
-        default = default_checkpoint_path()
-        if not default.is_file() or read_metadata(default)[0].get("method") != args.method:
-            raise UserError(f"--method {args.method} needs --checkpoint (the shipped default "
-                            "is missing or of another method)")
-        ckpt = default
-    return [suite.Candidate(args.method, checkpoint=ckpt)]
+    methods = (None if args.methods is None else
+               [n.strip() for n in args.methods.split(",") if n.strip()])
+    return EvalRequest(
+        data=args.data, method=args.method, checkpoint=args.checkpoint, sigma=args.sigma,
+        all=args.all, models=list(args.models or ()), study_out=args.study_out,
+        methods=methods, cache=args.cache, no_cache=args.no_cache, runs=args.runs,
+        sigmas=_sigmas(args.sigmas), utkinect=args.utkinect, utk_studies=args.utk_studies,
+        utk_epochs=args.utk_epochs, out=args.out, report=args.report, quick=args.quick,
+        window=args.window, epochs=args.epochs, width=args.width, tsne=args.tsne,
+        device=args.device, seed=args.seed, command=_command(args))
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from streamtmr.data.store import StoreError
-    from streamtmr.eval import protocol, report, suite
-    from streamtmr.eval.attackers import TrainConfig
+    from streamtmr.data.utkinect import UTKFormatError
+    from streamtmr.eval import suite
+    from streamtmr.eval.protocol import ProtocolError
+    from streamtmr.eval.runner import run_evaluation
     from streamtmr.models.checkpoint import CheckpointError
 
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    if args.data is None and not args.quick:
-        raise UserError("give --data STORE (or --quick)")
-    quick = args.quick
-    attacker = TrainConfig(width=args.width or (16 if quick else 48),
-                           epochs=args.epochs or (4 if quick else 30),
-                           seed=args.seed, device=args.device)
-    cfg = protocol.EvalConfig(window=args.window or (32 if quick else 64),
-                              train_stride=16 if quick else 32, attacker=attacker,
-                              linkage_pairs=400 if quick else 2000,
-                              gap_sequences=2 if quick else 6, seed=args.seed)
-    t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="streamtmr-eval-") as tmp:
-        data_path = args.data
-        if quick and data_path is None:
-            from streamtmr.data.synth import generate
-            data_path = generate(Path(tmp) / "synth", n_subjects=9, n_actions=4, reps=2,
-                                 seed=args.seed, progress=False)
-        try:
-            data = protocol.load_store(data_path, cfg)
-            candidates = suite.unique_candidates(_candidates(args, suite, data.test))
-            if args.methods is not None:
-                candidates = suite.select(candidates, [n.strip() for n in
-                                                       args.methods.split(",") if n.strip()])
-            methods = [suite.build(c, data.dummy, str(data_path), data.info["eval_subjects"])
-                       for c in candidates]
-        except (StoreError, protocol.ProtocolError, CheckpointError, KeyError) as e:
-            raise UserError(str(e)) from None
-        print(f"evaluating {', '.join(['original'] + [m.name for m in methods])} on "
-              f"{data.info['train_windows']} / {data.info['test_windows']} windows of "
-              f"{len(data.info['eval_subjects'])} unseen subjects")
-        cache = None if args.no_cache else suite.ResultCache(args.cache or args.out / "cache",
-                                                             cfg, data_path)
-        results = protocol.run_protocol(data, methods, cfg, cache)
-        if cache is not None:
-            print(f"cache {cache.root}: {len(cache.hits)} read back"
-                  + (f" ({', '.join(cache.hits)})" if cache.hits else "")
-                  + f", {len(cache.stored)} stored")
-        if args.utkinect:
-            from streamtmr.data.utkinect import UTKFormatError
-            from streamtmr.eval.realdata import evaluate_utkinect
-            # Real-data transfer of the shipped default and the methods compared with it; the
-            # study runs (ablations, sweeps) too with --utk-studies.
-            real = [m for m in methods if not m.name.startswith("noise") and m.oracle is None
-                    and (args.utk_studies or not m.info.get("groups"))]
-            try:
-                utk = TrainConfig(**{**attacker.as_dict(), "epochs": args.utk_epochs})
-                results["utkinect"] = evaluate_utkinect(args.utkinect, real, utk)
-            except (UTKFormatError, ValueError) as e:
-                raise UserError(str(e)) from None
-        results["machine"] = report.machine()
-        results["command"] = _command(args)
-        results["seconds"] = round(time.time() - t0, 1)
-
-        out = args.out
-        img_dir = args.report.parent / "img" if args.report else out / "img"
-        images = suite.plot_sweeps(results, img_dir)
-        if args.tsne:
-            for m in methods:  # the compared models; study runs are summarised in tables
-                if m.model is not None and not m.info.get("groups"):
-                    images += suite.tsne_plots(m, data, img_dir)
-        results["images"] = [str(p) for p in images]
-        report.write_json(results, out / "results.json")
-        base = args.report.parent if args.report else out
-        text = report.document(results, [os.path.relpath(p, base) for p in images])
-        (out / "results.md").write_text(text)
-        if args.report:
-            report.update_report(args.report, text)
+    request = _request(args)
+    try:
+        results = run_evaluation(request)
+    except (StoreError, ProtocolError, CheckpointError, UTKFormatError) as e:
+        raise UserError(str(e)) from None
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
     for line in suite.summary_lines(results):
         print(line)
     c = results["chance"]
     print(f"chance: re-ID {100 * c['reid_top1']:.1f}%, action {100 * c['action_top1']:.1f}%, "
           "linkage AUC 0.50")
+    out, rep = request.out, request.report
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}"
-          + (f", updated {args.report}" if args.report else "")
-          + f" ({results['seconds']:.0f} s)")
+          + (f", updated {rep}" if rep else "") + f" ({results['seconds']:.0f} s)")
     return 0

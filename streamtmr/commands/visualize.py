@@ -7,8 +7,7 @@ import argparse
 from pathlib import Path
 
 from streamtmr.commands import UserError
-
-METHODS = ("naive", "noise", "tmr", "pmr", "dmr", "moon-resnet", "moon-ae")
+from streamtmr.models.registry import available
 
 
 def _input_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "window ending at every frame) and render it next to the original, with "
                     "the same camera and limits.")
     _input_args(c)
-    c.add_argument("--method", choices=METHODS, default=None,
+    c.add_argument("--method", choices=available(), default=None,
                    help="baseline or method of --checkpoint (default: the shipped model)")
     c.add_argument("--checkpoint", type=Path, default=None)
     c.add_argument("--sigma", type=float, default=0.05, help="σ of --method noise (m)")
@@ -75,16 +74,17 @@ def run_compare(args: argparse.Namespace) -> int:
 
     from streamtmr.dummy import DummyError, resolve_dummy
     from streamtmr.eval.protocol import make_anonymizer, method_from_model, streamed_newest
+    from streamtmr.eval.suite import untrained_candidate
     from streamtmr.models.checkpoint import CheckpointError, load_checkpoint, resolve_model
-    from streamtmr.models.registry import build_model
+    from streamtmr.models.registry import build_model, entry
 
     seq = _load(args)
     try:
         dummy = resolve_dummy(args.dummy)
         if args.checkpoint is not None:
             model = load_checkpoint(args.checkpoint)
-        elif args.method in ("naive", "noise"):
-            model = build_model({"method": args.method, "sigma": args.sigma})
+        elif args.method is not None and not entry(args.method).learned:
+            model = build_model(untrained_candidate(args.method, args.sigma).config)
         elif args.method is None:
             model = resolve_model("default")
         else:

@@ -30,7 +30,7 @@ from streamtmr.eval import metrics
 
 
 @dataclass
-class TrainConfig:
+class AttackerTraining:
     """Size and schedule of an attacker (defaults: a strong attacker; tests shrink them)."""
 
     width: int = 48
@@ -42,6 +42,7 @@ class TrainConfig:
     dropout: float = 0.2
     seed: int = 0
     device: str = "cpu"
+    arch: str = "sgn"             # backbone: one of ARCHITECTURES
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +163,21 @@ class SkeletonNet(nn.Module):
         return self.fuse(torch.cat([m, self.shape(static)], dim=-1))
 
 
+#: Attacker backbones by name: the SGN-style network and the temporal transformer
+#: (:mod:`streamtmr.eval.attackers_temporal`).
+ARCHITECTURES = ("sgn", "transformer")
+
+
+def backbone(cfg) -> nn.Module:
+    """The backbone ``cfg.arch`` names, of ``cfg.width`` and ``cfg.dropout``."""
+    from streamtmr.eval.attackers_temporal import TemporalTransformerNet
+
+    nets = dict(zip(ARCHITECTURES, (SkeletonNet, TemporalTransformerNet), strict=True))
+    if cfg.arch not in nets:
+        raise ValueError(f"attacker arch {cfg.arch!r}: choose from {', '.join(ARCHITECTURES)}")
+    return nets[cfg.arch](cfg.width, cfg.dropout)
+
+
 def _batches(n: int, batch: int, gen: torch.Generator | None):
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
     for i in range(0, n, batch):
@@ -199,8 +215,8 @@ class SkeletonClassifier:
     """Multi-head window classifier. ``fit(x, {"subject": labels})`` or several heads at once
     (e.g. ``{"sex": ..., "age_group": ...}``). Labels may be any hashable values."""
 
-    def __init__(self, config: TrainConfig | None = None):
-        self.config = config or TrainConfig()
+    def __init__(self, config: AttackerTraining | None = None):
+        self.config = config or AttackerTraining()
         self.net: SkeletonNet | None = None
         self.heads: nn.ModuleDict | None = None
         self.classes: dict[str, np.ndarray] = {}
@@ -216,7 +232,7 @@ class SkeletonClassifier:
                 raise ValueError(f"head {name!r}: {len(y)} labels for {len(feats)} windows")
             self.classes[name], inv = np.unique(y, return_inverse=True)
             targets[name] = torch.as_tensor(inv, dtype=torch.long, device=cfg.device)
-        self.net = SkeletonNet(cfg.width, cfg.dropout).to(cfg.device)
+        self.net = backbone(cfg).to(cfg.device)
         self.net.set_input_stats(feats.motion, feats.static)
         self.heads = nn.ModuleDict({n: nn.Linear(self.net.dim, len(c))
                                     for n, c in self.classes.items()}).to(cfg.device)
@@ -341,8 +357,8 @@ def linkage_report(scores: np.ndarray, same: np.ndarray, threshold: float = 0.5)
 class LinkageAttacker:
     """Siamese verifier trained on balanced same/different-subject pairs of windows."""
 
-    def __init__(self, config: TrainConfig | None = None, pairs_per_epoch: int | None = None):
-        self.config = config or TrainConfig()
+    def __init__(self, config: AttackerTraining | None = None, pairs_per_epoch: int | None = None):
+        self.config = config or AttackerTraining()
         self.pairs_per_epoch = pairs_per_epoch
         self.net: SkeletonNet | None = None
         self.head: PairHead | None = None

@@ -38,9 +38,9 @@ from streamtmr.data.store import SkeletonStore
 from streamtmr.dummy import Dummy, default_dummy
 from streamtmr.eval import metrics
 from streamtmr.eval.attackers import (
+    AttackerTraining,
     LinkageAttacker,
     SkeletonClassifier,
-    TrainConfig,
     make_pairs,
     probe_accuracy,
 )
@@ -63,7 +63,7 @@ class EvalConfig:
     test_view: int = 0            # view index held out for testing
     test_rep: int = 0             # repetition held out for testing (None: view split only)
     split: str = "view+rep"       # or "view"
-    attacker: TrainConfig = field(default_factory=TrainConfig)
+    attacker: AttackerTraining = field(default_factory=AttackerTraining)
     linkage_epochs: int | None = None  # default: attacker.epochs
     linkage_pairs: int = 2000
     gap_sequences: int = 6        # sequences for the streamed-vs-offline gap
@@ -275,7 +275,7 @@ def train_attackers(x: np.ndarray, labels: dict[str, np.ndarray], cfg: EvalConfi
     reid = SkeletonClassifier(ac).fit(x, {"subject": labels["subject"]})
     attrs = _attributes(labels)
     attributes = SkeletonClassifier(ac).fit(x, attrs) if attrs else None
-    lc = TrainConfig(**{**ac.as_dict(), "epochs": cfg.linkage_epochs or ac.epochs})
+    lc = AttackerTraining(**{**ac.as_dict(), "epochs": cfg.linkage_epochs or ac.epochs})
     linkage = LinkageAttacker(lc).fit(x, labels["subject"])
     action = SkeletonClassifier(ac).fit(x, {"action": labels["action"]})
     log.info("trained attackers on %d windows in %.0f s", len(x), time.time() - t0)

@@ -18,7 +18,7 @@ import numpy as np
 from streamtmr.data.utkinect import ACTIONS, read_utkinect
 from streamtmr.data.windows import crop, sliding_windows
 from streamtmr.eval import metrics
-from streamtmr.eval.attackers import SkeletonClassifier, TrainConfig
+from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier
 from streamtmr.eval.protocol import Method, make_anonymizer
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def utkinect_windows(root: str | Path, window: int = 32, stride: int = 4
     return out
 
 
-def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: TrainConfig,
+def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: AttackerTraining,
                       window: int = 32, stride: int = 4, batch: int = 64) -> dict[str, Any]:
     """Re-ID and action accuracy before and after each method (plus ``original``)."""
     data = utkinect_windows(root, window, stride)

@@ -61,11 +61,17 @@ class Candidate:
     reference: bool = False
 
 
+def untrained_candidate(method: str, sigma: float = 0.05) -> Candidate:
+    """A method built from its config alone (no checkpoint); noise at σ ``sigma`` metres."""
+    if method == "noise":
+        return Candidate(f"noise σ={sigma:g}", {"method": "noise", "sigma": float(sigma)})
+    return Candidate(method, {"method": method})
+
+
 def baseline_candidates(sigmas: tuple[float, ...] = DEFAULT_SIGMAS, naive: bool = True
                         ) -> list[Candidate]:
-    out = [Candidate("naive", {"method": "naive"})] if naive else []
-    out += [Candidate(f"noise σ={s:g}", {"method": "noise", "sigma": float(s)}) for s in sigmas]
-    return out
+    out = [untrained_candidate("naive")] if naive else []
+    return out + [untrained_candidate("noise", s) for s in sigmas]
 
 
 def read_model_list(path: str | Path, study_out: str | Path | None = None) -> list[Candidate]:
