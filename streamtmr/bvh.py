@@ -127,7 +127,8 @@ def write(path: str | Path, joints: np.ndarray, lengths: np.ndarray, fps: float 
         raise ValueError(f"{path}: expected a sequence [T, 25, 3], got {list(joints.shape)}")
     text, order = hierarchy(lengths)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
     path.write_text(f"{text}\n{motion(joints, order, fps)}\n")
     return path
 
@@ -150,10 +151,12 @@ def anonymize_to_bvh(engine, input: str | Path, output: str | Path, hop: int | N
 
     loaded = load_sequences(input)
     t0 = time.perf_counter()
-    result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress)
+    substituted: list[str] = []
+    result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
+                                 substituted=substituted)
     seconds = time.perf_counter() - t0
     paths = body_paths(output, len(result))
     for path, seq in zip(paths, result, strict=True):
         write(path, seq, engine.dummy_lengths)
-    report = Report(len(result), sum(len(s) for s in result), seconds, paths[0])
+    report = Report(len(result), sum(len(s) for s in result), seconds, paths[0], substituted)
     return report, list(zip(loaded.names, paths, strict=True))
