@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +86,39 @@ def _check_sequence(seq: np.ndarray, where: str) -> np.ndarray:
     return seq
 
 
+def checked_windows(outputs: np.ndarray, starts: np.ndarray, where: str,
+                    substituted: list[str] | None = None) -> np.ndarray:
+    """Check each anonymized window like the node checks each body: finite and within the wire
+    format's range. A bad window is replaced by the nearest good window of the same sequence
+    (reported in ``substituted`` as ``"WHERE window at frame S"``); a sequence without any good
+    window is an error naming it. Never lets a NaN through to the stitched output."""
+    from streamtmr.stream.wire import MAX_ABS_COORD
+
+    flat = outputs.reshape(len(outputs), -1)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(flat).all(axis=1) & (np.abs(flat).max(axis=1, initial=0) <= MAX_ABS_COORD)
+    if ok.all():
+        return outputs
+    good = np.flatnonzero(ok)
+    if not len(good):
+        raise ValueError(f"{where}: every window gave non-finite or out-of-range output "
+                         "(degenerate input, e.g. collapsed tracking?)")
+    outputs = outputs.copy()
+    for w in np.flatnonzero(~ok):
+        outputs[w] = outputs[good[np.argmin(np.abs(good - w))]]
+        if substituted is not None:
+            substituted.append(f"{where} window at frame {int(starts[w])}")
+    return outputs
+
+
 def anonymize_sequences(engine, sequences: Sequence[np.ndarray], hop: int | None = None,
                         chunk_windows: int | None = None, progress: bool = False,
-                        ) -> list[np.ndarray]:
+                        substituted: list[str] | None = None) -> list[np.ndarray]:
     """Anonymize sequences ``[L_i, 25, 3]`` (any lengths) → the same shapes, float32.
 
     ``engine`` is an :class:`engines.Engine`; windows of several sequences share engine calls
-    in chunks of ``chunk_windows`` (default ``16 × max_batch``).
+    in chunks of ``chunk_windows`` (default ``16 × max_batch``). Every window's output is
+    checked (:func:`checked_windows`); substitutes are listed in ``substituted``.
     """
     T = engine.window
     hop = default_hop(T) if hop is None else int(hop)
@@ -130,8 +156,11 @@ def anonymize_sequences(engine, sequences: Sequence[np.ndarray], hop: int | None
                 k = 0
                 for j in group:
                     w = len(plans[j])
-                    results[j] = stitch(outputs[k:k + w], plans[j], len(seqs[j]),
-                                        engine.dummy_lengths)
+                    out = checked_windows(outputs[k:k + w], plans[j], f"sequence {j}",
+                                          substituted)
+                    results[j] = stitch(out, plans[j], len(seqs[j]), engine.dummy_lengths)
+                    if not np.isfinite(results[j]).all():
+                        raise ValueError(f"sequence {j}: non-finite output after stitching")
                     k += w
                     if bar is not None:
                         bar.advance(task, len(seqs[j]))
@@ -218,8 +247,9 @@ def save_sequences(path: str | Path, loaded: Loaded, sequences: list[np.ndarray]
     """Write anonymized ``sequences`` (in ``loaded``'s order) as ``.npy`` or ``.npz``."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
     if suffix == ".npz":
-        path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **dict(zip(loaded.names, sequences, strict=True)))
         return path
     if suffix != ".npy":
@@ -229,7 +259,6 @@ def save_sequences(path: str | Path, loaded: Loaded, sequences: list[np.ndarray]
         raise ValueError(f"{path}: the sequences have different lengths ({lengths[0]} to "
                          f"{lengths[-1]} frames); write an .npz output (one array per input)")
     arr = sequences[0] if loaded.stacked == 3 else np.stack(sequences)
-    path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, arr.astype(np.float32, copy=False))
     return path
 
@@ -240,6 +269,7 @@ class Report:
     frames: int
     seconds: float
     output: Path
+    substituted: list[str] = field(default_factory=list)  # windows replaced (bad output)
 
     @property
     def frames_per_second(self) -> float:
@@ -257,7 +287,16 @@ def anonymize_file(engine, input: str | Path, output: str | Path, hop: int | Non
         raise ValueError(f"{input}: the sequences have different lengths; write an .npz "
                          f"output (one array per input) instead of {out.name}")
     t0 = time.perf_counter()
-    result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress)
+    substituted: list[str] = []
+    result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
+                                 substituted=substituted)
     seconds = time.perf_counter() - t0
+    named = [s.replace(f"sequence {i} ", f"{n} ", 1) for s in substituted
+             for i, n in [_index_of(s, loaded.names)]]
     save_sequences(out, loaded, result)
-    return Report(len(result), sum(len(s) for s in result), seconds, out)
+    return Report(len(result), sum(len(s) for s in result), seconds, out, named)
+
+
+def _index_of(where: str, names: list[str]) -> tuple[int, str]:
+    i = int(where.split()[1])
+    return i, names[i]

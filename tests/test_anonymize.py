@@ -121,7 +121,8 @@ def test_anonymize_cli_on_npy(tmp_path, capsys):
     src, dst = tmp_path / "in.npy", tmp_path / "out.npy"
     np.save(src, x.astype(np.float64))
     code = cli.main(["anonymize", "--input", str(src), "--output", str(dst), "--model",
-                     str(ckpt), "--engine", "onnxruntime", "--batch", "4", "--no-progress"])
+                     str(ckpt), "--engine", "onnxruntime", "--batch", "4", "--no-progress",
+                     "--allow-unevaluated"])
     assert code == 0 and "frames/s" in capsys.readouterr().out
     y = np.load(dst)
     assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
@@ -134,7 +135,7 @@ def test_anonymize_cli_on_npy(tmp_path, capsys):
     bad[1, 10, 3, 0] = np.nan
     np.save(src, bad)
     assert cli.main(["anonymize", "--input", str(src), "--output", str(dst), "--model",
-                     str(ckpt), "--no-progress"]) == 2
+                     str(ckpt), "--no-progress", "--allow-unevaluated"]) == 2
     assert "in.npy[1]" in capsys.readouterr().err
 
 
@@ -142,9 +143,9 @@ def test_anonymize_cli_on_real_ntu(tmp_path, capsys):
     files = sorted(NTU.glob("*.skeleton"))
     if not files:
         pytest.skip(f"no NTU samples in {NTU}")
-    ckpt = save_checkpoint(tmp_path / "naive.safetensors", tiny("naive"))
+    ckpt = save_checkpoint(tmp_path / "tmr.safetensors", tiny("tmr"))
     common = ["--model", str(ckpt), "--engine", "onnxruntime", "--window", "32",
-              "--no-progress"]
+              "--no-progress", "--allow-unevaluated"]
     one = tmp_path / "one.npy"
     assert cli.main(["anonymize", "--input", str(files[0]), "--output", str(one), *common]) == 0
     source = load_sequences(files[0]).sequences[0]
@@ -160,3 +161,44 @@ def test_anonymize_cli_on_real_ntu(tmp_path, capsys):
     assert cli.main(["anonymize", "--input", str(NTU), "--output", str(tmp_path / "x.npy"),
                      *common]) == 2
     assert ".npz" in capsys.readouterr().err
+
+
+def test_anonymize_cli_model_checks_and_missing_output_folder(tmp_path, capsys):
+    """The model-file checks of `run` hold for `anonymize` (one guarded open_engine), and an
+    output into a missing folder is an error, not a silently created tree."""
+    src = tmp_path / "in.npy"
+    np.save(src, motion(40)[None])
+    pickled = tmp_path / "m.safetensors"
+    pickled.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    naive = save_checkpoint(tmp_path / "naive.safetensors", tiny("naive"))
+    cases = [(["--model", str(pickled)], "pickle"),
+             (["--model", str(naive)], "privacy card"),
+             (["--model", str(naive), "--allow-unevaluated"], "leak guard")]
+    for extra, needle in cases:
+        assert cli.main(["anonymize", "--input", str(src), "--output",
+                         str(tmp_path / "o.npy"), "--no-progress", *extra]) == 2
+        assert needle in capsys.readouterr().err
+    missing = tmp_path / "no" / "such" / "x.npy"
+    assert cli.main(["anonymize", "--input", str(src), "--output", str(missing),
+                     "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not missing.parent.exists()
+
+
+def test_degenerate_window_gets_a_reported_substitute_never_nan():
+    """A window whose output is non-finite (the model divides by a collapsed body's zero
+    bones) is replaced by its neighbour and reported; a sequence with no good window is an
+    error naming it."""
+    engine = create_engine("onnxruntime", model=tiny("tmr"), window=32, max_batch=4)
+    seq = motion(100)
+    collapsed = seq.copy()
+    collapsed[:] = seq[:, :1]  # every joint at the root: zero-length bones, finite input
+    raw = engine.run(np.ascontiguousarray(collapsed[None, :32]))
+    if np.isfinite(raw).all():
+        pytest.skip("this model maps a collapsed body to finite output")
+    mixed = seq.copy()
+    mixed[:40] = collapsed[:40]
+    subs: list[str] = []
+    out = anonymize_sequences(engine, [mixed], substituted=subs)[0]
+    assert np.isfinite(out).all() and subs and all("sequence 0 window" in s for s in subs)
+    with pytest.raises(ValueError, match="sequence 0: every window"):
+        anonymize_sequences(engine, [collapsed])

@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
     from engines import BackendUnavailable, EngineError, resolve_source
     from engines.onnx_export import example_input, export_onnx, max_abs_error
+    from engines.select import check_files
     from streamtmr.dummy import DummyError
     from streamtmr.models.checkpoint import CheckpointError
 
     try:
+        weights = check_files(args.model, args.dummy)  # pickles, size caps (ModelRefused)
         source = resolve_source(args.model, args.dummy, args.window)
         if args.format == "tensorrt":
             from engines.tensorrt_engine import export_plan
@@ -63,9 +65,32 @@ def run(args: argparse.Namespace) -> int:
             parity = f"max |onnx - torch| {err:.1e}"
         else:
             parity = "parity not checked (stochastic method)"
+        carded = embed_card(weights, path)
     except (CheckpointError, DummyError, FileNotFoundError, ValueError,
             BackendUnavailable, EngineError) as e:
         raise UserError(str(e)) from None
     print(f"wrote {path} ({source.method}, window {source.window}, dummy {source.dummy.name}; "
-          f"{parity})")
+          f"{parity}; {'privacy card embedded' if carded else 'no privacy card: unevaluated'})")
     return 0
+
+
+def embed_card(weights, onnx_path) -> bool:
+    """Carry the checkpoint's privacy card into the exported ONNX (metadata
+    ``streamtmr.card``), bound to the exported graph's SHA-256 and naming the weights it was
+    evaluated on. Returns False when the checkpoint has no card."""
+    import json
+
+    import onnx
+
+    from engines.card import ONNX_KEY, find_card, sha256_bytes
+
+    card = find_card(weights) if weights is not None else None
+    if card is None:
+        return False
+    model = onnx.load(str(onnx_path))
+    card = {**card, "weights_sha256": card.get("sha256"),
+            "graph_sha256": sha256_bytes(model.graph.SerializeToString(deterministic=True))}
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_KEY, json.dumps(card)
+    onnx.save(model, str(onnx_path))
+    return True

@@ -26,13 +26,14 @@ log = logging.getLogger(__name__)
 
 
 def _engine(engine: Any, model: str | None, dummy: str | None, backend: str, window: int,
-            max_batch: int) -> Any:
+            max_batch: int, allow_unevaluated: bool = False) -> Any:
+    """The given engine, or one opened through the guarded door (:func:`engines.open_engine`:
+    file checks, privacy card, leak guard), as the CLI does."""
     if engine is not None:
         return engine
-    from engines import create_engine
-    eng = create_engine(backend, model=model, dummy=dummy, window=window, max_batch=max_batch)
-    eng.warmup()
-    return eng
+    from engines import open_engine
+    return open_engine(backend, model=model, dummy=dummy, window=window, max_batch=max_batch,
+                       allow_unevaluated=allow_unevaluated)
 
 
 class Anonymizer:
@@ -49,9 +50,11 @@ class Anonymizer:
 
     def __init__(self, engine: Any = None, *, model: str | None = "default",
                  dummy: str | None = "default", backend: str = "auto", window: int = 64,
-                 config: NodeConfig | None = None, sinks: Iterable[Sink] = ()):
+                 config: NodeConfig | None = None, sinks: Iterable[Sink] = (),
+                 allow_unevaluated: bool = False):
         cfg = config or NodeConfig()
-        self.engine = _engine(engine, model, dummy, backend, window, max(8, cfg.max_bodies))
+        self.engine = _engine(engine, model, dummy, backend, window, max(8, cfg.max_bodies),
+                              allow_unevaluated)
         self.node = _Node(self.engine, sinks, cfg)
 
     @property
@@ -90,10 +93,12 @@ class Node:
                  engine: Any = None, *, model: str | None = "default",
                  dummy: str | None = "default", backend: str = "auto", window: int = 64,
                  config: NodeConfig | None = None, recorder: wire.Recorder | None = None,
-                 max_frames: int | None = None, duration_s: float | None = None):
+                 max_frames: int | None = None, duration_s: float | None = None,
+                 allow_unevaluated: bool = False):
         cfg = config or NodeConfig()
         self.source = source
-        self.engine = _engine(engine, model, dummy, backend, window, max(8, cfg.max_bodies))
+        self.engine = _engine(engine, model, dummy, backend, window, max(8, cfg.max_bodies),
+                              allow_unevaluated)
         self.node = _Node(self.engine, sinks, cfg, recorder=recorder)
         self._limits = (max_frames, duration_s)
         self._thread: threading.Thread | None = None
