@@ -147,7 +147,9 @@ def _export_step(module: torch.nn.Module, source: ModelSource, opset: int) -> by
         for t in range(3):
             _, state = module.step(x[:, t], state)
     args = (x[:, 3], *(state[n] for n in names))
-    return _export(StepGraph(module, names), args, [FRAMES, *(STATE_IN + n for n in names)],
+    # eval(): the exporter restores the wrapper's mode afterwards, recursively, so a wrapper
+    # left in training mode would switch the model's dropout on
+    return _export(StepGraph(module, names).eval(), args, [FRAMES, *(STATE_IN + n for n in names)],
                    [OUTPUT, *(STATE_OUT + n for n in names)], opset)
 
 

@@ -282,6 +282,17 @@ def tconv_step(tconv: MultiScaleTemporalConv, buf: torch.Tensor) -> torch.Tensor
     return tconv.proj(F.gelu(torch.cat(ys, -1)))
 
 
+def lstm_cell(lstm: nn.LSTM, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+    """One time step of a one-layer ``nn.LSTM`` with its own weights (gates i, f, g, o):
+    x ``[B, C]``, h, c ``[B, H]`` → (h, c). Written out so that the exported step graph is plain
+    MatMul/Sigmoid/Tanh with the state as ordinary inputs."""
+    gates = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0) + \
+        F.linear(h, lstm.weight_hh_l0, lstm.bias_hh_l0)  # (B, 4H)
+    i, f, g, o = gates.chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class StreamActionEncoder(nn.Module):
     """Tokens → embed → + causal multi-scale temporal conv → ring attention → + LSTM → norm,
     gated with the backbone → H_action ``[B, T, d_action]`` and action logits."""
@@ -329,10 +340,10 @@ class StreamActionEncoder(nn.Module):
             h, k, v = block.step(h, state["kv_k"][:, i], state["kv_v"][:, i], state["t"])
             ks.append(k)
             vs.append(v)
-        y, (hn, cn) = self.lstm(h, (state["lstm_h"][None], state["lstm_c"][None]))
-        h = h + self.lstm_proj(y)
+        hn, cn = lstm_cell(self.lstm, h[:, 0], state["lstm_h"], state["lstm_c"])
+        h = h + self.lstm_proj(hn[:, None])
         f, gcn = self.backbone.step(joints, state["gcn"])
-        new = {"conv": buf[:, 1:], "lstm_h": hn[0], "lstm_c": cn[0], "gcn": gcn}
+        new = {"conv": buf[:, 1:], "lstm_h": hn, "lstm_c": cn, "gcn": gcn}
         if ks:
             new.update(kv_k=torch.stack(ks, 1), kv_v=torch.stack(vs, 1))
         else:
