@@ -189,6 +189,10 @@ class ViewerSink(Sink):
     def url(self) -> str:
         return f"http://{self.url_host}:{self.port}/"
 
+    def client_stats(self) -> list[dict[str, int]]:
+        """Per open page: messages waiting in its queue, messages dropped for it."""
+        return [{"queued": len(c.queue), "dropped": c.dropped} for c in list(self._clients)]
+
     def attach(self, node: Any) -> None:
         """Show ``node``'s metrics (anything with ``stats()`` and ``metrics.histograms``)."""
         self._node = node
@@ -344,7 +348,7 @@ class ViewerSink(Sink):
     def _metrics(self, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {
             "type": "metrics", "fps": round(rate(self._rates), 2),
-            "viewer": {"clients": len(self._clients), "frames_pushed": self.pushed,
+            "viewer": {"clients": self.client_stats(), "frames_pushed": self.pushed,
                        "throttled": self.throttled, "dropped": dict(self.dropped),
                        "refused": dict(self.refused)}}
         node = self._node

@@ -257,7 +257,7 @@
     $("bodies-out").textContent = String(c.bodies_out || 0);
     const v = m.viewer || {};
     const slow = (v.dropped || {}).slow_client || 0;
-    $("viewer-line").textContent = `${v.clients || 0} page(s), ${v.frames_pushed || 0} frames ` +
+    $("viewer-line").textContent = `${(v.clients || []).length} page(s), ${v.frames_pushed || 0} frames ` +
       `pushed, ${v.throttled || 0} above the page rate, ${slow} dropped for slow pages`;
     const drops = Object.entries(m.dropped || {}).sort((a, b) => b[1] - a[1]);
     setRows($("drops"), drops.length ? drops : [["none", 0]]);
