@@ -18,7 +18,7 @@ from engines.tensorrt_engine import load_verified_plan, plan_facts, plan_path
 from streamtmr import skeleton
 from streamtmr.dummy import Dummy, default_dummy
 from streamtmr.models.checkpoint import CheckpointError, default_checkpoint_path
-from streamtmr.models.registry import available
+from streamtmr.models.registry import available, model_class
 
 DETERMINISTIC = [m for m in available() if m != "noise"]
 HAS_CUDA = torch.cuda.is_available()
@@ -234,3 +234,77 @@ def test_torch_cuda_matches_cpu(graphs, method):
     np.testing.assert_allclose(gpu.run(x[:1]), cpu.run(x[:1]), atol=1e-3)
     d = gpu.describe()
     assert d["cuda_graphs"] is graphs and "cuda_graph_error" not in d
+
+
+# -- streaming models: step(frames, state) ---------------------------------------------------
+
+STREAMING = [m for m in available() if "streaming" in getattr(model_class(m), "traits", ())]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("method", STREAMING)
+def test_streaming_step_equals_the_parallel_forward(backend, method):
+    model = tiny(method)
+    engine = create_engine(backend, model=model, window=None)
+    assert engine.streaming
+    spec = engine.state_spec()
+    assert set(spec) >= {"t", "kv_k", "kv_v", "lstm_h", "lstm_c"}
+    x = windows(3, 40, seed=1)
+    state = engine.init_state(3)
+    assert all(state[k].shape == (3, *shape) and state[k].dtype == np.float32
+               for k, (shape, _) in spec.items())
+    outs = []
+    for t in range(x.shape[1]):
+        y, state = engine.step(x[:, t], state)
+        assert y.shape == (3, 25, 3) and y.dtype == np.float32
+        outs.append(y)
+    with torch.no_grad():
+        reference = engine.source.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.stack(outs, 1), reference, atol=1e-4)
+    np.testing.assert_allclose(skeleton.bone_lengths(np.stack(outs, 1))[..., 1:],
+                               np.broadcast_to(default_dummy().lengths[1:], (3, 40, 24)),
+                               atol=1e-4)
+    # run() on windows: each window a track from its first frame, the same function
+    np.testing.assert_allclose(engine.run(x[:, :model.window]), reference[:, :model.window],
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_streaming_step_rejects_bad_frames_and_state(backend):
+    engine = create_engine(backend, model=tiny(STREAMING[0]), window=None)
+    state = engine.init_state(2)
+    frames = windows(2, 1)[:, 0]
+    with pytest.raises(ValueError, match="frames"):
+        engine.step(frames.astype(np.float64), state)
+    bad = frames.copy()
+    bad[1, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        engine.step(bad, state)
+    with pytest.raises(ValueError, match="state"):
+        engine.step(frames, {k: v for k, v in state.items() if k != "kv_k"})
+    with pytest.raises(ValueError, match="lstm_h"):
+        engine.step(frames, {**state, "lstm_h": state["lstm_h"][:1]})
+
+
+def test_windowed_engine_has_no_step():
+    engine = create_engine("onnxruntime", model=tiny("naive"), window=16)
+    assert not engine.streaming
+    with pytest.raises(EngineError, match="windowed"):
+        engine.init_state(1)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("graphs", [False, True])
+def test_torch_cuda_step_matches_cpu(graphs):
+    model = tiny(STREAMING[0])
+    cpu = create_engine("torch", model=model, window=None)
+    gpu = create_engine("torch-cuda", model=copy.deepcopy(model), window=None,
+                        cuda_graphs=graphs)
+    x = windows(6, 30, seed=2)
+    s1, s2 = cpu.init_state(6), gpu.init_state(6)
+    for t in range(30):
+        y1, s1 = cpu.step(x[:, t], s1)
+        y2, s2 = gpu.step(x[:, t], s2)
+        np.testing.assert_allclose(y2, y1, atol=1e-4)
+    assert gpu.cuda_graphs == graphs
+    assert (gpu._step_graphs[6].graph is not None) == graphs  # captured, then replayed

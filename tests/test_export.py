@@ -10,14 +10,24 @@ import pytest
 from conftest import tiny
 
 from engines import create_engine, resolve_source
-from engines.onnx_export import INPUT, OUTPUT, export_onnx, max_abs_error, read_metadata
+from engines.onnx_export import (
+    FRAMES,
+    INPUT,
+    OUTPUT,
+    STATE_IN,
+    STATE_OUT,
+    export_onnx,
+    max_abs_error,
+    read_metadata,
+)
 from streamtmr import cli
 from streamtmr.models.checkpoint import default_checkpoint_path, save_checkpoint
-from streamtmr.models.registry import available
+from streamtmr.models.registry import available, model_class
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/real"
 NTU = REAL / "ntu_samples"
 STOCHASTIC = {"noise"}
+STREAMING = [m for m in available() if "streaming" in getattr(model_class(m), "traits", ())]
 
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -47,7 +57,7 @@ def real_windows(T: int, per_file: int = 2) -> np.ndarray:
     return np.ascontiguousarray(np.stack(out), dtype=np.float32)
 
 
-@pytest.mark.parametrize("method", available())
+@pytest.mark.parametrize("method", [m for m in available() if m not in STREAMING])
 def test_export_checker_and_metadata(method, tmp_path):
     source = resolve_source(tiny(method), None, None)
     path = export_onnx(source, tmp_path / f"{method}.onnx")
@@ -72,6 +82,42 @@ def test_parity_random_and_real(method, tmp_path):
     for batch in (1, 3, 8):  # the batch axis is dynamic
         assert max_abs_error(source, path, random_windows(batch, source.window, batch)) <= 1e-4
     assert max_abs_error(source, path, real_windows(source.window)) <= 1e-4
+
+
+@pytest.mark.parametrize("method", STREAMING)
+def test_streaming_export_is_the_step_graph(method, tmp_path):
+    source = resolve_source(tiny(method), None, None)
+    assert source.streaming
+    path = export_onnx(source, tmp_path / f"{method}.onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    names = list(source.state_spec)
+    assert [i.name for i in proto.graph.input] == [FRAMES, *(STATE_IN + k for k in names)]
+    assert [o.name for o in proto.graph.output] == [OUTPUT, *(STATE_OUT + k for k in names)]
+    for value in (*proto.graph.input, *proto.graph.output):  # batch axis 0 dynamic everywhere
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = read_metadata(path)
+    assert meta["streaming"] == "1" and meta["state_spec"] == source.state_spec
+    # the exported file alone is a streaming source, and its steps are PyTorch's
+    loaded = resolve_source(path, None, None)
+    assert loaded.streaming and loaded.state_spec == source.state_spec
+    assert max_abs_error(source, path, real_windows(40, per_file=1)) <= 1e-5
+
+
+def test_export_cli_streaming_model(tmp_path, capsys):
+    method = STREAMING[0]
+    ckpt = save_checkpoint(tmp_path / "stream.safetensors", tiny(method))
+    out = tmp_path / "stream.onnx"
+    assert cli.main(["export", "--format", "onnx", "--out", str(out), "--model", str(ckpt)]) == 0
+    engine = create_engine("onnxruntime", model=out, window=None)
+    reference = create_engine("torch", model=ckpt, window=None)
+    assert engine.streaming and reference.streaming
+    x = random_windows(3, 12)
+    s1, s2 = engine.init_state(3), reference.init_state(3)
+    for t in range(12):
+        y1, s1 = engine.step(x[:, t], s1)
+        y2, s2 = reference.step(x[:, t], s2)
+        np.testing.assert_allclose(y1, y2, atol=1e-5)
 
 
 def test_median_symbolic_matches_torch(tmp_path):
