@@ -17,7 +17,9 @@ from sensors.kinect import (
     AzureKinectSource,
     KinectSource,
     bodies_from_azure,
-    bodies_from_pykinect2,
+    bodies_from_kinect_next,
+    bodies_from_pykinect,
+    open_kinect_backend,
 )
 from sensors.open import open_source
 from sensors.replay import ReplaySource
@@ -34,7 +36,8 @@ needs_ntu = pytest.mark.skipif(not NTU, reason=f"real NTU samples not found unde
 
 
 # ------------------------------------------------------------------------------------------
-# pykinect2 layout (PyKinectV2: _CameraSpacePoint, _Joint; PyKinectRuntime.KinectBody)
+# pykinect2024 layout, as pykinect2's (PyKinect2024: _CameraSpacePoint, _Joint;
+# PyKinectRuntime.KinectBody, KinectBodyFrameData.bodies: an object array of 6 slots)
 # ------------------------------------------------------------------------------------------
 
 class _CameraSpacePoint(ctypes.Structure):
@@ -59,7 +62,7 @@ def _kinect_body(tracked: bool, tid: int, joints: np.ndarray, states: np.ndarray
                            joints=ctypes.cast(arr, ctypes.POINTER(_Joint)))
 
 
-def test_pykinect2_conversion():
+def test_pykinect2024_conversion():
     rng = np.random.default_rng(0)
     joints = rng.normal(0, 1, (2, 25, 3)).astype(np.float32)
     states = rng.integers(0, 3, (2, 25))
@@ -69,13 +72,106 @@ def test_pykinect2_conversion():
         frame_bodies[i] = _kinect_body(False, -1, None, None)
     frame_bodies[1] = _kinect_body(True, ids[0], joints[0], states[0])
     frame_bodies[4] = _kinect_body(True, ids[1], joints[1], states[1])
-    bodies = bodies_from_pykinect2(frame_bodies)
+    bodies = bodies_from_pykinect(frame_bodies)
     assert [b.id for b in bodies] == ids
+    for b, j, s in zip(bodies, joints, states):
+        np.testing.assert_array_equal(b.joints, j)
+        np.testing.assert_array_equal(b.state, s)  # tracked / inferred / not tracked kept
+        assert b.joints.dtype == np.float32 and b.state.dtype == np.uint8
+    assert len(bodies_from_pykinect(frame_bodies, max_bodies=1)) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# kinect-next layout: its own typed models (importable on any OS; opening needs Windows)
+# ------------------------------------------------------------------------------------------
+
+def _kn_body(tid: int, joints: np.ndarray, states: np.ndarray, tracked: bool = True):
+    kn = pytest.importorskip("kinect_next")
+    from kinect_next.models.body import JointCollection
+
+    coll = JointCollection({kn.JointType(k): kn.Joint(
+        kn.JointType(k), kn.Vector3(*map(float, joints[k])), kn.TrackingState(int(states[k])),
+        kn.Quaternion(0.0, 0.0, 0.0, 1.0)) for k in range(25)})
+    hand = kn.Hand(kn.HandState.OPEN, kn.TrackingConfidence.HIGH)
+    return kn.Body(tid, tracked, False, coll, hand, hand, kn.Point2D(0.0, 0.0),
+                   kn.TrackingState.TRACKED, kn.FrameEdges(0))
+
+
+def _kn_frameset(seed: int, t_ns: int):
+    kn = pytest.importorskip("kinect_next")
+    rng = np.random.default_rng(seed)
+    joints = rng.normal(0, 1, (2, 25, 3)).astype(np.float32)
+    states = rng.integers(0, 3, (2, 25))
+    bodies = [_kn_body(0, joints[0], states[0], tracked=False),
+              _kn_body(1001 + seed, joints[0], states[0]),
+              _kn_body(2002 + seed, joints[1], states[1])]
+    return kn.FrameSet(bodies=bodies, relative_time_ns=t_ns), joints, states
+
+
+def test_kinect_next_conversion():
+    frames, joints, states = _kn_frameset(0, 5)
+    bodies = bodies_from_kinect_next(frames.bodies)
+    assert [b.id for b in bodies] == [1001, 2002]  # the untracked slot is skipped
     for b, j, s in zip(bodies, joints, states):
         np.testing.assert_array_equal(b.joints, j)
         np.testing.assert_array_equal(b.state, s)
         assert b.joints.dtype == np.float32 and b.state.dtype == np.uint8
-    assert len(bodies_from_pykinect2(frame_bodies, max_bodies=1)) == 1
+    assert len(bodies_from_kinect_next(frames.bodies, max_bodies=1)) == 1
+
+
+class _RecordedKinectNext:
+    """A kinect-next backend whose sensor is a recording of FrameSets (the SDK's wait: a
+    frame, or nothing within the timeout; EOFError once closed)."""
+
+    name = "recorded"
+    convert = staticmethod(bodies_from_kinect_next)
+
+    def __init__(self) -> None:
+        self.queue = [_kn_frameset(1, 1_000_000_000), None, _kn_frameset(2, 1_033_333_333)]
+        self.closed = False
+
+    def wait(self, timeout_ms: int):
+        if self.closed:
+            raise EOFError
+        if not self.queue:
+            return None
+        item = self.queue.pop(0)
+        return None if item is None else (item[0].relative_time_ns, item[0].bodies)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_kinect_source_frames_idle_ticks_and_close():
+    src = KinectSource(backends=[_RecordedKinectNext])
+    assert src.name == "kinect(recorded)"
+    it = iter(src)
+    first, idle, second = next(it), next(it), next(it)
+    assert idle is None
+    assert (first.seq, first.t_ns, second.seq, second.t_ns) == (0, 1_000_000_000,
+                                                               1, 1_033_333_333)
+    _, joints, states = _kn_frameset(2, 0)
+    np.testing.assert_array_equal(second.bodies[1].state, states[1])  # states from the SDK
+    np.testing.assert_array_equal(second.bodies[1].joints, joints[1])
+    assert next(it) is None  # nothing new: an idle tick, the loop stays responsive
+    src.close()
+    assert src.backend.closed and list(it) == []
+
+
+def test_kinect_backends_fall_back_in_order():
+    def missing():
+        raise ImportError("No module named 'kinect_next'")
+
+    def no_sensor():
+        raise OSError("Kinect20.dll: the SDK 2.0 runtime is not installed")
+    missing.name, no_sensor.name = "kinect-next", "pykinect2024"
+    assert isinstance(open_kinect_backend([missing, no_sensor, _RecordedKinectNext]),
+                      _RecordedKinectNext)
+    with pytest.raises(SourceError) as e:
+        open_kinect_backend([missing, no_sensor])
+    msg = str(e.value)
+    assert "kinect-next: not installed" in msg and "pykinect2024: cannot open the sensor" in msg
+    assert "SDK 2.0" in msg and "synthetic" in msg
 
 
 # ------------------------------------------------------------------------------------------
