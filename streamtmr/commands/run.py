@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("signal %d: finishing", signum)
         node.request_stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, *filter(None, [getattr(signal, "SIGBREAK", None)]))
+    previous = {s: signal.signal(s, on_signal) for s in stops}  # SIGBREAK: Ctrl+Break (Windows)
     failure = None
     try:
         node.run(source, max_frames=args.max_frames, duration_s=args.duration)
