@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtmr import skeleton
-from streamtmr.data.windows import pad_to, window_starts
+from streamtmr.data.windows import window_starts, windows_at
 
 SEQUENCE_SUFFIXES = (".npy", ".npz", ".skeleton")
 
@@ -151,7 +151,7 @@ def anonymize_sequences(engine, sequences: Sequence[np.ndarray], hop: int | None
                 group.append(i)
                 n_windows += len(plans[i])
             if group and (n_windows >= chunk or i == len(seqs)):
-                windows = np.concatenate([_windows(seqs[j], plans[j], T) for j in group])
+                windows = np.concatenate([windows_at(seqs[j], plans[j], T) for j in group])
                 outputs = engine.run(windows)
                 k = 0
                 for j in group:
@@ -169,11 +169,6 @@ def anonymize_sequences(engine, sequences: Sequence[np.ndarray], hop: int | None
         if bar is not None:
             bar.stop()
     return [r for r in results if r is not None]
-
-
-def _windows(seq: np.ndarray, starts: np.ndarray, T: int) -> np.ndarray:
-    seq = pad_to(seq, T)
-    return seq[starts[:, None] + np.arange(T)[None, :]]
 
 
 def anonymize_sequence(engine, seq: np.ndarray, hop: int | None = None) -> np.ndarray:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from streamtmr import skeleton
+from streamtmr.data.windows import trailing_windows
 from streamtmr.dummy import default_dummy
 from streamtmr.eval import metrics
 
@@ -82,9 +83,9 @@ def test_foot_skate_and_contacts():
     assert metrics.foot_contact_correlation(lifted, still) == 0.0  # still: constant contacts
 
 
-def test_streaming_windows_and_gap():
+def test_trailing_windows_and_gap():
     seq = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 25, 3), np.float32)
-    w = metrics.streaming_windows(seq, 3)
+    w = trailing_windows(seq, 3)
     assert w.shape == (5, 3, 25, 3)
     assert w[0, :, 0, 0].tolist() == [0, 0, 0]  # padded by repeating the first frame
     assert w[4, :, 0, 0].tolist() == [2, 3, 4]  # window t ends at frame t

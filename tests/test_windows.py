@@ -19,7 +19,9 @@ from streamtmr.data.windows import (
     num_windows,
     pad_to,
     sliding_windows,
+    trailing_windows,
     window_starts,
+    windows_at,
 )
 
 
@@ -42,6 +44,26 @@ def test_pad_to_repeats_last_frame():
     assert isinstance(t, torch.Tensor) and t[:, 0, 0].tolist() == [0, 1, 2, 2, 2]
     with pytest.raises(ValueError, match="empty"):
         pad_to(np.zeros((0, 25, 3)), 4)
+
+
+def test_pad_to_along_the_frame_axis_of_a_batch():
+    batch = np.stack([ramp(3), ramp(3) + 10])  # [2, 3, 25, 3]
+    out = pad_to(batch, 5, axis=1)
+    assert out.shape == (2, 5, 25, 3)
+    assert out[1, :, 0, 0].tolist() == [10, 11, 12, 12, 12]
+    t = pad_to(torch.from_numpy(batch), 5, axis=1)
+    assert torch.equal(t, torch.from_numpy(out))
+
+
+def test_windows_at_and_trailing_windows():
+    assert windows_at(ramp(6), np.array([0, 2]), 3)[:, :, 0, 0].tolist() == [[0, 1, 2],
+                                                                          [2, 3, 4]]
+    w = trailing_windows(ramp(5), 3)
+    assert w.shape == (5, 3, 25, 3)
+    assert w[0, :, 0, 0].tolist() == [0, 0, 0]  # padded at the front by the first frame
+    assert w[4, :, 0, 0].tolist() == [2, 3, 4]  # window t ends at frame t
+    assert np.array_equal(w[:, -1], ramp(5))
+    assert torch.equal(trailing_windows(torch.from_numpy(ramp(5)), 3), torch.from_numpy(w))
 
 
 def test_crop_policies():

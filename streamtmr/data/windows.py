@@ -6,7 +6,11 @@ fake motion is introduced). A longer one is cropped: ``"center"`` (evaluation, d
 ``"start"`` (the first ``T`` frames) or ``"random"`` (training; a uniformly drawn start in
 ``[0, frames - T]``). Sliding windows start every ``stride`` frames and the last window is
 aligned to the sequence's end, so (for ``stride <= T``) every frame is covered, and no window
-is padded unless the whole sequence is shorter than ``T``.
+is padded unless the whole sequence is shorter than ``T``. Trailing windows (what a streaming
+node sees) end at every frame and are padded at the front by the first frame.
+
+Every windowing in the project goes through this module (training, evaluation, offline
+anonymization, the streaming comparison).
 """
 
 from __future__ import annotations
@@ -28,15 +32,21 @@ def _check(seq: Any, T: int) -> int:
     return len(seq)
 
 
-def pad_to(seq, T: int):
-    """At least ``T`` frames: pad by repeating the last frame (longer sequences unchanged)."""
-    n = _check(seq, T)
+def pad_to(seq, T: int, axis: int = 0):
+    """At least ``T`` frames along ``axis`` (0: a sequence; 1: a batch of windows): pad by
+    repeating the last frame (longer sequences unchanged)."""
+    if T < 1:
+        raise ValueError(f"window length must be >= 1, got {T}")
+    n = seq.shape[axis]
+    if n == 0:
+        raise ValueError("cannot window an empty sequence")
     if n >= T:
         return seq
-    last = seq[-1:]
     if isinstance(seq, torch.Tensor):
-        return torch.cat([seq, last.expand(T - n, *seq.shape[1:])], dim=0)
-    return np.concatenate([seq, np.repeat(last, T - n, axis=0)], axis=0)
+        last = seq.narrow(axis, n - 1, 1)
+        return torch.cat([seq, last.repeat_interleave(T - n, dim=axis)], dim=axis)
+    last = np.take(seq, [n - 1], axis=axis)
+    return np.concatenate([seq, np.repeat(last, T - n, axis=axis)], axis=axis)
 
 
 def crop_start(length: int, T: int, policy: str = "center",
@@ -81,12 +91,30 @@ def num_windows(length: int, T: int = DEFAULT_WINDOW, stride: int = 1) -> int:
     return len(window_starts(length, T, stride))
 
 
-def sliding_windows(seq, T: int = DEFAULT_WINDOW, stride: int = 1):
-    """Stack of windows ``[N, T, ...]`` (copies); a shorter sequence gives one padded window."""
-    n = _check(seq, T)
-    starts = window_starts(n, T, stride)
+def windows_at(seq, starts: np.ndarray, T: int):
+    """Stack of the ``T``-frame windows starting at ``starts`` ``[N, T, ...]`` (copies); the
+    sequence is first padded to ``T`` frames (:func:`pad_to`)."""
+    _check(seq, T)
     seq = pad_to(seq, T)
-    idx = starts[:, None] + np.arange(T)[None, :]
+    idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(T)[None, :]
     if isinstance(seq, torch.Tensor):
         return seq[torch.as_tensor(idx, device=seq.device)]
     return seq[idx]
+
+
+def sliding_windows(seq, T: int = DEFAULT_WINDOW, stride: int = 1):
+    """Stack of windows ``[N, T, ...]`` (copies); a shorter sequence gives one padded window."""
+    return windows_at(seq, window_starts(_check(seq, T), T, stride), T)
+
+
+def trailing_windows(seq, T: int = DEFAULT_WINDOW):
+    """The window a streaming node sees at every frame, ``[L, T, ...]``: window ``t`` ends at
+    frame ``t``, frames before the sequence's start are its first frame (a node pads a new
+    body by repetition)."""
+    n = _check(seq, T)
+    first = seq[:1]
+    if isinstance(seq, torch.Tensor):
+        padded = torch.cat([first.expand(T - 1, *seq.shape[1:]), seq])
+    else:
+        padded = np.concatenate([np.repeat(first, T - 1, axis=0), seq])
+    return windows_at(padded, np.arange(n), T)

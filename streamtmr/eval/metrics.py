@@ -117,19 +117,6 @@ def foot_contact_correlation(pred, ref, height: float = 0.05) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def streaming_windows(seq, window: int) -> np.ndarray:
-    """The window a streaming node sees at every frame: ``[T, window, 25, 3]``.
-
-    Window ``t`` ends at frame ``t``; the frames before the start are the first frame repeated
-    (the node pads new bodies by repetition).
-    """
-    seq = np.asarray(seq)
-    pad = np.repeat(seq[:1], window - 1, axis=0)
-    padded = np.concatenate([pad, seq])
-    idx = np.arange(len(seq))[:, None] + np.arange(window)[None, :]
-    return padded[idx]
-
-
 def streamed_offline_gap_mm(streamed_newest, offline) -> float:
     """MPJPE (mm) between the newest frame of each streamed window ``[T, 25, 3]`` and the
     offline (whole-sequence) output of the same frames."""

@@ -35,6 +35,7 @@ import torch
 
 from streamtmr.data.datasets import load_windows
 from streamtmr.data.store import SkeletonStore
+from streamtmr.data.windows import pad_to, trailing_windows, window_starts
 from streamtmr.dummy import Dummy, default_dummy
 from streamtmr.eval import metrics
 from streamtmr.eval.attackers import (
@@ -196,12 +197,6 @@ Anonymize = Callable[[np.ndarray], np.ndarray]
 ORACLE_ARRAYS = ("target", "target_sync")
 
 
-def _pad_frames(x: np.ndarray, T: int) -> np.ndarray:
-    if x.shape[1] >= T:
-        return x
-    return np.concatenate([x, np.repeat(x[:, -1:], T - x.shape[1], axis=1)], axis=1)
-
-
 def make_anonymizer(module: torch.nn.Module | None, model_window: int | None = None,
                     batch: int = 64, seed: int = 0) -> Anonymize:
     """Wrap an ``x → y`` module (e.g. ``model.for_dummy(lengths)``; ``None`` = identity) into a
@@ -223,17 +218,15 @@ def make_anonymizer(module: torch.nn.Module | None, model_window: int | None = N
         elif T < model_window:
             chunks = [(0, T)]
         else:
-            starts = list(range(0, T - model_window + 1, model_window))
-            if starts[-1] + model_window < T:
-                starts.append(T - model_window)
-            chunks = [(s, s + model_window) for s in starts]
+            starts = window_starts(T, model_window, model_window)
+            chunks = [(int(s), int(s) + model_window) for s in starts]
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 xb = x[i : i + batch]
                 for s, e in chunks:
                     piece = xb[:, s:e]
                     if model_window is not None:
-                        piece = _pad_frames(piece, model_window)
+                        piece = pad_to(piece, model_window, axis=1)
                     y = module(torch.as_tensor(piece)).numpy()
                     out[i : i + batch, s:e] = y[:, : e - s]
         if not np.isfinite(out).all():
@@ -245,7 +238,7 @@ def make_anonymizer(module: torch.nn.Module | None, model_window: int | None = N
 
 def streamed_newest(anonymize: Anonymize, seq: np.ndarray, window: int) -> np.ndarray:
     """Newest output frame of the window a streaming node sees at every frame: ``[T, 25, 3]``."""
-    wins = metrics.streaming_windows(seq, window)
+    wins = trailing_windows(np.asarray(seq), window)
     return anonymize(wins)[:, -1]
 
 
@@ -355,7 +348,7 @@ EMBEDDING_KEYS = {"action": ("action_pooled", "h_action", "motion"),
 def embeddings_of(model: torch.nn.Module, x: np.ndarray, window: int, batch: int = 64
                   ) -> dict[str, np.ndarray]:
     """Pooled action and identity embeddings ``[N, D]`` of windows (first ``window`` frames)."""
-    x = _pad_frames(np.asarray(x, np.float32), window)[:, :window]
+    x = pad_to(np.asarray(x, np.float32), window, axis=1)[:, :window]
     parts: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for i in range(0, len(x), batch):
