@@ -75,6 +75,7 @@ class ServeConfig:
     tls_client_ca: str | None = None
     insecure: bool = False
     allow_unevaluated: bool = False  # serve a model without a privacy card (nodes are told)
+    workspace: str | None = None     # PyTriton's sockets and model store (default: a temp one)
 
 
 def check_security(cfg: ServeConfig) -> None:
@@ -337,7 +338,7 @@ def serve(cfg: ServeConfig, engine_factory: Any = None) -> None:
     funcs = [fn(e, wire) if info["streaming"] else fn(e) for e in engines]
     inputs, outputs = _tensors(engines[0], wire)
     signal.signal(signal.SIGTERM, _interrupt)
-    with Triton(config=triton_config(cfg)) as triton:
+    with Triton(config=triton_config(cfg), workspace=cfg.workspace) as triton:
         triton.bind(model_name=MODEL, infer_func=funcs, inputs=inputs, outputs=outputs,
                     config=ModelConfig(max_batch_size=cfg.max_batch, batcher=DynamicBatcher(
                         max_queue_delay_microseconds=cfg.queue_delay_us)), strict=True)

@@ -55,7 +55,8 @@ class Server:
         self.proc = subprocess.Popen(
             [str(SERVE_PYTHON), "-m", "streamtmr", "serve", "--port", str(self.port),
              "--http-port", str(self.http), "--metrics-port", str(self.metrics),
-             "--engine", "onnxruntime", "--queue-delay-us", "2000", *self.extra],
+             "--engine", "onnxruntime", "--queue-delay-us", "2000", "--workspace",
+             str(self.log.parent / f"workspace-{time.monotonic_ns()}"), *self.extra],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             start_new_session=True)
         return self

@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
                    help="streaming models: float state on the wire [fp16]")
     p.add_argument("--allow-unevaluated", action="store_true",
                    help="serve a model without a privacy card (nodes then need it too)")
+    p.add_argument("--workspace", default=None, metavar="DIR",
+                   help="PyTriton's sockets and model store, created (must not exist) "
+                        "[a temporary folder]")
     sec = p.add_argument_group("transport security")
     sec.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate")
     sec.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
         state_dtype=args.state_dtype, tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, insecure=args.insecure,
-        allow_unevaluated=args.allow_unevaluated)
+        allow_unevaluated=args.allow_unevaluated, workspace=args.workspace)
     try:
         serve.check_security(cfg)
         if serve.pytriton_missing():
@@ -80,7 +83,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
             if getattr(args, f)]
     for name in ("host", "port", "http_port", "metrics_port", "engine", "model", "dummy",
                  "window", "max_batch", "queue_delay_us", "instances", "state_dtype",
-                 "tls_cert", "tls_key", "tls_client_ca"):
+                 "tls_cert", "tls_key", "tls_client_ca", "workspace"):
         if (value := getattr(args, name)) is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     return argv

@@ -1,0 +1,284 @@
+"""The ``triton`` scenario: per-frame engine latency of 1, 2 and 4 nodes, in process and through
+one ``streamtmr serve`` server, in one run; plus the batch latencies the capacity model of
+docs/scaling.md is built from.
+
+Each node is a process that calls its engine once per frame at 30 Hz (one sensor frame, its
+bodies' windows → the newest anonymized frame: ``run_latest(windows, 1)``, exactly the node's
+engine call) and records the call's latency. In process, every node has its own engine; with
+Triton, all nodes share the server and its dynamic batcher. The nodes of one cell start
+together. Triton's counters (requests, engine calls) give the mean batch per cell.
+
+    python -m bench.triton [--seconds 20] [--engine onnxruntime] [--bodies 1] [--save]
+
+Saved as ``bench/results/<date>-triton-<host-kind>.json`` with the machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.machine import describe_machine, host_kind, load_average
+from bench.stats import summarize_ns
+
+FPS = 30.0
+NODES = (1, 2, 4)
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def windows(bodies: int, window: int = 64, seed: int = 0) -> np.ndarray:
+    """``bodies`` moving people: the dummy's rest pose, scaled, offset and jittered."""
+    from streamtmr.dummy import default_dummy
+    rng = np.random.default_rng(seed)
+    pose = default_dummy().rest_pose()
+    x = pose[None, None] * rng.uniform(0.9, 1.1, (bodies, 1, 1, 1))
+    x = x + rng.normal(0.0, 0.01, (bodies, window, 25, 3)) + np.array([0.0, 0.0, 3.0])
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# One node (a worker process)
+# ------------------------------------------------------------------------------------------
+
+def node_worker(engine_spec: str, bodies: int, seconds: float, start_at: float,
+                out: Path) -> None:
+    """Call the engine at 30 Hz from ``start_at`` (wall clock) for ``seconds``; save the
+    latencies (ns) to ``out`` (.npy)."""
+    from engines import create_engine
+    engine = create_engine(engine_spec, window=64, max_batch=max(8, bodies))
+    x = windows(bodies, engine.window, seed=os.getpid())
+    for _ in range(10):
+        engine.run_latest(x, 1)
+    time.sleep(max(0.0, start_at - time.time()))
+    period = 1.0 / FPS
+    t_next, end = time.monotonic(), time.monotonic() + seconds
+    lat = []
+    while time.monotonic() < end:
+        t0 = time.perf_counter_ns()
+        engine.run_latest(x, 1)
+        lat.append(time.perf_counter_ns() - t0)
+        t_next += period
+        time.sleep(max(0.0, t_next - time.monotonic()))
+    engine.close()
+    np.save(out, np.asarray(lat, np.int64))
+
+
+def run_cell(engine_spec: str, nodes: int, bodies: int, seconds: float) -> list[np.ndarray]:
+    """``nodes`` worker processes started together; their latency samples (ns)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start_at = time.time() + 8.0 + 2.0 * nodes  # imports and warm-up of every worker
+        procs, outs = [], []
+        for i in range(nodes):
+            outs.append(Path(tmp) / f"node{i}.npy")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.triton", "--worker", engine_spec,
+                 "--bodies", str(bodies), "--seconds", str(seconds), "--start-at",
+                 str(start_at), "--out", str(outs[-1])], cwd=ROOT))
+        for p in procs:
+            if p.wait(timeout=seconds + 180) != 0:
+                raise RuntimeError(f"node worker failed ({p.returncode}) for {engine_spec}")
+        return [np.load(o) for o in outs]
+
+
+# ------------------------------------------------------------------------------------------
+# The server
+# ------------------------------------------------------------------------------------------
+
+def start_server(engine: str, port: int, http: int, metrics: int, log: Path,
+                 queue_delay_us: int, workspace: Path) -> subprocess.Popen:
+    from streamtmr.serve import serving_python
+    python = serving_python()
+    if python is None:
+        raise SystemExit("no serving environment (.venv-serve or $STREAMTMR_SERVE_PYTHON)")
+    return subprocess.Popen(
+        [str(python), "-m", "streamtmr", "serve", "--engine", engine, "--port", str(port),
+         "--http-port", str(http), "--metrics-port", str(metrics), "--queue-delay-us",
+         str(queue_delay_us), "--workspace", str(workspace)], stdout=log.open("wb"),
+        stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 180.0):
+    from engines import EngineError, create_engine
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            return create_engine(url)
+        except EngineError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the server did not answer within {timeout_s} s")
+
+
+def batch_latencies(engines: dict[str, Any], reps: int) -> dict[str, list[dict[str, Any]]]:
+    """``run`` latency of each engine at each batch size of :data:`BATCHES`, one caller,
+    the engines' calls interleaved so that both see the same load."""
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in engines}
+    for b in BATCHES:
+        x = windows(b, 64, seed=b)
+        lat: dict[str, list[int]] = {k: [] for k in engines}
+        for _ in range(reps + 1):
+            for k, engine in engines.items():
+                t0 = time.perf_counter_ns()
+                engine.run(x)
+                lat[k].append(time.perf_counter_ns() - t0)
+        for k in engines:
+            rows[k].append({"batch": b, **summarize_ns(lat[k][1:])})  # the first is warm-up
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# The scenario
+# ------------------------------------------------------------------------------------------
+
+def cell_row(mode: str, nodes: int, bodies: int, samples: list[np.ndarray],
+             server: dict[str, float] | None = None) -> dict[str, Any]:
+    row = {"mode": mode, "nodes": nodes, "bodies_per_node": bodies,
+           "latency": summarize_ns(np.concatenate(samples)),
+           "per_node_p50_ms": [summarize_ns(s)["p50_ms"] for s in samples]}
+    if server is not None:
+        row["server"] = server
+    return row
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    d = {k: after[k] - before[k] for k in ("requests", "inferences", "executions", "queue_us",
+                                           "request_us")}
+    ex = d["executions"]
+    d["requests_per_exec"] = round(d["requests"] / ex, 3) if ex else 0.0
+    d["bodies_per_exec"] = round(d["inferences"] / ex, 3) if ex else 0.0
+    d["queue_ms_mean"] = round(d["queue_us"] / d["requests"] / 1e3, 3) if d["requests"] else 0.0
+    return d
+
+
+def scenario(opts: argparse.Namespace) -> dict[str, Any]:
+    """Batch latencies in process and through Triton, then the 1/2/4-node cells."""
+    from engines import create_engine
+    from streamtmr.serve import statistics
+    port, http, metrics = _free_ports(3)
+    url = f"triton://127.0.0.1:{port}"
+    log = Path(tempfile.gettempdir()) / f"streamtmr-bench-triton-{port}.log"
+    result: dict[str, Any] = {
+        "schema": 1, "scenario": "triton", "machine": describe_machine(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "options": {k: v for k, v in vars(opts).items() if k not in ("worker", "out")}}
+    local = create_engine(opts.engine, window=64, max_batch=max(BATCHES))
+    result["model"] = {"name": local.source.name, "method": local.source.method,
+                       "sha256": local.source.sha256, "engine": local.name,
+                       "server_engine": opts.engine}
+    workspace = tempfile.TemporaryDirectory(prefix="streamtmr-bench-triton-")
+    server = start_server(opts.engine, port, http, metrics, log, opts.queue_delay_us,
+                          Path(workspace.name) / "ws")
+    try:
+        client = wait_ready(url, server)
+        x = windows(8, local.window, seed=1)
+        result["parity_max_abs"] = float(np.abs(client.run(x) - local.run(x)).max())
+        batches = batch_latencies({"in_process": local, "triton": client}, opts.reps)
+        result["in_process_batches"], result["triton_batches"] = batches.values()
+        client.close()
+        cells = []
+        for n in NODES:
+            cells.append(cell_row("in-process", n, opts.bodies,
+                                  run_cell(opts.engine, n, opts.bodies, opts.seconds)))
+            before = statistics(metrics)
+            samples = run_cell(url, n, opts.bodies, opts.seconds)
+            cells.append(cell_row("triton", n, opts.bodies, samples,
+                                  _delta(before, statistics(metrics))))
+        result["cells"] = cells
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        local.close()
+        workspace.cleanup()
+    result["aims"] = aims(result)
+    result["load_average_end"] = load_average()
+    return result
+
+
+def aims(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's aims, measured: parity, added p50 at 1 node, mean batch with >= 2 nodes."""
+    cell = {(c["mode"], c["nodes"]): c for c in result["cells"]}
+    added = (cell[("triton", 1)]["latency"]["p50_ms"]
+             - cell[("in-process", 1)]["latency"]["p50_ms"])
+    out = [{"aim": "identical output <= 1e-5", "measured": result["parity_max_abs"],
+            "met": result["parity_max_abs"] <= 1e-5},
+           {"aim": "added latency at 1 node, p50 <= 5 ms", "measured": round(added, 3),
+            "met": added <= 5.0}]
+    for n in NODES[1:]:
+        rpe = cell[("triton", n)]["server"]["requests_per_exec"]
+        out.append({"aim": f"mean batch > 1 with {n} nodes (requests per engine call)",
+                    "measured": rpe, "met": rpe > 1.0})
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"model {result['model']['name']} ({result['model']['method']}, sha256 "
+             f"{result['model']['sha256'][:12]}…), engine {result['model']['server_engine']}",
+             "mode        nodes  n      p50 ms  p99 ms  requests/engine call"]
+    for c in result["cells"]:
+        lat = c["latency"]
+        rpe = c.get("server", {}).get("requests_per_exec", "")
+        lines.append(f"{c['mode']:<11} {c['nodes']:>5}  {lat['n']:<6} {lat['p50_ms']:>6.2f}  "
+                     f"{lat['p99_ms']:>6.2f}  {rpe}")
+    lines.append("batch  in-process p50  triton p50 (ms)")
+    for a, b in zip(result["in_process_batches"], result["triton_batches"]):
+        lines.append(f"{a['batch']:>5}  {a['p50_ms']:>14.2f}  {b['p50_ms']:>10.2f}")
+    lines += [f"{'met ' if a['met'] else 'MISS'} {a['aim']}: {a['measured']}"
+              for a in result["aims"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.triton", description=__doc__.split(
+        "\n\n")[0])
+    p.add_argument("--engine", default="onnxruntime", help="server and in-process back end")
+    p.add_argument("--seconds", type=float, default=20.0, help="per cell (600 frames at 20 s)")
+    p.add_argument("--bodies", type=int, default=1, help="bodies per node and frame [1]")
+    p.add_argument("--reps", type=int, default=100, help="calls per batch size [100]")
+    p.add_argument("--queue-delay-us", type=int, default=300)
+    p.add_argument("--save", action="store_true", help="write bench/results/…-triton-….json")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if opts.worker:
+        node_worker(opts.worker, opts.bodies, opts.seconds, opts.start_at, Path(opts.out))
+        return 0
+    result = scenario(opts)
+    print(report(result))
+    if opts.save:
+        day = result["started"][:10]
+        path = RESULTS / f"{day}-triton-{host_kind(result['machine'])}.json"
+        path.write_text(json.dumps(result, indent=1))
+        print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
