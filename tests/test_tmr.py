@@ -324,10 +324,10 @@ def test_stage_table_matches_design():
 
 
 def test_skeleton_classifier_shapes_and_causality():
-    from streamtmr.models.classifier import SkeletonClassifier
+    from streamtmr.models.classifier import STGCNClassifier
     torch.manual_seed(0)
     x = make_batch(b=2, t=12)["source"]
-    clf = SkeletonClassifier(num_classes=5, channels=8, blocks=2, causal=True)
+    clf = STGCNClassifier(num_classes=5, channels=8, blocks=2, causal=True)
     assert clf(x).shape == (2, 5)
     f = clf.features(x)
     x2 = x.clone()

@@ -27,6 +27,7 @@ from torch import nn
 
 from streamtmr import skeleton
 from streamtmr.eval import metrics
+from streamtmr.models.layers import GraphConv
 
 
 @dataclass
@@ -80,24 +81,18 @@ def window_features(x: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.T
 # --------------------------------------------------------------------------------------------
 
 
-def _normalized_adjacency() -> torch.Tensor:
-    a = torch.as_tensor(skeleton.ADJACENCY)
-    d = a.sum(1).rsqrt()
-    return d[:, None] * a * d[None, :]
-
-
-class GraphConv(nn.Module):
-    """Joint-wise linear map mixed over the joint graph (learned adjacency initialised from the
-    normalised Kinect v2 bone graph)."""
+class GraphBlock(nn.Module):
+    """The models' graph convolution with a learned adjacency (initialised from the normalised
+    Kinect v2 bone graph), then batch norm and ReLU, on channel-first ``[N, C, T, V]``."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.adj = nn.Parameter(_normalized_adjacency())
-        self.proj = nn.Conv2d(cin, cout, 1)
+        self.gcn = GraphConv(cin, cout, learn_adjacency=True)
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, T, V]
-        return F.relu(self.bn(self.proj(torch.einsum("nctv,vw->nctw", x, self.adj))))
+        y = self.gcn(x.permute(0, 2, 3, 1))  # [N, T, V, C']
+        return F.relu(self.bn(y.permute(0, 3, 1, 2)))
 
 
 class TemporalBlock(nn.Module):
@@ -131,7 +126,7 @@ class SkeletonNet(nn.Module):
         self.register_buffer("motion_std", torch.ones(MOTION_CHANNELS, 1, skeleton.NUM_JOINTS))
         self.register_buffer("static_mean", torch.zeros(STATIC_FEATURES))
         self.register_buffer("static_std", torch.ones(STATIC_FEATURES))
-        self.graph = nn.Sequential(GraphConv(MOTION_CHANNELS, w // 2), GraphConv(w // 2, w))
+        self.graph = nn.Sequential(GraphBlock(MOTION_CHANNELS, w // 2), GraphBlock(w // 2, w))
         self.frame = nn.Sequential(nn.Conv1d(w * skeleton.NUM_JOINTS, 4 * w, 1),
                                    nn.BatchNorm1d(4 * w), nn.ReLU())
         self.temporal = nn.Sequential(TemporalBlock(4 * w), TemporalBlock(4 * w, stride=2),

@@ -42,7 +42,7 @@ class STGCNBlock(nn.Module):
         return F.gelu(h + self.res(x))
 
 
-class SkeletonClassifier(nn.Module):
+class STGCNClassifier(nn.Module):
     """ST-GCN-lite action classifier: ``features(x) → [B, T, C]``, ``forward(x) → [B, classes]``."""
 
     def __init__(self, num_classes: int, channels: int = 64, blocks: int = 3, kernel: int = 5,

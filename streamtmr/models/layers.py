@@ -64,12 +64,18 @@ def normalized_adjacency(adjacency: np.ndarray = skeleton.ADJACENCY) -> np.ndarr
 
 
 class GraphConv(nn.Module):
-    """``x[..., 25, C_in] → Â x W  [..., 25, C_out]`` with Â the normalised Kinect adjacency."""
+    """``x[..., 25, C_in] → Â x W  [..., 25, C_out]`` with Â the normalised Kinect adjacency:
+    fixed (a buffer, the models) or, with ``learn_adjacency``, a parameter initialised from it
+    (the evaluation's attackers)."""
 
-    def __init__(self, in_dim: int, out_dim: int, adjacency: np.ndarray = skeleton.ADJACENCY):
+    def __init__(self, in_dim: int, out_dim: int, adjacency: np.ndarray = skeleton.ADJACENCY,
+                 learn_adjacency: bool = False):
         super().__init__()
-        self.register_buffer("adj", torch.from_numpy(normalized_adjacency(adjacency)),
-                             persistent=False)
+        adj = torch.from_numpy(normalized_adjacency(adjacency))
+        if learn_adjacency:
+            self.adj = nn.Parameter(adj)
+        else:
+            self.register_buffer("adj", adj, persistent=False)
         self.linear = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

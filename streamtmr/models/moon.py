@@ -25,7 +25,7 @@ from torch import nn
 
 from streamtmr import skeleton
 from streamtmr.models.base import Anonymizer
-from streamtmr.models.classifier import SkeletonClassifier
+from streamtmr.models.classifier import STGCNClassifier
 from streamtmr.models.registry import register
 
 J = skeleton.NUM_JOINTS
@@ -159,7 +159,7 @@ class MoonAE(_MoonBase):
 # --------------------------------------------------------------------------------------------
 
 class CanonicalClassifier(nn.Module):
-    """:class:`SkeletonClassifier` on canonicalised windows: ``[B, T, 25, 3] → logits``.
+    """:class:`STGCNClassifier` on canonicalised windows: ``[B, T, 25, 3] → logits``.
 
     Canonicalisation (root-centred, hips facing +X) makes the action and re-identification
     classifiers independent of where the camera stands, as in the usual NTU preprocessing.
@@ -167,7 +167,7 @@ class CanonicalClassifier(nn.Module):
 
     def __init__(self, num_classes: int, channels: int = 64, blocks: int = 3):
         super().__init__()
-        self.net = SkeletonClassifier(num_classes, channels, blocks)
+        self.net = STGCNClassifier(num_classes, channels, blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         canon, _, _ = skeleton.canonicalize(x)

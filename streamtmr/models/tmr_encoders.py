@@ -15,7 +15,7 @@ from torch import nn
 
 from streamtmr import skeleton
 from streamtmr.dummy import Dummy
-from streamtmr.models.classifier import SkeletonClassifier, joint_velocity
+from streamtmr.models.classifier import STGCNClassifier, joint_velocity
 from streamtmr.models.layers import (
     GraphConv,
     MultiScaleTemporalConv,
@@ -93,7 +93,7 @@ class ActionEncoder(nn.Module):
         else:
             self.lstm = None
         self.norm = nn.LayerNorm(d)
-        self.backbone = SkeletonClassifier(cfg["num_actions"], cfg["backbone_channels"],
+        self.backbone = STGCNClassifier(cfg["num_actions"], cfg["backbone_channels"],
                                            cfg["backbone_blocks"], causal=causal)
         self.backbone_proj = nn.Linear(self.backbone.out_dim, d)
         self.gate = nn.Linear(2 * d, d)
