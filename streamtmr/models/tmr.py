@@ -31,7 +31,7 @@ from streamtmr import skeleton
 from streamtmr.models.base import Anonymizer
 from streamtmr.models.layers import MLP
 from streamtmr.models.registry import register
-from streamtmr.models.tmr_decoder import Decoder, frame_features
+from streamtmr.models.tmr_decoder import MotionDecoder, frame_features
 from streamtmr.models.tmr_encoders import ActionCode, ActionEncoder, IdentityEncoder, rest_pose
 
 J = skeleton.NUM_JOINTS
@@ -146,7 +146,7 @@ class DisentangledTMR(Anonymizer):
         d = cfg["d_action"]
         self.action_encoder = ActionEncoder(cfg)
         self.identity_encoder = IdentityEncoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.decoder = MotionDecoder(cfg)
         self.subject_head = MLP(d, d, cfg["num_subjects"])  # RI classifier (entropy side)
         self.discriminator = MLP(d, d, cfg["num_subjects"])  # adversary behind grad reversal
         self._last_codes: torch.Tensor | None = None

@@ -51,7 +51,7 @@ def frame_features(root: torch.Tensor, directions: torch.Tensor) -> torch.Tensor
     return torch.cat([root, directions.reshape(-1, int(directions.shape[1]), 3 * J)], -1)
 
 
-class Decoder(nn.Module):
+class MotionDecoder(nn.Module):
     """H_action ``[B, T, d_action]`` + H_identity ``[B, d_identity]`` → root ``[B, T, 3]`` (leg
     units) and unit bone directions ``[B, T, 25, 3]``."""
 
