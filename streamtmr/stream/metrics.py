@@ -49,6 +49,13 @@ class LatencyHistogram:
                 "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
                 "p99_ms": round(float(p99), 4), "max_ms": round(self.max_ns / 1e6, 4)}
 
+    def copy(self) -> LatencyHistogram:
+        """The recent samples and running totals, to summarise outside the owner's lock."""
+        c = LatencyHistogram.__new__(LatencyHistogram)
+        c._ring = self._ring[:min(self._n, len(self._ring))].copy()
+        c._n, c.count, c.total_ns, c.max_ns = len(c._ring), self.count, self.total_ns, self.max_ns
+        return c
+
     def histogram(self, edges_ns: np.ndarray) -> list[int]:
         """Counts of the recent samples between consecutive ``edges_ns``."""
         return np.histogram(self._ring[:min(self._n, len(self._ring))], edges_ns)[0].tolist()
@@ -84,8 +91,9 @@ class Metrics:
         with self._lock:
             elapsed = time.time() - self.started
             out = {"elapsed_s": round(elapsed, 3), **self.info,
-                   "counters": dict(self.counters), "dropped": dict(self.dropped),
-                   "latency": {s: h.summary() for s, h in self.stages.items()}}
+                   "counters": dict(self.counters), "dropped": dict(self.dropped)}
+            stages = {s: h.copy() for s, h in self.stages.items()}  # summarised unlocked
+        out["latency"] = {s: h.summary() for s, h in stages.items()}
         out["out_fps"] = round(self.counters["frames_out"] / elapsed, 2) if elapsed > 0 else 0.0
         return out
 
@@ -93,7 +101,8 @@ class Metrics:
         """Per stage, counts of the recent latencies between consecutive ``edges_ms``."""
         edges = np.asarray(edges_ms, np.float64) * 1e6
         with self._lock:
-            return {s: h.histogram(edges) for s, h in self.stages.items()}
+            stages = {s: h.copy() for s, h in self.stages.items()}
+        return {s: h.histogram(edges) for s, h in stages.items()}
 
     def line(self) -> str:
         """One log line: rates, drops and the key latencies."""
