@@ -148,9 +148,19 @@ def _locate_bad_block(cur: _Lines, first_line: int) -> NTUFormatError | None:
     return None
 
 
-def read_skeleton(path: str | Path) -> NTUSequence:
-    """Parse one NTU RGB+D ``.skeleton`` file (see the module docstring for the layout)."""
-    path = Path(path)
+@dataclass
+class _Blocks:
+    """The joint blocks of a file as scanned: slot per body id, (frame, slot) and first line
+    number per block, and every block's joint-line tokens in file order."""
+
+    slots: dict[int, int] = field(default_factory=dict)
+    placements: list[tuple[int, int]] = field(default_factory=list)
+    first_lines: list[int] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+
+
+def _read_lines(path: Path) -> tuple[bytes, _Lines]:
+    """The file's bytes and a line cursor (trailing blank lines dropped)."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -161,71 +171,88 @@ def read_skeleton(path: str | Path) -> NTUSequence:
     cur = _Lines(path, lines)
     if not lines:
         raise cur.error(1, "empty file (expected the frame count)")
+    return raw, cur
 
-    n_frames = cur.count("frame count")
-    slots: dict[int, int] = {}
-    placements: list[tuple[int, int]] = []      # (frame, slot) per joint block
-    block_lines: list[int] = []                 # first line number of each joint block
-    tokens: list[str] = []
+
+def _scan_body(cur: _Lines, blocks: _Blocks, frame: int, seen: set[int]) -> None:
+    """One body of ``frame``: its info line, joint count and 25 joint lines (tokens kept)."""
+    info_line = cur.i + 1
+    body_id = _check_info(cur)
+    if body_id in seen:
+        raise cur.error(info_line, f"body id {body_id} appears twice in frame {frame + 1}")
+    seen.add(body_id)
+    lineno = cur.i + 1
+    n_joints = cur.count("joint count")
+    if n_joints != NUM_JOINTS:
+        raise cur.error(lineno, f"joint count {n_joints}, expected {NUM_JOINTS}")
+    start = cur.i
+    block = cur.lines[start:start + NUM_JOINTS]
+    if len(block) < NUM_JOINTS:
+        raise cur.error(len(cur.lines) + 1, f"truncated file: body {body_id} of frame "
+                                            f"{frame + 1} has {len(block)} of 25 joint lines")
+    tok = " ".join(block).split()
+    if len(tok) != NUM_JOINTS * len(JOINT_FIELDS):
+        for k, line in enumerate(block):
+            n = len(line.split())
+            if n != len(JOINT_FIELDS):
+                raise cur.error(start + k + 1, f"joint line has {n} fields, expected "
+                                               f"{len(JOINT_FIELDS)}")
+    blocks.tokens += tok
+    cur.i += NUM_JOINTS
+    blocks.placements.append((frame, blocks.slots.setdefault(body_id, len(blocks.slots))))
+    blocks.first_lines.append(start + 1)
+
+
+def _scan(cur: _Lines, n_frames: int) -> _Blocks:
+    """Walk the file's structure; nothing may follow the last frame."""
+    blocks = _Blocks()
     for f in range(n_frames):
         n_bodies = cur.count(f"body count of frame {f + 1}/{n_frames}")
         seen: set[int] = set()
         for _ in range(n_bodies):
-            info_line = cur.i + 1
-            body_id = _check_info(cur)
-            if body_id in seen:
-                raise cur.error(info_line, f"body id {body_id} appears twice in frame {f + 1}")
-            seen.add(body_id)
-            lineno = cur.i + 1
-            n_joints = cur.count("joint count")
-            if n_joints != NUM_JOINTS:
-                raise cur.error(lineno, f"joint count {n_joints}, expected {NUM_JOINTS}")
-            start = cur.i
-            block = lines[start:start + NUM_JOINTS]
-            if len(block) < NUM_JOINTS:
-                raise cur.error(len(lines) + 1, f"truncated file: body {body_id} of frame "
-                                                f"{f + 1} has {len(block)} of 25 joint lines")
-            tok = " ".join(block).split()
-            if len(tok) != NUM_JOINTS * len(JOINT_FIELDS):
-                for k, line in enumerate(block):
-                    n = len(line.split())
-                    if n != len(JOINT_FIELDS):
-                        raise cur.error(start + k + 1, f"joint line has {n} fields, expected "
-                                                       f"{len(JOINT_FIELDS)}")
-            tokens += tok
-            cur.i += NUM_JOINTS
-            placements.append((f, slots.setdefault(body_id, len(slots))))
-            block_lines.append(start + 1)
+            _scan_body(cur, blocks, f, seen)
+    lines = cur.lines
     extra = next((k for k in range(cur.i, len(lines)) if lines[k].strip()), None)
     if extra is not None:
         raise cur.error(extra + 1, f"unexpected content after the last of {n_frames} frames")
+    return blocks
 
-    n_blocks = len(placements)
+
+def _convert(cur: _Lines, raw: bytes, blocks: _Blocks) -> tuple[np.ndarray, np.ndarray]:
+    """(xyz ``[blocks, 25, 3]``, trackingState ``[blocks, 25]``) in one numpy conversion; a bad
+    value is named by its line and field."""
+    n_blocks = len(blocks.placements)
     # Only x y z and trackingState are converted; when the file holds any character that
     # cannot be part of a number, every field is converted so the bad one can be named.
     cols = (0, 1, 2, 11) if not raw.translate(None, _NUMBER_BYTES) else range(len(JOINT_FIELDS))
     step = len(JOINT_FIELDS)
     try:
-        values = np.array([tokens[c::step] for c in cols], dtype=np.float64)
+        values = np.array([blocks.tokens[c::step] for c in cols], dtype=np.float64)
     except ValueError:
-        for first in block_lines:
+        for first in blocks.first_lines:
             error = _locate_bad_block(cur, first)
             if error is not None:
                 raise error from None
-        raise cur.error(block_lines[0], "joint values are not numbers") from None
+        raise cur.error(blocks.first_lines[0], "joint values are not numbers") from None
     xyz = values[:3].T.reshape(n_blocks, NUM_JOINTS, 3)
     tracking = values[-1].reshape(n_blocks, NUM_JOINTS)
     valid = np.isfinite(xyz).all(axis=(1, 2)) & np.isin(tracking, (0.0, 1.0, 2.0)).all(axis=1)
     for b in np.flatnonzero(~valid):
-        error = _locate_bad_block(cur, block_lines[b])
-        raise error if error is not None else cur.error(block_lines[b], "invalid joint values")
+        error = _locate_bad_block(cur, blocks.first_lines[b])
+        raise error if error is not None else cur.error(blocks.first_lines[b],
+                                                        "invalid joint values")
+    return xyz, tracking
 
-    ids = list(slots)
+
+def _assemble(path: Path, n_frames: int, blocks: _Blocks, xyz: np.ndarray,
+              tracking: np.ndarray) -> NTUSequence:
+    """Place every block in its (frame, body slot); absent bodies stay zero."""
+    ids = list(blocks.slots)
     joints = np.zeros((n_frames, len(ids), NUM_JOINTS, 3), np.float32)
     state = np.zeros((n_frames, len(ids), NUM_JOINTS), np.uint8)
     present = np.zeros((n_frames, len(ids)), bool)
-    if n_blocks:
-        fr, sl = np.array(placements, dtype=np.int64).T
+    if blocks.placements:
+        fr, sl = np.array(blocks.placements, dtype=np.int64).T
         joints[fr, sl] = xyz
         state[fr, sl] = tracking.astype(np.uint8)
         present[fr, sl] = True
@@ -235,3 +262,13 @@ def read_skeleton(path: str | Path) -> NTUSequence:
         meta = {}
     return NTUSequence(joints=joints, state=state, body_ids=ids, present=present, meta=meta,
                        path=path)
+
+
+def read_skeleton(path: str | Path) -> NTUSequence:
+    """Parse one NTU RGB+D ``.skeleton`` file (see the module docstring for the layout)."""
+    path = Path(path)
+    raw, cur = _read_lines(path)
+    n_frames = cur.count("frame count")
+    blocks = _scan(cur, n_frames)
+    xyz, tracking = _convert(cur, raw, blocks)
+    return _assemble(path, n_frames, blocks, xyz, tracking)
