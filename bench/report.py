@@ -30,11 +30,37 @@ def _rel(v: float | None) -> str:
 # ------------------------------------------------------------------------------------------
 
 def render(result: dict[str, Any], console) -> None:
-    """Print the run as rich tables on ``console``: the header, then one table per part."""
+    """Print the run on ``console``: the header, then one table per part, as rich tables on a
+    terminal and as plain Markdown (never cut to the width) when the output is redirected."""
+    plain = not console.is_terminal
+    if plain:
+        console.soft_wrap = True  # redirected: long lines stay whole
     _print_header(result, console)
     for part in (_engine_tables, _step_tables, _node_tables, _offline_tables, _target_tables):
         for table in part(result):
-            console.print(table)
+            if plain:
+                console.print(markdown_table(table), markup=False, highlight=False)
+            else:
+                console.print(table)
+
+
+def _plain(cell: Any) -> str:
+    from rich.text import Text
+
+    text = cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+    return re.sub(r"\s+", " ", text).replace("|", "\\|").strip()
+
+
+def markdown_table(table) -> str:
+    """A rich ``Table`` as a Markdown table (its title in bold above, its caption below)."""
+    heads = [_plain(c.header) for c in table.columns]
+    cols = [[_plain(v) for v in c.cells] for c in table.columns]
+    lines = [f"**{_plain(table.title)}**", ""] if table.title else []
+    lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(row) + " |" for row in zip(*cols)]
+    if table.caption:
+        lines += ["", _plain(table.caption)]
+    return "\n".join(lines) + "\n"
 
 
 def _p99(d: dict[str, Any] | None) -> str:

@@ -69,6 +69,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.reps < 1:
         raise UserError(f"--reps must be at least 1, got {args.reps}")
     _check_out(args.out, args.overwrite)
+    print(synth_size_line(args), flush=True)
     try:
         out = generate(args.out, n_subjects=args.subjects, n_actions=args.actions,
                        views=tuple(args.views), reps=args.reps, seed=args.seed,
@@ -77,6 +78,36 @@ def run_synth(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     print(f"SynthKinect store: {out}")
     return 0
+
+
+def synth_size_line(args: argparse.Namespace) -> str:
+    """What ``data synth`` is about to write: sequences, and bytes from the store's arrays
+    (float32 per frame) times performances of 2–5 s (3.5 s on average) at its frame rate."""
+    import shutil
+
+    import numpy as np
+
+    from streamtmr.data.synth import ACTIONS, ARRAYS, FPS
+
+    actions = len(ACTIONS) if args.actions is None else args.actions
+    n = args.subjects * actions * args.reps * len(args.views)
+    per_frame = 4 * sum(int(np.prod(shape)) for shape in ARRAYS.values())
+    typical, most = n * 3.5 * FPS * per_frame, n * 5.0 * FPS * per_frame
+    where = args.out if args.out.exists() else args.out.resolve().parent
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    warn = f"; only {_size(free)} free there" if most > free else ""
+    return (f"SynthKinect: {n:,} sequences ({args.subjects} subjects × {actions} actions × "
+            f"{args.reps} reps × {len(args.views)} views), about {_size(typical)} "
+            f"(at most {_size(most)}) to {args.out}{warn}")
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
 
 
 def run_ntu(args: argparse.Namespace) -> int:

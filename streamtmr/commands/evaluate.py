@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import threading
+import time
 from pathlib import Path
 
 from streamtmr.commands import UserError
+from streamtmr.eval.attackers import ARCHITECTURES
 from streamtmr.models.registry import available
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="attacker training device (cpu, cuda)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, metavar="LIST",
+                   help="attacker seeds, comma-separated (e.g. 0,1,2): one run each, reported "
+                        "as mean ± std [--seed]")
+    p.add_argument("--attacker-archs", default="sgn", metavar="LIST",
+                   help="re-ID attacker backbones (sgn, transformer); the strongest is "
+                        "reported [sgn]")
+    p.add_argument("--attacks", default="reid,attributes,linkage,action", metavar="LIST",
+                   help="attacks to train (re-ID and action always) "
+                        "[reid,attributes,linkage,action]")
     p.set_defaults(func=run)
 
 
@@ -90,6 +105,25 @@ def _sigmas(text: str) -> tuple[float, ...]:
     return values
 
 
+#: What ``--attacks`` may name (re-ID and action are always trained).
+ATTACKS = ("reid", "attributes", "linkage", "action")
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str, flag: str, known) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise UserError(f"{flag}: {', '.join(bad) or 'empty'}: choose from {', '.join(known)}")
+    return tuple(dict.fromkeys(("reid", *names, "action"))) if known is ATTACKS else names
+
+
 def _request(args: argparse.Namespace):
     from streamtmr.eval.runner import EvalRequest
 
@@ -102,7 +136,10 @@ def _request(args: argparse.Namespace):
         sigmas=_sigmas(args.sigmas), utkinect=args.utkinect, utk_studies=args.utk_studies,
         utk_epochs=args.utk_epochs, out=args.out, report=args.report, quick=args.quick,
         window=args.window, epochs=args.epochs, width=args.width, tsne=args.tsne,
-        device=args.device, seed=args.seed, command=_command(args))
+        device=args.device, seed=args.seed, command=_command(args),
+        seeds=_ints(args.seeds, "--seeds") if args.seeds else (),
+        attacker_archs=_names(args.attacker_archs, "--attacker-archs", ARCHITECTURES),
+        attacks=_names(args.attacks, "--attacks", ATTACKS))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, args.threads))
     request = _request(args)
     try:
-        results = run_evaluation(request)
+        with Heartbeat() as beat:
+            results = run_evaluation(request, log=beat.line)
     except (StoreError, ProtocolError, CheckpointError, UTKFormatError) as e:
         raise UserError(str(e)) from None
     except KeyError as e:
@@ -133,3 +171,42 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}"
           + (f", updated {rep}" if rep else "") + f" ({results['seconds']:.0f} s)")
     return 0
+
+
+class Heartbeat(logging.Handler):
+    """Signs of life of a long evaluation: progress lines are printed at once (also when stdout
+    is not a terminal) and remembered with the evaluation's log lines; a named thread repeats
+    the latest with the elapsed time every ``every_s`` while a stage runs silently."""
+
+    def __init__(self, every_s: float = 30.0):
+        super().__init__(logging.INFO)
+        self.every_s = every_s
+        self.last = "starting"
+        self._t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="evaluate-heartbeat",
+                                        daemon=True)
+
+    def line(self, text: str) -> None:
+        """A progress line of the runner: printed now, remembered for the heartbeat."""
+        print(text, flush=True)
+        self.last = text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(("streamtmr.eval", "streamtmr.data", "engines")):
+            self.last = record.getMessage()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            log.info("evaluate: %.0f s elapsed; last step: %s", time.monotonic() - self._t0,
+                     self.last)
+
+    def __enter__(self) -> Heartbeat:
+        logging.getLogger().addHandler(self)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        logging.getLogger().removeHandler(self)

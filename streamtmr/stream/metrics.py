@@ -74,6 +74,7 @@ class Metrics:
         self.started = time.time()
         self._lock = threading.Lock()
         self.info: dict[str, Any] = {}
+        self._mark = (time.monotonic(), 0)  # (when, frames_out) of the last stats line
 
     def inc(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -104,8 +105,20 @@ class Metrics:
             stages = {s: h.copy() for s, h in self.stages.items()}
         return {s: h.histogram(edges) for s, h in stages.items()}
 
+    def interval_fps(self) -> tuple[float, float]:
+        """Output frames per second since the previous call (the first: since start), and
+        that interval's length in seconds; starts the next interval."""
+        now = time.monotonic()
+        with self._lock:
+            out = self.counters["frames_out"]
+            (then, before), self._mark = self._mark, (now, out)
+        dt = now - then
+        return ((out - before) / dt if dt > 0 else 0.0), dt
+
     def line(self) -> str:
-        """One log line: rates, drops and the key latencies."""
+        """One log line: output fps over the interval since the previous line (and on
+        average since start), drops and the key latencies."""
+        fps, dt = self.interval_fps()
         s = self.snapshot()
         c, lat = s["counters"], s["latency"]
 
@@ -115,7 +128,8 @@ class Metrics:
 
         drops = ",".join(f"{k}={v}" for k, v in sorted(s["dropped"].items())) or "0"
         return (f"in={c.get('frames_in', 0)} out={c.get('frames_out', 0)} "
-                f"({s['out_fps']:.1f} fps) bodies_out={c.get('bodies_out', 0)} "
+                f"({fps:.1f} fps over {dt:.1f} s, {s['out_fps']:.1f} since start) "
+                f"bodies_out={c.get('bodies_out', 0)} "
                 f"overruns={c.get('overruns', 0)} engine_errors={c.get('engine_errors', 0)} "
                 f"dropped[{drops}] infer p50/p99={p('infer', 'p50_ms')}/{p('infer', 'p99_ms')} ms "
                 f"total p50/p99={p('total', 'p50_ms')}/{p('total', 'p99_ms')} ms")

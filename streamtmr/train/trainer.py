@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich import console as rich_console
 from rich import progress as rp
 from rich.table import Column
 from safetensors import SafetensorError, safe_open
@@ -425,8 +426,8 @@ class Trainer:
             self._metrics = open(self.out / "metrics.jsonl", "a")
         total = sum(s.iterations for s in stages)
         stop = total if max_steps is None else min(max_steps, total)
-        bar = _ProgressBar(total, self.progress.step,
-                           enabled=t.progress and self.dist.is_main)
+        bar = _ProgressBar(stop, self.progress.step, enabled=self.dist.is_main,
+                           bar=t.progress)
         t0 = time.perf_counter()
         try:
             with bar:
@@ -496,14 +497,17 @@ class Trainer:
 
 
 class _ProgressBar:
-    """A rich progress bar with the latest losses (no-op when disabled)."""
+    """Training progress: a rich bar with the latest losses on a terminal; otherwise (output
+    redirected, or ``bar`` off) one log line per logged step with losses, rate and ETA."""
 
-    def __init__(self, total: int, done: int, enabled: bool):
+    def __init__(self, total: int, done: int, enabled: bool, bar: bool = True):
         self.enabled = enabled
         self.total, self.done = total, done
         self._losses = ""
         self._val = ""
-        if enabled:
+        self._t0 = time.perf_counter()
+        self.lines = enabled and not (bar and rich_console.Console().is_terminal)
+        if enabled and not self.lines:
             self._bar = rp.Progress(
                 rp.TextColumn("[bold]{task.description}",
                               table_column=Column(no_wrap=True, min_width=10)),
@@ -512,14 +516,14 @@ class _ProgressBar:
                 rp.TextColumn("{task.fields[losses]}", table_column=Column(overflow="fold")))
 
     def __enter__(self) -> _ProgressBar:
-        if self.enabled:
+        if self.enabled and not self.lines:
             self._bar.__enter__()
             self._task = self._bar.add_task("train", total=self.total, completed=self.done,
                                             losses="")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
+        if self.enabled and not self.lines:
             self._bar.__exit__(*exc)
 
     def update(self, step: int, stage: str, losses: dict[str, float] | None) -> None:
@@ -528,8 +532,21 @@ class _ProgressBar:
         if losses is not None:
             self._losses = " ".join(f"{k} {v:.4g}" for k, v in losses.items()
                                     if k not in ("grad_norm",))
+        if self.lines:
+            if losses is not None or step == self.total:
+                log.info("step %d/%d [%s] %s | %s", step, self.total, stage,
+                         f"{self._losses} {self._val}".strip(), self._rate(step))
+            return
         self._bar.update(self._task, completed=step, description=stage,
                          losses=f"{self._losses} {self._val}".strip())
+
+    def _rate(self, step: int) -> str:
+        elapsed = time.perf_counter() - self._t0
+        rate = (step - self.done) / elapsed if elapsed > 0 else 0.0
+        if rate <= 0:
+            return "ETA unknown"
+        eta = int((self.total - step) / rate)
+        return f"{rate:.2f} steps/s, ETA {eta // 3600:d}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
 
     def note(self, metrics: dict[str, float]) -> None:
         self._val = "| " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
