@@ -173,8 +173,7 @@ class ViewerSink(Sink):
         self._error: BaseException | None = None
         started = threading.Event()
         self._thread: threading.Thread | None = threading.Thread(
-            target=lambda: asyncio.run(self._main(started)), name="streamtmr-viewer",
-            daemon=True)
+            target=self._serve, args=(started,), name="streamtmr-viewer", daemon=True)
         self._thread.start()
         if not started.wait(START_TIMEOUT_S) or self._error is not None:
             self.close()
@@ -190,6 +189,14 @@ class ViewerSink(Sink):
     @property
     def url(self) -> str:
         return f"http://{self.url_host}:{self.port}/"
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Open pages, frames pushed to them, frames above the page rate, refused requests
+        (the Node adds them to its stats)."""
+        return {"pages": len(self._clients), "frames_pushed": self.pushed,
+                "throttled": self.throttled,
+                **{f"refused_{k}": v for k, v in self.refused.items()}}
 
     def client_stats(self) -> list[dict[str, int]]:
         """Per open page: messages waiting in its queue, messages dropped for it."""
@@ -222,6 +229,16 @@ class ViewerSink(Sink):
             log.warning("viewer thread did not stop within %.1f s", STOP_TIMEOUT_S + 0.5)
 
     # -- the server thread ---------------------------------------------------------------------
+
+    def _serve(self, started: threading.Event) -> None:
+        try:
+            asyncio.run(self._main(started))
+        except BaseException as e:  # the node goes on without its viewer, and says so
+            if started.is_set():
+                log.error("viewer stopped: %s: %s", type(e).__name__, e)
+            self._error = e
+        finally:
+            started.set()
 
     async def _main(self, started: threading.Event) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
@@ -342,7 +359,12 @@ class ViewerSink(Sink):
                     self.pushed += 1
             if self._clients and now >= next_metrics:
                 next_metrics = now + 1.0 / self.metrics_hz
-                self._broadcast(json.dumps(self._metrics(now)))
+                try:
+                    self._broadcast(json.dumps(self._metrics(now)))
+                except Exception as e:  # the node's stats are informative: frames go on
+                    self.dropped["metrics_error"] += 1
+                    if self.dropped["metrics_error"] <= 3:
+                        log.error("viewer metrics: %s: %s", type(e).__name__, e)
 
     # -- messages ------------------------------------------------------------------------------
 
