@@ -1,0 +1,435 @@
+"""Motion matching: every output pose is taken (and blended) from the dummy's own motion.
+
+A privacy-by-construction rival of the learned retargeting models, after game animation's
+motion matching (Clavet 2016; Holden et al. 2020, "Learned Motion Matching"). The database is
+the dummy's *neutral* SynthKinect performances (the store's ``target`` array: every style trait
+of the performer removed, the dummy's bone lengths). At every frame a causal feature vector of
+the input — root-relative, heading-aligned, body-size-normalised positions of key joints, their
+velocities and the past root velocity — is compared with the database's; every
+``search_every`` frames (and whenever the playing clip ends) the nearest database frame is
+looked up by brute force, and the anonymizer jumps there when it is cheaper than continuing the
+current clip by ``margin``. Otherwise the current clip keeps playing at 30 Hz. A jump is
+cross-faded over ``blend_frames`` frames (normalised lerp of bone directions; the old clip keeps
+playing underneath), and forward kinematics with the target's bone lengths keeps every bone
+exact.
+
+What passes from the source to the output: the horizontal root position (where the person is
+in the room), the facing direction about the vertical, the floor height, and the *choice and
+timing* of database frames. No joint position or bone direction of the source reaches the
+output; blend-free frames are exactly database poses.
+
+The model is stateful and causal: :meth:`MotionMatching.init_state` / :meth:`MotionMatching.step`
+follow ``/work/notes/STREAMING_API.md`` (one state slot per body), and :meth:`retarget` over a
+window is stepping from a fresh state. The database lives in registered buffers, so a built
+database is an ordinary streamtmr checkpoint (``save_checkpoint`` / ``load_checkpoint``).
+
+Build: :func:`build_database` from a SynthKinect store (``configs/motion_match.yaml``)::
+
+    python -m streamtmr.models.motion_match --config configs/motion_match.yaml \\
+        --data data/synthkinect --out runs/motion_match/model.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamtmr import skeleton
+from streamtmr.data.store import SkeletonStore
+from streamtmr.dummy import default_dummy
+from streamtmr.models.base import Anonymizer
+from streamtmr.models.registry import register
+
+log = logging.getLogger(__name__)
+
+#: Joints whose root-relative positions and velocities form the matching features.
+KEY_JOINTS: tuple[str, ...] = ("Head", "HandLeft", "HandRight", "FootLeft", "FootRight",
+                               "ElbowLeft", "ElbowRight", "KneeLeft", "KneeRight")
+FPS = 30.0
+
+DEFAULTS: dict[str, Any] = {
+    "window": 64,            # window the evaluation hands over (any length works)
+    "frames": 0,             # database size N (set by build_database; buffers are [N, ...])
+    "search_every": 5,       # frames between searches while a clip plays
+    "margin": 0.1,           # a jump must beat continuing by this much (standardised cost)
+    "blend_frames": 6,       # cross-fade length after a jump
+    "heading_alpha": 0.4,    # EMA weight of the newest facing direction
+    "velocity_alpha": 0.5,   # EMA weight of the newest joint / root velocity
+    "floor_alpha": 0.1,      # EMA weight of the newest lowest-foot height (floor = running min)
+    "weights": {"position": 1.0, "velocity": 0.5, "root_velocity": 1.0},
+    "key_joints": list(KEY_JOINTS),
+}
+
+
+def _joints(cfg: dict[str, Any]) -> list[int]:
+    names = cfg.get("key_joints") or KEY_JOINTS
+    unknown = [n for n in names if n not in skeleton.JOINT]
+    if unknown:
+        raise ValueError(f"motion_match key_joints: unknown joints {unknown}")
+    return [skeleton.JOINT[n] for n in names]
+
+
+def groups(cfg: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """Feature groups in vector order: (name, size)."""
+    k = len(_joints(cfg))
+    return (("position", 3 * k), ("velocity", 3 * k), ("root_velocity", 3))
+
+
+def _fstate(batch: int, k: int, device=None) -> dict[str, torch.Tensor]:
+    z = torch.zeros
+    return {"t": z(batch, dtype=torch.int64, device=device),
+            "heading": z(batch, 2, device=device), "scale": z(batch, device=device),
+            "foot_ema": z(batch, device=device), "floor": z(batch, device=device),
+            "prev_rel": z(batch, k, 3, device=device), "prev_root": z(batch, 3, device=device),
+            "vel": z(batch, k, 3, device=device), "root_vel": z(batch, 3, device=device)}
+
+
+def _ema(old: torch.Tensor, new: torch.Tensor, alpha: float, first: torch.Tensor):
+    """``alpha·new + (1−alpha)·old``, or ``new`` where ``first`` (a fresh track)."""
+    mixed = alpha * new + (1.0 - alpha) * old
+    return torch.where(first.view(-1, *[1] * (new.dim() - 1)), new, mixed)
+
+
+def feature_step(frame: torch.Tensor, fs: dict[str, torch.Tensor], cfg: dict[str, Any]
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Causal matching features of one frame ``[B, 25, 3]``.
+
+    Returns ``(features [B, F], rotation [B, 3, 3] to the smoothed heading frame, new state)``.
+    The same function featurises the database clips and the live input, so both sides match.
+    """
+    first = fs["t"] == 0
+    angle = skeleton.facing_angle(frame)
+    heading = _ema(fs["heading"], torch.stack([torch.cos(angle), torch.sin(angle)], -1),
+                   cfg["heading_alpha"], first)
+    rot = skeleton.rotation_y(torch.atan2(heading[:, 1], heading[:, 0]))
+    n = fs["t"].to(frame.dtype) + 1.0
+    height = skeleton.standing_height(skeleton.bone_lengths(frame))
+    scale = fs["scale"] + (height - fs["scale"]) / n           # running mean body size
+    root = frame[:, skeleton.ROOT]
+    rel = frame[:, _joints(cfg)] - root[:, None]
+    zero = torch.zeros_like(rel)
+    vel = _ema(fs["vel"], torch.where(first[:, None, None], zero, rel - fs["prev_rel"]) * FPS,
+               cfg["velocity_alpha"], first)
+    rvel = _ema(fs["root_vel"], torch.where(first[:, None], zero[:, 0], root - fs["prev_root"])
+                * FPS, cfg["velocity_alpha"], first)
+    foot = frame[:, list(skeleton.FEET), 1].amin(-1)
+    foot_ema = _ema(fs["foot_ema"], foot, cfg["floor_alpha"], first)
+    floor = torch.where(first, foot_ema, torch.minimum(fs["floor"], foot_ema))
+    s = scale.clamp_min(0.5)[:, None, None]
+    canon = torch.cat([torch.matmul(rel, rot.transpose(-1, -2)) / s,
+                       torch.matmul(vel, rot.transpose(-1, -2)) / s,
+                       torch.matmul(rvel[:, None], rot.transpose(-1, -2)) / s], 1)
+    new = {"t": fs["t"] + 1, "heading": heading, "scale": scale, "foot_ema": foot_ema,
+           "floor": floor, "prev_rel": rel, "prev_root": root, "vel": vel, "root_vel": rvel}
+    return canon.flatten(1), rot, new
+
+
+def _nlerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Normalised lerp of unit bone directions ``[B, 25, 3]`` with weights ``w [B]``."""
+    w = w[:, None, None]
+    mix = (1.0 - w) * a + w * b
+    return mix / mix.norm(dim=-1, keepdim=True).clamp_min(skeleton.EPS)
+
+
+@register
+class MotionMatching(Anonymizer):
+    """Causal motion matching over a database of the dummy's neutral motion (module docstring).
+
+    Buffers (the database, ``N = config["frames"]``): ``features [N, F]`` (standardised and
+    weighted), ``feat_mean``/``feat_scale [F]`` (the standardisation applied to queries),
+    ``directions [N, 25, 3]`` (unit bone directions in the heading frame), ``height [N]`` (root
+    height above the clip's floor), ``next [N]`` (index of the next frame of the same clip,
+    −1 at a clip's end).
+    """
+
+    method = "motion_match"
+    #: "learned" in the registry's sense: running it needs a checkpoint (the database, built by
+    #: :func:`build_database`, not trained; ``trainer`` is None). The window form is what the
+    #: engines export; the per-body :meth:`step` API is the model's own (its state holds int64
+    #: database indices, so it is not the engines' float32 "streaming" step contract).
+    traits = frozenset({"learned", "windowed"})
+    trainer = None
+    #: tiny: a database rendered on the fly (3 actions of the neutral dummy, for tests). The
+    #: real database comes from a SynthKinect store (:func:`build_database`, a checkpoint).
+    presets = {"tiny": {"window": 16, "render": {"actions": ["wave", "squat", "walk_towards"],
+                                                 "seed": 0}}}
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        cfg = {**DEFAULTS, **(config or {}), "method": self.method}
+        cfg["weights"] = {**DEFAULTS["weights"], **cfg.get("weights", {})}
+        cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
+        db = None
+        if int(cfg["frames"]) == 0 and cfg.get("render"):
+            db = database(rendered_clips(cfg["dummy_lengths"], **cfg["render"]), cfg)
+            cfg["frames"] = len(db["features"])
+        super().__init__(cfg)
+        n, f = int(cfg["frames"]), sum(size for _, size in groups(cfg))
+        self.k = len(_joints(cfg))
+        self.register_buffer("features", torch.zeros(n, f))
+        self.register_buffer("feat_mean", torch.zeros(f))
+        self.register_buffer("feat_scale", torch.ones(f))
+        self.register_buffer("directions", torch.zeros(n, skeleton.NUM_JOINTS, 3))
+        self.register_buffer("height", torch.zeros(n))
+        self.register_buffer("next", torch.full((n,), -1, dtype=torch.int64))
+        self.register_buffer("landing", torch.zeros(n))
+        if db is not None:
+            self.set_database(db)
+
+    def set_database(self, db: dict[str, torch.Tensor]) -> None:
+        """Copy a :func:`database` into the buffers (sizes must match ``config["frames"]``)."""
+        for name, value in db.items():
+            getattr(self, name).copy_(value)
+
+    # ---- streaming interface ---------------------------------------------------------------
+
+    def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        spec = {k: (tuple(v.shape[1:]), v.dtype) for k, v in _fstate(1, self.k).items()}
+        for k in ("cur", "old", "blend", "since_search"):
+            spec[k] = ((), torch.int64)
+        return spec
+
+    def init_state(self, batch: int) -> dict[str, torch.Tensor]:
+        dev = self.features.device
+        state = _fstate(batch, self.k, dev)
+        for k in ("cur", "old", "blend", "since_search"):
+            state[k] = torch.zeros(batch, dtype=torch.int64, device=dev)
+        return state
+
+    def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor],
+             target_lengths: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One frame ``[B, 25, 3]`` → the dummy's pose ``[B, 25, 3]`` and the new state.
+
+        ``target_lengths [B, 25]`` or ``[25]`` (default: the store's dummy recorded at build).
+        """
+        if len(self.features) == 0:
+            raise RuntimeError("motion_match: empty database (build it with build_database)")
+        if target_lengths is None:
+            target_lengths = torch.as_tensor(self.config["dummy_lengths"], dtype=frame.dtype)
+        fs = {k: state[k] for k in _fstate(1, self.k)}
+        feat, rot, fs = feature_step(frame, fs, self.config)
+        query = (feat - self.feat_mean) * self.feat_scale
+        cur, old, blend, since = self._match(query, state)
+        w = ((blend + 1).to(frame.dtype) / (self.config["blend_frames"] + 1)).clamp(max=1.0)
+        dirs = _nlerp(self.directions[old], self.directions[cur], w)
+        h = (1.0 - w) * self.height[old] + w * self.height[cur]
+        dirs = torch.matmul(dirs, rot)                      # heading frame → camera space
+        root = frame[:, skeleton.ROOT].clone()
+        root[:, 1] = fs["floor"] + h
+        out = skeleton.forward_kinematics(root, dirs, target_lengths)
+        new = {**fs, "cur": cur, "old": old, "blend": blend + 1, "since_search": since + 1}
+        return out, new
+
+    def _advance(self, idx: torch.Tensor) -> torch.Tensor:
+        nxt = self.next[idx]
+        return torch.where(nxt >= 0, nxt, idx)
+
+    def _match(self, query: torch.Tensor, state: dict[str, torch.Tensor]):
+        """Continue the playing clip or jump to the best database frame (per body).
+
+        Written without boolean indexing (masks and ``torch.where`` over the whole batch) so
+        that the window form traces to ONNX: in a window every body starts fresh together, so
+        whether a search runs at frame t is the same for all of them.
+        """
+        fresh = state["t"] == 0
+        cur_next = self._advance(state["cur"])
+        old = self._advance(state["old"])
+        ended = self.next[state["cur"]] < 0
+        need = fresh | ended | (state["since_search"] >= self.config["search_every"])
+        if not bool(need.any()):
+            return cur_next, old, state["blend"], state["since_search"]
+        # |q − f|² = |q|² + (|f|² − 2 q·f); ``landing`` holds |f|², +inf where a jump may not
+        # land (the last frames of a clip, which would end before the next search).
+        score = torch.addmm(self.landing[None], query, self.features.T, alpha=-2.0)
+        best_score, best = score.min(1)
+        best_cost = best_score + (query**2).sum(1)
+        cont = ((query - self.features[cur_next]) ** 2).sum(1)
+        # A clip about to end before the next search (no landing allowed there) must be left
+        # now, so that no clip runs out between searches.
+        cont = torch.where(ended | torch.isinf(self.landing[cur_next]), torch.inf, cont)
+        jump = need & (fresh | ((best_cost + self.config["margin"] < cont) & (best != cur_next)))
+        cur = torch.where(jump, best, cur_next)
+        old = torch.where(jump, torch.where(fresh, best, cur_next), old)
+        full = torch.full_like(state["blend"], int(self.config["blend_frames"]))
+        blend = torch.where(jump, torch.where(fresh, full, torch.zeros_like(full)),
+                            state["blend"])
+        since = torch.where(need, torch.zeros_like(state["since_search"]), state["since_search"])
+        return cur, old, blend, since
+
+    # ---- window interface ------------------------------------------------------------------
+
+    def retarget(self, source: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+        """Step through ``source [B, T, 25, 3]`` from a fresh state (causal by construction)."""
+        state = self.init_state(source.shape[0])
+        lengths = target_lengths.expand(source.shape[0], -1)
+        out = []
+        for t in range(source.shape[1]):
+            y, state = self.step(source[:, t], state, lengths)
+            out.append(y)
+        return torch.stack(out, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Database build
+# --------------------------------------------------------------------------------------------
+
+
+def _clip_rows(store: SkeletonStore, subjects: Sequence[int] | None, views: Sequence[int],
+               reps: Sequence[int] | None) -> list[int]:
+    splits = store.meta.get("splits") or {}
+    if subjects is None:
+        if "anonymizer_train" not in splits:
+            raise ValueError(f"{store.root}: no splits.anonymizer_train; give subjects")
+        subjects = splits["anonymizer_train"]
+    held_out = set(int(s) for s in splits.get("eval", [])) & set(int(s) for s in subjects)
+    if held_out:
+        raise ValueError(f"{store.root}: subjects {sorted(held_out)} are evaluation subjects")
+    keep = set(int(s) for s in subjects)
+    return [i for i, r in enumerate(store.rows)
+            if int(r["subject"]) in keep and int(r["view"]) in views
+            and (reps is None or int(r["rep"]) in reps)]
+
+
+def _featurise(clips: list[np.ndarray], cfg: dict[str, Any]):
+    """Features, heading-frame bone directions and root heights of every clip frame."""
+    lengths = [len(c) for c in clips]
+    T = max(lengths)
+    x = torch.as_tensor(np.stack([np.concatenate([c, np.repeat(c[-1:], T - len(c), 0)])
+                                  for c in clips]))           # [C, T, 25, 3], end-padded
+    fs = _fstate(len(clips), len(_joints(cfg)))
+    f_all, d_all = [], []
+    for t in range(T):  # every clip stepped from a fresh state, exactly as a live track
+        f, rot, fs = feature_step(x[:, t], fs, cfg)
+        f_all.append(f)
+        d_all.append(torch.matmul(skeleton.bone_directions(x[:, t]), rot.transpose(-1, -2)))
+    f_all, d_all = torch.stack(f_all, 1), torch.stack(d_all, 1)
+    heights = x[..., skeleton.ROOT, 1] - skeleton.floor_height(x)[:, None]
+    feats, dirs, hs, nexts = [], [], [], []
+    offset = 0
+    for c, n in enumerate(lengths):
+        feats.append(f_all[c, :n])
+        dirs.append(d_all[c, :n])
+        hs.append(heights[c, :n])
+        nxt = torch.arange(offset + 1, offset + n + 1)
+        nxt[-1] = -1
+        nexts.append(nxt)
+        offset += n
+    return torch.cat(feats), torch.cat(dirs), torch.cat(hs), torch.cat(nexts)
+
+
+def database(clips: list[np.ndarray], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The buffers of a :class:`MotionMatching` model from the dummy's clips ``[T_i, 25, 3]``
+    (camera space, any facing): standardised weighted features and their standardisation,
+    heading-frame bone directions, root heights above each clip's floor, next-frame links."""
+    if not clips or min(len(c) for c in clips) < 2:
+        raise ValueError("motion matching needs at least one clip of >= 2 frames")
+    feats, dirs, heights, nexts = _featurise([np.asarray(c, np.float32) for c in clips], cfg)
+    # One scale per feature group (its RMS spread), not per feature: a per-feature z-score
+    # would let near-constant features (a joint that hardly moves on the dummy) dominate the
+    # distance, and any difference of proportions in the input would then decide the match.
+    mean = feats.mean(0)
+    weights = {**DEFAULTS["weights"], **cfg.get("weights", {})}
+    std, weight, i = torch.empty_like(mean), torch.empty_like(mean), 0
+    for g, n in groups(cfg):
+        std[i : i + n] = feats[:, i : i + n].var(0).mean().sqrt().clamp_min(1e-4)
+        weight[i : i + n] = (float(weights[g]) / n) ** 0.5   # every group counts as a whole
+        i += n
+    features = (feats - mean) * (weight / std)
+    # A jump may land only where the clip runs on past the next search and cross-fade.
+    ends = torch.nonzero(nexts < 0).squeeze(1)
+    left = ends[torch.searchsorted(ends, torch.arange(len(nexts)))] - torch.arange(len(nexts))
+    reach = int(cfg["search_every"]) + int(cfg["blend_frames"])
+    landing = torch.where(left >= min(reach, 1 + int(left.max()) // 2),
+                          (features**2).sum(1), torch.inf)
+    return {"features": features, "feat_mean": mean, "feat_scale": weight / std,
+            "directions": dirs, "height": heights, "next": nexts, "landing": landing}
+
+
+def rendered_clips(dummy_lengths: Sequence[float], actions: Sequence[str], seed: int = 0,
+                   views: Sequence[float] = (0.0,), mirror: bool = True) -> list[np.ndarray]:
+    """The dummy's neutral performances rendered by SynthKinect (no sensor noise): one
+    instance of each action, seen from each of ``views`` (degrees), with mirror images."""
+    from streamtmr.data.synth import neutral_identity, render, sample_content
+
+    body = neutral_identity(np.asarray(dummy_lengths, np.float32))
+    rng = np.random.default_rng(seed)
+    clips = []
+    for action in actions:
+        content = sample_content(action, rng, side="right")
+        clips += [render(content, body, view_deg=v, sensor_noise=False)[0] for v in views]
+    return clips + [skeleton.mirror(c) for c in clips] if mirror else clips
+
+
+def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | None = None,
+                   views: Sequence[int] = (1,), reps: Sequence[int] | None = (0,),
+                   mirror: bool = True, array: str = "target",
+                   config: dict[str, Any] | None = None) -> MotionMatching:
+    """A :class:`MotionMatching` model whose database is the dummy's neutral performances.
+
+    ``array`` is the store's ground-truth retarget (``target``: the dummy, neutral style and
+    tempo). ``subjects`` default to the store's ``anonymizer_train`` split; evaluation subjects
+    are refused. ``mirror`` adds every clip's left↔right mirror image. Save the result with
+    :func:`streamtmr.models.checkpoint.save_checkpoint`.
+    """
+    store = store if isinstance(store, SkeletonStore) else SkeletonStore(store)
+    if array not in store.array_names:
+        raise ValueError(f"{store.root}: no {array!r} array (have {store.array_names})")
+    rows = _clip_rows(store, subjects, views, reps)
+    if not rows:
+        raise ValueError(f"{store.root}: no sequences for views {list(views)}, reps {reps}")
+    clips = [np.array(store[k].arrays[array], np.float32) for k in rows]
+    if mirror:
+        clips += [skeleton.mirror(c) for c in clips]
+    cfg = {**DEFAULTS, **(config or {})}
+    cfg.pop("render", None)
+    db = database(clips, cfg)
+    lengths = (store.meta.get("dummy") or {}).get("lengths", default_dummy().lengths)
+    cfg.update(frames=len(db["features"]), dummy_lengths=[float(v) for v in lengths],
+               database={"store": str(store.root), "array": array, "sequences": len(rows),
+                         "mirror": bool(mirror), "views": list(views),
+                         "reps": None if reps is None else list(reps)})
+    model = MotionMatching(cfg)
+    model.set_database(db)
+    log.info("motion-matching database: %d frames from %d clips", len(db["features"]),
+             len(clips))
+    return model.eval()
+
+
+def build_from_config(config: str | Path, data: str | Path, out: str | Path) -> Path:
+    """Build the database described by a YAML file (``configs/motion_match.yaml``) and save it
+    as a checkpoint at ``out``."""
+    import yaml
+
+    from streamtmr.models.checkpoint import save_checkpoint
+
+    spec = yaml.safe_load(Path(config).read_text()) or {}
+    db = dict(spec.get("database") or {})
+    model = build_database(data, config=spec.get("model"), **db)
+    store = SkeletonStore(data)
+    extra = {"data": {"store": str(store.root),
+                      "train_subjects": sorted({int(store.rows[i]["subject"]) for i in
+                                                _clip_rows(store, db.get("subjects"),
+                                                           db.get("views", (1,)),
+                                                           db.get("reps", (0,)))})}}
+    return save_checkpoint(out, model, extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Build a motion-matching database checkpoint.")
+    p.add_argument("--config", type=Path, default=Path("configs/motion_match.yaml"))
+    p.add_argument("--data", type=Path, required=True, help="SynthKinect store")
+    p.add_argument("--out", type=Path, default=Path("runs/motion_match/model.safetensors"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    print(f"wrote {build_from_config(args.config, args.data, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Motion matching: database build, exact dummy bones, causality, step == forward, and every
+blend-free output pose is a database pose (privacy by construction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamtmr import skeleton
+from streamtmr.data.store import SkeletonStore
+from streamtmr.data.synth import generate
+from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
+from streamtmr.models.motion_match import MotionMatching, build_database
+from streamtmr.models.registry import model_class
+
+SETTINGS = {"search_every": 4, "blend_frames": 3, "margin": 0.05}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> SkeletonStore:
+    torch.set_num_threads(1)
+    root = generate(tmp_path_factory.mktemp("mm") / "synth", n_subjects=6, n_actions=3,
+                    views=(0, 45), reps=1, seed=3, progress=False)
+    return SkeletonStore(root)
+
+
+@pytest.fixture(scope="module")
+def model(store) -> MotionMatching:
+    return build_database(store, views=(0,), reps=None, config=SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def source(store) -> torch.Tensor:
+    """Two observed (sensor-noise) sequences of evaluation subjects, cut to equal length."""
+    ev = set(store.meta["splits"]["eval"])
+    rows = [i for i, r in enumerate(store.rows) if r["subject"] in ev and r["view"] == 1][:2]
+    seqs = [np.array(store[i].joints) for i in rows]
+    T = min(len(s) for s in seqs)
+    return torch.as_tensor(np.stack([s[:T] for s in seqs]))
+
+
+def dummy(model: MotionMatching) -> torch.Tensor:
+    return torch.as_tensor(model.config["dummy_lengths"], dtype=torch.float32)
+
+
+def run_steps(model, x):
+    """Step ``x [B, T, 25, 3]`` frame by frame: outputs and the state after every frame."""
+    state = model.init_state(x.shape[0])
+    outs, states = [], []
+    for t in range(x.shape[1]):
+        y, state = model.step(x[:, t], state, dummy(model))
+        outs.append(y)
+        states.append(state)
+    return torch.stack(outs, 1), states
+
+
+def facing_aligned(pose: torch.Tensor) -> torch.Tensor:
+    """Root-relative joints ``[..., 25, 3]`` turned about the vertical so the hips face +X."""
+    rel = pose - pose[..., skeleton.ROOT : skeleton.ROOT + 1, :]
+    rot = skeleton.rotation_y(skeleton.facing_angle(rel))
+    return torch.matmul(rel, rot.transpose(-1, -2))
+
+
+def test_database_holds_only_neutral_training_motion(store, model):
+    train = set(store.meta["splits"]["anonymizer_train"])
+    n_frames = sum(r["length"] for r in store.rows if r["subject"] in train and r["view"] == 0)
+    assert model.config["frames"] == 2 * n_frames  # with mirror images
+    assert len(model.features) == len(model.directions) == len(model.next) == 2 * n_frames
+    assert model.config["database"]["array"] == "target"
+    with pytest.raises(ValueError, match="evaluation subjects"):
+        build_database(store, subjects=store.meta["splits"]["eval"][:1])
+
+
+def test_exact_dummy_bones_and_root_follows_input(model, source):
+    y = model.retarget(source, dummy(model)[None])
+    assert y.shape == source.shape and torch.isfinite(y).all()
+    err = (skeleton.bone_lengths(y)[..., 1:] - dummy(model)[1:]).abs().max()
+    assert err < 1e-5
+    # horizontal root = the person's place in the room; height comes from the database
+    torch.testing.assert_close(y[..., skeleton.ROOT, 0], source[..., skeleton.ROOT, 0])
+    torch.testing.assert_close(y[..., skeleton.ROOT, 2], source[..., skeleton.ROOT, 2])
+
+
+def test_step_equals_forward_and_bodies_are_independent(model, source):
+    full = model.retarget(source, dummy(model)[None])
+    stepped, _ = run_steps(model, source)
+    torch.testing.assert_close(stepped, full, atol=1e-6, rtol=0)
+    alone = model.retarget(source[1:], dummy(model)[None])  # body 1 without body 0
+    torch.testing.assert_close(alone[0], full[1], atol=1e-6, rtol=0)
+
+
+def test_causal(model, source):
+    t0 = source.shape[1] // 2
+    changed = source.clone()
+    changed[:, t0 + 1 :] += torch.randn_like(changed[:, t0 + 1 :]) * 0.2
+    a = model.retarget(source, dummy(model)[None])
+    b = model.retarget(changed, dummy(model)[None])
+    torch.testing.assert_close(a[:, : t0 + 1], b[:, : t0 + 1], atol=0, rtol=0)
+    assert (a[:, t0 + 1 :] - b[:, t0 + 1 :]).abs().max() > 1e-3  # the input does matter
+
+
+def test_blend_free_frames_are_database_poses(model, source):
+    y, states = run_steps(model, source)
+    bf = model.config["blend_frames"]
+    free = torch.stack([s["blend"] > bf for s in states], 1)  # no cross-fade at that frame
+    assert free.float().mean() > 0.3 and (~free).any()  # both kinds occur
+    db_poses = skeleton.forward_kinematics(torch.zeros(len(model.directions), 3),
+                                           model.directions, dummy(model))
+    db = facing_aligned(db_poses).flatten(1)                      # [N, 75]
+    out = facing_aligned(y[free]).flatten(1)                      # [M, 75]
+    nearest = torch.cdist(out.double(), db.double()).min(1).values / np.sqrt(75)
+    assert nearest.max() < 1e-5
+    # cross-faded frames are no database pose but stay within the blend of two
+    faded = facing_aligned(y[~free]).flatten(1)
+    assert (torch.cdist(faded.double(), db.double()).min(1).values / np.sqrt(75)).max() < 0.2
+
+
+def test_checkpoint_round_trip(model, source, tmp_path):
+    path = save_checkpoint(tmp_path / "mm.safetensors", model)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, MotionMatching) and loaded.config == model.config
+    torch.testing.assert_close(loaded.retarget(source, dummy(model)[None]),
+                               model.retarget(source, dummy(model)[None]), atol=0, rtol=0)
+    spec = loaded.state_spec()
+    state = loaded.init_state(3)
+    assert set(spec) == set(state)
+    assert all(state[k].shape == (3, *spec[k][0]) and state[k].dtype == spec[k][1]
+               for k in spec)
+
+
+def test_tiny_preset_and_fixed_dummy(source):
+    tiny = model_class("motion_match").from_preset("tiny")
+    assert tiny.config["frames"] > 0
+    fixed = tiny.for_dummy(dummy(tiny))
+    with torch.no_grad():
+        y = fixed(source[:, :20])
+    err = (skeleton.bone_lengths(y)[..., 1:] - dummy(tiny)[1:]).abs().max()
+    assert y.shape == (2, 20, 25, 3) and err < 1e-5
