@@ -152,9 +152,7 @@ def test_cached_entries_from_before_the_pose_metric_are_upgraded_without_attacke
     no attacker is trained, the entry is rewritten, the other numbers are kept."""
     cfg = protocol.EvalConfig(window=16, train_stride=16, gap_sequences=1)
     data = protocol.load_store(store, cfg)
-    naive = protocol.Method("naive", NaiveRetarget().for_dummy(
-        torch.as_tensor(np.array(data.dummy.lengths, np.float32))), None, None,
-        {"method": "naive"})
+    naive = protocol.method_from_model("naive", NaiveRetarget(), data.dummy)
     old = {"static": {"action_top1": 0.5, "reid_top1": 0.9},
            "adaptive": {"reid_top1": 0.9, "linkage": {"auc": 0.9}},
            "quality": {"mpjpe_source_mm": 12.0, "mpjpe_sync_mm": 99.0}}
@@ -176,7 +174,7 @@ def test_cached_entries_from_before_the_pose_metric_are_upgraded_without_attacke
     monkeypatch.setattr(protocol, "train_attackers", no_training)
     cache = DictCache()
     res = protocol.run_protocol(data, [naive], cfg, cache)["methods"]
-    expect = protocol.sync_quality(data, protocol._output(naive, data.test, cfg))
+    expect = protocol.sync_quality(data, protocol._output(naive, data, cfg))
     for name in ("original", "naive"):
         q = res[name]["quality"]
         assert q["mpjpe_source_mm"] == 12.0  # kept

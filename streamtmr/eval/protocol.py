@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -70,6 +70,11 @@ class EvalConfig:
     gap_sequences: int = 6        # sequences for the streamed-vs-offline gap
     batch: int = 64               # anonymizer batch size
     seed: int = 0
+    #: Re-ID attacker backbones (``attackers.ARCHITECTURES``); the strongest is reported.
+    reid_archs: tuple[str, ...] = ("sgn",)
+    #: Which attacks to train (re-ID and action always; attributes and linkage optional).
+    attacks: tuple[str, ...] = ("reid", "attributes", "linkage", "action")
+    lanes: int = 64               # recordings played side by side through the node
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -88,6 +93,9 @@ class EvalData:
     dummy: Dummy
     fps: float = 30.0
     info: dict[str, Any] = field(default_factory=dict)
+    #: Source recordings by store row (every row a train or test window was cut from): what
+    #: an anonymizer is played through the node's path.
+    rows: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def has_target(self) -> bool:
@@ -175,15 +183,16 @@ def load_store(store: SkeletonStore | str, config: EvalConfig | None = None) -> 
         leaked = set(np.unique(part["subject"]).tolist()) & set(anon_train)
         if leaked:  # cannot happen with load_windows(subjects=ev); guards the invariant
             raise ProtocolError(f"anonymizer-train subjects {sorted(leaked)} in evaluation data")
-    rows = np.unique(test["sequence"])[: cfg.gap_sequences]
-    sequences = [np.array(store[int(k)].joints, np.float32) for k in rows]
+    used = np.union1d(train["sequence"], test["sequence"])
+    recordings = {int(k): np.array(store[int(k)].joints, np.float32) for k in used}
+    sequences = [recordings[int(k)] for k in np.unique(test["sequence"])[: cfg.gap_sequences]]
     info = {"store": str(store.root), "eval_subjects": ev, "anonymizer_train_subjects": anon_train,
             "actions": store.meta.get("actions"), "views_deg": store.meta.get("views_deg"),
             "test_view": cfg.test_view, "test_rep": cfg.test_rep if use_rep else None,
             "split": cfg.split, "train_windows": int(len(train["subject"])),
             "test_windows": int(len(test["subject"])), "window": cfg.window}
     return EvalData(store.meta.get("name", store.root.name), train, test, sequences,
-                    store_dummy(store), float(store.meta.get("fps", 30.0)), info)
+                    store_dummy(store), float(store.meta.get("fps", 30.0)), info, recordings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,11 +258,12 @@ def streamed_newest(anonymize: Anonymize, seq: np.ndarray, window: int) -> np.nd
 
 @dataclass
 class Attackers:
-    """One trained set: re-ID, attributes (sex + age group), linkage, action recognizer."""
+    """One trained set: re-ID (one classifier per backbone of ``cfg.reid_archs``), attributes
+    (sex + age group), linkage (None where not in ``cfg.attacks``), action recognizer."""
 
-    reid: SkeletonClassifier
+    reid: dict[str, SkeletonClassifier]
     attributes: SkeletonClassifier | None
-    linkage: LinkageAttacker
+    linkage: LinkageAttacker | None
     action: SkeletonClassifier
 
 
@@ -262,14 +272,17 @@ def _attributes(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def train_attackers(x: np.ndarray, labels: dict[str, np.ndarray], cfg: EvalConfig) -> Attackers:
-    """Train every attacker and the action recognizer on windows ``x`` with ``labels``."""
+    """Train every attacker of ``cfg.attacks`` and the action recognizer on windows ``x``."""
     ac = cfg.attacker
     t0 = time.time()
-    reid = SkeletonClassifier(ac).fit(x, {"subject": labels["subject"]})
-    attrs = _attributes(labels)
+    reid = {arch: SkeletonClassifier(replace(ac, arch=arch)).fit(
+        x, {"subject": labels["subject"]}) for arch in cfg.reid_archs}
+    attrs = _attributes(labels) if "attributes" in cfg.attacks else {}
     attributes = SkeletonClassifier(ac).fit(x, attrs) if attrs else None
-    lc = AttackerTraining(**{**ac.as_dict(), "epochs": cfg.linkage_epochs or ac.epochs})
-    linkage = LinkageAttacker(lc).fit(x, labels["subject"])
+    linkage = None
+    if "linkage" in cfg.attacks:
+        lc = replace(ac, epochs=cfg.linkage_epochs or ac.epochs)
+        linkage = LinkageAttacker(lc).fit(x, labels["subject"])
     action = SkeletonClassifier(ac).fit(x, {"action": labels["action"]})
     log.info("trained attackers on %d windows in %.0f s", len(x), time.time() - t0)
     return Attackers(reid, attributes, linkage, action)
@@ -277,14 +290,22 @@ def train_attackers(x: np.ndarray, labels: dict[str, np.ndarray], cfg: EvalConfi
 
 def attack(att: Attackers, x: np.ndarray, labels: dict[str, np.ndarray], cfg: EvalConfig
            ) -> dict[str, Any]:
-    """Every attacker's numbers on test windows ``x``."""
-    reid = att.reid.evaluate(x, {"subject": labels["subject"]})["subject"]
-    out: dict[str, Any] = {"reid_top1": reid["top1"], "reid_top5": reid["top5"]}
+    """Every attacker's numbers on test windows ``x``. ``reid_top1``/``reid_top5`` are the
+    strongest re-ID backbone's (by top-1; ``reid_arch`` names it, ``reid_by_arch`` has all)."""
+    by_arch = {arch: c.evaluate(x, {"subject": labels["subject"]})["subject"]
+               for arch, c in att.reid.items()}
+    arch = max(by_arch, key=lambda a: by_arch[a]["top1"])
+    out: dict[str, Any] = {"reid_top1": by_arch[arch]["top1"],
+                           "reid_top5": by_arch[arch]["top5"], "reid_arch": arch,
+                           "reid_by_arch": {a: {"top1": r["top1"], "top5": r["top5"]}
+                                            for a, r in by_arch.items()}}
     if att.attributes is not None:
         for name, r in att.attributes.evaluate(x, _attributes(labels)).items():
             out[f"{name}_acc"] = r["top1"]
             out[f"{name}_balanced"] = r["balanced_accuracy"]
-    out["linkage"] = att.linkage.evaluate(x, labels["subject"], cfg.linkage_pairs, cfg.seed + 1)
+    if att.linkage is not None:
+        out["linkage"] = att.linkage.evaluate(x, labels["subject"], cfg.linkage_pairs,
+                                              cfg.seed + 1)
     act = att.action.evaluate(x, {"action": labels["action"]})["action"]
     out["action_top1"], out["action_top5"] = act["top1"], act["top5"]
     return out
@@ -295,10 +316,10 @@ def attack(att: Attackers, x: np.ndarray, labels: dict[str, np.ndarray], cfg: Ev
 # --------------------------------------------------------------------------------------------
 
 
-def quality(data: EvalData, anon_test: np.ndarray, anonymize: Anonymize | None,
-            stream_window: int) -> dict[str, float]:
-    """Reconstruction, physical plausibility and the streamed-vs-offline gap (not for an
-    oracle, ``anonymize=None``)."""
+def quality(data: EvalData, anon_test: np.ndarray, gap_mm: float | None = None
+            ) -> dict[str, float]:
+    """Reconstruction and physical plausibility of the test windows, and the streamed-vs-
+    offline gap ``gap_mm`` where one was measured (:func:`published_windows`)."""
     src = data.test["joints"]
     q: dict[str, float] = {}
     if data.has_target:
@@ -314,13 +335,8 @@ def quality(data: EvalData, anon_test: np.ndarray, anonymize: Anonymize | None,
     q["velocity_mmd"] = metrics.velocity_mmd(anon_test, ref)
     q["foot_skate_m_s"] = metrics.foot_skate(anon_test, fps=data.fps)
     q["foot_contact_corr"] = metrics.foot_contact_correlation(anon_test, ref)
-    if data.sequences and anonymize is not None:
-        gaps = []
-        for seq in data.sequences:
-            offline = anonymize(seq[None])[0]
-            gaps.append(metrics.streamed_offline_gap_mm(
-                streamed_newest(anonymize, seq, stream_window), offline))
-        q["stream_gap_mm"] = float(np.mean(gaps))
+    if gap_mm is not None:
+        q["stream_gap_mm"] = float(gap_mm)
     return q
 
 
@@ -396,32 +412,81 @@ class Method:
     info: dict[str, Any] = field(default_factory=dict)
     #: An oracle reads its output from this store array (see :data:`ORACLE_ARRAYS`).
     oracle: str | None = None
+    #: The anonymizer the node's engine runs (:func:`published_windows`).
+    anonymizer: Any = None
+    #: The node's leak guard; off only for the baselines measured as such (:data:`GUARD_OFF`).
+    leak_guard: bool = True
+
+
+#: Baselines whose output tracks the source's bone directions by design: the node's leak guard
+#: would refuse them, so they are played with it off to be measured (the tables say so).
+GUARD_OFF = ("naive", "noise")
 
 
 def method_from_model(name: str, model, dummy: Dummy, info: dict | None = None) -> Method:
     lengths = torch.as_tensor(np.array(dummy.lengths, np.float32))
     module = model.eval().for_dummy(lengths).eval()
     window = None if model.method in VARIABLE_LENGTH else int(model.window)
+    guard = model.method not in GUARD_OFF
     return Method(name, module, window, model if hasattr(model, "embeddings") else None,
-                  {"method": model.method, **(info or {})})
+                  {"method": model.method, "leak_guard": guard, **(info or {})},
+                  anonymizer=model, leak_guard=guard)
+
+
+def published_windows(method: Method, data: EvalData, cfg: EvalConfig) -> dict[str, Any]:
+    """``method``'s train and test windows as the node publishes them: every source recording
+    played through the node's path (:func:`streamtmr.eval.published.publish_sequences`), the
+    windows then cut where the source windows were. Also the streamed-vs-offline gap: MPJPE
+    between what the node published and what ``streamtmr anonymize`` writes
+    (:func:`streamtmr.offline.anonymize_sequences`) for the first ``cfg.gap_sequences`` test
+    recordings, and the node's ledger (withheld and held body-frames, drops)."""
+    from engines import create_engine
+    from streamtmr.eval.published import publish_sequences, windows_of
+    from streamtmr.offline import anonymize_sequences
+
+    if not data.rows:
+        raise ProtocolError(f"{data.name}: no source recordings to play through the node")
+    engine = create_engine("torch", model=method.anonymizer, dummy=data.dummy, window=None,
+                           max_batch=cfg.lanes, threads=torch.get_num_threads())
+    try:
+        torch.manual_seed(cfg.seed)  # stochastic methods (noise) give reproducible outputs
+        rows = sorted(data.rows)
+        index = {r: i for i, r in enumerate(rows)}
+        pub = publish_sequences(engine, [data.rows[r] for r in rows],
+                                leak_guard=method.leak_guard, lanes=cfg.lanes, fps=data.fps)
+        T = data.test["joints"].shape[1]
+        out = {part: windows_of(pub.outputs, d["sequence"], d["start"], T, index)
+               for part, d in (("train", data.train), ("test", data.test))}
+        gap_rows = [int(r) for r in np.unique(data.test["sequence"])[: cfg.gap_sequences]]
+        offline = anonymize_sequences(engine, [data.rows[r] for r in gap_rows])
+    finally:
+        engine.close()
+    out["gap_mm"] = float(np.mean([metrics.streamed_offline_gap_mm(pub.outputs[index[r]], y)
+                                   for r, y in zip(gap_rows, offline, strict=True)]))
+    out["ledger"] = {"body_frames": pub.frames, "withheld": pub.withheld, "held": pub.held,
+                     "withheld_pct": 100.0 * pub.withheld_fraction,
+                     "leak_guard": method.leak_guard, "engine": "torch",
+                     "dropped": pub.node.get("dropped", {})}
+    return out
 
 
 def evaluate_method(method: Method, data: EvalData, static: Attackers, cfg: EvalConfig,
                     original_action_top1: float | None = None) -> dict[str, Any]:
     """Static and adaptive attacks, utility and physical metrics of one method."""
     t0 = time.time()
+    res: dict[str, Any] = {"info": method.info}
+    gap = None
     if method.oracle is not None:
         if method.oracle not in data.test:
             raise ProtocolError(f"{method.name}: the store has no {method.oracle!r} array")
-        anonymize = None
         anon_train, anon_test = data.train[method.oracle], data.test[method.oracle]
+    elif method.module is None:
+        anon_train, anon_test, gap = data.train["joints"], data.test["joints"], 0.0
     else:
-        anonymize = make_anonymizer(method.module, method.window, cfg.batch, cfg.seed)
-        anon_train = anonymize(data.train["joints"])
-        anon_test = anonymize(data.test["joints"])
-    stream_window = method.window or cfg.window
-    res: dict[str, Any] = {"info": method.info}
-    res["quality"] = quality(data, anon_test, anonymize, stream_window)
+        pub = published_windows(method, data, cfg)
+        anon_train, anon_test, gap = pub["train"], pub["test"], pub["gap_mm"]
+        res["published"] = pub["ledger"]
+    res["quality"] = quality(data, anon_test, gap)
     res["static"] = attack(static, anon_test, data.test, cfg)
     if method.module is None and method.oracle is None:
         res["adaptive"] = dict(res["static"])
@@ -435,24 +500,26 @@ def evaluate_method(method: Method, data: EvalData, static: Attackers, cfg: Eval
     return res
 
 
-def _output(method: Method, part: dict[str, np.ndarray], cfg: EvalConfig) -> np.ndarray:
-    """``method``'s output for the windows of ``part`` (train or test)."""
+def _output(method: Method, data: EvalData, cfg: EvalConfig) -> np.ndarray:
+    """``method``'s test windows (as published by the node; an oracle's from the store)."""
     if method.oracle is not None:
-        return part[method.oracle]
-    return make_anonymizer(method.module, method.window, cfg.batch, cfg.seed)(part["joints"])
+        return data.test[method.oracle]
+    if method.module is None:
+        return data.test["joints"]
+    return published_windows(method, data, cfg)["test"]
 
 
 def goals(result: dict[str, Any], chance: dict[str, float], original_action_top1: float
           ) -> dict[str, Any]:
     """The product's aims on unseen subjects, each with the measured value."""
     a, s = result["adaptive"], result["static"]
-    link = a["linkage"]
-    return {
+    out = {
         "adaptive_reid<=1.5x_chance": a["reid_top1"] <= 1.5 * chance["reid_top1"],
         "static_reid<=chance+1pt": s["reid_top1"] <= chance["reid_top1"] + 0.01,
-        "linkage_auc<=0.55": link["auc"] <= 0.55,
+        "linkage_auc<=0.55": a["linkage"]["auc"] <= 0.55 if "linkage" in a else None,
         "action>=95%_of_original": s["action_top1"] >= 0.95 * original_action_top1,
     }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 class ResultCache(Protocol):
@@ -492,7 +559,7 @@ def run_protocol(data: EvalData, methods: list[Method], cfg: EvalConfig,
                 # Entry from before the store had target_sync (or before the pose metric):
                 # add the cheap metrics now.
                 results[m.name]["quality"] = {**hit["quality"], **sync_quality(data, _output(
-                    m, data.test, cfg))}
+                    m, data, cfg))}
                 if cache is not None:
                     cache.put(m, results[m.name])
     if todo:
@@ -511,7 +578,74 @@ def run_protocol(data: EvalData, methods: list[Method], cfg: EvalConfig,
             "chance": chance, "methods": results}
 
 
-__all__ = ["Attackers", "EvalConfig", "EvalData", "Method", "ProtocolError", "attack",
+def _mean_tree(trees: list[Any]) -> tuple[Any, Any]:
+    """(mean, std) of numeric leaves across structurally equal trees; other leaves (strings,
+    flags, lists) from the first tree, with no std."""
+    first = trees[0]
+    if isinstance(first, dict):
+        keys = [k for k in first if all(isinstance(t, dict) and k in t for t in trees)]
+        pairs = {k: _mean_tree([t[k] for t in trees]) for k in keys}
+        mean = {**first, **{k: m for k, (m, _) in pairs.items()}}
+        std = {k: sd for k, (_, sd) in pairs.items() if sd is not None}
+        return mean, (std or None)
+    if isinstance(first, int | float) and not isinstance(first, bool) and all(
+            isinstance(t, int | float) and not isinstance(t, bool) for t in trees):
+        v = np.asarray(trees, np.float64)
+        return float(v.mean()), float(v.std())
+    return first, None
+
+
+def _strongest_mean(mean: dict[str, Any], std: dict[str, Any]) -> None:
+    """In place: the reported re-ID attack is the backbone with the higher mean top-1 over the
+    seeds (its mean and std), not the mean of each seed's maximum."""
+    by = mean.get("reid_by_arch")
+    if not by:
+        return
+    arch = max(by, key=lambda a: by[a]["top1"])
+    mean["reid_arch"] = arch
+    mean["reid_top1"], mean["reid_top5"] = by[arch]["top1"], by[arch]["top5"]
+    sd = (std.get("reid_by_arch") or {}).get(arch, {})
+    std["reid_top1"], std["reid_top5"] = sd.get("top1", 0.0), sd.get("top5", 0.0)
+
+
+def aggregate_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One result from runs of the protocol that differ only in the attacker seed: every
+    number of every method (SynthKinect and UTKinect) the mean over the runs, its standard
+    deviation (population, over seeds) under ``std`` beside it, the reported re-ID attack the
+    backbone with the higher mean, ``per_seed`` the headline numbers of every run; the rest
+    (data, chance, protocol with the first seed) from the first run, ``seeds`` the seeds."""
+    out = {**runs[0], "seeds": list(seeds), "methods": _mean_methods(
+        [r["methods"] for r in runs])}
+    for name, m in out["methods"].items():
+        m["per_seed"] = [
+            {"seed": s, "static_reid_top1": r["methods"][name]["static"]["reid_top1"],
+             "adaptive_reid_top1": r["methods"][name]["adaptive"]["reid_top1"],
+             "adaptive_reid_arch": r["methods"][name]["adaptive"].get("reid_arch"),
+             "action_top1_frozen": r["methods"][name]["static"]["action_top1"],
+             "action_top1_retrained": r["methods"][name]["adaptive"]["action_top1"]}
+            for s, r in zip(seeds, runs, strict=True)]
+    if all("utkinect" in r for r in runs):
+        out["utkinect"] = {**runs[0]["utkinect"], "methods": _mean_methods(
+            [r["utkinect"]["methods"] for r in runs])}
+    return out
+
+
+def _mean_methods(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for name in per_run[0]:
+        mean, std = _mean_tree([m[name] for m in per_run])
+        mean["info"] = per_run[0][name].get("info", {})
+        mean["std"] = std or {}
+        mean["std"].pop("info", None)
+        for mode in ("static", "adaptive"):
+            _strongest_mean(mean.get(mode, {}), mean["std"].setdefault(mode, {}))
+        out[name] = mean
+    return out
+
+
+__all__ = ["aggregate_seeds", "Attackers", "EvalConfig", "EvalData", "Method", "ProtocolError",
+           "attack",
            "embedding_probes", "eval_subjects", "evaluate_method", "load_store",
-           "make_anonymizer", "make_pairs", "method_from_model", "quality", "ResultCache",
+           "make_anonymizer", "make_pairs", "method_from_model", "published_windows", "quality",
+           "ResultCache",
            "ORACLE_ARRAYS", "run_protocol", "streamed_newest", "sync_quality", "train_attackers"]

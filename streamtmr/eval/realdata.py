@@ -5,21 +5,25 @@ Kinect v2's 25 joints by :func:`streamtmr.skeleton.from_kinect_v1`).
 segments. Attackers (re-ID) and the action recognizer are split by run (repetition): trained on
 run 1 and tested on run 2, then the other way round; numbers are the mean of the two folds.
 Static attackers are trained on original recordings, adaptive ones on the method's output.
+Each method's output is what the node publishes (:mod:`streamtmr.eval.published`): every
+labelled segment played through the node's path as one track, the windows then cut from it.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamtmr.data.utkinect import ACTIONS, read_utkinect
-from streamtmr.data.windows import crop, sliding_windows
+from streamtmr.data.windows import crop_start, window_starts
 from streamtmr.eval import metrics
 from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier
-from streamtmr.eval.protocol import Method, make_anonymizer
+from streamtmr.eval.protocol import Method
+from streamtmr.eval.published import windows_of
 
 log = logging.getLogger(__name__)
 
@@ -31,77 +35,78 @@ PROTOCOL = ("Windows over the labelled action segments (training: sliding window
 
 
 def utkinect_windows(root: str | Path, window: int = 32, stride: int = 4
-                     ) -> dict[int, dict[str, dict[str, np.ndarray]]]:
-    """{execution: {"train": windows, "test": windows}} with joints, subject, action arrays."""
+                     ) -> tuple[dict[int, dict[str, dict[str, np.ndarray]]], list[np.ndarray]]:
+    """({execution: {"train": windows, "test": windows}}, segments): windows with joints,
+    subject, action, ``segment`` (index into the segments) and ``start`` arrays."""
     seqs = read_utkinect(root)
+    segments = [np.asarray(s.joints, np.float32) for s in seqs]
     out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     for ex in sorted({s.execution for s in seqs}):
-        part = [s for s in seqs if s.execution == ex]
+        part = [k for k, s in enumerate(seqs) if s.execution == ex]
         sets = {}
         for name in ("train", "test"):
-            xs, subj, act = [], [], []
-            for s in part:
-                w = (sliding_windows(s.joints, window, stride) if name == "train"
-                     else crop(s.joints, window, "center")[None])
-                xs.append(w)
-                subj += [s.subject] * len(w)
-                act += [s.action_index] * len(w)
-            sets[name] = {"joints": np.concatenate(xs).astype(np.float32),
-                          "subject": np.asarray(subj), "action": np.asarray(act)}
+            starts = {k: (window_starts(len(segments[k]), window, stride) if name == "train"
+                          else np.array([crop_start(len(segments[k]), window, "center")]))
+                      for k in part}
+            seg = np.concatenate([np.full(len(starts[k]), k) for k in part])
+            start = np.concatenate([starts[k] for k in part])
+            ident = {k: k for k in part}
+            sets[name] = {"joints": windows_of(segments, seg, start, window, ident),
+                          "subject": np.asarray([seqs[k].subject for k in seg]),
+                          "action": np.asarray([seqs[k].action_index for k in seg]),
+                          "segment": seg, "start": start}
         out[ex] = sets
-    return out
+    return out, segments
+
+
+def published_segments(method: Method, segments: list[np.ndarray]) -> list[np.ndarray]:
+    """What the node publishes for every segment (``method.anonymizer`` on a torch engine)."""
+    import torch
+
+    from engines import create_engine
+    from streamtmr.eval.published import LANES, publish_sequences
+
+    engine = create_engine("torch", model=method.anonymizer, window=None, max_batch=LANES,
+                           threads=torch.get_num_threads())
+    try:
+        torch.manual_seed(0)
+        return publish_sequences(engine, segments, leak_guard=method.leak_guard).outputs
+    finally:
+        engine.close()
 
 
 def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: AttackerTraining,
-                      window: int = 32, stride: int = 4, batch: int = 64) -> dict[str, Any]:
-    """Re-ID and action accuracy before and after each method (plus ``original``)."""
-    data = utkinect_windows(root, window, stride)
+                      window: int = 32, stride: int = 4, batch: int = 64,
+                      reid_archs: tuple[str, ...] = ("sgn",)) -> dict[str, Any]:
+    """Re-ID and action accuracy before and after each method (plus ``original``). Re-ID is
+    attacked by every backbone of ``reid_archs``; the one with the higher mean adaptive top-1
+    over both folds is reported (``reid_arch``; all in ``reid_by_arch``)."""
+    data, segments = utkinect_windows(root, window, stride)
     runs = sorted(data)
     if len(runs) != 2:
         raise ValueError(f"{root}: expected two runs per subject, found {runs}")
     methods = [Method("original", None, None, None, {"method": "original"}),
                *[m for m in methods if m.name != "original"]]
-    folds = [(runs[0], runs[1]), (runs[1], runs[0])]
     per: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
-    for tr, te in folds:
+    published = {m.name: published_segments(m, segments) for m in methods
+                 if m.module is not None}
+    ident = dict(enumerate(range(len(segments))))
+    for tr, te in ((runs[0], runs[1]), (runs[1], runs[0])):
         train, test = data[tr]["train"], data[te]["test"]
-        labels_tr = {"subject": train["subject"], "action": train["action"]}
-        static_reid = SkeletonClassifier(attacker).fit(train["joints"],
-                                                       {"subject": labels_tr["subject"]})
-        static_act = SkeletonClassifier(attacker).fit(train["joints"],
-                                                      {"action": labels_tr["action"]})
+        static = _fit(train["joints"], train, attacker, reid_archs)
         for m in methods:
-            anonymize = make_anonymizer(m.module, m.window, batch)
-            a_train, a_test = anonymize(train["joints"]), anonymize(test["joints"])
-            r: dict[str, float] = {}
-            s_reid = static_reid.evaluate(a_test, {"subject": test["subject"]})["subject"]
-            s_act = static_act.evaluate(a_test, {"action": test["action"]})["action"]
             if m.module is None:
-                a_reid, a_act = s_reid, s_act
+                a_train, a_test = train["joints"], test["joints"]
             else:
-                a_reid = SkeletonClassifier(attacker).fit(
-                    a_train, {"subject": labels_tr["subject"]}).evaluate(
-                    a_test, {"subject": test["subject"]})["subject"]
-                a_act = SkeletonClassifier(attacker).fit(
-                    a_train, {"action": labels_tr["action"]}).evaluate(
-                    a_test, {"action": test["action"]})["action"]
-            r.update(static_reid_top1=s_reid["top1"], static_reid_top5=s_reid["top5"],
-                     adaptive_reid_top1=a_reid["top1"], adaptive_reid_top5=a_reid["top5"],
-                     static_action_top1=s_act["top1"], adaptive_action_top1=a_act["top1"],
-                     mpjpe_source_mm=metrics.mpjpe_mm(a_test, test["joints"]))
+                a_train, a_test = (windows_of(published[m.name], d["segment"], d["start"],
+                                              window, ident) for d in (train, test))
+            adaptive = static if m.module is None else _fit(a_train, train, attacker,
+                                                            reid_archs)
+            r = {**_scores("static", static, a_test, test),
+                 **_scores("adaptive", adaptive, a_test, test),
+                 "mpjpe_source_mm": metrics.mpjpe_mm(a_test, test["joints"])}
             per[m.name].append(r)
             log.info("UTKinect fold train run %d: %s %s", tr, m.name, r)
-    results = {}
-    for name, rs in per.items():
-        mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
-        results[name] = {
-            "static": {"reid_top1": mean["static_reid_top1"],
-                       "reid_top5": mean["static_reid_top5"],
-                       "action_top1": mean["static_action_top1"]},
-            "adaptive": {"reid_top1": mean["adaptive_reid_top1"],
-                         "reid_top5": mean["adaptive_reid_top5"],
-                         "action_top1": mean["adaptive_action_top1"]},
-            "mpjpe_source_mm": mean["mpjpe_source_mm"], "folds": rs}
     n_subj = len(np.unique(data[runs[0]]["test"]["subject"]))
     return {"dataset": "UTKinect-Action3D", "root": str(root), "subjects": n_subj,
             "actions": len(ACTIONS), "window": window, "stride": stride,
@@ -110,4 +115,41 @@ def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: Attacke
             "protocol": PROTOCOL.format(stride=stride),
             "chance": {"reid_top1": 1.0 / n_subj, "reid_top5": min(5, n_subj) / n_subj,
                        "action_top1": 1.0 / len(ACTIONS)},
-            "attacker": attacker.as_dict(), "methods": results}
+            "attacker": attacker.as_dict(), "reid_archs": list(reid_archs),
+            "methods": {name: _fold_means(rs, reid_archs) for name, rs in per.items()}}
+
+
+def _fit(x: np.ndarray, labels: dict[str, np.ndarray], attacker: AttackerTraining,
+         reid_archs: tuple[str, ...]) -> dict[str, SkeletonClassifier]:
+    """One re-ID classifier per backbone and the action recognizer, trained on ``x``."""
+    out = {f"reid@{a}": SkeletonClassifier(replace(attacker, arch=a)).fit(
+        x, {"subject": labels["subject"]}) for a in reid_archs}
+    out["action"] = SkeletonClassifier(attacker).fit(x, {"action": labels["action"]})
+    return out
+
+
+def _scores(mode: str, att: dict[str, SkeletonClassifier], x: np.ndarray,
+            test: dict[str, np.ndarray]) -> dict[str, float]:
+    r = {}
+    for key, clf in att.items():
+        if key.startswith("reid@"):
+            s = clf.evaluate(x, {"subject": test["subject"]})["subject"]
+            r[f"{mode}_reid_top1@{key[5:]}"], r[f"{mode}_reid_top5@{key[5:]}"] = (
+                s["top1"], s["top5"])
+    r[f"{mode}_action_top1"] = att["action"].evaluate(x, {"action": test["action"]})[
+        "action"]["top1"]
+    return r
+
+
+def _fold_means(rs: list[dict[str, float]], reid_archs: tuple[str, ...]) -> dict[str, Any]:
+    mean = {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
+    arch = max(reid_archs, key=lambda a: mean[f"adaptive_reid_top1@{a}"])
+    out: dict[str, Any] = {"mpjpe_source_mm": mean["mpjpe_source_mm"], "folds": rs}
+    for mode in ("static", "adaptive"):
+        out[mode] = {"reid_top1": mean[f"{mode}_reid_top1@{arch}"],
+                     "reid_top5": mean[f"{mode}_reid_top5@{arch}"], "reid_arch": arch,
+                     "reid_by_arch": {a: {"top1": mean[f"{mode}_reid_top1@{a}"],
+                                          "top5": mean[f"{mode}_reid_top5@{a}"]}
+                                      for a in reid_archs},
+                     "action_top1": mean[f"{mode}_action_top1"]}
+    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,12 @@ class EvalRequest:
     device: str = "cpu"
     seed: int = 0
     command: str = "streamtmr evaluate"
+    #: Attacker seeds: each a full run of the protocol, reported as mean ± std (empty: seed).
+    seeds: tuple[int, ...] = ()
+    #: Re-ID attacker backbones; the strongest is the reported attack.
+    attacker_archs: tuple[str, ...] = ("sgn",)
+    #: Optional attacks to train besides re-ID and action ("attributes", "linkage").
+    attacks: tuple[str, ...] = ("reid", "attributes", "linkage", "action")
 
 
 def eval_config(r: EvalRequest) -> protocol.EvalConfig:
@@ -63,7 +69,8 @@ def eval_config(r: EvalRequest) -> protocol.EvalConfig:
     return protocol.EvalConfig(window=r.window or (32 if q else 64),
                                train_stride=16 if q else 32, attacker=attacker,
                                linkage_pairs=400 if q else 2000, gap_sequences=2 if q else 6,
-                               seed=r.seed)
+                               seed=r.seed, reid_archs=tuple(r.attacker_archs),
+                               attacks=tuple(r.attacks))
 
 
 def one_method(r: EvalRequest) -> list[suite.Candidate]:
@@ -114,7 +121,7 @@ def utkinect_transfer(r: EvalRequest, cfg: protocol.EvalConfig, methods) -> dict
             and (r.utk_studies or not m.info.get("groups"))]
     utk = AttackerTraining(**{**cfg.attacker.as_dict(), "epochs": r.utk_epochs})
     try:
-        return evaluate_utkinect(r.utkinect, real, utk)
+        return evaluate_utkinect(r.utkinect, real, utk, reid_archs=cfg.reid_archs)
     except ValueError as e:  # UTKFormatError is one; others name what the data lacks
         raise protocol.ProtocolError(str(e)) from None
 
@@ -137,6 +144,33 @@ def write_outputs(r: EvalRequest, results: dict[str, Any], data, methods) -> lis
     return images
 
 
+def seeded(cfg: protocol.EvalConfig, seed: int) -> protocol.EvalConfig:
+    """``cfg`` with attacker (and protocol) seed ``seed``."""
+    return replace(cfg, seed=seed, attacker=replace(cfg.attacker, seed=seed))
+
+
+def evaluate_seeds(r: EvalRequest, cfg: protocol.EvalConfig, data, data_path, methods,
+                   log=print) -> dict[str, Any]:
+    """The protocol (and UTKinect) once per attacker seed of ``r.seeds`` (or ``cfg``'s alone),
+    each through the result cache; several seeds are aggregated to mean ± std
+    (:func:`streamtmr.eval.protocol.aggregate_seeds`)."""
+    seeds = list(r.seeds) or [cfg.seed]
+    runs = []
+    for seed in seeds:
+        cfg_s = seeded(cfg, seed)
+        cache = (None if r.no_cache else
+                 suite.ResultCache(r.cache or r.out / "cache", cfg_s, data_path))
+        res = protocol.run_protocol(data, methods, cfg_s, cache)
+        if cache is not None:
+            log(f"seed {seed}: cache {cache.root}: {len(cache.hits)} read back"
+                + (f" ({', '.join(cache.hits)})" if cache.hits else "")
+                + f", {len(cache.stored)} stored")
+        if r.utkinect:
+            res["utkinect"] = utkinect_transfer(r, cfg_s, methods)
+        runs.append(res)
+    return runs[0] if len(runs) == 1 else protocol.aggregate_seeds(runs, seeds)
+
+
 def run_evaluation(r: EvalRequest, log=print) -> dict[str, Any]:
     """Evaluate (see the module docstring); ``log`` receives the progress lines."""
     if r.data is None and not r.quick:
@@ -155,15 +189,7 @@ def run_evaluation(r: EvalRequest, log=print) -> dict[str, Any]:
         log(f"evaluating {', '.join(['original'] + [m.name for m in methods])} on "
             f"{data.info['train_windows']} / {data.info['test_windows']} windows of "
             f"{len(data.info['eval_subjects'])} unseen subjects")
-        cache = (None if r.no_cache else
-                 suite.ResultCache(r.cache or r.out / "cache", cfg, data_path))
-        results = protocol.run_protocol(data, methods, cfg, cache)
-        if cache is not None:
-            log(f"cache {cache.root}: {len(cache.hits)} read back"
-                + (f" ({', '.join(cache.hits)})" if cache.hits else "")
-                + f", {len(cache.stored)} stored")
-        if r.utkinect:
-            results["utkinect"] = utkinect_transfer(r, cfg, methods)
+        results = evaluate_seeds(r, cfg, data, data_path, methods, log)
         results["machine"] = report.machine()
         results["command"] = r.command
         results["seconds"] = round(time.time() - t0, 1)

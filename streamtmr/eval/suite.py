@@ -478,10 +478,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         s, a = r["static"], r["adaptive"]
         q = r["quality"]
         mp = q.get("mpjpe_target_mm", q["mpjpe_source_mm"])
-        link = a["linkage"]
+        link = a.get("linkage")
+        linkage = ("" if link is None else f" | linkage AUC {link['auc']:.2f}"
+                   + (" (degenerate)" if link["degenerate"] else ""))
         out.append(f"{n:>22}: re-ID static {100 * s['reid_top1']:5.1f}% adaptive "
-                   f"{100 * a['reid_top1']:5.1f}% | linkage AUC {link['auc']:.2f}"
-                   f"{' (degenerate)' if link['degenerate'] else ''} | action "
+                   f"{100 * a['reid_top1']:5.1f}% ({a.get('reid_arch', 'sgn')}){linkage} | action "
                    f"{100 * s['action_top1']:5.1f}% (retrained {100 * a['action_top1']:5.1f}%)"
                    f" | MPJPE {mp:6.1f} mm")
     return out
