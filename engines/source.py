@@ -209,4 +209,6 @@ def _plan_source(path: Path, dummy: Any, window: int | None) -> ModelSource:
     return ModelSource(name=str(path), method=record["method"], config=record.get("config", {}),
                        window=int(record["window"]), dummy=baked,
                        sha256=record["graph_sha256"], plan_path=path,
+                       state_spec={k: tuple(v) for k, v in record["state_spec"].items()}
+                       if "state_spec" in record else None,
                        deterministic=_deterministic(record["method"]))

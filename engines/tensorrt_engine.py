@@ -30,7 +30,7 @@ import torch
 
 from engines.base import BackendUnavailable, Engine, EngineError
 from engines.cache import atomic_write, cache_dir, cache_key, verify, write_sidecar
-from engines.onnx_export import INPUT, OUTPUT
+from engines.onnx_export import FRAMES, INPUT, OUTPUT, STATE_IN, STATE_OUT
 from engines.source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,23 @@ def _fp16_supported(trt, builder) -> bool:
                                                               True))
 
 
+def io_shapes(window: int, state_spec: dict[str, tuple[int, ...]] | None
+              ) -> dict[str, tuple[int, ...]]:
+    """Per-item shape (batch axis left out) of every input and output tensor of the graph: the
+    window graph, or a streaming model's step graph (``frames`` and ``state_in.*`` in,
+    ``anonymized`` and ``state_out.*`` out)."""
+    if state_spec is None:
+        return {INPUT: (window, 25, 3), OUTPUT: (window, 25, 3)}
+    return {FRAMES: (25, 3), **{STATE_IN + k: tuple(v) for k, v in state_spec.items()},
+            OUTPUT: (25, 3), **{STATE_OUT + k: tuple(v) for k, v in state_spec.items()}}
+
+
+def _inputs(shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    return [n for n in shapes if n in (INPUT, FRAMES) or n.startswith(STATE_IN)]
+
+
 def build_plan(trt, onnx_path: Path, window: int, max_batch: int, fp16: bool = True,
-               ) -> tuple[bytes, str]:
+               state_spec: dict[str, tuple[int, ...]] | None = None) -> tuple[bytes, str]:
     """Build a serialised engine from ``onnx_path``; returns (plan bytes, precision)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -112,8 +127,10 @@ def build_plan(trt, onnx_path: Path, window: int, max_batch: int, fp16: bool = T
     if use_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    shape = (window, 25, 3)
-    profile.set_shape(INPUT, (1, *shape), (max_batch, *shape), (max_batch, *shape))
+    shapes = io_shapes(window, state_spec)
+    for name in _inputs(shapes):  # every input: batch 1 … max_batch
+        shape = shapes[name]
+        profile.set_shape(name, (1, *shape), (max_batch, *shape), (max_batch, *shape))
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -145,16 +162,20 @@ class TensorRTEngine(Engine):
             raise EngineError(f"tensorrt: cannot deserialise {self.plan_file}")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        if sorted(names) != sorted([INPUT, OUTPUT]):
+        self.streaming = source.streaming
+        self._shapes = io_shapes(self.window, source.state_spec)
+        if sorted(names) != sorted(self._shapes):
             raise EngineError(f"tensorrt: {self.plan_file} has tensors {names}, expected "
-                              f"{INPUT!r} and {OUTPUT!r}")
-        shape = (self.max_batch, self.window, 25, 3)
-        self._d_in = torch.empty(shape, dtype=torch.float32, device=dev)
-        self._d_out = torch.empty(shape, dtype=torch.float32, device=dev)
-        self._h_in = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        self._h_out = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        self.context.set_tensor_address(INPUT, self._d_in.data_ptr())
-        self.context.set_tensor_address(OUTPUT, self._d_out.data_ptr())
+                              f"{sorted(self._shapes)}")
+        # device buffers (addresses set once), pinned host staging, per tensor
+        self._d = {n: torch.empty((self.max_batch, *s), dtype=torch.float32, device=dev)
+                   for n, s in self._shapes.items()}
+        self._h = {n: torch.empty((self.max_batch, *s), dtype=torch.float32, pin_memory=True)
+                   for n, s in self._shapes.items()}
+        for n, t in self._d.items():
+            self.context.set_tensor_address(n, t.data_ptr())
+        self._in_names = _inputs(self._shapes)
+        self._out_names = [n for n in self._shapes if n not in self._in_names]
         self._stream = torch.cuda.Stream(dev)
         self.cuda_graphs = bool(cuda_graphs)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -185,7 +206,8 @@ class TensorRTEngine(Engine):
             if load_verified_plan(path, facts) is not None:
                 self.precision = precision
                 return path
-        data, precision = build_plan(trt, onnx_path, self.window, self.max_batch, fp16)
+        data, precision = build_plan(trt, onnx_path, self.window, self.max_batch, fp16,
+                                     source.state_spec)
         facts = plan_facts(gpu, trt.__version__, source.graph_key, precision, self.max_batch,
                            self.window)
         path = plan_path(facts)
@@ -197,19 +219,49 @@ class TensorRTEngine(Engine):
 
     def _set_batch(self, b: int) -> None:
         if b != self._shape_b:
-            if not self.context.set_input_shape(INPUT, (b, self.window, 25, 3)):
-                raise EngineError(f"tensorrt: batch {b} outside the engine's profile")
+            for n in self._in_names:
+                if not self.context.set_input_shape(n, (b, *self._shapes[n])):
+                    raise EngineError(f"tensorrt: batch {b} outside the engine's profile")
             self._shape_b = b
 
     def _enqueue(self, b: int) -> None:
-        self._d_in[:b].copy_(self._h_in[:b], non_blocking=True)
+        for n in self._in_names:
+            self._d[n][:b].copy_(self._h[n][:b], non_blocking=True)
         if not self.context.execute_async_v3(self._stream.cuda_stream):
             raise EngineError("tensorrt: execute_async_v3 failed")
-        self._h_out[:b].copy_(self._d_out[:b], non_blocking=True)
+        for n in self._out_names:
+            self._h[n][:b].copy_(self._d[n][:b], non_blocking=True)
+
+    def _step(self, frames: np.ndarray, state: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One frame of B bodies through the step plan, ``max_batch`` bodies per execution."""
+        out = np.empty_like(frames)
+        new = {k: np.empty_like(v) for k, v in state.items()}
+        for i in range(0, frames.shape[0], self.max_batch):
+            part = slice(i, i + self.max_batch)
+            b = frames[part].shape[0]
+            self._h[FRAMES][:b].numpy()[...] = frames[part]
+            for k, v in state.items():
+                self._h[STATE_IN + k][:b].numpy()[...] = v[part]
+            self._execute(b)
+            out[part] = self._h[OUTPUT][:b].numpy()
+            for k in state:
+                new[k][part] = self._h[STATE_OUT + k][:b].numpy()
+        return out, new
 
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
+        if self.streaming:  # each window a track, stepped from a fresh state
+            state = self.init_state(x.shape[0])
+            for t in range(x.shape[1]):
+                out[:, t], state = self._step(np.ascontiguousarray(x[:, t]), state)
+            return
         b = x.shape[0]
-        self._h_in[:b].numpy()[...] = x
+        self._h[INPUT][:b].numpy()[...] = x
+        self._execute(b)
+        out[...] = self._h[OUTPUT][:b].numpy()
+
+    def _execute(self, b: int) -> None:
+        """Copy the staged inputs in, run, copy the outputs out (a CUDA graph per batch)."""
         with torch.cuda.stream(self._stream):
             self._set_batch(b)
             if not self.cuda_graphs:
@@ -224,7 +276,6 @@ class TensorRTEngine(Engine):
                     self._enqueue(b)
                 self._graphs[b] = graph
         self._stream.synchronize()
-        out[...] = self._h_out[:b].numpy()
 
     def describe(self) -> dict:
         return {**super().describe(), "plan": str(self.plan_file),
@@ -242,11 +293,14 @@ def export_plan(source: ModelSource, out: str | Path, max_batch: int = 8, fp16: 
     trt = import_tensorrt()
     dev = torch.device(device or "cuda")
     gpu = torch.cuda.get_device_name(dev)
-    data, precision = build_plan(trt, source.onnx_file(), source.window, max_batch, fp16)
+    data, precision = build_plan(trt, source.onnx_file(), source.window, max_batch, fp16,
+                                 source.state_spec)
     out = Path(out)
     atomic_write(out, data)
     facts = plan_facts(gpu, trt.__version__, source.graph_key, precision, max_batch,
                        source.window)
+    if source.streaming:
+        facts["state_spec"] = {k: list(v) for k, v in source.state_spec.items()}
     return write_sidecar(out, {**facts, "method": source.method, "model": source.name,
                                "config": source.config, "dummy": {
                                    "name": source.dummy.name,

@@ -308,3 +308,19 @@ def test_torch_cuda_step_matches_cpu(graphs):
         np.testing.assert_allclose(y2, y1, atol=1e-4)
     assert gpu.cuda_graphs == graphs
     assert (gpu._step_graphs[6].graph is not None) == graphs  # captured, then replayed
+
+
+def test_tensorrt_step_plan_binds_every_tensor_of_the_step_graph(tmp_path):
+    """The TensorRT engine's tensor table (profile and buffers) is the exported step graph's
+    inputs and outputs, so a step plan binds every state tensor (runs on a GPU above)."""
+    import onnx
+
+    from engines.tensorrt_engine import io_shapes
+    source = resolve_source(tiny(STREAMING[0]), None, None)
+    proto = onnx.load(str(export_onnx(source, tmp_path / "step.onnx")))
+    shapes = io_shapes(source.window, source.state_spec)
+    inputs = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim[1:])
+              for v in proto.graph.input}
+    assert {k: v for k, v in shapes.items() if k in inputs} == inputs
+    assert set(shapes) == set(inputs) | {v.name for v in proto.graph.output}
+    assert io_shapes(16, None) == {"windows": (16, 25, 3), "anonymized": (16, 25, 3)}
