@@ -142,29 +142,32 @@ def balanced_accuracy(pred, labels) -> float:
     return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
 
 
-def roc_auc(scores, labels) -> float:
-    """Area under the ROC curve (probability a positive outscores a negative; ties count ½)."""
+def _binary(scores, labels, what: str) -> tuple[np.ndarray, np.ndarray]:
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        raise ValueError("roc_auc needs both positive and negative labels")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for v in np.unique(scores):  # average ranks of ties
-        m = scores == v
-        if m.sum() > 1:
-            ranks[m] = ranks[m].mean()
-    return float((ranks[labels].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    if labels.all() or not labels.any():
+        raise ValueError(f"{what} needs both positive and negative labels")
+    return scores, labels
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve (probability a positive outscores a negative; ties count ½),
+    scikit-learn's ``roc_auc_score``."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, labels = _binary(scores, labels, "roc_auc")
+    return float(roc_auc_score(labels, scores))
 
 
 def equal_error_rate(scores, labels) -> float:
-    """Error rate at the threshold where false-accept and false-reject rates are equal."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
-    if labels.all() or not labels.any():
-        raise ValueError("equal_error_rate needs both positive and negative labels")
-    thresholds = np.concatenate([[-np.inf], np.unique(scores), [np.inf]])
-    far = np.array([(scores[~labels] >= t).mean() for t in thresholds])
-    frr = np.array([(scores[labels] < t).mean() for t in thresholds])
+    """Error rate at the threshold where false-accept and false-reject rates are closest (their
+    mean there; the lowest such threshold), from scikit-learn's ``roc_curve``."""
+    from sklearn.metrics import roc_curve
+
+    scores, labels = _binary(scores, labels, "equal_error_rate")
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    # ascending thresholds; rates rebuilt from integer counts so that equal gaps compare equal
+    far = np.rint(fpr[::-1] * n_neg) / n_neg
+    frr = np.rint((1 - tpr[::-1]) * n_pos) / n_pos
     i = int(np.argmin(np.abs(far - frr)))
     return float((far[i] + frr[i]) / 2)

@@ -449,18 +449,29 @@ def plot_sweeps(results: dict[str, Any], img_dir: str | Path) -> list[Path]:
     return paths
 
 
+def layout_2d(x: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """scikit-learn's t-SNE of ``x [N, D]`` → ``[N, 2]`` (PCA initialisation; the perplexity is
+    capped at ``(N − 1) / 3`` for small sets)."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(x, np.float64)
+    if len(x) < 5:
+        raise ValueError(f"t-SNE needs at least 5 points, got {len(x)}")
+    perplexity = min(perplexity, (len(x) - 1) / 3)
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
 def tsne_plots(method: Method, data, img_dir: str | Path, max_points: int = 600,
                seed: int = 0) -> list[Path]:
     """t-SNE of pooled H_action of test windows, coloured by action and by subject."""
     from streamtmr.eval.protocol import embeddings_of
-    from streamtmr.eval.tsne import tsne
 
     x = data.test["joints"]
     idx = np.random.default_rng(seed).permutation(len(x))[:max_points]
     emb = embeddings_of(method.model, x[idx], method.window or x.shape[1])
     if "action" not in emb:
         return []
-    y = tsne(emb["action"], seed=seed)
+    y = layout_2d(emb["action"], seed=seed)
     slug = _ascii_slug(method.name)
     out = []
     for col in ("action", "subject"):
