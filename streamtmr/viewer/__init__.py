@@ -1,5 +1,6 @@
 """The live viewer (``streamtmr run --viewer [HOST:]PORT``): a web page served by the node that
-draws the anonymized bodies in 3-D beside the node's metrics. See :mod:`.server`.
+draws the anonymized bodies in 3-D beside the node's metrics: :func:`viewer_address` checks
+``--viewer``, :class:`streamtmr.viewer.server.ViewerSink` serves it.
 
 The server needs aiohttp (the ``viewer`` extra); this module imports it only when a viewer is
 asked for, so the node runs without it.
@@ -7,13 +8,8 @@ asked for, so the node runs without it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from streamtmr.stream.security import is_loopback_host
 from streamtmr.stream.sinks import SinkError
-
-if TYPE_CHECKING:
-    from streamtmr.viewer.server import ViewerSink
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -48,11 +44,4 @@ def viewer_address(spec: str, insecure: bool = False) -> tuple[str, int]:
     return host, port
 
 
-def open_viewer(spec: str, insecure: bool = False, **options) -> ViewerSink:
-    """Start the viewer for ``--viewer spec`` (see :func:`viewer_address`) and return its sink."""
-    from streamtmr.viewer.server import ViewerSink
-
-    return ViewerSink(*viewer_address(spec, insecure), **options)
-
-
-__all__ = ["DEFAULT_HOST", "ViewerError", "open_viewer", "viewer_address"]
+__all__ = ["DEFAULT_HOST", "ViewerError", "viewer_address"]
