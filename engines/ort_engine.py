@@ -8,6 +8,11 @@ CPU architecture, with a SHA-256 sidecar; later sessions load it with optimisati
 
 Hot path: with ``io_binding`` the output of each call is bound straight into the caller's
 (or the engine's preallocated) buffer, so ONNX Runtime allocates no output array per call.
+
+Streaming models export their step graph (``frames`` + ``state_in.*`` → ``anonymized`` +
+``state_out.*``): :meth:`step` feeds the states in and hands the new ones back; :meth:`run` on
+windows steps each window as a track from a fresh state (the same function as the parallel
+forward).
 """
 
 from __future__ import annotations
