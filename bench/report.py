@@ -38,7 +38,9 @@ def render(result: dict[str, Any], console) -> None:
     _print_header(result, console)
     for part in (_engine_tables, _step_tables, _node_tables, _offline_tables, _target_tables):
         for table in part(result):
-            if plain:
+            if isinstance(table, str):  # a note under a table (rich markup)
+                console.print(_plain(table) if plain else table)
+            elif plain:
                 console.print(markdown_table(table), markup=False, highlight=False)
             else:
                 console.print(table)
@@ -353,7 +355,7 @@ TABLE_HEAD = ("| run | host | CPU | load | model | engine b1 p50 / p99 | step 1 
 
 
 #: Result files of other checks, listed below the table rather than summarised in it.
-OTHER_PREFIXES = ("soak-", "fuzz-")
+OTHER_PREFIXES = ("soak-", "fuzz-", "step-", "triton-")
 
 
 def write_readme(results_dir: str | Path = RESULTS_DIR) -> Path:
