@@ -84,3 +84,18 @@ def test_rest_offsets_are_the_dummy_bones():
         if parent is not None and vmc.BONES[vmc.BONE_NAMES.index(parent)][2] == at:
             np.testing.assert_allclose(np.linalg.norm(off[i]), LENGTHS[skeleton.JOINT[at]],
                                        rtol=1e-6)
+
+
+def test_solve_many_equals_one_at_a_time_and_reuses_the_last_call():
+    bodies = [REF["joints"][k].copy() for k in range(4)]
+    many = vmc.solve_many(bodies)
+    again = vmc.solve_many(bodies)
+    assert all(a is b for a, b in zip(many, again))  # same arrays, same frame: reused
+    bodies[1][3, 1] += 0.1  # changed in place: solved again
+    changed = vmc.solve_many(bodies)
+    assert changed[0] is many[0] and changed[1] is not many[1]
+    for j, (pos, local, world) in zip(bodies, changed):
+        vmc._cache.clear()
+        p1, l1, w1 = vmc.solve(j)
+        np.testing.assert_allclose(pos, p1, atol=1e-12)
+        assert same_rotation(local, l1, 1e-12) and same_rotation(world, w1, 1e-12)

@@ -190,6 +190,7 @@ class VmcSink(_AvatarSink):
     def send(self, frame: Frame, payload: bytes) -> bool:
         """One bundle per avatar; an avatar without a body gets ``/VMC/Ext/OK 0``."""
         bodies = self.follow.assign(frame)
+        vmc.solve_many([b.joints for b in bodies if b is not None])  # all avatars in one solve
         ok = all([self._send(c, self.bundle(b)) for c, b in zip(self.clients, bodies)])
         self.sent += ok
         return ok
@@ -227,7 +228,9 @@ class VrchatSink(_AvatarSink):
 
     def send(self, frame: Frame, payload: bytes) -> bool:
         """The trackers of each avatar's body; an avatar without one gets nothing."""
-        ok = all([self._send(c, m) for c, b in zip(self.clients, self.follow.assign(frame))
+        bodies = self.follow.assign(frame)
+        vmc.solve_many([b.joints for b in bodies if b is not None])  # all avatars in one solve
+        ok = all([self._send(c, m) for c, b in zip(self.clients, bodies)
                   if b is not None for m in self.messages(b)])
         self.sent += ok
         return ok

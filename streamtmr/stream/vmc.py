@@ -21,7 +21,7 @@ quaternions handed out are ``(x, y, z, w)`` arrays rotating column vectors (Unit
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -244,7 +244,30 @@ def rest_offsets(lengths: np.ndarray) -> np.ndarray:
     return VMC.rest_offsets(lengths)
 
 
-_cache: tuple[np.ndarray, bytes, tuple] | None = None
+#: The last call's bodies and results: ``id(array) → (array, its bytes, result)``.
+_cache: dict[int, tuple[np.ndarray, bytes, tuple]] = {}
+
+
+def solve_many(bodies: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`solve` for several bodies ``[25, 3]`` at once (one batched solve). The results of
+    the last call are reused for the same unchanged arrays (several sinks, one frame)."""
+    global _cache
+    out: list = [None] * len(bodies)
+    keys = [np.asarray(j).tobytes() for j in bodies]
+    todo = []
+    for i, (j, key) in enumerate(zip(bodies, keys)):
+        hit = _cache.get(id(j))
+        if hit is not None and hit[0] is j and hit[1] == key:
+            out[i] = hit[2]
+        else:
+            todo.append(i)
+    if todo:
+        p = to_unity(np.stack([np.asarray(bodies[i], np.float64) for i in todo]))
+        local, world = solve_plan(p, VMC)
+        for k, i in enumerate(todo):
+            out[i] = (p[k], local[k], world[k])
+    _cache = {id(j): (j, key, r) for j, key, r in zip(bodies, keys, out)}
+    return out
 
 
 def solve(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,13 +277,4 @@ def solve(joints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     global rotations [len(BONES), 4])`` in the order of :data:`BONES`. The last result is
     reused when the same unchanged array is solved again (several sinks, one frame).
     """
-    global _cache
-    raw = np.asarray(joints)
-    key = raw.tobytes()
-    if _cache is not None and _cache[0] is joints and _cache[1] == key:
-        return _cache[2]
-    p = to_unity(raw.astype(np.float64))
-    local, world = solve_plan(p[None], VMC)
-    result = (p, local[0], world[0])
-    _cache = (joints, key, result)
-    return result
+    return solve_many([joints])[0]
