@@ -36,7 +36,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--source", default="synthetic", help=f"{source_help()} [synthetic]")
     p.add_argument("--sink", default="zmq://127.0.0.1:5556",
                    help="comma-separated: zmq://HOST:PORT (binds a PUB), vmc://HOST:PORT, "
-                        "vrchat://HOST:PORT [zmq://127.0.0.1:5556]")
+                        "vrchat://HOST:PORT (avatars: ?body=first|nearest|ID or ?fanout=N), "
+                        "lsl://NAME (an LSL MoCap outlet, ?body=) [zmq://127.0.0.1:5556]")
     p.add_argument("--engine", default="auto", help="auto | tensorrt | onnxruntime | "
                    "onnxruntime-cuda | torch | torch-cuda | triton://HOST:PORT (a `streamtmr "
                    "serve` server) [auto]")
