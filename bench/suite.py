@@ -122,8 +122,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None,
             t0 = time.perf_counter()
             result[part] = PART_RUNNERS[part](run, samples)
             result[part]["seconds"] = _elapsed(t0)
-    name_models(result, run.models + run.node_models)
     result["targets"] = evaluate_targets(result)
+    name_models(result, run.models + run.node_models)
     result["load_average_end"] = load_average()
     result["seconds"] = _elapsed(t_start)
     return result, samples
@@ -302,6 +302,8 @@ def name_models(result: dict[str, Any], models: list[BenchModel]) -> None:
     for part in ("engine", "step", "offline"):
         for row in (result.get(part) or {}).get("rows", []):
             tag(row)
+    for row in result.get("targets", []):
+        tag(row)
     for run in (result.get("node") or {}).get("runs", []):
         tag(run)
     for row in (result.get("engine") or {}).get("built", []):
