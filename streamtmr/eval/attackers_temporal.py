@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamtmr import skeleton
-from streamtmr.eval.attackers import MOTION_CHANNELS, STATIC_FEATURES
+from streamtmr.eval.features import MOTION_CHANNELS, STATIC_FEATURES
 
 #: Encoder layers and attention heads of the transformer attacker.
 LAYERS = 3
