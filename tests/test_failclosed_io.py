@@ -205,3 +205,53 @@ sys.exit(main(["run", "--engine", "onnxruntime", "--window", "16", "--source", "
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and took < 2.0 + 1.0  # generous on 2 shared cores
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_subscription_flood_on_the_output_is_bounded_and_counted():
+    """Any local process could grow the node by subscribing to its output (a PUB stores every
+    distinct topic: 20,000 × 8 KB measured +374 MB). Now: long topics cut the subscriber,
+    short ones cost one entry; a legitimate subscriber keeps receiving."""
+    import subprocess
+    import sys
+
+    from streamtmr.stream.sinks import ZmqPubSink
+
+    sink = ZmqPubSink("tcp://127.0.0.1:*")
+    ctx = zmq.Context()
+    good = ctx.socket(zmq.SUB)
+    good.setsockopt(zmq.SUBSCRIBE, b"")
+    good.connect(sink.bound)
+    attack = f"""
+import os, time, zmq
+ctx = zmq.Context()
+for size, n in ((8000, 5000), (1000, 5000), (200, 20000)):
+    s = ctx.socket(zmq.SUB); s.setsockopt(zmq.SNDHWM, 0); s.connect({sink.bound!r})
+    for i in range(n):
+        s.setsockopt(zmq.SUBSCRIBE, os.urandom(8) + b"x" * size)
+time.sleep(3)
+"""
+    frame = Frame(0, 0, [Body(1, REST + [0, 0, 3], np.full(25, 2, np.uint8))], "t")
+    payload = wire.encode(frame)
+    r0 = _rss_mb()
+    proc = subprocess.Popen([sys.executable, "-c", attack])
+    got = 0
+    try:
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            sink.send(frame, payload)
+            while good.poll(0):
+                good.recv()
+                got += 1
+            time.sleep(0.01)
+    finally:
+        proc.wait(20)
+        grown = _rss_mb() - r0
+        sink.close()
+        good.close(0)
+        ctx.term()
+    assert sink.subscriptions >= 1 and got > 100
+    assert grown < 50, f"RSS grew {grown:.0f} MB under the subscription flood"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -219,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         logging.shutdown()
         os._exit(0)
+    # Interpreter teardown of torch and ONNX Runtime objects took ~2 s on 2 shared cores
+    # (measured after SIGTERM); frozen objects are not collected one by one at exit.
+    gc.freeze()
     return 0
 
 
