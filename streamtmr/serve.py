@@ -9,8 +9,9 @@ Two Triton models are bound:
 
 * ``streamtmr`` — the anonymizer. Windowed: ``windows`` FP32 [T, 25, 3] → ``anonymized`` FP32
   [T, 25, 3]. Streaming: ``frames`` FP32 [25, 3] and ``state_in.<name>`` → ``anonymized`` FP32
-  [25, 3] and ``state_out.<name>``, the state in its *wire* dtype (``--state-dtype``: float
-  state tensors as FP16 halve the bytes per body; integer ones stay as they are). Batch axis 0.
+  [25, 3] and ``state_out.<name>``, the state in its *wire* dtype (``--state-dtype fp16``, the
+  default, sends the rings and caches as FP16: half the bytes per body, see :func:`wire_spec`;
+  ``fp32`` sends the state exactly). Batch axis 0.
 * ``streamtmr_info`` — one JSON document (:func:`model_info`): model name and SHA-256, method,
   window, the dummy's bone lengths, the privacy card bound to the served weights (found by
   ``engines.open_engine``; ``unevaluated`` when served with ``--allow-unevaluated``), the state
@@ -50,6 +51,8 @@ INFO_MODEL = "streamtmr_info"
 PYTHON_ENV = "STREAMTMR_SERVE_PYTHON"
 #: Wire dtypes of the streaming state (float tensors only; integer state keeps its dtype).
 STATE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+#: State tensors smaller than this (elements per body) always travel in their own dtype.
+WIRE_MIN_ELEMENTS = 256
 
 
 class ServeError(RuntimeError):
@@ -169,12 +172,20 @@ def model_info(engine: Any, state_dtype: str, max_batch: int) -> dict[str, Any]:
 
 def wire_spec(spec: dict[str, tuple[tuple[int, ...], Any]],
               state_dtype: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """The state spec as it travels: float tensors in ``state_dtype``, the rest unchanged."""
+    """The state spec as it travels: float tensors of at least :data:`WIRE_MIN_ELEMENTS` per
+    body (the attention rings and convolution caches: nearly all the bytes) in
+    ``state_dtype``; the small ones — frame counter, reference, previous positions, recurrent
+    cells — keep their dtype (an FP16 frame counter stops at 2048, FP16 positions at 3 m
+    are 2 mm apart)."""
     if state_dtype not in STATE_DTYPES:
         raise ServeError(f"--state-dtype {state_dtype!r}: choose one of {sorted(STATE_DTYPES)}")
     wire = np.dtype(STATE_DTYPES[state_dtype])
-    return {name: (tuple(int(s) for s in shape),
-                   wire if np.issubdtype(np.dtype(dt), np.floating) else np.dtype(dt))
+
+    def travels_as(shape: tuple[int, ...], dt: Any) -> np.dtype:
+        dt = np.dtype(dt)
+        small = int(np.prod(shape, dtype=np.int64)) < WIRE_MIN_ELEMENTS
+        return dt if small or not np.issubdtype(dt, np.floating) else wire
+    return {name: (tuple(int(s) for s in shape), travels_as(shape, dt))
             for name, (shape, dt) in spec.items()}
 
 

@@ -230,3 +230,80 @@ def test_killed_server_holds_counts_and_recovers(server, tmp_path):
     finally:
         node.close()
         engine.close()
+
+
+# -- streaming models: frames and each body's state in and out ---------------------------------
+
+@pytest.fixture(scope="module")
+def stream_model(tmp_path_factory):
+    import torch
+
+    from streamtmr.models.checkpoint import save_checkpoint
+    from streamtmr.models.registry import model_class
+    torch.manual_seed(0)
+    model = model_class("tmr-stream").from_preset("tiny")
+    return save_checkpoint(tmp_path_factory.mktemp("stream") / "tiny_stream.safetensors", model)
+
+
+@pytest.fixture(scope="module")
+def stream_server(tmp_path_factory, stream_model):
+    s = Server(tmp_path_factory.mktemp("triton_stream") / "serve.log", "--model",
+               str(stream_model), "--allow-unevaluated", "--state-dtype", "fp32").start()
+    try:
+        yield s
+    finally:
+        s.kill()
+
+
+def test_wire_sends_rings_as_fp16_and_counters_exactly():
+    spec = {"t": ((1,), np.float32), "prev": ((2, 25, 3), np.float32),
+            "kv_k": ((1, 64, 64), np.float32), "steps": ((512,), np.int64)}
+    wire = serve.wire_spec(spec, "fp16")
+    assert wire["t"][1] == np.float32 and wire["prev"][1] == np.float32
+    assert wire["kv_k"] == ((1, 64, 64), np.dtype(np.float16))
+    assert wire["steps"][1] == np.int64
+    assert all(dt == np.float32 for name, (_, dt) in serve.wire_spec(spec, "fp32").items()
+               if name != "steps")
+    with pytest.raises(serve.ServeError, match="state-dtype"):
+        serve.wire_spec(spec, "int8")
+
+
+def test_streaming_step_through_triton_equals_in_process(stream_server, stream_model):
+    client = stream_server.wait_ready()
+    local = create_engine("onnxruntime", model=stream_model, window=None)
+    try:
+        assert client.streaming and client.unevaluated and client.card is None
+        assert {k: s for k, (s, _) in client.state_spec().items()} == {
+            k: s for k, (s, _) in local.state_spec().items()}
+        x = moving_windows(3, 30, seed=2)
+        sc, sl = client.init_state(3), local.init_state(3)
+        for t in range(x.shape[1]):
+            if t == 10:  # bodies travel in separate requests: each state stays its own
+                y0, s0 = client.step(x[:1, t], {k: v[:1] for k, v in sc.items()})
+                y12, s12 = client.step(x[1:, t], {k: v[1:] for k, v in sc.items()})
+                yc = np.concatenate([y0, y12])
+                sc = {k: np.concatenate([s0[k], s12[k]]) for k in sc}
+            else:
+                yc, sc = client.step(x[:, t], sc)
+            yl, sl = local.step(x[:, t], sl)
+            np.testing.assert_allclose(yc, yl, atol=1e-5, rtol=0)
+        with pytest.raises(EngineError, match="streaming"):
+            client.run(moving_windows(1, client.window))
+    finally:
+        client.close()
+        local.close()
+
+
+def test_node_steps_a_streaming_model_through_triton(stream_server):
+    client = stream_server.wait_ready()
+    node = Node(client, [], NodeConfig(budget_ms=5000, leak_guard=False, bone_tol=1e-2))
+    try:
+        published = []
+        for seq in range(1, 8):
+            published += node.step(person_frame(seq))
+        counters = node.stats()["counters"]
+        assert counters.get("engine_errors", 0) == 0
+        assert published and all(f.bodies for f in published[1:])
+    finally:
+        node.close()
+        client.close()
