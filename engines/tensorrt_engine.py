@@ -10,8 +10,16 @@ fails the check is rebuilt, never deserialised.
 
 Run: torch CUDA tensors serve as preallocated device buffers (addresses set once with
 ``set_tensor_address``), pinned host staging buffers, ``set_input_shape`` per batch size,
-``execute_async_v3`` on a private stream; with ``cuda_graphs`` one graph per batch size is
-captured after a first plain run.
+``execute_async_v3`` on a private stream. With ``cuda_graphs`` each batch size gets its own
+execution context (input shapes set once, never changed) and one CUDA graph captured on it after
+a first plain run: a graph replays exactly the context state it was captured with, so replaying
+it after another batch size changed a shared context's shapes would be wrong.
+
+FP16 plans: fp16 resolution near 3 m is ~2 mm, so positions rounded to fp16 fail the node's
+1 mm bone check on about half the frames (measured on the default's output). The engine
+therefore uses only the root and the root-relative bone *directions* of an fp16 plan's output
+and rebuilds the joints by forward kinematics in float32 with the dummy's bone lengths
+(:func:`fp32_pose`): bone lengths hold by construction, the check stays meaningful.
 
 ``tensorrt`` is imported lazily: without it, building the engine raises
 :class:`~engines.base.BackendUnavailable` naming the alternatives.
@@ -19,6 +27,7 @@ captured after a first plain run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -32,6 +41,7 @@ from engines.base import BackendUnavailable, Engine, EngineError
 from engines.cache import atomic_write, cache_dir, cache_key, verify, write_sidecar
 from engines.onnx_export import FRAMES, INPUT, OUTPUT, STATE_IN, STATE_OUT
 from engines.source import ModelSource
+from streamtmr import skeleton
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,14 @@ def load_verified_plan(path: Path, facts: dict[str, Any]) -> bytes | None:
                         path)
         return None
     return path.read_bytes()
+
+
+def fp32_pose(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Joints ``[..., 25, 3]`` from a reduced-precision engine rebuilt in float32: the root and
+    the unit bone directions of ``joints``, the dummy's bone ``lengths``, forward kinematics."""
+    j = np.asarray(joints, np.float32)
+    return skeleton.forward_kinematics(j[..., skeleton.ROOT, :], skeleton.bone_directions(j),
+                                       np.asarray(lengths, np.float32)).astype(np.float32)
 
 
 def _fp16_supported(trt, builder) -> bool:
@@ -157,10 +175,12 @@ class TensorRTEngine(Engine):
         torch.cuda.set_device(dev)
         self.plan_file = self._plan(trt, source, fp16, source.plan_path)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(self.plan_file.read_bytes())
+        plan = self.plan_file.read_bytes()
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        self.graph_sha256 = hashlib.sha256(plan).hexdigest()  # the bytes actually loaded
         if self.engine is None:
             raise EngineError(f"tensorrt: cannot deserialise {self.plan_file}")
-        self.context = self.engine.create_execution_context()
+        self.context = self.engine.create_execution_context()  # plain runs (no graphs)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.streaming = source.streaming
         self._shapes = io_shapes(self.window, source.state_spec)
@@ -175,6 +195,7 @@ class TensorRTEngine(Engine):
         for n, t in self._d.items():
             self.context.set_tensor_address(n, t.data_ptr())
         self._in_names = _inputs(self._shapes)
+        self._graph_contexts: dict[int, Any] = {}  # batch size → its own context
         self._out_names = [n for n in self._shapes if n not in self._in_names]
         self._stream = torch.cuda.Stream(dev)
         self.cuda_graphs = bool(cuda_graphs)
@@ -219,15 +240,30 @@ class TensorRTEngine(Engine):
 
     def _set_batch(self, b: int) -> None:
         if b != self._shape_b:
-            for n in self._in_names:
-                if not self.context.set_input_shape(n, (b, *self._shapes[n])):
-                    raise EngineError(f"tensorrt: batch {b} outside the engine's profile")
+            self._shape(self.context, b)
             self._shape_b = b
 
-    def _enqueue(self, b: int) -> None:
+    def _shape(self, context, b: int) -> None:
+        for n in self._in_names:
+            if not context.set_input_shape(n, (b, *self._shapes[n])):
+                raise EngineError(f"tensorrt: batch {b} outside the engine's profile")
+
+    def _context_for_graph(self, b: int):
+        """A context of its own for batch ``b``: addresses and shapes set once."""
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise EngineError(f"tensorrt: cannot create an execution context for batch {b}")
+        for n, t in self._d.items():
+            context.set_tensor_address(n, t.data_ptr())
+        self._shape(context, b)
+        self._graph_contexts[b] = context
+        return context
+
+    def _enqueue(self, b: int, context=None) -> None:
+        context = self.context if context is None else context
         for n in self._in_names:
             self._d[n][:b].copy_(self._h[n][:b], non_blocking=True)
-        if not self.context.execute_async_v3(self._stream.cuda_stream):
+        if not context.execute_async_v3(self._stream.cuda_stream):
             raise EngineError("tensorrt: execute_async_v3 failed")
         for n in self._out_names:
             self._h[n][:b].copy_(self._d[n][:b], non_blocking=True)
@@ -244,7 +280,8 @@ class TensorRTEngine(Engine):
             for k, v in state.items():
                 self._h[STATE_IN + k][:b].numpy()[...] = v[part]
             self._execute(b)
-            out[part] = self._h[OUTPUT][:b].numpy()
+            y = self._h[OUTPUT][:b].numpy()
+            out[part] = fp32_pose(y, self.dummy_lengths) if self.precision == "fp16" else y
             for k in state:
                 new[k][part] = self._h[STATE_OUT + k][:b].numpy()
         return out, new
@@ -258,22 +295,24 @@ class TensorRTEngine(Engine):
         b = x.shape[0]
         self._h[INPUT][:b].numpy()[...] = x
         self._execute(b)
-        out[...] = self._h[OUTPUT][:b].numpy()
+        y = self._h[OUTPUT][:b].numpy()
+        out[...] = fp32_pose(y, self.dummy_lengths) if self.precision == "fp16" else y
 
     def _execute(self, b: int) -> None:
         """Copy the staged inputs in, run, copy the outputs out (a CUDA graph per batch)."""
         with torch.cuda.stream(self._stream):
-            self._set_batch(b)
             if not self.cuda_graphs:
+                self._set_batch(b)
                 self._enqueue(b)
             elif b in self._graphs:
                 self._graphs[b].replay()
-            else:  # one plain run settles shapes and lazy allocations, then capture
-                self._enqueue(b)
+            else:  # one plain run on b's own context settles lazy allocations, then capture
+                context = self._context_for_graph(b)
+                self._enqueue(b, context)
                 self._stream.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=self._stream):
-                    self._enqueue(b)
+                    self._enqueue(b, context)
                 self._graphs[b] = graph
         self._stream.synchronize()
 
@@ -283,6 +322,7 @@ class TensorRTEngine(Engine):
 
     def close(self) -> None:
         self._graphs.clear()
+        self._graph_contexts.clear()
         self.context = None
         self.engine = None
 
