@@ -98,7 +98,7 @@ def run_cell(engine_spec: str, nodes: int, bodies: int, seconds: float) -> list[
 # ------------------------------------------------------------------------------------------
 
 def start_server(engine: str, port: int, http: int, metrics: int, log: Path,
-                 queue_delay_us: int, workspace: Path) -> subprocess.Popen:
+                 queue_delay_us: int, workspace: Path, *extra: str) -> subprocess.Popen:
     from streamtmr.serve import serving_python
     python = serving_python()
     if python is None:
@@ -106,7 +106,7 @@ def start_server(engine: str, port: int, http: int, metrics: int, log: Path,
     return subprocess.Popen(
         [str(python), "-m", "streamtmr", "serve", "--engine", engine, "--port", str(port),
          "--http-port", str(http), "--metrics-port", str(metrics), "--queue-delay-us",
-         str(queue_delay_us), "--workspace", str(workspace)], stdout=log.open("wb"),
+         str(queue_delay_us), "--workspace", str(workspace), *extra], stdout=log.open("wb"),
         stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
 
 
@@ -220,6 +220,69 @@ def scenario(opts: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def motion(bodies: int, frames: int, seed: int = 0) -> np.ndarray:
+    """People of different sizes walking and waving: ``[bodies, frames, 25, 3]`` float32."""
+    from streamtmr import skeleton
+    from streamtmr.dummy import default_dummy
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames, dtype=np.float32) / FPS
+    out = []
+    for i in range(bodies):
+        x = np.broadcast_to(default_dummy().rest_pose() * rng.uniform(0.85, 1.15),
+                            (frames, 25, 3)).copy()
+        x += np.stack([0.6 * i + 0.3 * np.sin(0.4 * t), 0 * t, 3.0 + 0.5 * np.sin(0.2 * t)],
+                      -1)[:, None]
+        for j in ("ElbowRight", "WristRight", "HandRight", "HandTipRight", "ThumbRight"):
+            x[:, skeleton.JOINT[j], 1] += 0.2 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t)
+        out.append(x)
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+def stream_part(opts: argparse.Namespace) -> dict[str, Any]:
+    """A streaming model through Triton with its state on the wire (``--state-dtype``): the
+    output against the in-process engine over a long track, the state bytes per body and the
+    step latency of both (interleaved calls, one caller)."""
+    from engines import create_engine
+    from streamtmr.serve import wire_spec
+    local = create_engine(opts.engine, model=opts.stream_model, window=None, max_batch=8)
+    spec = local.state_spec()
+    wire = wire_spec(spec, opts.state_dtype)
+    nbytes = {d: int(sum(np.prod(s) * np.dtype(t).itemsize for s, t in sp.values()))
+              for d, sp in (("fp32", spec), (opts.state_dtype, wire))}
+    port, http, metrics = _free_ports(3)
+    workspace = tempfile.TemporaryDirectory(prefix="streamtmr-bench-triton-")
+    log = Path(tempfile.gettempdir()) / f"streamtmr-bench-triton-{port}.log"
+    server = start_server(opts.engine, port, http, metrics, log, opts.queue_delay_us,
+                          Path(workspace.name) / "ws", "--model", str(opts.stream_model),
+                          "--allow-unevaluated", "--state-dtype", opts.state_dtype)
+    try:
+        client = wait_ready(f"triton://127.0.0.1:{port}", server)
+        x = motion(opts.bodies_stream, opts.stream_frames)
+        sc, sl = client.init_state(len(x)), local.init_state(len(x))
+        diff, lat = [], {"in_process": [], "triton": []}
+        for t in range(x.shape[1]):
+            t0 = time.perf_counter_ns()
+            yl, sl = local.step(x[:, t], sl)
+            t1 = time.perf_counter_ns()
+            yc, sc = client.step(x[:, t], sc)
+            lat["triton"].append(time.perf_counter_ns() - t1)
+            lat["in_process"].append(t1 - t0)
+            diff.append(float(np.abs(yc - yl).max()))
+        client.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        local.close()
+        workspace.cleanup()
+    from streamtmr.models.checkpoint import file_sha256
+    return {"model": str(opts.stream_model), "sha256": file_sha256(opts.stream_model),
+            "method": local.source.method, "state_dtype": opts.state_dtype,
+            "state_bytes_per_body": nbytes, "bodies": len(x), "frames": int(x.shape[1]),
+            "max_abs_diff_mm": round(1e3 * max(diff), 4),
+            "max_abs_diff_mm_last_100": round(1e3 * max(diff[-100:]), 4),
+            "step_latency": {k: summarize_ns(v[10:]) for k, v in lat.items()}}
+
+
 def aims(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's aims, measured: parity, added p50 at 1 node, mean batch with >= 2 nodes."""
     cell = {(c["mode"], c["nodes"]): c for c in result["cells"]}
@@ -261,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bodies", type=int, default=1, help="bodies per node and frame [1]")
     p.add_argument("--reps", type=int, default=100, help="calls per batch size [100]")
     p.add_argument("--queue-delay-us", type=int, default=300)
+    p.add_argument("--stream-model", type=Path, default=None, metavar="CKPT",
+                   help="also run this streaming checkpoint through Triton (state on the wire)")
+    p.add_argument("--state-dtype", choices=("fp16", "fp32"), default="fp16")
+    p.add_argument("--stream-frames", type=int, default=900, help="track length [900: 30 s]")
+    p.add_argument("--bodies-stream", type=int, default=3, help="bodies per step [3]")
+    p.add_argument("--stream-only", action="store_true", help="only the streaming part")
     p.add_argument("--save", action="store_true", help="write bench/results/…-triton-….json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -270,11 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     if opts.worker:
         node_worker(opts.worker, opts.bodies, opts.seconds, opts.start_at, Path(opts.out))
         return 0
-    result = scenario(opts)
-    print(report(result))
+    result = scenario(opts) if not opts.stream_only else {
+        "schema": 1, "scenario": f"triton-stream-{opts.state_dtype}",
+        "machine": describe_machine(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if opts.stream_model:
+        result["streaming"] = stream_part(opts)
+        print(json.dumps(result["streaming"], indent=1))
+    if not opts.stream_only:
+        print(report(result))
     if opts.save:
         day = result["started"][:10]
-        path = RESULTS / f"{day}-triton-{host_kind(result['machine'])}.json"
+        path = RESULTS / f"{day}-{result['scenario']}-{host_kind(result['machine'])}.json"
         path.write_text(json.dumps(result, indent=1))
         print(f"saved {path}")
     return 0

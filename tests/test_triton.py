@@ -45,9 +45,10 @@ def free_port() -> int:
 class Server:
     """``streamtmr serve`` in its own process group (killed as a whole, like a crash)."""
 
-    def __init__(self, log: Path, *extra: str):
+    def __init__(self, log: Path, *extra: str, query: str = ""):
         self.port, self.http, self.metrics = free_port(), free_port(), free_port()
         self.url = f"triton://127.0.0.1:{self.port}"
+        self.query = query  # the client's TLS options, if any
         self.log, self.extra, self.proc = log, extra, None
 
     def start(self) -> Server:
@@ -68,7 +69,7 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited ({self.proc.returncode}):\n{self.tail()}")
             try:
-                return create_engine(f"{self.url}?timeout_ms=5000&retry_ms=100")
+                return create_engine(f"{self.url}?timeout_ms=5000&retry_ms=100{self.query}")
             except EngineError:
                 time.sleep(0.5)
         pytest.fail(f"server not ready after {timeout_s} s:\n{self.tail()}")
@@ -245,10 +246,33 @@ def stream_model(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("stream") / "tiny_stream.safetensors", model)
 
 
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a node's client certificate (openssl)."""
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                      ("node", "extendedKeyUsage=clientAuth")):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr")
+        (folder / f"{name}.ext").write_text(ext + "\n")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {n: folder / n for n in ("ca.pem", "server.pem", "server.key", "node.pem",
+                                    "node.key")}
+
+
 @pytest.fixture(scope="module")
 def stream_server(tmp_path_factory, stream_model):
-    s = Server(tmp_path_factory.mktemp("triton_stream") / "serve.log", "--model",
-               str(stream_model), "--allow-unevaluated", "--state-dtype", "fp32").start()
+    """The streaming server, over TLS with client certificates (mutual authentication)."""
+    folder = tmp_path_factory.mktemp("triton_stream")
+    c = make_certificates(folder)
+    s = Server(folder / "serve.log", "--model", str(stream_model), "--allow-unevaluated",
+               "--state-dtype", "fp32", "--tls-cert", str(c["server.pem"]), "--tls-key",
+               str(c["server.key"]), "--tls-client-ca", str(c["ca.pem"]),
+               query=f"&ca={c['ca.pem']}&cert={c['node.pem']}&key={c['node.key']}").start()
+    s.certificates = c
     try:
         yield s
     finally:
@@ -307,3 +331,12 @@ def test_node_steps_a_streaming_model_through_triton(stream_server):
     finally:
         node.close()
         client.close()
+
+
+def test_tls_server_refuses_nodes_without_a_client_certificate(stream_server):
+    stream_server.wait_ready().close()  # with the CA and a client certificate: admitted
+    c = stream_server.certificates
+    with pytest.raises(EngineError):
+        create_engine(f"{stream_server.url}?ca={c['ca.pem']}&timeout_ms=3000")
+    with pytest.raises(EngineError):  # clear text to a TLS server
+        create_engine(f"{stream_server.url}?timeout_ms=3000")
