@@ -109,12 +109,15 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def swing(a: np.ndarray, b: np.ndarray) -> Rotation:
     """The shortest rotations taking unit directions ``a [N, 3]`` to directions ``b [N, 3]``
     (a half turn about an axis orthogonal to ``a`` when opposite; identity when ``b`` is 0)."""
-    a, b = np.broadcast_arrays(np.asarray(a, np.float64), _unit(np.asarray(b, np.float64)))
+    a, b = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
     cross = _cross(a, b)
-    sin, cos = np.linalg.norm(cross, axis=-1), np.einsum("...i,...i->...", a, b)
-    ref = np.where(np.abs(a[..., :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
-    axis = np.where((sin < 1e-9)[..., None] & (cos < 0)[..., None], _unit(_cross(a, ref)),
-                    _unit(cross))
+    sin = np.sqrt(np.einsum("...i,...i->...", cross, cross))  # |a × b| = |b| sin θ
+    cos = np.einsum("...i,...i->...", a, b)                     # a · b = |b| cos θ
+    axis = cross / np.maximum(sin, 1e-300)[..., None]
+    opposite = (sin <= 1e-9 * np.abs(cos)) & (cos < 0)
+    if opposite.any():  # half turn about an axis orthogonal to a
+        ref = np.where(np.abs(a[..., :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+        axis = np.where(opposite[..., None], _unit(_cross(a, ref)), axis)
     return Rotation.from_rotvec(axis * np.arctan2(sin, cos)[..., None])
 
 
@@ -193,6 +196,15 @@ class Plan:
                 tuple((k, self.frames[r[0]]) for k, r in enumerate(rows) if r[0] in self.frames)))
         return tuple(out)
 
+    @cached_property
+    def rest_bases(self) -> dict[str, np.ndarray]:
+        """The rest pose's torso frames ``[3, 3]`` (see :func:`basis`), by torso joint."""
+        out = {}
+        for j in set(self.frames.values()):
+            up, a, b = (JOINT[n] for n in TORSO_FRAMES[j])
+            out[j] = basis(self.rest[up], self.rest[b] - self.rest[a])
+        return out
+
     def rest_offsets(self, lengths: np.ndarray) -> np.ndarray:
         """Local position of every bone in its parent (rest pose, the plan's axes)."""
         rest = skeleton.forward_kinematics(np.zeros(3), self.rest, np.asarray(lengths, float))
@@ -201,38 +213,41 @@ class Plan:
                          for n, _, _, p in self.bones])
 
 
-def _frame(points: np.ndarray, rest: np.ndarray, joint: str) -> Rotation:
-    """Global rotation of a torso frame: the rest frame turned onto the current one."""
-    up, a, b = (JOINT[n] for n in TORSO_FRAMES[joint])
-    o = JOINT[joint]
-    cur = basis(points[:, up] - points[:, o], points[:, b] - points[:, a])
-    ref = basis(rest[up], rest[b] - rest[a])
-    return Rotation.from_matrix(cur @ ref.T)
+def _frames(points: np.ndarray, plan: Plan) -> dict[str, np.ndarray]:
+    """Global rotation matrices ``[F, 3, 3]`` of the plan's torso frames (they depend on the
+    points only): the rest frame turned onto the current one."""
+    joints = sorted(set(plan.frames.values()))
+    if not joints:
+        return {}
+    ids = np.array([[JOINT[j], *(JOINT[n] for n in TORSO_FRAMES[j])] for j in joints])
+    o, up, a, b = (points[:, ids[:, c]] for c in range(4))  # (F, m, 3)
+    cur = basis(up - o, b - a)
+    return {j: cur[:, i] @ plan.rest_bases[j].T for i, j in enumerate(joints)}
 
 
 def solve_plan(points: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
     """Local and global rotations ``[F, len(plan.bones), 4]`` of ``points [F, 25, 3]`` (the
-    plan's axes), one frame per row; all frames and all bones of one depth at once."""
+    plan's axes), one frame per row; all frames and all bones of one depth at once. The chain
+    is composed as rotation matrices; swings come from :func:`swing`, quaternions from scipy."""
     points = np.asarray(points, np.float64)
     f, n = points.shape[0], len(plan.bones)
-    local = np.zeros((f, n, 4))
-    world = np.zeros((f, n + 1, 4))  # slot n: the identity, "parent" of the roots
-    world[:, n, 3] = local[..., 3] = 1.0
+    local = np.tile(np.eye(3), (f, n, 1, 1))
+    world = np.tile(np.eye(3), (f, n + 1, 1, 1))  # slot n: the identity, "parent" of the roots
+    frames = _frames(points, plan)
     for lv in plan.levels:
-        k = len(lv.bones)
-        g_parent = Rotation.from_quat(world[:, lv.parents].reshape(-1, 4))  # (F·k)
+        g_parent = world[:, lv.parents]  # (F, k, 3, 3)
         if len(lv.swung):
-            d = (points[:, lv.child] - points[:, lv.at]).reshape(-1, 3)  # (F·s, 3)
-            sel = (np.arange(f)[:, None] * k + lv.swung).ravel()
-            rest = np.tile(plan.rest[lv.child], (f, 1))
-            q = swing(rest, g_parent[sel].inv().apply(d)).as_quat()
-            local[:, lv.bones[lv.swung]] = q.reshape(f, len(lv.swung), 4)
+            d = points[:, lv.child] - points[:, lv.at]  # (F, s, 3)
+            d_local = np.einsum("fsji,fsj->fsi", g_parent[:, lv.swung], d)  # R_parent^T d
+            rest = np.broadcast_to(plan.rest[lv.child], d.shape).reshape(-1, 3)
+            m = swing(rest, d_local.reshape(-1, 3)).as_matrix()
+            local[:, lv.bones[lv.swung]] = m.reshape(f, len(lv.swung), 3, 3)
         for pos, joint in lv.frames:
-            g = _frame(points, plan.rest, joint)
-            local[:, lv.bones[pos]] = (g_parent[pos::k].inv() * g).as_quat()
-        loc = Rotation.from_quat(local[:, lv.bones].reshape(-1, 4))
-        world[:, lv.bones] = (g_parent * loc).as_quat().reshape(f, k, 4)
-    return local, world[:, :n]
+            local[:, lv.bones[pos]] = np.swapaxes(g_parent[:, pos], -1, -2) @ frames[joint]
+        world[:, lv.bones] = g_parent @ local[:, lv.bones]
+    both = np.concatenate([local, world[:, :n]], axis=1).reshape(-1, 3, 3)
+    quats = Rotation.from_matrix(both).as_quat().reshape(f, 2 * n, 4)
+    return quats[:, :n], quats[:, n:]
 
 
 #: The VMC humanoid plan (Unity axes).
