@@ -177,6 +177,75 @@ def anonymize_sequence(engine, seq: np.ndarray, hop: int | None = None) -> np.nd
 
 
 # ------------------------------------------------------------------------------------------
+# The node's path: what `streamtmr run` would publish
+# ------------------------------------------------------------------------------------------
+
+#: Frame rate at which recorded sequences are fed to the node's path.
+FPS = 30.0
+
+
+def publish_sequences(engine, sequences: Sequence[np.ndarray], config=None, fps: float = FPS,
+                      substituted: list[str] | None = None) -> list[np.ndarray]:
+    """Run sequences ``[L_i, 25, 3]`` through exactly the streaming node's code path
+    (:class:`~streamtmr.stream.node.Node`: per-body state or windows, output checks, leak
+    guard, smoothing) with no deadline, and return what it would have published for each,
+    ``float32 [L_i, 25, 3]``. Sequences are fed as bodies of the same frames (up to
+    ``max_bodies`` per node), which changes nothing for any of them: every stage is per body.
+
+    A frame in which the node published nothing for a body (an output refused with no held
+    frame) takes the nearest published frame of that body, listed in ``substituted``; a
+    sequence of which nothing was published is an error naming it.
+    """
+    from dataclasses import replace
+
+    from streamtmr.stream.frame import TRACKED, Body, Frame
+    from streamtmr.stream.node import Node, NodeConfig
+
+    seqs = [_check_sequence(s, f"sequence {i}") for i, s in enumerate(sequences)]
+    base = config or NodeConfig()
+    per_node = min(64, max(1, len(seqs)))
+    cfg = replace(base, max_bodies=per_node, budget_ms=1e9, hang_ms=1e9, hold_ms=1e9,
+                  stats_json=None, stats_interval_s=1e9)
+    state = np.full(skeleton.NUM_JOINTS, TRACKED, np.uint8)
+    results: list[np.ndarray] = []
+    for g in range(0, len(seqs), per_node):
+        group = seqs[g:g + per_node]
+        out = [np.full_like(s, np.nan) for s in group]
+        node = Node(engine, config=cfg)
+        try:
+            for t in range(max(len(s) for s in group)):
+                bodies = [Body(i, s[t], state) for i, s in enumerate(group) if t < len(s)]
+                for frame in node.step(Frame(t, int(t * 1e9 / fps), bodies, "offline")):
+                    for b in frame.bodies:
+                        out[b.id][frame.seq] = b.joints
+        finally:
+            node.close()
+        results += [_fill(o, f"sequence {g + i}", substituted) for i, o in enumerate(out)]
+    return results
+
+
+def _fill(seq: np.ndarray, where: str, substituted: list[str] | None) -> np.ndarray:
+    """Frames left NaN (nothing published) take the nearest published frame."""
+    done = np.isfinite(seq).all(axis=(1, 2))
+    if done.all():
+        return seq
+    have = np.flatnonzero(done)
+    if not len(have):
+        raise ValueError(f"{where}: the node published no frame of it (every output refused)")
+    missing = np.flatnonzero(~done)
+    nearest = have[np.clip(np.searchsorted(have, missing), 0, len(have) - 1)]
+    seq[missing] = seq[nearest]
+    if substituted is not None:
+        substituted.append(f"{where}: {len(missing)} frame(s) without published output")
+    return seq
+
+
+def publish_sequence(engine, seq: np.ndarray, config=None) -> np.ndarray:
+    """One sequence through the node's path (see :func:`publish_sequences`)."""
+    return publish_sequences(engine, [seq], config)[0]
+
+
+# ------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------
 
@@ -272,8 +341,11 @@ class Report:
 
 
 def anonymize_file(engine, input: str | Path, output: str | Path, hop: int | None = None,
-                   progress: bool = False) -> Report:
-    """Read ``input``, anonymize every sequence with ``engine`` and write ``output``."""
+                   progress: bool = False, streamed: bool | None = None) -> Report:
+    """Read ``input``, anonymize every sequence with ``engine`` and write ``output``.
+
+    ``streamed`` (default: True for streaming models) writes exactly what the node would
+    publish (:func:`publish_sequences`); otherwise overlapping windows are stitched."""
     out = Path(output)
     if out.suffix.lower() not in (".npy", ".npz"):
         raise ValueError(f"{out}: output must be a .npy or .npz file")
@@ -283,8 +355,13 @@ def anonymize_file(engine, input: str | Path, output: str | Path, hop: int | Non
                          f"output (one array per input) instead of {out.name}")
     t0 = time.perf_counter()
     substituted: list[str] = []
-    result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
-                                 substituted=substituted)
+    if streamed is None:
+        streamed = bool(getattr(engine, "streaming", False))
+    if streamed:
+        result = publish_sequences(engine, loaded.sequences, substituted=substituted)
+    else:
+        result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
+                                     substituted=substituted)
     seconds = time.perf_counter() - t0
     named = [s.replace(f"sequence {i} ", f"{n} ", 1) for s in substituted
              for i, n in [_index_of(s, loaded.names)]]

@@ -202,3 +202,43 @@ def test_degenerate_window_gets_a_reported_substitute_never_nan():
     assert np.isfinite(out).all() and subs and all("sequence 0 window" in s for s in subs)
     with pytest.raises(ValueError, match="sequence 0: every window"):
         anonymize_sequences(engine, [collapsed])
+
+
+def test_publish_sequence_is_what_the_node_publishes():
+    """`anonymize --streamed` (and the evaluation) run the node's own path: for a streaming
+    model the output equals frame-by-frame Node.step, whether sequences share the call or
+    not, and is finite with the dummy's bones."""
+    from streamtmr.offline import publish_sequence, publish_sequences
+    from streamtmr.stream.frame import Body, Frame
+    from streamtmr.stream.node import Node, NodeConfig
+
+    engine = create_engine("onnxruntime", model=tiny("tmr-stream"), window=None)
+    assert engine.streaming
+    a, b = motion(50, seed=1), motion(35, scale=1.1, seed=2)
+    node = Node(engine, config=NodeConfig(budget_ms=1e6, hold_ms=1e6))
+    st = np.full(25, 2, np.uint8)
+    live = np.stack([node.step(Frame(t, int(t * 1e9 / 30), [Body(7, a[t], st)], "s"))[0]
+                     .bodies[0].joints for t in range(len(a))])
+    node.close()
+    alone = publish_sequence(engine, a)
+    together = publish_sequences(engine, [a, b])
+    np.testing.assert_allclose(alone, live, atol=1e-6)
+    np.testing.assert_allclose(together[0], live, atol=1e-5)
+    assert together[1].shape == b.shape and np.isfinite(together[1]).all()
+    np.testing.assert_allclose(skeleton.bone_lengths(together[1])[:, 1:],
+                               np.broadcast_to(DUMMY[1:], (35, 24)), atol=1e-4)
+
+
+def test_anonymize_cli_streamed_matches_publish_sequence(tmp_path, capsys):
+    from streamtmr.offline import publish_sequences
+
+    ckpt = save_checkpoint(tmp_path / "s.safetensors", tiny("tmr-stream"))
+    x = np.stack([motion(40, seed=s) for s in range(2)])
+    src, dst = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(src, x)
+    assert cli.main(["anonymize", "--input", str(src), "--output", str(dst), "--model",
+                     str(ckpt), "--engine", "onnxruntime", "--no-progress",
+                     "--allow-unevaluated"]) == 0  # streaming model: streamed by default
+    engine = create_engine("onnxruntime", model=ckpt, window=None)
+    np.testing.assert_allclose(np.load(dst), np.stack(publish_sequences(engine, list(x))),
+                               atol=1e-5)

@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hop", type=int, default=None, help="frames between windows (default T/2)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the engine")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--streamed", action="store_true", default=None,
+                   help="write exactly what `streamtmr run` would publish (the node's path: "
+                        "state/windows, checks, smoothing; no deadline); the default for "
+                        "streaming models")
     p.add_argument("--allow-unevaluated", action="store_true",
                    help="run a model without a privacy card (logged)")
     p.set_defaults(func=run)
@@ -60,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
                                               progress=not args.no_progress)
         else:
             report, bodies = anonymize_file(engine, args.input, args.output, hop=args.hop,
-                                            progress=not args.no_progress), []
+                                            progress=not args.no_progress,
+                                            streamed=args.streamed), []
     except (CheckpointError, DummyError, NTUFormatError, FileNotFoundError, ValueError,
             TypeError, BackendUnavailable, EngineError) as e:
         raise UserError(str(e)) from None
     d = engine.describe()
     if report.substituted:
-        print(f"warning: {len(report.substituted)} window(s) gave non-finite or invalid output "
-              f"and were replaced by the neighbouring output: {', '.join(report.substituted[:8])}"
+        print(f"warning: invalid model output replaced by the neighbouring output in "
+              f"{len(report.substituted)} place(s): {', '.join(report.substituted[:8])}"
               + (" ..." if len(report.substituted) > 8 else ""), file=sys.stderr)
     print(f"wrote {report.output}: {report.sequences} sequence(s), {report.frames} frames in "
           f"{report.seconds:.2f} s ({report.frames_per_second:,.0f} frames/s) with "
