@@ -225,3 +225,14 @@ def test_truncated_replay_is_one_line_error(model_ckpt, tmp_path, capsys):
                "--source", f"replay:{cut}"])
     err = capsys.readouterr().err
     assert rc == 2 and "--source" in err and "Traceback" not in err
+
+
+def test_compare_on_nan_input_blames_the_input(tmp_path, capsys):
+    seq = np.repeat(default_dummy().rest_pose()[None], 20, axis=0) + [0, 0, 3]
+    seq[7, 4, 1] = np.nan
+    src = tmp_path / "nan.npy"
+    np.save(src, seq.astype(np.float32))
+    rc = main(["compare", str(src), "--out", str(tmp_path / "c.gif"), "--method", "naive"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "input has non-finite" in err and "frame 7" in err
+    assert "Traceback" not in err and not (tmp_path / "c.gif").exists()

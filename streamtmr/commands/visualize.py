@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
+    import numpy as np
+
     from streamtmr.data.ntu import NTUFormatError
     from streamtmr.data.store import StoreError
     from streamtmr.eval.render import RenderError, load_sequence
@@ -48,9 +50,14 @@ def _load(args):
     if args.step < 1 or args.max_frames < 1:
         raise UserError("--step and --max-frames must be >= 1")
     try:
-        return load_sequence(args.input, args.index, args.body)[: args.max_frames]
+        seq = load_sequence(args.input, args.index, args.body)[: args.max_frames]
     except (RenderError, NTUFormatError, StoreError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
+    bad = np.flatnonzero(~np.isfinite(np.asarray(seq)).all(axis=(-2, -1)))
+    if len(bad):  # the input is broken, not the anonymizer
+        raise UserError(f"{args.input}: input has non-finite joint coordinates in frame "
+                        f"{int(bad[0])} ({len(bad)} frame(s))")
+    return seq
 
 
 def _save(seqs, args, titles) -> None:
