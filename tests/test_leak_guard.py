@@ -211,3 +211,31 @@ def test_stats_report_the_graph_actually_loaded(default_engine):
     stats = node.close()
     assert stats["graph_sha256"] == default_engine.graph_sha256 is not None
     assert stats["card"]["privacy"]["reid_top1_adaptive_pct"] == 16.4
+
+
+def test_tampered_cache_with_rewritten_checksum_reports_the_graph_that_runs(tmp_path,
+                                                                           monkeypatch):
+    """Issue 11: with a tampered engine cache plus its rewritten checksum file, the stats
+    reported the shipped checkpoint's SHA-256. Now they report the hash of the bytes ONNX
+    Runtime loaded, so the swap shows (and the leak guard still refuses a pass-through)."""
+    from engines.cache import verify, write_sidecar
+
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "cache"))
+    honest = open_engine("onnxruntime", window=16)
+    honest_hash = honest.graph_sha256
+    cached = sorted((tmp_path / "cache" / "ort").glob("*.onnx"))
+    assert len(cached) == 1
+    facts = verify(cached[0])
+    m = onnx.load(str(cached[0]))  # tamper: the optimised graph gets one weight changed
+    init = m.graph.initializer[0]
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr.flat[0] += 1.0
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(m, str(cached[0]))
+    write_sidecar(cached[0], {k: v for k, v in facts.items() if k != "sha256"})
+    eng = open_engine("onnxruntime", window=16)
+    node = Node(eng, config=NodeConfig(budget_ms=5000))
+    stats = node.close()
+    tampered = hashlib.sha256(cached[0].read_bytes()).hexdigest()
+    assert stats["graph_sha256"] == tampered != honest_hash
+    assert stats["engine"]["model_sha256"] == honest.describe()["model_sha256"]
