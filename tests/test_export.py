@@ -105,7 +105,7 @@ def test_streaming_export_is_the_step_graph(method, tmp_path):
 
 
 def test_export_cli_streaming_model(tmp_path, capsys):
-    method = STREAMING[0]
+    method = "tmr-stream"
     ckpt = save_checkpoint(tmp_path / "stream.safetensors", tiny(method))
     out = tmp_path / "stream.onnx"
     assert cli.main(["export", "--format", "onnx", "--out", str(out), "--model", str(ckpt)]) == 0

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from streamtmr import skeleton
 from streamtmr.data.store import SkeletonStore
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 KEY_JOINTS: tuple[str, ...] = ("Head", "HandLeft", "HandRight", "FootLeft", "FootRight",
                                "ElbowLeft", "ElbowRight", "KneeLeft", "KneeRight")
 FPS = 30.0
+#: State entries of the matcher (besides the feature state): database frame playing, frame
+#: faded out, frames since the last jump, frames since the last search.
+MATCH_STATE = ("cur", "old", "blend", "since_search")
 
 DEFAULTS: dict[str, Any] = {
     "window": 64,            # window the evaluation hands over (any length works)
@@ -83,7 +87,7 @@ def groups(cfg: dict[str, Any]) -> tuple[tuple[str, int], ...]:
 
 def _fstate(batch: int, k: int, device=None) -> dict[str, torch.Tensor]:
     z = torch.zeros
-    return {"t": z(batch, dtype=torch.int64, device=device),
+    return {"t": z(batch, device=device),
             "heading": z(batch, 2, device=device), "scale": z(batch, device=device),
             "foot_ema": z(batch, device=device), "floor": z(batch, device=device),
             "prev_rel": z(batch, k, 3, device=device), "prev_root": z(batch, 3, device=device),
@@ -103,12 +107,12 @@ def feature_step(frame: torch.Tensor, fs: dict[str, torch.Tensor], cfg: dict[str
     Returns ``(features [B, F], rotation [B, 3, 3] to the smoothed heading frame, new state)``.
     The same function featurises the database clips and the live input, so both sides match.
     """
-    first = fs["t"] == 0
+    first = fs["t"] < 0.5
     angle = skeleton.facing_angle(frame)
     heading = _ema(fs["heading"], torch.stack([torch.cos(angle), torch.sin(angle)], -1),
                    cfg["heading_alpha"], first)
     rot = skeleton.rotation_y(torch.atan2(heading[:, 1], heading[:, 0]))
-    n = fs["t"].to(frame.dtype) + 1.0
+    n = fs["t"] + 1.0
     height = skeleton.standing_height(skeleton.bone_lengths(frame))
     scale = fs["scale"] + (height - fs["scale"]) / n           # running mean body size
     root = frame[:, skeleton.ROOT]
@@ -150,10 +154,9 @@ class MotionMatching(Anonymizer):
 
     method = "motion_match"
     #: "learned" in the registry's sense: running it needs a checkpoint (the database, built by
-    #: :func:`build_database`, not trained; ``trainer`` is None). The window form is what the
-    #: engines export; the per-body :meth:`step` API is the model's own (its state holds int64
-    #: database indices, so it is not the engines' float32 "streaming" step contract).
-    traits = frozenset({"learned", "windowed"})
+    #: :func:`build_database`, not trained; ``trainer`` is None). "streaming": the engines step
+    #: it frame by frame with a per-body float32 state (:class:`MotionMatchingDummy`).
+    traits = frozenset({"learned", "streaming"})
     trainer = None
     #: tiny: a database rendered on the fly (3 actions of the neutral dummy, for tests). The
     #: real database comes from a SynthKinect store (:func:`build_database`, a checkpoint).
@@ -189,16 +192,18 @@ class MotionMatching(Anonymizer):
     # ---- streaming interface ---------------------------------------------------------------
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        spec = {k: (tuple(v.shape[1:]), v.dtype) for k, v in _fstate(1, self.k).items()}
-        for k in ("cur", "old", "blend", "since_search"):
-            spec[k] = ((), torch.int64)
+        """Per-body state: name → (shape, dtype), all float32 (the engines' step contract;
+        database indices and counters are exact in float32 below 2**24)."""
+        spec = {k: (tuple(v.shape[1:]), torch.float32) for k, v in _fstate(1, self.k).items()}
+        for k in MATCH_STATE:
+            spec[k] = ((), torch.float32)
         return spec
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
         dev = self.features.device
         state = _fstate(batch, self.k, dev)
-        for k in ("cur", "old", "blend", "since_search"):
-            state[k] = torch.zeros(batch, dtype=torch.int64, device=dev)
+        for k in MATCH_STATE:
+            state[k] = torch.zeros(batch, device=dev)
         return state
 
     def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor],
@@ -223,32 +228,50 @@ class MotionMatching(Anonymizer):
         root = frame[:, skeleton.ROOT].clone()
         root[:, 1] = fs["floor"] + h
         out = skeleton.forward_kinematics(root, dirs, target_lengths)
-        new = {**fs, "cur": cur, "old": old, "blend": blend + 1, "since_search": since + 1}
+        new = {**fs, "cur": cur.to(frame.dtype), "old": old.to(frame.dtype),
+               "blend": (blend + 1).to(frame.dtype), "since_search": (since + 1).to(frame.dtype)}
         return out, new
 
     def _advance(self, idx: torch.Tensor) -> torch.Tensor:
         nxt = self.next[idx]
         return torch.where(nxt >= 0, nxt, idx)
 
+    def _search(self, query: torch.Tensor, need: torch.Tensor):
+        """Best landing frame and its cost ``[B]`` for the bodies in ``need`` (others: any).
+
+        |q − f|² = |q|² + (|f|² − 2 q·f); ``landing`` holds |f|², +inf where a jump may not land
+        (the last frames of a clip, which would end before the next search). Eagerly only the
+        bodies that need a search are searched; a traced step (ONNX) searches all of them.
+        """
+        if torch.jit.is_tracing():
+            rows = None
+            q = query
+        else:
+            rows = need.nonzero().squeeze(1)
+            q = query[rows]
+        score = torch.addmm(self.landing[None], q, self.features.T, alpha=-2.0)
+        # Costs on a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two
+        # back ends (PyTorch, ONNX Runtime) must not pick different ones from float noise.
+        best_score, best = (torch.round(score * 1e3) / 1e3).min(1)
+        best_cost = best_score + (q**2).sum(1)
+        if rows is None:
+            return best, best_cost
+        full_best = torch.zeros(len(query), dtype=torch.int64, device=query.device)
+        full_cost = torch.full((len(query),), torch.inf, device=query.device)
+        return full_best.index_copy(0, rows, best), full_cost.index_copy(0, rows, best_cost)
+
     def _match(self, query: torch.Tensor, state: dict[str, torch.Tensor]):
         """Continue the playing clip or jump to the best database frame (per body).
 
-        Written without boolean indexing (masks and ``torch.where`` over the whole batch) so
-        that the window form traces to ONNX: in a window every body starts fresh together, so
-        whether a search runs at frame t is the same for all of them.
+        Masks and ``torch.where`` over the whole batch, so that the step traces to ONNX.
         """
-        fresh = state["t"] == 0
-        cur_next = self._advance(state["cur"])
-        old = self._advance(state["old"])
-        ended = self.next[state["cur"]] < 0
-        need = fresh | ended | (state["since_search"] >= self.config["search_every"])
-        if not bool(need.any()):
-            return cur_next, old, state["blend"], state["since_search"]
-        # |q − f|² = |q|² + (|f|² − 2 q·f); ``landing`` holds |f|², +inf where a jump may not
-        # land (the last frames of a clip, which would end before the next search).
-        score = torch.addmm(self.landing[None], query, self.features.T, alpha=-2.0)
-        best_score, best = score.min(1)
-        best_cost = best_score + (query**2).sum(1)
+        fresh = state["t"] < 0.5
+        cur0, blend, since = (state[k].long() for k in ("cur", "blend", "since_search"))
+        cur_next = self._advance(cur0)
+        old = self._advance(state["old"].long())
+        ended = self.next[cur0] < 0
+        need = fresh | ended | (since >= self.config["search_every"])
+        best, best_cost = self._search(query, need)
         cont = ((query - self.features[cur_next]) ** 2).sum(1)
         # A clip about to end before the next search (no landing allowed there) must be left
         # now, so that no clip runs out between searches.
@@ -256,10 +279,9 @@ class MotionMatching(Anonymizer):
         jump = need & (fresh | ((best_cost + self.config["margin"] < cont) & (best != cur_next)))
         cur = torch.where(jump, best, cur_next)
         old = torch.where(jump, torch.where(fresh, best, cur_next), old)
-        full = torch.full_like(state["blend"], int(self.config["blend_frames"]))
-        blend = torch.where(jump, torch.where(fresh, full, torch.zeros_like(full)),
-                            state["blend"])
-        since = torch.where(need, torch.zeros_like(state["since_search"]), state["since_search"])
+        full = torch.full_like(blend, int(self.config["blend_frames"]))
+        blend = torch.where(jump, torch.where(fresh, full, torch.zeros_like(full)), blend)
+        since = torch.where(need, torch.zeros_like(since), since)
         return cur, old, blend, since
 
     # ---- window interface ------------------------------------------------------------------
@@ -273,6 +295,41 @@ class MotionMatching(Anonymizer):
             y, state = self.step(source[:, t], state, lengths)
             out.append(y)
         return torch.stack(out, 1)
+
+    def for_dummy(self, dummy_lengths) -> MotionMatchingDummy:
+        return MotionMatchingDummy(self, dummy_lengths)
+
+
+class MotionMatchingDummy(nn.Module):
+    """Motion matching for one fixed dummy: what engines run and export (streaming).
+
+    ``forward(x [B, T, 25, 3])`` (each sequence a track from its first frame) and
+    ``step(frame [B, 25, 3], state) -> (out [B, 25, 3], state)`` compute the same function;
+    ``init_state(batch)`` is a fresh track, ``state_spec()`` the per-body state shapes.
+    """
+
+    streaming = True
+
+    def __init__(self, model: MotionMatching, dummy_lengths):
+        super().__init__()
+        lengths = torch.as_tensor(np.asarray(dummy_lengths, np.float32)).reshape(-1)
+        if lengths.shape != (skeleton.NUM_JOINTS,):
+            raise ValueError(f"motion_match: dummy lengths must be [25], got "
+                             f"{tuple(lengths.shape)}")
+        self.model = model
+        self.register_buffer("lengths", lengths.clone())
+
+    def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return self.model.state_spec()
+
+    def init_state(self, batch: int) -> dict[str, torch.Tensor]:
+        return self.model.init_state(batch)
+
+    def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor]):
+        return self.model.step(frame, state, self.lengths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.retarget(x, self.lengths[None])
 
 
 # --------------------------------------------------------------------------------------------
