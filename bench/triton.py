@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="per cell (600 frames at 20 s)")
     p.add_argument("--bodies", type=int, default=1, help="bodies per node and frame [1]")
     p.add_argument("--reps", type=int, default=100, help="calls per batch size [100]")
-    p.add_argument("--queue-delay-us", type=int, default=300)
+    p.add_argument("--queue-delay-us", type=int, default=100)
     p.add_argument("--stream-model", type=Path, default=None, metavar="CKPT",
                    help="also run this streaming checkpoint through Triton (state on the wire)")
     p.add_argument("--state-dtype", choices=("fp16", "fp32"), default="fp16")

@@ -70,7 +70,7 @@ class ServeConfig:
     dummy: str = "default"
     window: int | None = 64
     max_batch: int = 64              # bodies per engine call, summed over all nodes
-    queue_delay_us: int = 300        # how long the batcher waits to fill a batch
+    queue_delay_us: int = 100        # how long the batcher waits to fill a batch
     instances: int = 1               # model instances (engines), each takes any request
     state_dtype: str = "fp16"
     tls_cert: str | None = None
@@ -135,12 +135,17 @@ def reexec_in_serving_env(argv: list[str]) -> None:
     os.execv(str(python), [str(python), "-m", "streamtmr", "serve", *argv])
 
 
-def _library_path_for_backend_stub() -> None:
-    """Put this interpreter's libpython first for the Triton Python backend stub."""
+def _environment_for_backend_stub() -> None:
+    """Put this interpreter's libpython first for the Triton Python backend stub, and pass
+    tensors between the stub and this process inline over PyTriton's socket instead of its
+    shared-memory tensor store (measured with one 64-frame window per call on the 2-core CPU:
+    p50 0.8 ms lower; the tensors here are tens of KB). ``PYTRITON_NO_TENSORSTORE=`` (empty)
+    in the environment keeps the store."""
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
         old = os.environ.get("LD_LIBRARY_PATH")
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{old}" if old else libdir
+    os.environ.setdefault("PYTRITON_NO_TENSORSTORE", "1")
 
 
 # ------------------------------------------------------------------------------------------
@@ -341,7 +346,7 @@ def serve(cfg: ServeConfig, engine_factory: Any = None) -> None:
     wire = (wire_spec(engines[0].state_spec(), cfg.state_dtype)
             if getattr(engines[0], "streaming", False) else {})
     info = model_info(engines[0], cfg.state_dtype, cfg.max_batch)
-    _library_path_for_backend_stub()
+    _environment_for_backend_stub()
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton
 

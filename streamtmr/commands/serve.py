@@ -29,8 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", type=int, default=64, help="frames per window (windowed) [64]")
     p.add_argument("--max-batch", type=int, default=64,
                    help="bodies per engine call, summed over all nodes [64]")
-    p.add_argument("--queue-delay-us", type=int, default=300,
-                   help="how long the dynamic batcher waits to fill a batch [300]")
+    p.add_argument("--queue-delay-us", type=int, default=100,
+                   help="how long the dynamic batcher waits to fill a batch (GPU servers with "
+                        "many nodes: ~1000, see docs/scaling.md) [100]")
     p.add_argument("--instances", type=int, default=1, help="model instances [1]")
     p.add_argument("--state-dtype", choices=("fp16", "fp32"), default="fp16",
                    help="streaming models: float state on the wire [fp16]")
