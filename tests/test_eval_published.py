@@ -153,3 +153,42 @@ def test_seeds_are_reported_as_mean_and_std_with_the_stronger_backbone():
     assert m["info"] == {"method": "tmr-stream", "sigma": 1} and out["data"]["window"] == 64
     assert [p["adaptive_reid_top1"] for p in m["per_seed"]] == [0.20, 0.30]
     assert out["seeds"] == [0, 1]
+
+
+def _utk_folder(root, rng):
+    """Two people, two runs each, two labelled actions of 14 frames per run."""
+    labels = []
+    for s in (1, 2):
+        for e in (1, 2):
+            base = rng.uniform(-0.5, 0.5, 60) * s
+            rows = [f"{i}  " + "  ".join(f"{v:.5f}" for v in base + rng.normal(0, 0.01, 60))
+                    for i in range(1, 31)]
+            (root / f"joints_s{s:02d}_e{e:02d}.txt").write_text("\n".join(rows) + "\n")
+            labels += [f"s{s:02d}_e{e:02d}", "walk: 1 14", "throw: 16 29"]
+    (root / "actionLabel.txt").write_text("\n".join(labels) + "\n")
+    return root
+
+
+def test_utkinect_attacks_the_published_segments(tmp_path):
+    """UTKinect windows are cut from what the node published for each labelled segment, both
+    re-ID backbones attack, the stronger is reported."""
+    from streamtmr.eval import realdata
+
+    root = _utk_folder(tmp_path, np.random.default_rng(0))
+    data, segments = realdata.utkinect_windows(root, window=8, stride=4)
+    ident = dict(enumerate(range(len(segments))))
+    for run in data.values():
+        for part in run.values():  # the windows are the segments' frames at (segment, start)
+            assert np.array_equal(part["joints"], windows_of(
+                segments, part["segment"], part["start"], 8, ident))
+    naive = protocol.method_from_model("naive", build_model({"method": "naive"}),
+                                       protocol.default_dummy())
+    res = realdata.evaluate_utkinect(root, [naive], AttackerTraining(width=8, epochs=1),
+                                     window=8, stride=4, reid_archs=("sgn", "transformer"))
+    n = res["methods"]["naive"]
+    assert set(n["adaptive"]["reid_by_arch"]) == {"sgn", "transformer"}
+    arch = n["adaptive"]["reid_arch"]
+    assert n["adaptive"]["reid_top1"] == n["adaptive"]["reid_by_arch"][arch]["top1"]
+    assert n["mpjpe_source_mm"] > 1.0 and len(n["folds"]) == 2
+    assert res["methods"]["original"]["static"]["reid_top1"] == \
+        res["methods"]["original"]["adaptive"]["reid_top1"]
