@@ -239,3 +239,15 @@ def test_tampered_cache_with_rewritten_checksum_reports_the_graph_that_runs(tmp_
     tampered = hashlib.sha256(cached[0].read_bytes()).hexdigest()
     assert stats["graph_sha256"] == tampered != honest_hash
     assert stats["engine"]["model_sha256"] == honest.describe()["model_sha256"]
+
+
+def test_a_model_that_leaks_now_and_then_is_caught_frame_by_frame():
+    """Pooling over recent frames alone would let one pass-through frame among good ones
+    out; the frame margin refuses it, and the good frames around it still pass."""
+    g = leak_guard.LeakGuard(2)
+    for _ in range(10):
+        assert g.update([0, 1], [0, 0], np.array([[20.0], [25.0]])).all()
+    ok = g.update([0, 1], [0, 0], np.array([[0.0], [22.0]]))
+    assert ok.tolist() == [False, True]
+    assert g.update([0, 1], [0, 0], np.array([[19.0], [22.0]])).all()
+    assert not g.update([0], [1], np.array([[0.5]]))[0]  # a new track starts over
