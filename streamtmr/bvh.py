@@ -142,18 +142,29 @@ def body_paths(output: str | Path, n: int) -> list[Path]:
 
 
 def anonymize_to_bvh(engine, input: str | Path, output: str | Path, hop: int | None = None,
-                     progress: bool = False):
+                     progress: bool = False, streamed: bool | None = None):
     """Read ``input`` (as :func:`streamtmr.offline.load_sequences`), anonymize every body with
-    ``engine`` and write one BVH file per body (:func:`body_paths`). Returns the
-    :class:`streamtmr.offline.Report` (its ``output`` the first file) and the body names and
-    paths."""
-    from streamtmr.offline import Report, anonymize_sequences, load_sequences
+    ``engine`` exactly as :func:`streamtmr.offline.anonymize_file` does (``streamed``: the
+    node's path, default for streaming models; else stitched windows) and write one BVH file
+    per body (:func:`body_paths`). Returns the :class:`streamtmr.offline.Report` (its
+    ``output`` the first file) and the body names with their paths."""
+    from streamtmr.offline import (
+        Report,
+        anonymize_sequences,
+        load_sequences,
+        publish_sequences,
+    )
 
     loaded = load_sequences(input)
     t0 = time.perf_counter()
     substituted: list[str] = []
-    result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
-                                 substituted=substituted)
+    if streamed is None:
+        streamed = bool(getattr(engine, "streaming", False))
+    if streamed:
+        result = publish_sequences(engine, loaded.sequences, substituted=substituted)
+    else:
+        result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
+                                     substituted=substituted)
     seconds = time.perf_counter() - t0
     paths = body_paths(output, len(result))
     for path, seq in zip(paths, result, strict=True):

@@ -130,14 +130,16 @@ def test_bad_sequence_is_refused(tmp_path):
         bvh.write(tmp_path / "x.bvh", np.zeros((4, 20, 3)), LENGTHS)
 
 
-def test_anonymize_writes_one_file_per_body(tmp_path, capsys):
-    """An .npz of two sequences: x_body0.bvh and x_body1.bvh, each the anonymized body."""
+@pytest.mark.parametrize("mode", [[], ["--streamed"]])
+def test_anonymize_writes_one_file_per_body(tmp_path, capsys, mode):
+    """An .npz of two sequences: x_body0.bvh and x_body1.bvh, each the anonymized body, as the
+    .npz output of the same command (stitched windows, or the node's path with --streamed)."""
     src = tmp_path / "in.npz"
     np.savez(src, a=_random_sequence(2, 70), b=_random_sequence(3, 40))
     assert main(["anonymize", "--input", str(src), "--output", str(tmp_path / "x.npz"),
-                 "--engine", "onnxruntime", "--no-progress"]) == 0
+                 "--engine", "onnxruntime", "--no-progress", *mode]) == 0
     assert main(["anonymize", "--input", str(src), "--output", str(tmp_path / "x.bvh"),
-                 "--engine", "onnxruntime", "--no-progress"]) == 0
+                 "--engine", "onnxruntime", "--no-progress", *mode]) == 0
     out = capsys.readouterr().out
     assert "x_body0.bvh: a" in out and "x_body1.bvh: b" in out
     assert not (tmp_path / "x.bvh").exists()

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                              allow_unevaluated=args.allow_unevaluated, **options)
         if args.output.suffix.lower() == ".bvh":
             report, bodies = anonymize_to_bvh(engine, args.input, args.output, hop=args.hop,
-                                              progress=not args.no_progress)
+                                              progress=not args.no_progress,
+                                              streamed=args.streamed)
         else:
             report, bodies = anonymize_file(engine, args.input, args.output, hop=args.hop,
                                             progress=not args.no_progress,
