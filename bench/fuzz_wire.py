@@ -7,7 +7,11 @@ by default). Checked on every message, and raised as a failure ("crash") when br
 * nothing escapes but the decoder's counted drops: no exception from decode or the Node;
 * every published message decodes, is marked anonymized, and each body in it has the dummy's
   bone lengths; no published body equals any input body ever seen (SHA-1 of the joint bytes)
-  nor is close to the input body of the same id in the current frame (raw frames never leak);
+  nor is close to the input body of the same id in the current frame (raw frames never leak),
+  nor tracks that input's bone directions (median angle below the leak guard's frame margin;
+  issue 11: pass-through models);
+* a collapsed body beside good ones (``poison``) never blanks them: every good body of such a
+  frame is published;
 * the ledger adds up: ``messages == decoded + Σ dropped[reason]``, ``decoded == frames_in ==
   frames_out + frames_rejected + frames_lost + frames_pending``, ``frames_rejected`` equals the
   window's frame-level reasons, ``bodies_in == bodies_out + bodies_lost`` and the sink received
@@ -22,7 +26,13 @@ libFuzzer over the Python code of ``streamtmr.stream`` and ``sensors``, seeded w
 generator's output; each input is raw bytes or a structured message built from it). Any
 failing input is saved under ``tests/fuzz_corpus/`` and replayed by ``tests/test_fuzz.py``.
 
+The engine (``--engine``): ``default`` (the shipped model through the guarded
+``engines.open_engine``, leak guard on), ``naive`` (the naive retarget, guard off: the old
+target, fast), ``leaky`` (the default, but every 7th call returns the naive retarget of its
+input — a model that leaks now and then: the leak guard must refuse those frames).
+
     python -m bench.fuzz_wire --messages 100000 [--mode auto|mutate|atheris|both] [--record]
+        [--engine default|naive|leaky]
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ import msgpack
 import numpy as np
 
 from bench.machine import describe_machine
+from streamtmr.leak_guard import FRAME_MARGIN_DEG, frame_angles
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tests" / "fuzz_corpus"
@@ -60,8 +71,13 @@ CATEGORIES: dict[str, float] = {
     "valid": 12, "semantic": 14, "truncated": 8, "bitflip": 10, "random_bytes": 5,
     "huge_header": 4, "wrong_types": 8, "nan_inf": 5, "bad_id": 4, "many_bodies": 4,
     "deep_nesting": 3, "huge_ints": 4, "bad_bin_len": 5, "ext_types": 4, "oversized": 2,
-    "bad_str": 2, "anon_input": 2,
+    "bad_str": 2, "anon_input": 2, "poison": 4,
 }
+#: Bone-direction angle (degrees, median over bones) under which a published body counts as
+#: tracking its input: the leak guard's frame margin. (Issue 11's 10° would flag good output:
+#: the ideal SynthKinect output sits at a median 5.6°, and the fuzz bodies stand near the
+#: dummy's rest pose, where any faithful retarget is within a few degrees of the source.)
+TRACKING_DEG = FRAME_MARGIN_DEG
 
 
 def _digest(joints: np.ndarray) -> bytes:
@@ -80,7 +96,7 @@ class Harness:
     """Feeds raw messages through the decoder and the Node; checks what the sink receives."""
 
     def __init__(self, engine: Any, config: Any = None, max_bodies: int = 6,
-                 check_every: int = 1000):
+                 check_every: int = 1000, check_poison: bool = True):
         from streamtmr.stream import wire
         from streamtmr.stream.node import Node, NodeConfig
         from streamtmr.stream.sinks import Sink
@@ -106,6 +122,8 @@ class Harness:
 
         self.sink = CheckingSink()
         self.node = Node(engine, [self.sink], cfg)
+        self.guarded = cfg.leak_guard
+        self.check_poison = check_poison  # off for engines that fail on their own (chaos)
         self.tol = cfg.bone_tol * 1.01 + 1e-6
         self.check_every = check_every
         self.messages = 0
@@ -133,6 +151,9 @@ class Harness:
             raw = self.current.get(b.id)
             if raw is not None and np.allclose(b.joints, raw, atol=1e-4):
                 bad.append(f"published body {b.id} is its raw input")
+            if raw is not None and self.guarded and \
+                    float(frame_angles(b.joints, raw)) < TRACKING_DEG:
+                bad.append(f"published body {b.id} tracks its input's bone directions")
         return bad
 
     def feed(self, data: bytes, category: str = "") -> None:
@@ -147,7 +168,18 @@ class Harness:
             for b in frame.bodies:
                 self.raw.add(_digest(b.joints))
                 self.current[b.id] = np.array(b.joints)
+            m = self.node.metrics
+            before = (m.counters["engine_errors"], m.dropped["bad_output"],
+                      m.dropped["bone_check"])
             self.node.step(frame)
+            if category == "poison" and self.check_poison:  # only the collapsed body may fail
+                after = (m.counters["engine_errors"], m.dropped["bad_output"],
+                         m.dropped["bone_check"])
+                # (an engine that raised fails the whole call by itself: not the poison's doing)
+                if after[0] == before[0] and sum(after[1:]) - sum(before[1:]) > 1:
+                    self.violations.append("a collapsed body made other bodies fail "
+                                           f"(engine_errors/bad_output/bone_check {before} → "
+                                           f"{after})")
         if self.violations:
             found, self.violations = self.violations, []
             raise FuzzFailure("; ".join(found[:3]))
@@ -460,6 +492,16 @@ class HostileStream:
         self._advance()
         return self._pack(self._msg(anon=True, model="trust-me", lat_ns=1))
 
+    def poison(self) -> bytes:
+        """A collapsed body (every joint at one point: valid on the wire, NaN for many models)
+        beside fresh good bodies (new ids: clean windows), all in one frame."""
+        self._advance()
+        collapsed = np.tile(self.rng.uniform(-2, 2, 3).astype(np.float32) + [0, 0, 3], (25, 1))
+        ids = [int(i) for i in self.rng.integers(2**62, 2**63, 3)]
+        bodies = [self._body(ids[0], collapsed.astype(np.float32))]
+        bodies += [self._body(i) for i in ids[1:]]
+        return self._pack(self._msg(bodies))
+
     def __iter__(self) -> Iterator[tuple[str, bytes]]:
         while True:
             name = self.names[int(self.rng.choice(len(self.names), p=self.p))]
@@ -470,15 +512,51 @@ class HostileStream:
 # Runs
 # ------------------------------------------------------------------------------------------
 
-def make_engine(model: str | None = None, backend: str = "torch", window: int = 16):
-    """The engine the fuzz target runs: ``model`` (checkpoint/ONNX) or the naive retarget."""
+ENGINES = ("default", "naive", "leaky")
+
+
+class LeakyEngine:
+    """The shipped model, except that every ``every``-th call returns the naive retarget of its
+    input (dummy bone lengths, the source's directions): a model that leaks now and then."""
+
+    def __init__(self, engine: Any, naive: Any, every: int = 7):
+        self.inner, self.naive, self.every, self.calls = engine, naive, every, 0
+        self.window, self.dummy_lengths = engine.window, engine.dummy_lengths
+        self.streaming = False
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "model": "leaky (default + naive every "
+                f"{self.every}th call)"}
+
+    def run_latest(self, x: np.ndarray, k: int = 1) -> np.ndarray:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            return self.naive.run_latest(x, k)
+        return self.inner.run_latest(x, k)
+
+
+def make_engine(model: str | None = None, backend: str = "onnxruntime", window: int = 16,
+                kind: str = "default"):
+    """The engine the fuzz target runs (see the module docstring), with the node config it
+    needs: ``(engine, NodeConfig)``. ``model`` (checkpoint/ONNX) replaces the default."""
     import torch
 
-    from engines import create_engine
+    from engines import create_engine, open_engine
     from streamtmr.models.registry import build_model
+    from streamtmr.stream.node import NodeConfig
     torch.set_num_threads(1)
-    m = model if model else build_model({"method": "naive"})
-    return create_engine(backend, model=m, window=window, max_batch=8)
+    cfg = NodeConfig(budget_ms=1000.0, hang_ms=5000.0, stats_interval_s=3600.0)
+    if kind not in ENGINES:
+        raise ValueError(f"engine kind must be one of {ENGINES}, got {kind!r}")
+    if kind == "naive":
+        from dataclasses import replace
+        eng = create_engine("torch", model=build_model({"method": "naive"}), window=window)
+        return eng, replace(cfg, leak_guard=False)
+    eng = open_engine(backend, model=model or "default", window=window, max_batch=8)
+    if kind == "leaky":
+        naive = create_engine("torch", model=build_model({"method": "naive"}), window=window)
+        eng = LeakyEngine(eng, naive)
+    return eng, cfg
 
 
 def save_crash(data: bytes, corpus: Path = CORPUS) -> Path:
@@ -489,9 +567,11 @@ def save_crash(data: bytes, corpus: Path = CORPUS) -> Path:
 
 
 def run_mutation(messages: int, seed: int = 0, engine: Any = None, config: Any = None,
-                 corpus: Path | None = CORPUS, progress: bool = False) -> dict[str, Any]:
+                 corpus: Path | None = CORPUS, progress: bool = False,
+                 kind: str = "default") -> dict[str, Any]:
     """Feed ``messages`` generated messages; returns the result (crashes listed, not raised)."""
-    engine = engine or make_engine()
+    if engine is None:
+        engine, config = make_engine(kind=kind)
     h = Harness(engine, config)
     stream = iter(HostileStream(seed))
     crashes: list[dict[str, str]] = []
@@ -592,7 +672,8 @@ def run_atheris(messages: int, seed: int = 0, corpus: Path = CORPUS,
         import streamtmr.stream.smoothing  # noqa: F401
         import streamtmr.stream.window  # noqa: F401
         import streamtmr.stream.wire  # noqa: F401
-    h = Harness(make_engine(), check_every=5000)
+    engine, config = make_engine()
+    h = Harness(engine, config, check_every=5000)
     t0 = time.perf_counter()
     seeds = Path(tempfile.mkdtemp(prefix="streamtmr-fuzz-seeds-"))
     stream = iter(HostileStream(seed))
@@ -685,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("auto", "mutate", "atheris", "both"), default="auto",
                    help="auto: atheris when installed, else mutate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", choices=ENGINES, default="default",
+                   help="the model the node runs (module docstring) [default]")
     p.add_argument("--record", action="store_true",
                    help="append the result to bench/results/fuzz-<date>.md")
     p.add_argument("--json", type=Path, default=None, help="also write the result(s) here")
@@ -702,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     if mode in ("mutate", "both"):
         print(f"mutation-based: {args.messages} messages", file=sys.stderr)
-        results.append(run_mutation(args.messages, args.seed, progress=True))
+        results.append(run_mutation(args.messages, args.seed, progress=True,
+                                    kind=args.engine))
     if mode in ("atheris", "both"):
         print(f"atheris (coverage-guided): {args.messages} messages", file=sys.stderr)
         out = Path(tempfile.mkstemp(suffix=".json")[1])
