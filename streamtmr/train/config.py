@@ -208,36 +208,9 @@ def _convert(value: Any, tp: Any, path: Path_, where: _Where) -> Any:
     """Check ``value`` against the type hint ``tp`` and build dataclasses."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise where.error(path, f"expected a mapping, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
-        fields = _fields(tp)
-        for k in value:
-            if k not in fields:
-                raise _unknown_key(where, path, str(k), list(fields))
-        kwargs = {}
-        for name, f in fields.items():
-            if name in value:
-                kwargs[name] = _convert(value[name], hints[name], (*path, name), where)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise where.error((*path, name), "missing required key")
-        return tp(**kwargs)
+        return _convert_dataclass(value, tp, path, where)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise where.error(path, f"expected {_type_name(tp)}, got null")
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, path, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0] if len(errors) == 1 else where.error(
-            path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return _convert_union(value, tp, path, where)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise where.error(path, f"expected one of {_type_name(tp)}, got {value!r}")
@@ -254,23 +227,61 @@ def _convert(value: Any, tp: Any, path: Path_, where: _Where) -> Any:
         return {str(k): _convert(v, item, (*path, str(k)), where) for k, v in value.items()}
     if tp is Any:
         return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise where.error(path, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise where.error(path, f"expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise where.error(path, f"expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise where.error(path, f"expected a string, got {type(value).__name__} {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not a user error
+    return _convert_scalar(value, tp, path, where)
+
+
+def _convert_dataclass(value: Any, tp: Any, path: Path_, where: _Where) -> Any:
+    if not isinstance(value, dict):
+        raise where.error(path, f"expected a mapping, got {type(value).__name__}")
+    hints = typing.get_type_hints(tp)
+    fields = _fields(tp)
+    for k in value:
+        if k not in fields:
+            raise _unknown_key(where, path, str(k), list(fields))
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(value[name], hints[name], (*path, name), where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise where.error((*path, name), "missing required key")
+    return tp(**kwargs)
+
+
+def _convert_union(value: Any, tp: Any, path: Path_, where: _Where) -> Any:
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise where.error(path, f"expected {_type_name(tp)}, got null")
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _convert(value, a, path, where)
+        except ConfigError as e:
+            errors.append(e)
+    raise errors[0] if len(errors) == 1 else where.error(
+        path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+#: Scalar type → (accepts, what the message calls it).
+_SCALARS: dict[type, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "true/false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _convert_scalar(value: Any, tp: Any, path: Path_, where: _Where) -> Any:
+    if tp not in _SCALARS:
+        raise TypeError(f"unsupported config type {tp!r}")  # a schema bug, not a user error
+    accepts, name = _SCALARS[tp]
+    if not accepts(value):
+        got = repr(value) if tp is bool else f"{type(value).__name__} {value!r}"
+        raise where.error(path, f"expected {name}, got {got}")
+    return float(value) if tp is float else value
 
 
 def _check_values(cfg: Config, where: _Where) -> None:
