@@ -13,8 +13,16 @@ measurement period after ``--warmup`` seconds:
   least-squares slope (MB per minute) after warm-up;
 * every received body is checked for the dummy's bone lengths (raw input would fail it).
 
-The engine is the shipped default model when present, else ``--model`` (checkpoint / ONNX),
-else the naive retarget.
+The engine is the shipped default model (through the guarded ``engines.open_engine``), or
+``--model`` (checkpoint / ONNX, run even without a privacy card: logged).
+
+With ``--attacks`` (issue 11) the traffic process also attacks the node every
+``--attack-every`` seconds of the measured period, in turn: one message over the source's hard
+size cap (libzmq drops the publisher; the node must reconnect), a multipart message, a burst
+of 2,000 malformed messages, a frame with a collapsed body (every joint at one point) beside
+the real ones, and a flood of 1,000 subscriptions on the node's output (the sink rebinds after
+its cap; the subscriber resubscribes by itself). The report counts the attacks by kind; the
+node's counters show what it did; the received ratio and memory show that it kept serving.
 
     python -m bench.soak --bodies 6 --rate 30 --duration 3600 --record
 """
@@ -105,9 +113,47 @@ def _pct(x: list[float]) -> dict[str, float]:
             "mean_ms": round(float(a.mean()), 3)}
 
 
+ATTACKS = ("oversized", "multipart", "garbage_burst", "collapsed_body", "subscription_flood")
+
+
+def attack(kind: str, pub: Any, ctx: Any, sink_endpoint: str, frame: Any) -> Any:
+    """One attack of ``kind`` through the traffic's publisher (or on the node's output);
+    returns the frame to publish now (``frame``, or it with a collapsed body added)."""
+    import zmq
+
+    from streamtmr.stream import wire
+    from streamtmr.stream.frame import Body, Frame
+
+    if kind == "oversized":
+        pub.send(b"\x00" * (wire.MAX_MESSAGE_BYTES + 256 * 1024))
+    elif kind == "multipart":
+        pub.send_multipart([wire.encode(frame), b"x" * 60_000, b"y" * 60_000])
+    elif kind == "garbage_burst":
+        for k in range(2000):
+            pub.send(b"\x93\xff\x00garbage" + bytes([k % 251]))
+    elif kind == "collapsed_body":
+        point = np.tile(np.array([[0.1, 0.2, 2.5]], np.float32), (25, 1))
+        return Frame(frame.seq, frame.t_ns, [*frame.bodies[:5],
+                                             Body(2**63 + 7, point, frame.bodies[0].state
+                                                  if frame.bodies else
+                                                  np.full(25, 2, np.uint8))], frame.src)
+    elif kind == "subscription_flood":
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(sink_endpoint)
+        for k in range(1000):
+            s.setsockopt(zmq.SUBSCRIBE, b"flood-%06d" % k + b"x" * 200)
+        time.sleep(0.05)
+        s.close(0)
+    return frame
+
+
 def traffic(ports: Any, ready: Any, results: Any, sink_endpoint: str, bodies: int, rate: float,
-            warmup_s: float, duration_s: float, lengths: list[float], seed: int) -> None:
-    """Publish ``bodies`` people at ``rate`` Hz; subscribe to the node; report to ``results``."""
+            warmup_s: float, duration_s: float, lengths: list[float], seed: int,
+            attack_every_s: float = 0.0) -> None:
+    """Publish ``bodies`` people at ``rate`` Hz; subscribe to the node; report to ``results``;
+    with ``attack_every_s`` > 0, attack in turn (:data:`ATTACKS`) that often after warm-up."""
     import zmq
 
     from sensors.synthetic import SyntheticSource
@@ -161,12 +207,19 @@ def traffic(ports: Any, ready: Any, results: Any, sink_endpoint: str, bodies: in
 
     seq = 0
     next_t = time.monotonic()
+    attacks: dict[str, int] = {}
+    next_attack = t_start + warmup_s + attack_every_s
     while time.monotonic() - t_start < total_s:
         f = clip[seq % n_loop]
         loop = seq // n_loop  # fresh ids every loop of the clip: people leave and arrive
         out = Frame(seq, time.monotonic_ns(),
                     [Body((b.id + (loop << 60)) % 2**64, b.joints, b.state) for b in f.bodies],
                     "soak")
+        if attack_every_s > 0 and time.monotonic() >= next_attack:
+            kind = ATTACKS[sum(attacks.values()) % len(ATTACKS)]
+            out = attack(kind, pub, ctx, sink_endpoint, out)
+            attacks[kind] = attacks.get(kind, 0) + 1
+            next_attack += attack_every_s
         pub.send(wire.encode(out))
         sent += 1
         if seq >= warm_seq:
@@ -190,7 +243,7 @@ def traffic(ports: Any, ready: Any, results: Any, sink_endpoint: str, bodies: in
                  "received_measured": recv_meas, "lost_measured": sent_meas - recv_meas,
                  "bodies_per_frame": round(float(np.mean(body_counts)), 2) if body_counts
                  else 0.0, "bodies_received_measured": bodies_recv,
-                 "bone_violations": bone_violations,
+                 "bone_violations": bone_violations, "attacks": attacks,
                  "latency_node": _pct(node_lat), "latency_end_to_end": _pct(e2e)})
 
 
@@ -199,21 +252,19 @@ def traffic(ports: Any, ready: Any, results: Any, sink_endpoint: str, bodies: in
 # ------------------------------------------------------------------------------------------
 
 def make_engine(model: str | None, backend: str, window: int, max_bodies: int):
-    """The default model when shipped, else ``model``, else the naive retarget."""
-    from engines import create_engine
-    from streamtmr.models.checkpoint import default_checkpoint_path
-    from streamtmr.models.registry import build_model
-    if model is None and default_checkpoint_path().is_file():
-        model = "default"
-    m = model if model is not None else build_model({"method": "naive"})
-    eng = create_engine(backend, model=m, window=window, max_batch=max(8, max_bodies))
+    """The shipped default (guarded: card, leak guard), or ``model`` (no card needed: a
+    bench run, logged)."""
+    from engines import open_engine
+    eng = open_engine(backend, model=model or "default", window=window,
+                      max_batch=max(8, max_bodies), allow_unevaluated=model is not None)
     eng.warmup((1, max_bodies))
-    return eng, (model or "naive (built in)")
+    return eng, (model or "default")
 
 
 def soak(bodies: int = 6, rate: float = 30.0, duration_s: float = 60.0, warmup_s: float = 5.0,
          model: str | None = None, backend: str = "auto", window: int = 64,
-         budget_ms: float = 10.0, seed: int = 0) -> dict[str, Any]:
+         budget_ms: float = 10.0, seed: int = 0, attack_every_s: float = 0.0
+         ) -> dict[str, Any]:
     """Run one soak; returns the report (see the module docstring)."""
     import zmq
 
@@ -230,7 +281,7 @@ def soak(bodies: int = 6, rate: float = 30.0, duration_s: float = 60.0, warmup_s
     ports, results, ready = spawn.Queue(), spawn.Queue(), spawn.Event()
     proc = spawn.Process(target=traffic, name="soak-traffic", daemon=True, args=(
         ports, ready, results, sink.bound, bodies, rate, warmup_s, duration_s,
-        [float(x) for x in engine.dummy_lengths], seed))
+        [float(x) for x in engine.dummy_lengths], seed, attack_every_s))
     proc.start()
     port = ports.get(timeout=120)
     source = ZmqSource(f"tcp://127.0.0.1:{port}", max_bodies=bodies, hwm=1000, idle_ms=50,
@@ -264,7 +315,9 @@ def soak(bodies: int = 6, rate: float = 30.0, duration_s: float = 60.0, warmup_s
         "kind": "soak", "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "config": {"bodies": bodies, "rate_hz": rate, "duration_s": duration_s,
                    "warmup_s": warmup_s, "window": window, "budget_ms": budget_ms,
-                   "engine": engine.describe(), "model": str(model_name), "seed": seed},
+                   "engine": engine.describe(), "model": str(model_name), "seed": seed,
+                   "attack_every_s": attack_every_s},
+        "attacks": traffic_res.get("attacks", {}),
         "crashes": int(error is not None) + int(proc.exitcode not in (0, None)),
         "error": error, "traffic_exit_code": proc.exitcode, "elapsed_s": round(elapsed, 1),
         "frames": {"sent": traffic_res.get("sent"), "node_in": c.get("frames_in", 0),
@@ -292,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="measured seconds after warm-up [60]")
     p.add_argument("--warmup", type=float, default=5.0, metavar="S", help="[5]")
     p.add_argument("--model", default=None,
-                   help="checkpoint or .onnx (default: the shipped model, else naive)")
+                   help="checkpoint or .onnx (default: the shipped model)")
+    p.add_argument("--attacks", action="store_true",
+                   help="attack the node during the measured period (module docstring)")
+    p.add_argument("--attack-every", type=float, default=5.0, metavar="S",
+                   help="seconds between attacks with --attacks [5]")
     p.add_argument("--engine", default="auto")
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--budget-ms", type=float, default=10.0)
@@ -304,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.bodies <= 6 or args.rate <= 0 or args.duration <= 0 or args.warmup < 0:
         p.error("--bodies must be in [1, 6], --rate and --duration > 0, --warmup >= 0")
     res = soak(args.bodies, args.rate, args.duration, args.warmup, args.model, args.engine,
-               args.window, args.budget_ms, args.seed)
+               args.window, args.budget_ms, args.seed,
+               args.attack_every if args.attacks else 0.0)
     res["machine"] = describe_machine()
     text = json.dumps(res, indent=1, default=str)
     print(text)
@@ -313,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
     if args.record:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"soak-{_dt.date.today().isoformat()}.json"
+        tag = "-attacks" if args.attacks else ""
+        path = RESULTS / f"soak{tag}-{_dt.date.today().isoformat()}.json"
         path.write_text(text)
         print(f"recorded in {path}", file=sys.stderr)
     return 0 if res["crashes"] == 0 and not res["bone_violations"] else 1
