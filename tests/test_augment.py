@@ -123,7 +123,11 @@ def test_trainer_augments_training_batches_only(store, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
-def test_methods_without_augmentation_refuse_it():
+def test_methods_without_augmentation_refuse_it(tmp_path):
+    from streamtmr.train import train
+
     cfg = Path(__file__).resolve().parents[1] / "configs" / "moon_resnet_tiny.yaml"
-    with pytest.raises(ConfigError, match="data.augment_posture.*method 'tmr' only"):
-        load_config(cfg, ["data.augment_posture=0.1"])
+    with pytest.raises(ConfigError, match=r"data.augment_posture: .* for \[.*'tmr'.*\], "
+                                          r"not 'moon-resnet'"):
+        train(load_config(cfg, ["data.augment_posture=0.1"]), tmp_path / "no-store",
+              tmp_path / "out")

@@ -310,9 +310,6 @@ def _check_values(cfg: Config, where: _Where) -> None:
     positive(("data", "max_val_windows"), cfg.data.max_val_windows)
     for name in ("augment_posture", "augment_amplitude", "augment_bones"):
         positive(("data", name), getattr(cfg.data, name), strict=False)
-        if getattr(cfg.data, name) and cfg.model.method not in ("tmr", "tmr-stream"):
-            raise where.error(("data", name), f"style augmentation is implemented for method "
-                              f"'tmr' only, not {cfg.model.method!r}")
     if cfg.data.augment_bones >= 0.25:
         raise where.error(("data", "augment_bones"),
                           f"must be < 0.25 (a bone could shrink to nothing), "

@@ -75,6 +75,8 @@ class Curriculum:
     #: True for methods that train several networks against each other (critics, classifier
     #: ensembles): they run :meth:`run_own_loop` instead of the generic trainer.
     own_loop: ClassVar[bool] = False
+    #: True when :meth:`augment` implements the style augmentation (``data.augment_*``).
+    augments: ClassVar[bool] = False
 
     @classmethod
     def run_own_loop(cls, config: Config, data_dir: str | Path,
@@ -211,6 +213,26 @@ def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
                 seen.add(id(p))
                 out.append(p)
     return out
+
+
+AUGMENT_KEYS = ("augment_posture", "augment_amplitude", "augment_bones")
+
+
+def check_supported(cfg: Config, curriculum: type[Curriculum]) -> None:
+    """Settings the method's curriculum must implement: style augmentation (ConfigError)."""
+    asked = [k for k in AUGMENT_KEYS if getattr(cfg.data, k)]
+    if asked and not curriculum.augments:
+        from streamtmr.models.registry import available
+        able = [m for m in available() if _trainer_augments(m)]
+        raise ConfigError(f"{cfg.source}: data.{asked[0]}: style augmentation is implemented "
+                          f"for {able}, not {cfg.model.method!r}")
+
+
+def _trainer_augments(method: str) -> bool:
+    try:
+        return curriculum_class(method).augments
+    except ConfigError:  # nothing to train
+        return False
 
 
 def curriculum_class(method: str) -> type[Curriculum]:

@@ -177,6 +177,7 @@ def ri_loss(model: DisentangledTMR, pooled: torch.Tensor, subject: torch.Tensor)
 
 class TMRCurriculum(Curriculum):
     stage_names = tuple(STAGES)
+    augments = True
     loss_names = frozenset(LOSS_NAMES)
 
     @classmethod

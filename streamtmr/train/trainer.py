@@ -48,6 +48,7 @@ from streamtmr.train.curriculum import (
     DataInfo,
     Stage,
     _LossNet,
+    check_supported,
     curriculum_class,
     lr_factor,
     unique_parameters,
@@ -280,6 +281,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.num_threads)
         self.data = load_data(cfg, data_dir)
         cls = curriculum_class(cfg.model.method)
+        check_supported(cfg, cls)
         model_config = cls.model_config(cfg.model, self.data.info)
         torch.manual_seed(cfg.train.seed)
         try:
@@ -561,6 +563,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path | None = None,
     ensembles) run single-process in their own loop, checkpointing at stage ends.
     """
     curriculum = curriculum_class(cfg.model.method)
+    check_supported(cfg, curriculum)
     if curriculum.own_loop:
         if resume:
             raise TrainError(f"{cfg.model.method}: --resume is not supported; its loop "
