@@ -90,7 +90,9 @@ def register(cls: type[Anonymizer]) -> type[Anonymizer]:
     an error; re-registering the same class, e.g. on a module reload, replaces it)."""
     entry = _validate(cls)
     old = _REGISTRY.get(entry.name)
-    if old is not None and old.model.__qualname__ != cls.__qualname__:
+    same = old is not None and (old.model.__module__, old.model.__qualname__) == (
+        cls.__module__, cls.__qualname__)
+    if old is not None and not same:
         raise ValueError(f"method {entry.name!r} is registered twice: "
                          f"{old.model.__module__}.{old.model.__qualname__} and "
                          f"{cls.__module__}.{cls.__qualname__}")
