@@ -10,7 +10,8 @@ together. Triton's counters (requests, engine calls) give the mean batch per cel
 
     python -m bench.triton [--seconds 20] [--engine onnxruntime] [--bodies 1] [--save]
 
-Saved as ``bench/results/<date>-triton-<host-kind>.json`` with the machine description.
+Saved as ``bench/results/triton-<date>-<host-kind>.json`` (the streaming part alone:
+``triton-stream-<dtype>-…``) with the machine description.
 """
 
 from __future__ import annotations
@@ -283,6 +284,48 @@ def stream_part(opts: argparse.Namespace) -> dict[str, Any]:
             "step_latency": {k: summarize_ns(v[10:]) for k, v in lat.items()}}
 
 
+#: Server settings compared by :func:`transport_part`: PyTriton's tensor transport between
+#: Triton's Python backend stub and the server process, and the batcher's queue delay.
+TRANSPORTS = {"tensor store, 300 us": ("", 300), "socket, 300 us": ("1", 300),
+              "socket, 100 us": ("1", 100), "socket, 0 us": ("1", 0)}
+
+
+def transport_part(opts: argparse.Namespace, calls: int = 400) -> dict[str, Any]:
+    """Batch-1 latency through servers with each setting of :data:`TRANSPORTS` and in
+    process, one caller, calls interleaved (10 ms apart) so that all see the same load."""
+    from engines import create_engine
+    local = create_engine(opts.engine, window=64, max_batch=8)
+    tmp = tempfile.TemporaryDirectory(prefix="streamtmr-bench-triton-")
+    servers = {}
+    for name, (no_store, delay) in TRANSPORTS.items():
+        port, http, metrics = _free_ports(3)
+        os.environ["PYTRITON_NO_TENSORSTORE"] = no_store  # inherited by that server only
+        servers[name] = (f"triton://127.0.0.1:{port}", start_server(
+            opts.engine, port, http, metrics, Path(tmp.name) / f"{port}.log", delay,
+            Path(tmp.name) / f"ws{port}"))
+    os.environ.pop("PYTRITON_NO_TENSORSTORE")
+    try:
+        engines = {name: wait_ready(url, proc) for name, (url, proc) in servers.items()}
+        engines["in process"] = local
+        x = windows(1)
+        lat: dict[str, list[int]] = {k: [] for k in engines}
+        for _ in range(calls):
+            for k, e in engines.items():
+                t0 = time.perf_counter_ns()
+                e.run_latest(x, 1)
+                lat[k].append(time.perf_counter_ns() - t0)
+            time.sleep(0.01)
+        for e in engines.values():
+            e.close()
+    finally:
+        for _url, proc in servers.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+        for _url, proc in servers.values():
+            proc.wait(60)
+        tmp.cleanup()
+    return {k: summarize_ns(v[20:]) for k, v in lat.items()}
+
+
 def aims(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's aims, measured: parity, added p50 at 1 node, mean batch with >= 2 nodes."""
     cell = {(c["mode"], c["nodes"]): c for c in result["cells"]}
@@ -316,7 +359,21 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(**overrides: Any) -> dict[str, Any]:
+    """The scenario with the command line's defaults, ``overrides`` by option name (e.g.
+    ``run(seconds=5, engine="torch-cuda")``): the door for ``bench.suite``."""
+    opts = parser().parse_args([])
+    unknown = set(overrides) - set(vars(opts))
+    if unknown:
+        raise TypeError(f"bench.triton.run: unknown option(s) {sorted(unknown)}")
+    vars(opts).update(overrides)
+    result = scenario(opts)
+    if opts.stream_model:
+        result["streaming"] = stream_part(opts)
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.triton", description=__doc__.split(
         "\n\n")[0])
     p.add_argument("--engine", default="onnxruntime", help="server and in-process back end")
@@ -330,15 +387,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-frames", type=int, default=900, help="track length [900: 30 s]")
     p.add_argument("--bodies-stream", type=int, default=3, help="bodies per step [3]")
     p.add_argument("--stream-only", action="store_true", help="only the streaming part")
-    p.add_argument("--save", action="store_true", help="write bench/results/…-triton-….json")
+    p.add_argument("--transport", action="store_true",
+                   help="only compare PyTriton's tensor transports and queue delays")
+    p.add_argument("--save", action="store_true", help="write bench/results/triton-….json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    opts = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parser().parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if opts.worker:
         node_worker(opts.worker, opts.bodies, opts.seconds, opts.start_at, Path(opts.out))
         return 0
+    if opts.transport:
+        result = {"schema": 1, "scenario": "triton-transport", "machine": describe_machine(),
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "model": "default", "engine": opts.engine, "batch": 1,
+                  "latency": transport_part(opts), "load_average_end": load_average()}
+        print(json.dumps(result["latency"], indent=1))
+        return _save(result) if opts.save else 0
     result = scenario(opts) if not opts.stream_only else {
         "schema": 1, "scenario": f"triton-stream-{opts.state_dtype}",
         "machine": describe_machine(),
@@ -348,11 +418,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["streaming"], indent=1))
     if not opts.stream_only:
         print(report(result))
-    if opts.save:
-        day = result["started"][:10]
-        path = RESULTS / f"{day}-{result['scenario']}-{host_kind(result['machine'])}.json"
-        path.write_text(json.dumps(result, indent=1))
-        print(f"saved {path}")
+    return _save(result) if opts.save else 0
+
+
+def _save(result: dict[str, Any]) -> int:
+    day = result["started"][:10]
+    path = RESULTS / f"{result['scenario']}-{day}-{host_kind(result['machine'])}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"saved {path}")
     return 0
 
 

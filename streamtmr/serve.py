@@ -138,9 +138,9 @@ def reexec_in_serving_env(argv: list[str]) -> None:
 def _environment_for_backend_stub() -> None:
     """Put this interpreter's libpython first for the Triton Python backend stub, and pass
     tensors between the stub and this process inline over PyTriton's socket instead of its
-    shared-memory tensor store (measured with one 64-frame window per call on the 2-core CPU:
-    p50 0.8 ms lower; the tensors here are tens of KB). ``PYTRITON_NO_TENSORSTORE=`` (empty)
-    in the environment keeps the store."""
+    shared-memory tensor store (one 64-frame window per call on the 2-core CPU: p50 6.84 vs
+    8.02 ms, bench/results/triton-transport-2026-12-02-cpu-2c.json; the tensors here are tens
+    of KB). ``PYTRITON_NO_TENSORSTORE=`` (empty) in the environment keeps the store."""
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir:
         old = os.environ.get("LD_LIBRARY_PATH")
