@@ -21,7 +21,7 @@ from sensors.kinect import (
     bodies_from_pykinect,
     open_kinect_backend,
 )
-from sensors.open import open_source
+from sensors.open import SOURCE_SPECS, SOURCES, open_source, source_help
 from sensors.replay import ReplaySource
 from sensors.synthetic import SyntheticSource
 from sensors.zmq_source import ZmqSource
@@ -234,6 +234,16 @@ def test_azure_source_without_package():
         pass
     with pytest.raises(SourceError, match="synthetic"):
         AzureKinectSource()
+
+
+def test_one_table_gives_help_dispatch_and_errors():
+    help_text = source_help()
+    assert all(kind.spec in help_text for kind in SOURCES)
+    with pytest.raises(SourceError) as e:
+        open_source("webcam")
+    assert all(spec in str(e.value) for spec in SOURCE_SPECS)
+    with open_source("synthetic", realtime=False, max_bodies=2, seed=3) as src:
+        assert isinstance(src, SyntheticSource)
 
 
 def test_open_source_errors(tmp_path):
