@@ -221,8 +221,11 @@ class TritonEngine(Engine):
 
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
         import tritonclient.grpc as grpcclient
-        if self.streaming:
-            raise EngineError(f"{self.source.name} is a streaming model: use step()")
+        if self.streaming:  # each window a track from a fresh state, as the in-process engines
+            state = self.init_state(x.shape[0])
+            for t in range(x.shape[1]):
+                out[:, t], state = self._step_batch(np.ascontiguousarray(x[:, t]), state)
+            return
         self._ensure_connected()
         inp = grpcclient.InferInput("windows", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)

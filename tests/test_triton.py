@@ -311,8 +311,12 @@ def test_streaming_step_through_triton_equals_in_process(stream_server, stream_m
                 yc, sc = client.step(x[:, t], sc)
             yl, sl = local.step(x[:, t], sl)
             np.testing.assert_allclose(yc, yl, atol=1e-5, rtol=0)
-        with pytest.raises(EngineError, match="streaming"):
-            client.run(moving_windows(1, client.window))
+        w = moving_windows(2, client.window, seed=3)  # run(): each window a fresh track
+        sl, ref = local.init_state(2), []
+        for t in range(w.shape[1]):
+            y, sl = local.step(w[:, t], sl)
+            ref.append(y)
+        np.testing.assert_allclose(client.run(w), np.stack(ref, 1), atol=1e-5, rtol=0)
     finally:
         client.close()
         local.close()
@@ -340,3 +344,16 @@ def test_tls_server_refuses_nodes_without_a_client_certificate(stream_server):
         create_engine(f"{stream_server.url}?ca={c['ca.pem']}&timeout_ms=3000")
     with pytest.raises(EngineError):  # clear text to a TLS server
         create_engine(f"{stream_server.url}?timeout_ms=3000")
+
+
+def test_open_engine_takes_the_servers_card_and_runs_the_leak_guard_remotely(stream_server):
+    from engines import ModelRefused, open_engine
+    stream_server.wait_ready().close()
+    url = f"{stream_server.url}?timeout_ms=5000{stream_server.query}"
+    with pytest.raises(ModelRefused, match="no privacy card"):
+        open_engine(url)  # served with --allow-unevaluated: the node must allow it too
+    engine = open_engine(url, allow_unevaluated=True)  # warm-up and leak guard by step()
+    try:
+        assert engine.streaming and engine.unevaluated and engine.card is None
+    finally:
+        engine.close()
