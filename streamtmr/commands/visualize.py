@@ -76,32 +76,33 @@ def run_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from streamtmr.dummy import DummyError, resolve_dummy
-    from streamtmr.eval.protocol import make_anonymizer, method_from_model, streamed_newest
+def _compare_model(args):
+    """The model ``compare`` runs: --checkpoint, an untrained --method, or the shipped one."""
     from streamtmr.eval.suite import untrained_candidate
-    from streamtmr.models.checkpoint import CheckpointError, load_checkpoint, resolve_model
+    from streamtmr.models.checkpoint import load_checkpoint, resolve_model
     from streamtmr.models.registry import build_model, entry
+
+    if args.checkpoint is not None:
+        return load_checkpoint(args.checkpoint)
+    if args.method is None:
+        return resolve_model("default")
+    if entry(args.method).learned:
+        raise UserError(f"--method {args.method} needs --checkpoint")
+    return build_model(untrained_candidate(args.method, args.sigma).config)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from streamtmr.dummy import DummyError, resolve_dummy
+    from streamtmr.eval.render import streamed_comparison
+    from streamtmr.models.checkpoint import CheckpointError
 
     seq = _load(args)
     try:
         dummy = resolve_dummy(args.dummy)
-        if args.checkpoint is not None:
-            model = load_checkpoint(args.checkpoint)
-        elif args.method is not None and not entry(args.method).learned:
-            model = build_model(untrained_candidate(args.method, args.sigma).config)
-        elif args.method is None:
-            model = resolve_model("default")
-        else:
-            raise UserError(f"--method {args.method} needs --checkpoint")
+        model = _compare_model(args)
     except (CheckpointError, DummyError) as e:
         raise UserError(str(e)) from None
-    m = method_from_model(model.method, model, dummy)
-    anonymize = make_anonymizer(m.module, m.window)
-    anon = streamed_newest(anonymize, seq, m.window or 64)
-    err = float(np.linalg.norm(anon - seq, axis=-1).mean() * 1000)
-    _save([seq, anon], args, ["original", f"anonymized ({m.name})"])
-    print(f"mean joint displacement {err:.0f} mm")
+    anon, err_mm, name = streamed_comparison(seq, model, dummy)
+    _save([seq, anon], args, ["original", f"anonymized ({name})"])
+    print(f"mean joint displacement {err_mm:.0f} mm")
     return 0

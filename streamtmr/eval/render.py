@@ -122,3 +122,14 @@ def animate(sequences: Sequence[np.ndarray], path: str | Path, titles: Sequence[
     anim.save(str(path), writer=writer)
     plt.close(fig)
     return path
+
+
+def streamed_comparison(seq: np.ndarray, model, dummy) -> tuple[np.ndarray, float, str]:
+    """``seq [T, 25, 3]`` anonymized as a streaming node would (the newest frame of the window
+    ending at every frame): (anonymized, mean joint displacement in mm, the method's name)."""
+    from streamtmr.eval.protocol import make_anonymizer, method_from_model, streamed_newest
+
+    m = method_from_model(model.method, model, dummy)
+    anonymize = make_anonymizer(m.module, m.window)
+    anon = streamed_newest(anonymize, seq, m.window or 64)
+    return anon, float(np.linalg.norm(anon - seq, axis=-1).mean() * 1000), m.name
