@@ -27,12 +27,13 @@ from streamtmr.stream.frame import Body, Frame  # noqa: E402
 from streamtmr.stream.node import Node, NodeConfig  # noqa: E402
 
 SERVE_PYTHON = serve.serving_python()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(SERVE_PYTHON is None or not SERVE_PYTHON.is_file(), reason=(
-        "no serving environment: .venv-serve/bin/python or $STREAMTMR_SERVE_PYTHON with "
-        "nvidia-pytriton and numpy<2 (.ci/run creates it)")),
-]
+pytestmark = pytest.mark.slow
+
+
+def need_serving_environment() -> None:
+    if SERVE_PYTHON is None or not SERVE_PYTHON.is_file():
+        pytest.skip("no serving environment: .venv-serve/bin/python or $STREAMTMR_SERVE_PYTHON "
+                    "with nvidia-pytriton and numpy<2 (.ci/run creates it)")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -85,6 +86,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    need_serving_environment()
     s = Server(tmp_path_factory.mktemp("triton") / "serve.log").start()
     try:
         yield s
@@ -153,6 +155,16 @@ def test_client_refuses_bad_urls_and_clear_text_over_the_network():
     with pytest.raises(serve.ServeError, match="--insecure"):
         serve.check_security(cfg)
     serve.check_security(serve.ServeConfig(host="0.0.0.0", insecure=True))
+
+
+def test_serve_command_refuses_clear_text_on_the_network_and_names_the_missing_env(
+        monkeypatch, capsys, tmp_path):
+    from streamtmr.cli import main
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--insecure" in capsys.readouterr().err
+    monkeypatch.setenv(serve.PYTHON_ENV, str(tmp_path / "no-such-python"))
+    assert main(["serve", "--port", "1"]) == 2
+    assert ".venv-serve" in capsys.readouterr().err
 
 
 def test_a_server_serving_another_window_is_refused(client, server):
@@ -266,6 +278,7 @@ def make_certificates(folder: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def stream_server(tmp_path_factory, stream_model):
     """The streaming server, over TLS with client certificates (mutual authentication)."""
+    need_serving_environment()
     folder = tmp_path_factory.mktemp("triton_stream")
     c = make_certificates(folder)
     s = Server(folder / "serve.log", "--model", str(stream_model), "--allow-unevaluated",
