@@ -65,7 +65,8 @@ def test_oversized_message_counted_and_connection_restored():
             while (item := next(it)) is not None:
                 later.append(item.seq)
         assert len(later) >= 20, "the source never heard the publisher again"
-        assert src.dropped["oversized_disconnect"] == 1
+        assert src.reconnects == 1 and src.counters == {"reconnects": 1}
+        assert src.received == src.decoder.decoded + sum(src.dropped.values())  # ledger
     finally:
         src.close()
         pub.close(0)
@@ -228,7 +229,7 @@ def test_subscription_flood_on_the_output_is_bounded_and_counted():
     attack = f"""
 import os, time, zmq
 ctx = zmq.Context()
-for size, n in ((8000, 5000), (1000, 5000), (200, 20000)):
+for size, n in ((8000, 5000), (500, 5000), (200, 20000)):
     s = ctx.socket(zmq.SUB); s.setsockopt(zmq.SNDHWM, 0); s.connect({sink.bound!r})
     for i in range(n):
         s.setsockopt(zmq.SUBSCRIBE, os.urandom(8) + b"x" * size)
@@ -254,4 +255,6 @@ time.sleep(3)
         good.close(0)
         ctx.term()
     assert sink.subscriptions >= 1 and got > 100
+    print(f"subscription flood: RSS +{grown:.1f} MB, {sink.subscriptions} subscriptions, "
+          f"{sink.rebinds} rebinds, {got} frames to the good subscriber")
     assert grown < 50, f"RSS grew {grown:.0f} MB under the subscription flood"

@@ -29,7 +29,7 @@ def test_soak_30s_bounded_memory_no_crash(tmp_path):
     assert set(res["attacks"]) == {"oversized", "multipart", "garbage_burst", "collapsed_body",
                                    "subscription_flood"}
     d = res["node_dropped"]
-    assert d.get("input:oversized_disconnect", 0) >= 1 and d.get("input:multipart", 0) >= 1
+    assert res["node_counters"].get("input:reconnects", 0) >= 1 and d.get("input:multipart", 0) >= 1
     f = res["frames"]
     # the stream was served: most frames came back anonymized (no latency or rate assertion)
     assert f["sent_measured"] >= 300 and f["received_measured"] >= 0.8 * f["sent_measured"]

@@ -519,6 +519,8 @@ class Node:
             if src is not None:
                 for reason, n in list(getattr(src, "dropped", {}).items()):
                     m.dropped[f"input:{reason}"] = n
+                for name, n in dict(getattr(src, "counters", {})).items():
+                    m.counters[f"input:{name}"] = n
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of every counter and latency summary."""
