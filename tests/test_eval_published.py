@@ -9,7 +9,7 @@ from engines import create_engine
 from streamtmr.data.synth import generate
 from streamtmr.eval import protocol
 from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier, backbone
-from streamtmr.eval.published import plan_lanes, publish_sequences, windows_of
+from streamtmr.eval.published import publish_sequences, windows_of
 from streamtmr.models.registry import build_model, model_class
 
 
@@ -30,12 +30,13 @@ def recordings():
     return [c[: int(rng.integers(40, 90))] for c in clips] + [clips[0][:7]]
 
 
-def test_published_is_the_stepped_model_and_independent_of_lanes(stream_engine, recordings):
+def test_published_is_the_stepped_model_and_independent_of_batching(stream_engine,
+                                                                     recordings):
     """Without smoothing the node publishes exactly ``engine.step`` frame by frame from a
     fresh state per recording; with the node's smoothing, playing recordings side by side
     (one node, several bodies per frame) gives what one recording at a time gives."""
     assert stream_engine.streaming
-    raw = publish_sequences(stream_engine, recordings, smoothing="none", lanes=3)
+    raw = publish_sequences(stream_engine, recordings, smoothing="none")
     assert raw.frames == sum(len(r) for r in recordings) and raw.withheld == 0
     for rec, out in zip(recordings, raw.outputs, strict=True):
         state = stream_engine.init_state(1)
@@ -44,8 +45,8 @@ def test_published_is_the_stepped_model_and_independent_of_lanes(stream_engine, 
             y, state = stream_engine.step(frame[None], state)
             stepped.append(y[0])
         assert np.abs(np.stack(stepped) - out).max() < 1e-5
-    together = publish_sequences(stream_engine, recordings, lanes=4)
-    alone = [publish_sequences(stream_engine, [r], lanes=1).outputs[0] for r in recordings]
+    together = publish_sequences(stream_engine, recordings)
+    alone = [publish_sequences(stream_engine, [r]).outputs[0] for r in recordings]
     for a, b in zip(together.outputs, alone, strict=True):
         assert np.abs(a - b).max() < 1e-5
     lengths = np.linalg.norm(np.diff(together.outputs[0], axis=0), axis=-1)
@@ -56,12 +57,14 @@ def test_leak_guard_refuses_the_naive_retarget_unless_turned_off(recordings):
     naive = create_engine("torch", model=build_model({"method": "naive"}), window=None,
                           max_batch=8, threads=1)
     try:
-        with pytest.raises(ValueError, match="published nothing"):
-            publish_sequences(naive, recordings[:2], lanes=2)
-        off = publish_sequences(naive, recordings[:2], leak_guard=False, lanes=2)
+        with pytest.raises(ValueError, match="published no frame"):
+            publish_sequences(naive, recordings[:2])
+        off = publish_sequences(naive, recordings[:2], leak_guard=False)
     finally:
         naive.close()
-    assert off.withheld == 0 and off.node["dropped"].get("leak_guard", 0) == 0
+    assert off.withheld == 0 and off.frames == sum(len(r) for r in recordings[:2])
+    for src, out in zip(recordings[:2], off.outputs, strict=True):  # published, not the source
+        assert np.abs(out - src).max() > 0.01
 
 
 def test_windows_are_cut_where_the_source_windows_were():
@@ -71,9 +74,6 @@ def test_windows_are_cut_where_the_source_windows_were():
     assert np.array_equal(w[0], outs[0][2:8])
     assert np.array_equal(w[1, :4], outs[1]) and np.array_equal(w[1, 4:], outs[1][[3, 3]])
     assert np.array_equal(w[2, :4], outs[0][6:]) and np.array_equal(w[2, 4:], outs[0][[9, 9]])
-    plan = plan_lanes([5, 9, 2, 7], 2)
-    assert sorted(i for lane in plan for i in lane) == [0, 1, 2, 3]
-    assert sorted(sum([5, 9, 2, 7][i] for i in lane) for lane in plan) == [11, 12]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_protocol_attacks_the_published_output(store):
                            max_batch=8, threads=1)
     try:
         row = int(data.test["sequence"][0])
-        direct = publish_sequences(engine, [data.rows[row]], lanes=1).outputs[0]
+        direct = publish_sequences(engine, [data.rows[row]]).outputs[0]
     finally:
         engine.close()
     s = int(data.test["start"][0])
@@ -108,6 +108,8 @@ def test_protocol_attacks_the_published_output(store):
     res = protocol.run_protocol(data, [m], cfg)["methods"]
     r = res["stream"]
     assert r["published"]["withheld"] == 0 and r["published"]["leak_guard"] is True
+    # a streaming model: what the node publishes is what anonymize writes (one path)
+    assert r["quality"]["stream_gap_mm"] == pytest.approx(0.0, abs=1e-3)
     assert r["published"]["body_frames"] == sum(len(x) for x in data.rows.values())
     assert r["quality"]["stream_gap_mm"] >= 0.0 and res["original"]["quality"][
         "stream_gap_mm"] == 0.0

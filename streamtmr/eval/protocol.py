@@ -74,7 +74,6 @@ class EvalConfig:
     reid_archs: tuple[str, ...] = ("sgn",)
     #: Which attacks to train (re-ID and action always; attributes and linkage optional).
     attacks: tuple[str, ...] = ("reid", "attributes", "linkage", "action")
-    lanes: int = 64               # recordings played side by side through the node
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -435,38 +434,43 @@ def method_from_model(name: str, model, dummy: Dummy, info: dict | None = None) 
 
 def published_windows(method: Method, data: EvalData, cfg: EvalConfig) -> dict[str, Any]:
     """``method``'s train and test windows as the node publishes them: every source recording
-    played through the node's path (:func:`streamtmr.eval.published.publish_sequences`), the
+    played through the node's path (:func:`streamtmr.offline.publish_sequences`), the
     windows then cut where the source windows were. Also the streamed-vs-offline gap: MPJPE
-    between what the node published and what ``streamtmr anonymize`` writes
-    (:func:`streamtmr.offline.anonymize_sequences`) for the first ``cfg.gap_sequences`` test
-    recordings, and the node's ledger (withheld and held body-frames, drops)."""
+    between what the node published and what ``streamtmr anonymize`` writes by default (the
+    node's path for a streaming model, stitched windows for a windowed one) for the first
+    ``cfg.gap_sequences`` test recordings, and the node's ledger (body-frames withheld, leak
+    guard on or off)."""
     from engines import create_engine
     from streamtmr.eval.published import publish_sequences, windows_of
     from streamtmr.offline import anonymize_sequences
+    from streamtmr.offline import publish_sequences as node_path
 
     if not data.rows:
         raise ProtocolError(f"{data.name}: no source recordings to play through the node")
     engine = create_engine("torch", model=method.anonymizer, dummy=data.dummy, window=None,
-                           max_batch=cfg.lanes, threads=torch.get_num_threads())
+                           max_batch=64, threads=torch.get_num_threads())
     try:
         torch.manual_seed(cfg.seed)  # stochastic methods (noise) give reproducible outputs
         rows = sorted(data.rows)
         index = {r: i for i, r in enumerate(rows)}
         pub = publish_sequences(engine, [data.rows[r] for r in rows],
-                                leak_guard=method.leak_guard, lanes=cfg.lanes, fps=data.fps)
+                                leak_guard=method.leak_guard, fps=data.fps)
         T = data.test["joints"].shape[1]
         out = {part: windows_of(pub.outputs, d["sequence"], d["start"], T, index)
                for part, d in (("train", data.train), ("test", data.test))}
         gap_rows = [int(r) for r in np.unique(data.test["sequence"])[: cfg.gap_sequences]]
-        offline = anonymize_sequences(engine, [data.rows[r] for r in gap_rows])
+        gap_src = [data.rows[r] for r in gap_rows]
+        # what `streamtmr anonymize` writes by default: the node's path for a streaming model
+        # (the gap is 0 by construction), stitched windows for a windowed one
+        offline = (node_path(engine, gap_src) if engine.streaming else
+                   anonymize_sequences(engine, gap_src))
     finally:
         engine.close()
     out["gap_mm"] = float(np.mean([metrics.streamed_offline_gap_mm(pub.outputs[index[r]], y)
                                    for r, y in zip(gap_rows, offline, strict=True)]))
-    out["ledger"] = {"body_frames": pub.frames, "withheld": pub.withheld, "held": pub.held,
+    out["ledger"] = {"body_frames": pub.frames, "withheld": pub.withheld,
                      "withheld_pct": 100.0 * pub.withheld_fraction,
-                     "leak_guard": method.leak_guard, "engine": "torch",
-                     "dropped": pub.node.get("dropped", {})}
+                     "leak_guard": method.leak_guard, "engine": "torch"}
     return out
 
 

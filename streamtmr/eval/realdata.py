@@ -64,9 +64,9 @@ def published_segments(method: Method, segments: list[np.ndarray]) -> list[np.nd
     import torch
 
     from engines import create_engine
-    from streamtmr.eval.published import LANES, publish_sequences
+    from streamtmr.eval.published import publish_sequences
 
-    engine = create_engine("torch", model=method.anonymizer, window=None, max_batch=LANES,
+    engine = create_engine("torch", model=method.anonymizer, window=None, max_batch=64,
                            threads=torch.get_num_threads())
     try:
         torch.manual_seed(0)
