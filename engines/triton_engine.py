@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from engines.base import Engine, EngineError
+from engines.base import BackendUnavailable, Engine, EngineError
 from engines.source import ModelSource
 from streamtmr import skeleton
 from streamtmr.dummy import Dummy
@@ -114,30 +114,32 @@ class TritonEngine(Engine):
         self.reconnects = 0
         self._client: Any = None
         self._last_connect = 0.0
-        self.info = self._connect()
-        info = self.info
-        dummy = Dummy(info["dummy"]["name"], np.asarray(info["dummy"]["lengths"], np.float32))
-        source = ModelSource(name=info["model"], method=info["method"], config=info["config"],
-                             window=int(info["window"]), dummy=dummy,
-                             sha256=info["model_sha256"])
-        server_max = int(info["max_batch"])
+        self.info = info = self._connect()
+        try:
+            source, self._spec, self._init = _parse_info(info)
+            server_max = int(info["max_batch"])
+            self.device = f"{info['device']}@{self.target.address}"
+            self.precision = str(info["precision"])
+        except (KeyError, TypeError, ValueError) as e:
+            self._close_client()
+            raise EngineError(f"triton {self.target.address}: malformed model info "
+                              f"({type(e).__name__}: {e})") from None
         super().__init__(source, max_batch=min(int(max_batch or server_max), server_max))
-        self.device = f"{info['device']}@{self.target.address}"
-        self.precision = str(info["precision"])
-        self.streaming = bool(info["streaming"])
+        self.streaming = source.streaming
         #: The privacy card of the served weights, as the server found it (None: unevaluated).
         self.card = info.get("card")
         self.graph_sha256 = info.get("graph_sha256")  # what the server loaded
         self.unevaluated = bool(info.get("unevaluated", self.card is None))
-        self._spec = {n: (tuple(s["shape"]), np.dtype(s["dtype"]))
-                      for n, s in info.get("state", {}).items()}
-        self._init = {n: np.frombuffer(base64.b64decode(s["init"]), self._spec[n][1]).reshape(
-            self._spec[n][0]) for n, s in info.get("state", {}).items()}
 
     # -- connection -------------------------------------------------------------------------
 
     def _new_client(self) -> Any:
-        import tritonclient.grpc as grpcclient
+        try:
+            import tritonclient.grpc as grpcclient
+        except ImportError as e:
+            raise BackendUnavailable(f"triton: the Triton client is not installed ({e}); pip "
+                                     "install 'tritonclient[grpc]' (the project's triton "
+                                     "extra)") from None
         t = self.target  # the client reads the PEM files itself
         return grpcclient.InferenceServerClient(
             t.address, ssl=bool(t.ca), root_certificates=t.ca, private_key=t.key,
@@ -308,6 +310,27 @@ class TritonEngine(Engine):
 
     def close(self) -> None:
         self._close_client()
+
+
+def _parse_info(info: dict[str, Any]) -> tuple[ModelSource, dict, dict]:
+    """The served model as a :class:`ModelSource` (no weights here), the state's wire spec
+    and one body's initial state (KeyError/TypeError/ValueError when malformed)."""
+    lengths = np.asarray(info["dummy"]["lengths"], np.float32)
+    if lengths.shape != (skeleton.NUM_JOINTS,) or not np.isfinite(lengths).all():
+        raise ValueError(f"dummy lengths of shape {list(lengths.shape)}")
+    state = info.get("state") or {}
+    spec = {n: (tuple(int(d) for d in s["shape"]), np.dtype(s["dtype"]))
+            for n, s in state.items()}
+    init = {n: np.frombuffer(base64.b64decode(s["init"]), spec[n][1]).reshape(spec[n][0])
+            for n, s in state.items()}
+    if bool(info["streaming"]) != bool(spec):
+        raise ValueError("a streaming model needs a state spec, a windowed one has none")
+    source = ModelSource(name=str(info["model"]), method=str(info["method"]),
+                         config=dict(info["config"]), window=int(info["window"]),
+                         dummy=Dummy(str(info["dummy"]["name"]), lengths),
+                         sha256=str(info["model_sha256"]),
+                         state_spec={n: shape for n, (shape, _) in spec.items()} or None)
+    return source, spec, init
 
 
 def open_triton(url: str, model: Any = None, dummy: Any = None, window: int | None = None,
