@@ -250,7 +250,7 @@ def step_infer(engine: Any, wire: dict[str, tuple[tuple[int, ...], np.dtype]]):
 
 
 def info_infer(info: dict[str, Any]):
-    blob = np.array([json.dumps(info).encode()], dtype=np.bytes_)
+    blob = np.array([json.dumps(info, default=str).encode()], dtype=np.bytes_)
 
     def infer(requests: list) -> list[dict[str, np.ndarray]]:
         return [{"info": blob} for _ in requests]
