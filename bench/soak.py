@@ -252,11 +252,11 @@ def traffic(ports: Any, ready: Any, results: Any, sink_endpoint: str, bodies: in
 # ------------------------------------------------------------------------------------------
 
 def make_engine(model: str | None, backend: str, window: int, max_bodies: int):
-    """The shipped default (guarded: card, leak guard), or ``model`` (no card needed: a
-    bench run, logged)."""
+    """The shipped default or ``model`` through the guarded door (file checks, leak guard; a
+    model without a card runs too: a bench run, logged and marked unevaluated)."""
     from engines import open_engine
     eng = open_engine(backend, model=model or "default", window=window,
-                      max_batch=max(8, max_bodies), allow_unevaluated=model is not None)
+                      max_batch=max(8, max_bodies), allow_unevaluated=True)
     eng.warmup((1, max_bodies))
     return eng, (model or "default")
 

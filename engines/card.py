@@ -99,3 +99,14 @@ def find_card(path: str | Path) -> dict[str, Any] | None:
         return _onnx_card(path, data)
     return None
 
+
+
+def write_card(weights: str | Path, privacy: dict[str, Any], **fields: Any) -> Path:
+    """Write the privacy card of the weights file ``weights`` beside it (``NAME.card.json``),
+    bound to the SHA-256 of its bytes; ``privacy`` holds the evaluated numbers and the command
+    that measured them, ``fields`` anything else (name, method, ...)."""
+    weights = Path(weights)
+    card = {**fields, "sha256": sha256_bytes(weights.read_bytes()), "privacy": dict(privacy)}
+    path = _card_files(weights)[0]
+    path.write_text(json.dumps(card, indent=1) + "\n")
+    return path

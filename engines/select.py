@@ -235,8 +235,11 @@ def open_engine(engine: str = "auto", model: Anonymizer | str | Path | None = No
     path = None if remote else check_files(model, dummy)
     try:
         card = remote.card if remote else find_card(path) if path is not None else None
-    except (CardError, OSError) as e:
-        raise ModelRefused(str(e)) from None
+    except (CardError, OSError) as e:  # a card for other weights describes nothing here
+        if not allow_unevaluated:
+            raise ModelRefused(f"{e}; pass --allow-unevaluated to run it anyway") from None
+        log.warning("%s: ignored (--allow-unevaluated)", e)
+        card = None
     what = remote.url if remote else "the in-memory model" if path is None else str(path)
     if card is None and not allow_unevaluated:
         if remote:

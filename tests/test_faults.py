@@ -25,6 +25,7 @@ import zmq
 from bench.soak import rss_mb
 from engines import create_engine
 from engines.cache import verify
+from engines.card import write_card
 from sensors.zmq_source import ZmqSource
 from streamtmr import skeleton
 from streamtmr.cli import main
@@ -50,11 +51,11 @@ def engine():
 
 @pytest.fixture(scope="module")
 def model_ckpt(tmp_path_factory) -> Path:
-    """A copy of the shipped default with its privacy card beside it (the CLI refuses a model
-    without a card, and the leak guard refuses the naive retarget)."""
+    """A copy of the shipped default weights with a privacy card bound to them (the CLI
+    refuses a model without a card, and the leak guard refuses the naive retarget)."""
     d = tmp_path_factory.mktemp("ckpt")
     shutil.copyfile(default_checkpoint_path(), d / "model.safetensors")
-    shutil.copyfile(default_checkpoint_path().with_suffix(".json"), d / "model.json")
+    write_card(d / "model.safetensors", {"command": "a test card"})
     return d / "model.safetensors"
 
 

@@ -15,7 +15,7 @@ import torch
 from onnx import TensorProto, helper
 
 from engines import ModelRefused, create_engine, open_engine
-from engines.card import ONNX_KEY, find_card
+from engines.card import ONNX_KEY, find_card, write_card
 from engines.onnx_export import export_onnx
 from engines.select import leak_score
 from engines.source import resolve_source
@@ -50,11 +50,16 @@ def identity_onnx(path: Path, window: int = 16) -> Path:
     return path
 
 
+PRIVACY = {"reid_top1_adaptive_pct": 16.4, "command": "a test card (numbers for illustration)"}
+
+
 @pytest.fixture(scope="module")
 def carded(tmp_path_factory) -> Path:
+    """A copy of the shipped weights with a card of their own beside it (the mechanism is
+    tested apart from whichever default is shipped)."""
     d = tmp_path_factory.mktemp("carded")
     shutil.copyfile(default_checkpoint_path(), d / "model.safetensors")
-    shutil.copyfile(default_checkpoint_path().with_suffix(".json"), d / "model.json")
+    write_card(d / "model.safetensors", PRIVACY, name="test")
     return d / "model.safetensors"
 
 
@@ -106,10 +111,17 @@ def test_naive_retarget_refused_by_leak_guard(tmp_path):
         open_engine("torch", model=ckpt, window=16, allow_unevaluated=True)
 
 
-def test_shipped_default_passes_with_its_card(default_engine, carded):
+def test_carded_default_passes(default_engine, carded):
     assert not default_engine.unevaluated
     assert default_engine.card["sha256"] == hashlib.sha256(carded.read_bytes()).hexdigest()
     assert leak_score(default_engine) > 4 * leak_guard.MARGIN_DEG  # 9.6° at window 16
+
+
+def test_the_shipped_default_has_a_card_bound_to_its_weights():
+    """The shipped default runs without --allow-unevaluated: its card (default_model.json)
+    names the SHA-256 of default_model.safetensors and its evaluated numbers."""
+    card = find_card(default_checkpoint_path())
+    assert card is not None and card["privacy"]
 
 
 def test_card_bound_to_other_weights_refused(tmp_path, carded):
@@ -118,7 +130,7 @@ def test_card_bound_to_other_weights_refused(tmp_path, carded):
     data = bytearray(carded.read_bytes())
     data[-1] ^= 1  # one bit of the weights changed; the card still names the old hash
     (d / "model.safetensors").write_bytes(bytes(data))
-    shutil.copyfile(carded.with_suffix(".json"), d / "model.json")
+    shutil.copyfile(carded.with_suffix(".card.json"), d / "model.card.json")
     with pytest.raises(ModelRefused, match="bound to weights"):
         open_engine("torch", model=d / "model.safetensors", window=16)
 
@@ -210,10 +222,10 @@ def test_stats_report_the_graph_actually_loaded(default_engine):
     node = Node(default_engine, config=NodeConfig(budget_ms=5000))
     stats = node.close()
     assert stats["graph_sha256"] == default_engine.graph_sha256 is not None
-    assert stats["card"]["privacy"]["reid_top1_adaptive_pct"] == 16.4
+    assert stats["card"]["privacy"] == PRIVACY
 
 
-def test_tampered_cache_with_rewritten_checksum_reports_the_graph_that_runs(tmp_path,
+def test_tampered_cache_with_rewritten_checksum_reports_the_graph_that_runs(tmp_path, carded,
                                                                            monkeypatch):
     """Issue 11: with a tampered engine cache plus its rewritten checksum file, the stats
     reported the shipped checkpoint's SHA-256. Now they report the hash of the bytes ONNX
@@ -221,7 +233,7 @@ def test_tampered_cache_with_rewritten_checksum_reports_the_graph_that_runs(tmp_
     from engines.cache import verify, write_sidecar
 
     monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "cache"))
-    honest = open_engine("onnxruntime", window=16)
+    honest = open_engine("onnxruntime", model=carded, window=16)
     honest_hash = honest.graph_sha256
     cached = sorted((tmp_path / "cache" / "ort").glob("*.onnx"))
     assert len(cached) == 1
@@ -233,7 +245,7 @@ def test_tampered_cache_with_rewritten_checksum_reports_the_graph_that_runs(tmp_
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(m, str(cached[0]))
     write_sidecar(cached[0], {k: v for k, v in facts.items() if k != "sha256"})
-    eng = open_engine("onnxruntime", window=16)
+    eng = open_engine("onnxruntime", model=carded, window=16)
     node = Node(eng, config=NodeConfig(budget_ms=5000))
     stats = node.close()
     tampered = hashlib.sha256(cached[0].read_bytes()).hexdigest()
@@ -251,3 +263,28 @@ def test_a_model_that_leaks_now_and_then_is_caught_frame_by_frame():
     assert ok.tolist() == [False, True]
     assert g.update([0, 1], [0, 0], np.array([[19.0], [22.0]])).all()
     assert not g.update([0], [1], np.array([[0.5]]))[0]  # a new track starts over
+
+
+def test_embedding_api_uses_the_guarded_door(tmp_path):
+    from streamtmr.stream import api
+
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a torch.save zip: pickle inside
+    with pytest.raises(ModelRefused, match="pickle"):
+        api.Anonymizer(model=str(bad), backend="torch")
+    naive = save_checkpoint(tmp_path / "naive.safetensors", build_model({"method": "naive"}))
+    with pytest.raises(ModelRefused, match="leak guard"):
+        api.Anonymizer(model=str(naive), backend="torch", window=16, allow_unevaluated=True)
+
+
+def test_export_carries_the_card_bound_to_the_exported_graph(tmp_path, carded, capsys):
+    """`streamtmr export` of a carded checkpoint embeds the card in the ONNX, bound to the
+    graph's hash: the exported file runs without --allow-unevaluated; an export of a
+    checkpoint without a card is marked unevaluated and refused by default."""
+    from streamtmr.cli import main
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(carded), "--window", "16", "--out", str(out)]) == 0
+    assert "privacy card embedded" in capsys.readouterr().out
+    eng = open_engine("onnxruntime", model=out, window=None)
+    assert not eng.unevaluated and eng.card["weights_sha256"] == find_card(carded)["sha256"]

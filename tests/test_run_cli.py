@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
+from engines.card import write_card
 from sensors.replay import ReplaySource
 from streamtmr import skeleton
 from streamtmr.cli import main
@@ -37,11 +38,11 @@ def naive_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_ckpt(tmp_path_factory) -> Path:
-    """A copy of the shipped default with its privacy card beside it (bound by SHA-256)."""
+    """A copy of the shipped default weights with a privacy card bound to them."""
     d = tmp_path_factory.mktemp("carded")
     src = default_checkpoint_path()
     shutil.copyfile(src, d / "model.safetensors")
-    shutil.copyfile(src.with_suffix(".json"), d / "model.json")
+    write_card(d / "model.safetensors", {"command": "a test card"})
     return d / "model.safetensors"
 
 

@@ -18,6 +18,7 @@ import torch
 import zmq
 
 from engines import create_engine
+from engines.card import write_card
 from engines.onnx_export import export_onnx
 from engines.source import resolve_source
 from sensors.base import SourceError
@@ -57,11 +58,11 @@ def keys(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_ckpt(tmp_path_factory) -> Path:
-    """A copy of the shipped default with its privacy card beside it (the CLI refuses a model
-    without a card, and the leak guard refuses the naive retarget)."""
+    """A copy of the shipped default weights with a privacy card bound to them (the CLI
+    refuses a model without a card, and the leak guard refuses the naive retarget)."""
     d = tmp_path_factory.mktemp("ckpt")
     shutil.copyfile(default_checkpoint_path(), d / "model.safetensors")
-    shutil.copyfile(default_checkpoint_path().with_suffix(".json"), d / "model.json")
+    write_card(d / "model.safetensors", {"command": "a test card"})
     return d / "model.safetensors"
 
 
