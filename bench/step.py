@@ -27,6 +27,8 @@ from bench.motion import motion_clips
 from bench.stats import MIN_P99_SAMPLES
 
 BODIES = (1, 6, 32, 256)
+#: Seconds one model × engine may take over all its cells (large: every cell must finish).
+PAIR_BUDGET_S = 600.0
 
 
 def run(models: list[str], engines: list[str], bodies: list[int], min_calls: int,
@@ -44,7 +46,7 @@ def run(models: list[str], engines: list[str], bodies: list[int], min_calls: int
     clips = motion_clips(8, seed=0)
     load_before = load_average()
     rows, _ = bench_steps(pairs, sorted(bodies), clips, cell_s, min_calls,
-                          pair_budget_s=float("inf"), torch_threads=torch_threads, log=log)
+                          pair_budget_s=PAIR_BUDGET_S, torch_threads=torch_threads, log=log)
     idents = {m.label: m.ident for m in resolved}
     for row in rows:
         row["model"] = idents[row["model"]]
@@ -74,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
-    return 0
+    failed = [r for r in record["rows"] if "skipped" in r]
+    for r in failed:
+        print(f"{r['model']} / {r['engine']} / {r['bodies']} bodies: {r['skipped']}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -203,7 +203,8 @@ def max_abs_error(source: ModelSource, path: str | Path, inputs: np.ndarray) -> 
 
 
 def _step_error(source: ModelSource, sess, inputs: np.ndarray) -> float:
-    """Largest |ONNX − PyTorch| of the step graph over every frame and every state tensor."""
+    """Largest |ONNX − PyTorch| of the step graph's output over every frame, each side carrying
+    its own state (so state differences count through what they do to later frames)."""
     names = list(source.state_spec)
     module = source.module.cpu()
     with torch.inference_mode():
@@ -215,6 +216,5 @@ def _step_error(source: ModelSource, sess, inputs: np.ndarray) -> float:
             y, state = module.step(torch.from_numpy(frame), state)
             res = sess.run(None, {FRAMES: frame, **{STATE_IN + k: s_onnx[k] for k in names}})
             s_onnx = dict(zip(names, res[1:], strict=True))
-            err = max(err, float(np.abs(res[0] - y.numpy()).max()),
-                      *(float(np.abs(s_onnx[k] - state[k].numpy()).max()) for k in names))
+            err = max(err, float(np.abs(res[0] - y.numpy()).max()))
     return err
