@@ -163,9 +163,9 @@ def check_files(model: Anonymizer | str | Path | None,
                 dummy: Dummy | str | Path | None = None) -> Path | None:
     """Every check on the model and dummy files before anything is loaded: present, not a
     pickle, under the size caps. Returns the model's path (None for an in-memory model)."""
-    from streamtmr.stream.security import (
+    from streamtmr.model_files import (
         MAX_DUMMY_BYTES,
-        SecurityError,
+        FileRefused,
         check_file_size,
         check_model_file,
     )
@@ -179,7 +179,7 @@ def check_files(model: Anonymizer | str | Path | None,
                 raise ModelRefused(f"model {path}: no such file")
             check_model_file(path)
             check_file_size(path, MAX_MODEL_BYTES, "model")
-    except SecurityError as e:
+    except FileRefused as e:
         raise ModelRefused(str(e)) from None
     return path
 

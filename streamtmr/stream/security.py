@@ -35,13 +35,13 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from streamtmr.model_files import MAX_DUMMY_BYTES  # noqa: F401  (a documented cap, see there)
+
 log = logging.getLogger(__name__)
 
 #: Caps on what key loading reads: one certificate file, and the keys in an allow-list folder.
 MAX_KEY_FILE_BYTES = 64 * 1024
 MAX_ALLOWED_KEYS = 10_000
-#: Cap on a dummy JSON file (25 bone lengths need a few hundred bytes).
-MAX_DUMMY_BYTES = 1024 * 1024
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 
@@ -185,45 +185,6 @@ def generate_keypair(directory: str | Path, name: str, force: bool = False) -> t
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return public, secret
-
-
-# ------------------------------------------------------------------------------------------
-# Model files
-# ------------------------------------------------------------------------------------------
-
-def pickle_kind(path: str | Path) -> str | None:
-    """What kind of pickle-based file ``path`` is (None when it is not one). Such files are
-    never loaded: unpickling runs code chosen by whoever wrote the file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return None
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive (the torch.save format, pickle inside)"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return f"a pickle (protocol {head[1]}, e.g. legacy torch.save)"
-    return None
-
-
-def check_file_size(path: str | Path, cap: int, what: str) -> None:
-    """Refuse a file larger than ``cap`` bytes before reading it (raises SecurityError)."""
-    try:
-        size = Path(path).stat().st_size
-    except OSError:
-        return  # the reader reports a missing or unreadable file itself
-    if size > cap:
-        raise SecurityError(f"{what} {path}: {size} bytes, more than the cap of {cap}")
-
-
-def check_model_file(path: str | Path) -> None:
-    """Refuse a model file that could only be loaded by unpickling (raises SecurityError)."""
-    kind = pickle_kind(path)
-    if kind is not None:
-        raise SecurityError(
-            f"{path}: refusing {kind}: loading it could run arbitrary code. streamtmr loads "
-            "only safetensors checkpoints and exported .onnx / TensorRT models; re-save the "
-            "weights with safetensors (streamtmr.models.checkpoint.save_checkpoint)")
 
 
 # ------------------------------------------------------------------------------------------
