@@ -179,20 +179,20 @@ class _CudaStep:
     def __init__(self, module, spec: dict[str, tuple[tuple[int, ...], np.dtype]], b: int,
                  dev: torch.device, stream: torch.cuda.Stream):
         self.module, self.stream, self.graph = module, stream, None
-        shapes = {"frames": (b, 25, 3), **{k: (b, *shape) for k, (shape, _) in spec.items()}}
+        states = {k: (b, *shape) for k, (shape, _) in spec.items()}
         self.names = list(spec)
+        ins, outs = {"frames": (b, 25, 3), **states}, {"anonymized": (b, 25, 3), **states}
         self.h_in = {k: torch.empty(s, dtype=torch.float32, pin_memory=True)
-                     for k, s in shapes.items()}
+                     for k, s in ins.items()}
         self.h_out = {k: torch.empty(s, dtype=torch.float32, pin_memory=True)
-                      for k, s in shapes.items()}
-        self.d_in = {k: torch.empty(s, dtype=torch.float32, device=dev)
-                     for k, s in shapes.items()}
+                      for k, s in outs.items()}
+        self.d_in = {k: torch.empty(s, dtype=torch.float32, device=dev) for k, s in ins.items()}
 
     def _run(self) -> None:
         for k, t in self.d_in.items():
             t.copy_(self.h_in[k], non_blocking=True)
         y, new = self.module.step(self.d_in["frames"], {k: self.d_in[k] for k in self.names})
-        for k, t in {"frames": y, **new}.items():
+        for k, t in {"anonymized": y, **new}.items():
             self.h_out[k].copy_(t, non_blocking=True)
 
     def capture(self) -> None:
@@ -215,5 +215,5 @@ class _CudaStep:
             else:
                 self._run()
         self.stream.synchronize()
-        return (self.h_out["frames"].numpy().copy(),
+        return (self.h_out["anonymized"].numpy().copy(),
                 {k: self.h_out[k].numpy().copy() for k in self.names})
