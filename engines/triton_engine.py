@@ -16,7 +16,7 @@ Fail-closed: an unreachable server, a timeout (``timeout_ms``, default 1000), a 
 non-finite answer all raise :class:`~engines.base.EngineError` (counted in :attr:`errors`; the
 node then holds or drops). After a failure the next call reconnects (a new gRPC channel, at most
 every ``retry_ms``) and re-reads the server's model info: a server that now serves another
-model (SHA-256, window, dummy or form) is refused, never silently used.
+model (weights SHA-256, window, dummy, form or card) is refused, never silently used.
 """
 
 from __future__ import annotations
@@ -175,7 +175,9 @@ class TritonEngine(Engine):
         except EngineError:
             self._close_client()
             raise
-        keys = ("model_sha256", "graph_sha256", "window", "dummy", "streaming", "state")
+        # the function served; the graph's hash may change (a server whose optimised-graph
+        # cache was cold at its first start loads the cached graph after a restart)
+        keys = ("model_sha256", "window", "dummy", "streaming", "state", "card")
         if any(info.get(k) != self.info.get(k) for k in keys):
             self._close_client()
             raise EngineError(f"triton {self.target.address}: the server now serves "
@@ -183,6 +185,7 @@ class TritonEngine(Engine):
                               f"…), not {self.source.name} (sha256 {self.source.sha256[:12]}…);"
                               " restart the node to use it")
         self.reconnects += 1
+        self.info, self.graph_sha256 = info, info.get("graph_sha256")
         log.info("triton %s: reconnected (%s)", self.target.address, self.source.name)
 
     def _call(self, model: str, inputs: list, outputs: list[str]) -> Any:

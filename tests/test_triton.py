@@ -35,6 +35,7 @@ def need_serving_environment() -> None:
         pytest.skip("no serving environment: .venv-serve/bin/python or $STREAMTMR_SERVE_PYTHON "
                     "with nvidia-pytriton and numpy<2 (.ci/run creates it)")
 ROOT = Path(__file__).resolve().parents[1]
+W = 32  # the window of the tiny TMR preset the windowed server runs
 
 
 def free_port() -> int:
@@ -70,7 +71,8 @@ class Server:
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited ({self.proc.returncode}):\n{self.tail()}")
             try:
-                return create_engine(f"{self.url}?timeout_ms=5000&retry_ms=100{self.query}")
+                return create_engine(f"{self.url}?timeout_ms=5000&retry_ms=100{self.query}",
+                                     window=None)
             except EngineError:
                 time.sleep(0.5)
         pytest.fail(f"server not ready after {timeout_s} s:\n{self.tail()}")
@@ -85,9 +87,26 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def windowed_model(tmp_path_factory) -> Path:
+    """A windowed model (TMR, tiny preset, fixed weights) with a privacy card bound to it, so
+    the tests do not depend on which model is the shipped default."""
+    import torch
+
+    from engines.card import write_card
+    from streamtmr.models.checkpoint import save_checkpoint
+    from streamtmr.models.registry import model_class
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path_factory.mktemp("windowed") / "tmr_tiny.safetensors",
+                           model_class("tmr").from_preset("tiny"))
+    write_card(path, {"command": "a test card"}, name="tmr tiny (test)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, windowed_model):
     need_serving_environment()
-    s = Server(tmp_path_factory.mktemp("triton") / "serve.log").start()
+    s = Server(tmp_path_factory.mktemp("triton") / "serve.log", "--model",
+               str(windowed_model), "--window", str(W)).start()
     try:
         yield s
     finally:
@@ -102,11 +121,11 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def local():
-    return create_engine("onnxruntime", window=64, max_batch=8)
+def local(windowed_model):
+    return create_engine("onnxruntime", model=windowed_model, window=W, max_batch=8)
 
 
-def moving_windows(n: int, window: int = 64, seed: int = 0) -> np.ndarray:
+def moving_windows(n: int, window: int = 32, seed: int = 0) -> np.ndarray:
     """People of different sizes waving: [n, window, 25, 3] float32."""
     rng = np.random.default_rng(seed)
     pose = default_dummy().rest_pose()
@@ -168,15 +187,15 @@ def test_serve_command_refuses_clear_text_on_the_network_and_names_the_missing_e
 
 
 def test_a_server_serving_another_window_is_refused(client, server):
-    with pytest.raises(EngineError, match="window 64"):
-        create_engine(server.url, window=32)
+    with pytest.raises(EngineError, match=f"window {W}"):
+        create_engine(server.url, window=2 * W)
 
 
 def run_node(url: str, stats: Path, frames: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "streamtmr", "run", "--engine", url, "--source", "synthetic",
-         "--fast", "--max-frames", str(frames), "--budget-ms", "2000", "--stats-json",
-         str(stats), "--sink", f"zmq://127.0.0.1:{free_port()}"],
+        [sys.executable, "-m", "streamtmr", "run", "--engine", url, "--window", str(W),
+         "--source", "synthetic", "--fast", "--max-frames", str(frames), "--budget-ms", "2000",
+         "--stats-json", str(stats), "--sink", f"zmq://127.0.0.1:{free_port()}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
 
