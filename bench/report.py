@@ -294,8 +294,10 @@ def summary_row(name: str, r: dict[str, Any]) -> list[str]:
     label = first["label"]
     eng = next((x for x in (r.get("engine") or {}).get("rows", [])
                 if x["model"] == label and x["batch"] == 1 and "p50_ms" in x), None)
-    steps = {x["bodies"]: x for x in (r.get("step") or {}).get("rows", [])
-             if x["model"] == label and "p99_ms" in x}
+    step_rows = [x for x in (r.get("step") or {}).get("rows", [])
+                 if x["model"] == label and "p99_ms" in x]
+    first_engine = step_rows[0]["engine"] if step_rows else None
+    steps = {x["bodies"]: x for x in step_rows if x["engine"] == first_engine}
     run = next((x for x in (r.get("node") or {}).get("runs", []) if x["model"] == label), None)
     one = _scenario(run, 1, True) if run else None
     six = _scenario(run, 6, True) if run else None
@@ -307,7 +309,7 @@ def summary_row(name: str, r: dict[str, Any]) -> list[str]:
         f"[{r['started'][:16]}]({name})", m["host_kind"], m["cpu"][:40], str(load[0]),
         first.get("ident", label),
         f"{eng['engine']} {eng['p50_ms']:.2f} / {_p99(eng)}" if eng else "-",
-        " / ".join(_p99(steps.get(n)) for n in (1, 6)) if steps else "-",
+        f"{first_engine} " + " / ".join(_p99(steps.get(n)) for n in (1, 6)) if steps else "-",
         f"{_p99(one['latency'])} ({one['sent']})" if one else "-",
         f"{_p99(six['latency'])} ({_late_text(six)} of {six['sent']})" if six else "-",
         f"{best['frames_per_s']:.0f} ({best['engine']})" if best else "-",
@@ -368,6 +370,9 @@ def write_readme(results_dir: str | Path = RESULTS_DIR) -> Path:
             continue
         try:
             r = json.loads(p.read_text())
+            if not isinstance(r, dict) or "schema" not in r:  # another check's record
+                others.append(p.name)
+                continue
             rows.append(summary_row(p.name, r))
         except (OSError, ValueError, KeyError, TypeError) as e:
             rows.append([p.name, f"unreadable: {e}"] + ["-"] * 8)
