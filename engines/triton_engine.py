@@ -94,7 +94,7 @@ def parse_url(url: str) -> Target:
 
 def check_security(t: Target) -> None:
     """Loopback, or TLS (``ca``), or ``insecure=1`` — else ValueError, as for ZeroMQ."""
-    from streamtmr.stream.security import is_loopback_host
+    from streamtmr.net import is_loopback_host
     if not is_loopback_host(t.host) and not t.ca and not t.insecure:
         raise ValueError(f"engine triton://{t.address}: not loopback, so skeletons would cross "
                          "the network in clear text; add ?ca=SERVER_CA.pem (and cert=/key= "

@@ -83,7 +83,7 @@ class ServeConfig:
 
 def check_security(cfg: ServeConfig) -> None:
     """Loopback, or TLS, or ``--insecure``: raises :class:`ServeError` otherwise."""
-    from streamtmr.stream.security import is_loopback_host
+    from streamtmr.net import is_loopback_host
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ServeError("--tls-cert and --tls-key go together")
     if cfg.tls_client_ca and not cfg.tls_cert:

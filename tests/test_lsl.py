@@ -21,7 +21,8 @@ from streamtmr.cli import main  # noqa: E402
 from streamtmr.dummy import default_dummy  # noqa: E402
 from streamtmr.stream import lsl  # noqa: E402
 from streamtmr.stream.frame import Body, Frame  # noqa: E402
-from streamtmr.stream.sinks import SinkError, open_sink  # noqa: E402
+from streamtmr.stream.outputs import open_sink  # noqa: E402
+from streamtmr.stream.sinks import SinkError  # noqa: E402
 
 LENGTHS = default_dummy().lengths
 

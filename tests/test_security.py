@@ -35,8 +35,9 @@ from streamtmr.models.registry import build_model
 from streamtmr.stream import security, wire
 from streamtmr.stream.frame import Body, Frame
 from streamtmr.stream.node import Node, NodeConfig
+from streamtmr.stream.outputs import open_sinks
 from streamtmr.stream.security import Security, SecurityError, generate_keypair
-from streamtmr.stream.sinks import ZmqPubSink, open_sinks
+from streamtmr.stream.sinks import ZmqPubSink
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,13 +18,12 @@ from streamtmr.dummy import default_dummy
 from streamtmr.stream import follow, vmc, wire
 from streamtmr.stream.follow import Follow
 from streamtmr.stream.frame import Body, Frame
+from streamtmr.stream.outputs import open_sink, open_sinks
 from streamtmr.stream.sinks import (
     SinkError,
     VmcSink,
     VrchatSink,
     ZmqPubSink,
-    open_sink,
-    open_sinks,
 )
 
 LENGTHS = default_dummy().lengths
@@ -376,7 +375,7 @@ def test_open_sinks_parses_and_validates():
         open_sink(f"zmq://127.0.0.1:{port}", LENGTHS, context=ctx)
     for s in sinks:
         s.close()
-    with pytest.raises(SinkError, match="expected zmq://"):
+    with pytest.raises(SinkError, match="expected one of zmq://HOST:PORT, vmc://HOST:PORT, vrchat://HOST:PORT, lsl://NAME"):
         open_sink("http://x", LENGTHS)
     with pytest.raises(SinkError, match="invalid port"):
         open_sink("vmc://127.0.0.1:notaport", LENGTHS)

@@ -30,15 +30,14 @@ def _positive(kind: type, name: str):
 
 def register(subparsers: Any) -> None:
     from sensors.open import source_help
+    from streamtmr.stream.outputs import sink_help
     p = subparsers.add_parser(
         "run", help="run the streaming node (source → anonymizer → sinks)",
         description="Anonymize a live skeleton stream: read frames from a source, retarget "
                     "every tracked body onto the dummy, publish to ZeroMQ / OSC sinks.")
     p.add_argument("--source", default="synthetic", help=f"{source_help()} [synthetic]")
     p.add_argument("--sink", default="zmq://127.0.0.1:5556",
-                   help="comma-separated: zmq://HOST:PORT (binds a PUB), vmc://HOST:PORT, "
-                        "vrchat://HOST:PORT (avatars: ?body=first|nearest|ID or ?fanout=N), "
-                        "lsl://NAME (an LSL MoCap outlet, ?body=) [zmq://127.0.0.1:5556]")
+                   help=f"comma-separated: {sink_help()} [zmq://127.0.0.1:5556]")
     p.add_argument("--engine", default="auto", help="auto | tensorrt | onnxruntime | "
                    "onnxruntime-cuda | torch | torch-cuda | triton://HOST:PORT (a `streamtmr "
                    "serve` server) [auto]")
@@ -133,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     from sensors.base import SourceError
     from sensors.open import open_source
     from streamtmr.stream.node import Node, NodeConfig
+    from streamtmr.stream.outputs import open_sinks
     from streamtmr.stream.security import Security, SecurityError
-    from streamtmr.stream.sinks import SinkError, open_sinks
+    from streamtmr.stream.sinks import SinkError
     from streamtmr.stream.wire import Recorder
 
     try:

@@ -19,11 +19,9 @@ writes both (the secret one readable by its owner only).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
-import socket
 import stat
 import tempfile
 import threading
@@ -36,6 +34,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from streamtmr.model_files import MAX_DUMMY_BYTES  # noqa: F401  (a documented cap, see there)
+from streamtmr.net import is_loopback_host  # noqa: F401  (re-exported: the one definition)
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +53,6 @@ class SecurityError(ValueError):
 # ------------------------------------------------------------------------------------------
 # Endpoints
 # ------------------------------------------------------------------------------------------
-
-def is_loopback_host(host: str | None) -> bool:
-    """True when ``host`` (an IP address, a host name or an interface name) can only be
-    reached from this machine. Wildcards (``*``, ``0.0.0.0``, ``::``) are not loopback; a host
-    name is loopback only when every address it resolves to is."""
-    if not host:
-        return False
-    host = host.strip("[]")
-    if host in ("localhost", "lo"):
-        return True
-    if host == "*":
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except (OSError, UnicodeError):
-        return False  # an interface name such as eth0, or an unknown host: assume network
-    addrs = {info[4][0] for info in infos}
-    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
-
 
 def endpoint_host(endpoint: str) -> str | None:
     """The host part of a ``tcp://`` endpoint (the destination of ``tcp://SRC;DST:PORT``)."""

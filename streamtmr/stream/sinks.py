@@ -20,7 +20,6 @@ import abc
 import logging
 import time
 from collections import Counter
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import zmq
@@ -309,58 +308,3 @@ class VrchatSink(_AvatarSink):
                   if b is not None for m in self.messages(b)])
         self.sent += ok
         return ok
-
-
-def _host_port(spec: str, default: tuple[str, int]) -> tuple[str, int]:
-    u = urlsplit(spec)
-    try:
-        port = u.port
-    except ValueError:
-        raise SinkError(f"--sink {spec}: invalid port") from None
-    return (u.hostname or default[0]), (port if port is not None else default[1])
-
-
-def open_sink(spec: str, lengths: np.ndarray, context: zmq.Context | None = None,
-              security: Security | None = None) -> Sink:
-    """Build a sink from ``zmq://HOST:PORT`` (also ``tcp://``, ``ipc://``, ``inproc://``
-    endpoints), ``vmc://HOST:PORT`` or ``vrchat://HOST:PORT``; ports default per protocol.
-    ``security`` (default: loopback only, no keys) is enforced for every kind."""
-    security = security or Security()
-    scheme = spec.split("://", 1)[0] if "://" in spec else ""
-    if scheme == "zmq":
-        host, port = _host_port(spec, ("127.0.0.1", 5556))
-        host = f"[{host}]" if ":" in host else host
-        return ZmqPubSink(f"tcp://{host}:{port}", context=context, security=security)
-    if scheme in ("tcp", "ipc", "inproc"):
-        return ZmqPubSink(spec, context=context, security=security)
-    if scheme == "lsl":
-        from streamtmr.stream.lsl import open_lsl_sink  # pylsl only when asked for
-        return open_lsl_sink(spec)
-    if scheme in ("vmc", "vrchat"):
-        host, port = _host_port(spec, DEFAULT_VMC if scheme == "vmc" else DEFAULT_VRCHAT)
-        security.check_osc(spec, host)
-        try:
-            chooser = follow.from_query(parse_qs(urlsplit(spec).query))
-        except ValueError as e:
-            raise SinkError(f"--sink {spec}: {e}") from None
-        return (VmcSink(lengths, host, port, chooser) if scheme == "vmc"
-                else VrchatSink(host, port, chooser))
-    raise SinkError(f"--sink {spec!r}: expected zmq://HOST:PORT, vmc://HOST:PORT, "
-                    f"vrchat://HOST:PORT or lsl://NAME")
-
-
-def open_sinks(specs: str | list[str], lengths: np.ndarray,
-               context: zmq.Context | None = None,
-               security: Security | None = None) -> list[Sink]:
-    """Comma-separated (or listed) sink specifications → sinks (closed again on error)."""
-    if isinstance(specs, str):
-        specs = [s.strip() for s in specs.split(",") if s.strip()]
-    sinks: list[Sink] = []
-    try:
-        for s in specs:
-            sinks.append(open_sink(s, lengths, context, security))
-    except Exception:
-        for k in sinks:
-            k.close()
-        raise
-    return sinks

@@ -8,7 +8,7 @@ asked for, so the node runs without it.
 
 from __future__ import annotations
 
-from streamtmr.stream.security import is_loopback_host
+from streamtmr.net import is_loopback_host
 from streamtmr.stream.sinks import SinkError
 
 DEFAULT_HOST = "127.0.0.1"

@@ -39,10 +39,10 @@ from urllib.parse import urlsplit
 import numpy as np
 from aiohttp import WSCloseCode, web
 
+from streamtmr.net import is_loopback_host
 from streamtmr.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
 from streamtmr.stream.frame import Frame
 from streamtmr.stream.metrics import STAGES
-from streamtmr.stream.security import is_loopback_host
 from streamtmr.stream.sinks import Sink
 from streamtmr.viewer import ViewerError
 
