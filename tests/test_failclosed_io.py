@@ -178,10 +178,12 @@ from streamtmr.cli import main
 real = sel.open_engine
 def slow(*a, **k):
     eng = real(*a, **k)
-    run = eng.run_latest
+    run, step = eng.run_latest, eng.step
     def run_latest(x, k=1):
         print("ENGINE", flush=True); time.sleep(5); return run(x, k)
-    eng.run_latest = run_latest
+    def slow_step(frames, state):  # a streaming default steps instead
+        print("ENGINE", flush=True); time.sleep(5); return step(frames, state)
+    eng.run_latest, eng.step = run_latest, slow_step
     return eng
 sel.open_engine = slow
 import engines; engines.open_engine = slow
