@@ -13,7 +13,7 @@ from streamtmr.data.datasets import load_windows
 from streamtmr.data.store import SkeletonStore
 from streamtmr.dummy import default_dummy
 from streamtmr.models.checkpoint import default_checkpoint_path, read_metadata, resolve_model
-from streamtmr.models.registry import build_model
+from streamtmr.models.registry import build_model, model_class
 
 CARD = json.loads(resources.files("streamtmr.assets").joinpath("default_model.json").read_text())
 
@@ -36,11 +36,13 @@ def _mpjpe_mm(model, x, y):
     return float((out - y).norm(dim=-1).mean()) * 1000, out
 
 
-def test_default_is_a_small_causal_tmr_trained_on_anonymizer_subjects():
+def test_default_is_the_small_streaming_tmr_trained_on_anonymizer_subjects():
     path = default_checkpoint_path()
     assert path.stat().st_size < 8 * 2**20  # a few MB
     config, extra = read_metadata(path)
-    assert config["method"] == "tmr" and config["causal"] is True
+    assert config["method"] == "tmr-stream" and CARD["method"] == "tmr-stream"
+    small = model_class("tmr-stream").presets["small"]
+    assert all(config[k] == v for k, v in small.items())
     assert extra["data"]["train_split"] == "anonymizer_train"
     assert extra["data"]["real_subjects"] == []  # no real person inside the shipped model
     assert CARD["sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
@@ -57,3 +59,17 @@ def test_default_reproduces_its_recorded_heldout_error(heldout):
                           atol=1e-5)
     naive, _ = _mpjpe_mm(build_model({"method": "naive"}), x, y)
     assert err < naive  # closer to the ground-truth retarget than swapping bone lengths
+
+
+def test_default_streams_frame_by_frame_as_it_computes_windows(heldout):
+    """What the node publishes (one step per frame) is what the held-out error measured."""
+    x, _ = heldout
+    dm = resolve_model("default").for_dummy(torch.tensor(default_dummy().lengths))
+    x = x[:4]
+    with torch.inference_mode():
+        parallel = dm(x)
+        state, steps = dm.init_state(len(x)), []
+        for t in range(x.shape[1]):
+            y, state = dm.step(x[:, t], state)
+            steps.append(y)
+    assert float((torch.stack(steps, 1) - parallel).abs().max()) < 1e-4
