@@ -209,7 +209,8 @@ def test_quick_json_run_saves_and_plots(tmp_path):
         (1, "30Hz"), (1, "max"), (2, "30Hz"), (2, "max")}
     for s in run["scenarios"]:
         where = f"node {s['bodies']} @ {s['mode']}"
-        assert s["sent"] == 15, where  # the scenario's frame count, not a time slice
+        # the scenario's frame count, not a time slice (closed loop: at most, within its cap)
+        assert s["sent"] == 15 if s["mode"] == "30Hz" else 1 <= s["sent"] <= 15, where
         assert s["received"] >= 1 and s["lost"] == s["sent"] - s["received"], where
         assert s["late"] == s["overruns"] + s["over_budget"] <= s["sent"], where
         _check_latency(s["latency"], where)
