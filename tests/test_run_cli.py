@@ -237,3 +237,18 @@ def test_compare_on_nan_input_blames_the_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "input has non-finite" in err and "frame 7" in err
     assert "Traceback" not in err and not (tmp_path / "c.gif").exists()
+
+
+def test_hop_with_a_streaming_model_is_a_one_line_error(tmp_path, capsys):
+    import torch
+
+    from streamtmr.models.registry import model_class
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "s.safetensors",
+                           model_class("tmr-stream").from_preset("tiny"))
+    write_card(ckpt, {"command": "a test card"})
+    rc = main(["run", "--engine", "onnxruntime", "--model", str(ckpt), "--hop", "2",
+               "--fast", "--max-frames", "1", "--sink", "tcp://127.0.0.1:*"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--hop 2" in err and "streaming" in err and "Traceback" not in err

@@ -153,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     viewer_at = _viewer_address(args)
     engine = _engine(args)  # a model that fails to load stops here: nothing was published
+    if getattr(engine, "streaming", False) and args.hop != 1:
+        engine.close()
+        raise UserError(f"--hop {args.hop}: {engine.source.name} is a streaming model, it steps "
+                        "every frame (--hop 1)")
     sinks, source, recorder = [], None, None
     try:
         try:
