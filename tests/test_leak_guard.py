@@ -288,3 +288,13 @@ def test_export_carries_the_card_bound_to_the_exported_graph(tmp_path, carded, c
     assert "privacy card embedded" in capsys.readouterr().out
     eng = open_engine("onnxruntime", model=out, window=None)
     assert not eng.unevaluated and eng.card["weights_sha256"] == find_card(carded)["sha256"]
+
+
+def test_export_runs_the_model_file_checks(tmp_path, capsys):
+    from streamtmr.cli import main
+
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"\x80\x05" + b"\x00" * 64)
+    assert main(["export", "--model", str(bad), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "pickle" in err and "Traceback" not in err and not (tmp_path / "m.onnx").exists()
