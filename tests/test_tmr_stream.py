@@ -219,3 +219,13 @@ def test_onnx_step_graph_matches_pytorch(tmp_path, isolated_cache):
     feeds = {"frames": x[:, 0].copy(), **{f"state_in.{k}": np.zeros((3, *s), np.float32)
                                           for k, s in source.state_spec.items()}}
     assert sess.run(["anonymized"], feeds)[0].shape == (3, 25, 3)
+
+
+def test_paper_preset_streams_the_same_function():
+    """The paper-size streaming form (unidirectional LSTM, ALiBi ring, per-frame decoder)."""
+    torch.manual_seed(0)
+    dm = model_class("tmr-stream").from_preset("paper").eval().for_dummy(
+        resolve_dummy(None).lengths).eval()
+    assert dm.model.config["d_action"] == 256 and dm.model.config["decoder_layers"] == 6
+    x = torch.from_numpy(synth_track(30)[:24])[None]
+    assert float((stepped(dm, x) - forward(dm, x)).abs().max()) <= TOL
