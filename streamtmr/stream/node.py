@@ -22,6 +22,7 @@ of accepted frames; a held substitute counts as out, the reasons of losses are i
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -256,6 +257,10 @@ class Node:
             model=self.model_name, engine=desc, config=asdict(cfg),
             graph_sha256=desc.get("graph_sha256"), unevaluated=self.unevaluated,
             card=card_summary(getattr(engine, "card", None)))
+        card = self.metrics.info["card"]
+        log.info("model %s, graph sha256 %s, privacy card: %s", self.model_name,
+                 desc.get("graph_sha256"), "none" if card is None else
+                 json.dumps(card.get("privacy"), sort_keys=True)[:300])
         if self.unevaluated:
             log.warning("model %s has no privacy card: every output message is marked "
                         "\"unevaluated\": true", self.model_name)

@@ -6,7 +6,9 @@ the key/value ring of the last W frames, the per-track reference). A slot starts
 changes (a gap, a loss, a restarted stream: exactly when windows restart), and after an output
 of that body failed a check. The live bodies' states are gathered into one batch for one
 ``engine.step`` per frame and the new states are scattered back. Memory is preallocated:
-``max_bodies`` slots of the shapes in ``engine.state_spec()``.
+``max_bodies`` slots of the shapes in ``engine.state_spec()``. A step that finishes after its
+deadline still hands its states back (to slots still on the same track); the frames that came
+in while it ran were overruns and are not in the state (as if the sensor had skipped them).
 """
 
 from __future__ import annotations
