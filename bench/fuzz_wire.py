@@ -595,7 +595,15 @@ def run_mutation(messages: int, seed: int = 0, engine: Any = None, config: Any =
     except FuzzFailure as e:
         crashes.append({"category": "ledger", "error": str(e)[:1000], "input": "", "trace": ""})
         ledger = h.ledger()
-    return _result("mutate", h, ledger, crashes, time.perf_counter() - t0)
+    res = _result("mutate", h, ledger, crashes, time.perf_counter() - t0)
+    try:
+        d = engine.describe()
+        res["engine"] = (f"{kind}: {d.get('method')} {str(d.get('model_sha256'))[:12]} on "
+                         f"{d.get('backend')}, window {d.get('window')}, leak guard "
+                         f"{'on' if h.guarded else 'off'}")
+    except Exception:  # describe() is informative only
+        res["engine"] = kind
+    return res
 
 
 def _result(mode: str, h: Harness, ledger: dict[str, Any], crashes: list,
@@ -741,6 +749,7 @@ def record(results: list[dict[str, Any]], path: Path | None = None) -> Path:
                   f"- machine: {m.get('cpu')}, {m.get('cores_available', m.get('cores'))} "
                   f"cores available, {m.get('os')}, Python {m.get('python')}, load "
                   f"{m.get('load_average')}",
+                  f"- engine: {r.get('engine', '?')}",
                   f"- crashes: {r['crashes']}; elapsed {r['elapsed_s']} s "
                   f"({r['messages_per_s']} messages/s)",
                   f"- decoded {r['decoded']:,}; dropped by the decoder "
