@@ -127,6 +127,26 @@ def test_step_publishes_dummy_bodies(engine):
         assert s["latency"][stage]["count"] >= 40 and s["latency"][stage]["p99_ms"] >= 0
 
 
+def test_joint_tracking_states_travel_with_the_anonymized_body(engine):
+    """Each joint's tracking state (tracked / inferred) comes from the source body, fresh or
+    held, and survives the wire encoding that every sink sends."""
+    from streamtmr.stream.frame import INFERRED, NOT_TRACKED, TRACKED
+    node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000))
+    for seq in range(20):
+        f = frame(seq, [1, 2])
+        st = np.full(25, TRACKED, np.uint8)
+        st[[7, 11, 15 + seq % 5]] = INFERRED  # hands inferred, one foot joint varies
+        st[21] = NOT_TRACKED
+        f.bodies[0].state = st
+        out = node.step(f)[0]
+        by_id = {b.id: b for b in out.bodies}
+        np.testing.assert_array_equal(by_id[1].state, st)
+        assert (by_id[2].state == TRACKED).all()
+        decoded = wire.decode_message(wire.encode(out, wire.AnonInfo("m", 1)))
+        np.testing.assert_array_equal(decoded.frame.bodies[0].state, st)
+    node.close()
+
+
 def test_bodies_appear_and_disappear(engine):
     node = Node(engine, config=NodeConfig(leak_guard=False, budget_ms=1000, gap_ms=100))
     plan = [[1]] * 5 + [[1, 2, 3]] * 5 + [[2]] * 10 + [[]] * 3 + [[4, 5, 6, 7, 8, 9]] * 3

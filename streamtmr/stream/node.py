@@ -243,8 +243,9 @@ class Node:
         self._smoothed = np.zeros((cfg.max_bodies, NUM_JOINTS, 3), np.float32)
         self._held: dict[int, tuple[np.ndarray, int]] = {}  # body id → (joints, t monotonic)
         self._pending: deque[tuple[int, int, str]] = deque(maxlen=cfg.hop)  # (seq, t_ns, src)
-        self._state = np.full(NUM_JOINTS, TRACKED, np.uint8)
+        self._state = np.full(NUM_JOINTS, TRACKED, np.uint8)  # for bodies without a state
         self._state.setflags(write=False)
+        self._in_states: dict[int, np.ndarray] = {}  # body id → its newest input joint states
         self._worker = _Worker()
         self._since_hop = 0
         self._hung_reported = False
@@ -302,6 +303,9 @@ class Node:
             m.inc("frames_rejected")
             return []
         m.inc("bodies_in", len(frame.bodies))
+        # each joint's tracking state (tracked / inferred) travels with the anonymized body:
+        # VR inverse kinematics weighs inferred joints less
+        self._in_states = {b.id: b.state for b in frame.bodies}
         if len(self.window.active) < len(frame.bodies):  # reasons in window.dropped
             m.inc("bodies_lost", len(frame.bodies) - len(self.window.active))
         self._pending.append((frame.seq, frame.t_ns, frame.src))
@@ -427,7 +431,7 @@ class Node:
         if (self.config.overrun == "hold" and held is not None
                 and time.monotonic_ns() - held[1] <= self.config.hold_ms * 1e6):
             self.metrics.inc("bodies_held")
-            return Body(bid, held[0], self._state)
+            return Body(bid, held[0], self._in_states.get(bid, self._state))
         self.metrics.drop("no_held_frame")
         self.metrics.inc("bodies_lost")
         return None
@@ -456,7 +460,7 @@ class Node:
                 if b in fresh:
                     joints = fresh[b].copy()
                     self._held[bid] = (joints, now)
-                    bodies.append(Body(bid, joints, self._state))
+                    bodies.append(Body(bid, joints, self._in_states.get(bid, self._state)))
                 elif (held := self._held_body(bid)) is not None:
                     bodies.append(held)
             published.append(self._emit(Frame(seq, t_ns, bodies, src), t_recv))
