@@ -110,7 +110,7 @@ def _loopback(ctx, engine, config=None):
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(sink.bound)
-    node = api.Node(source, [sink], engine, config=config or NodeConfig(leak_guard=False,
+    node = api.BackgroundNode(source, [sink], engine, config=config or NodeConfig(leak_guard=False,
                                                                    budget_ms=1000))
     return pub, port, source, sub, node.start()
 

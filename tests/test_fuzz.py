@@ -241,7 +241,7 @@ def test_hostile_stream_over_tcp_loopback(engine):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(sink.bound)
-    node = api.Node(source, [sink], engine, config=NAIVE_CFG).start()
+    node = api.BackgroundNode(source, [sink], engine, config=NAIVE_CFG).start()
     stream, raw = HostileStream(seed=9), set()
     lengths = engine.dummy_lengths
     got = []

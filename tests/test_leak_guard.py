@@ -271,10 +271,10 @@ def test_embedding_api_uses_the_guarded_door(tmp_path):
     bad = tmp_path / "m.safetensors"
     bad.write_bytes(b"PK\x03\x04" + b"\x00" * 64)  # a torch.save zip: pickle inside
     with pytest.raises(ModelRefused, match="pickle"):
-        api.Anonymizer(model=str(bad), backend="torch")
+        api.LiveAnonymizer(model=str(bad), backend="torch")
     naive = save_checkpoint(tmp_path / "naive.safetensors", build_model({"method": "naive"}))
     with pytest.raises(ModelRefused, match="leak guard"):
-        api.Anonymizer(model=str(naive), backend="torch", window=16, allow_unevaluated=True)
+        api.LiveAnonymizer(model=str(naive), backend="torch", window=16, allow_unevaluated=True)
 
 
 def test_export_carries_the_card_bound_to_the_exported_graph(tmp_path, carded, capsys):

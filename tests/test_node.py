@@ -271,7 +271,7 @@ def test_stats_json_and_recording(engine, tmp_path):
 
 
 def test_anonymizer_api(engine):
-    with api.Anonymizer(engine, config=NodeConfig(leak_guard=False, budget_ms=1000)) as anon:
+    with api.LiveAnonymizer(engine, config=NodeConfig(leak_guard=False, budget_ms=1000)) as anon:
         out = anon.push(frame(0, [5]))
         assert out is not None and out.bodies[0].id == 5
         assert anon.push(frame(0, [5])) is None  # duplicate
@@ -307,7 +307,7 @@ def test_tcp_loopback_publisher_node_subscriber(engine, n_bodies):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(f"tcp://127.0.0.1:{out_port}")
     cfg = NodeConfig(leak_guard=False, budget_ms=1000)
-    node = api.Node(source, [sink], engine, config=cfg).start()
+    node = api.BackgroundNode(source, [sink], engine, config=cfg).start()
     ids = list(range(10, 10 + n_bodies))
     inputs = {}
 
@@ -358,7 +358,7 @@ def test_ntu_replay_through_node(engine):
 def test_node_thread_stops_promptly_on_idle_source(engine):
     ctx = zmq.Context()
     source = ZmqSource(f"tcp://127.0.0.1:{free_port()}", context=ctx, idle_ms=20)
-    node = api.Node(source, [], engine, config=NodeConfig(leak_guard=False)).start()
+    node = api.BackgroundNode(source, [], engine, config=NodeConfig(leak_guard=False)).start()
     time.sleep(0.1)
     assert node.running
     stats = node.stop(timeout_s=5)

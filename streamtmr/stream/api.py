@@ -1,9 +1,9 @@
 """Embedding API: anonymize skeletons inside another program.
 
-* :class:`Anonymizer` — load once, then ``push(frame)`` every sensor frame on your own loop and
-  get the anonymized frame back (or ``None``). No sockets, no threads besides the engine's.
-* :class:`Node` — the whole streaming node (source → engine → sinks) in a background thread,
-  with :meth:`Node.start` / :meth:`Node.stop`.
+* :class:`LiveAnonymizer` — load once, then ``push(frame)`` every sensor frame on your own loop
+  and get the anonymized frame back (or ``None``). No sockets, no threads besides the engine's.
+* :class:`BackgroundNode` — the whole streaming node (source → engine → sinks) in a background
+  thread, with :meth:`BackgroundNode.start` / :meth:`BackgroundNode.stop`.
 
 Both are fail-closed like the streaming node (see :mod:`streamtmr.stream.node`): what they
 return or publish is always engine output with the dummy's bone lengths, never input joints.
@@ -36,10 +36,10 @@ def _engine(engine: Any, model: str | None, dummy: str | None, backend: str, win
                        allow_unevaluated=allow_unevaluated)
 
 
-class Anonymizer:
+class LiveAnonymizer:
     """In-process anonymizer.
 
-    >>> anon = Anonymizer(model="default")             # loads and warms the engine once
+    >>> anon = LiveAnonymizer(model="default")             # loads and warms the engine once
     >>> out = anon.push(frame)                          # per sensor frame; Frame or None
 
     ``push`` returns the anonymized frame for ``frame`` — same ``seq``/``t_ns``, bodies with the
@@ -74,14 +74,14 @@ class Anonymizer:
     def close(self) -> dict[str, Any]:
         return self.node.close()
 
-    def __enter__(self) -> Anonymizer:
+    def __enter__(self) -> LiveAnonymizer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class Node:
+class BackgroundNode:
     """The streaming node in a background thread: ``source`` → engine → ``sinks``.
 
     ``source`` is a :class:`sensors.base.Source` (or any iterable of frames / ``None`` ticks);
@@ -117,7 +117,7 @@ class Node:
                 close()
             self.result = self.node.close()
 
-    def start(self) -> Node:
+    def start(self) -> BackgroundNode:
         if self._thread is not None:
             raise RuntimeError("node already started")
         self._thread = threading.Thread(target=self._main, name="streamtmr-node", daemon=True)
@@ -141,7 +141,7 @@ class Node:
         self.node.request_stop()
         return self.join(timeout_s)
 
-    def __enter__(self) -> Node:
+    def __enter__(self) -> BackgroundNode:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
