@@ -63,6 +63,15 @@ class DataConfig:
     augment_posture: float = 0.0
     augment_amplitude: float = 0.0
     augment_bones: float = 0.0
+    #: Cross-identity pair items rendered per training step for the privacy terms (ver, inv_h,
+    #: inv_out, pair_mse; :mod:`streamtmr.data.pairs`): fresh SynthKinect people every batch,
+    #: drawn from the endless stream ``pairs_seed``. 0: off (those λ must then be 0).
+    pairs_per_batch: int = 0
+    pairs_seed: int = 1
+    #: Folder of real NTU ``.skeleton`` recordings for the label-free ``dyn`` term, and how many
+    #: of their windows each step uses (None: off; the λ must then be 0).
+    real_dir: str | None = None
+    real_per_batch: int = 8
 
 
 @dataclass
@@ -101,6 +110,8 @@ class TrainConfig:
     #: DDP only: needed when a stage's trainable modules do not all receive gradients each step.
     find_unused_parameters: bool = True
     progress: bool = True
+    #: Start from this checkpoint's weights (a fine-tune; its model config must match the run's).
+    init_from: str | None = None
 
 
 @dataclass
@@ -308,8 +319,12 @@ def _check_values(cfg: Config, where: _Where) -> None:
         raise where.error(("train", "betas"), f"expected two numbers in [0, 1), got {t.betas}")
     positive(("data", "window"), cfg.data.window)
     positive(("data", "max_val_windows"), cfg.data.max_val_windows)
-    for name in ("augment_posture", "augment_amplitude", "augment_bones"):
+    for name in ("augment_posture", "augment_amplitude", "augment_bones", "pairs_per_batch"):
         positive(("data", name), getattr(cfg.data, name), strict=False)
+    positive(("data", "real_per_batch"), cfg.data.real_per_batch)
+    if cfg.data.pairs_per_batch == 1:
+        raise where.error(("data", "pairs_per_batch"), "must be 0 (off) or >= 2 (the "
+                          "verifier's negatives pair people of different items)")
     if cfg.data.augment_bones >= 0.25:
         raise where.error(("data", "augment_bones"),
                           f"must be < 0.25 (a bone could shrink to nothing), "

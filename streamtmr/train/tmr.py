@@ -20,23 +20,36 @@ two subject-side terms work:
 * ``adv`` — a separate discriminator (``model.discriminator``) sees pooled H_action through a
   gradient-reversal layer: one cross-entropy trains the discriminator and, reversed, pushes the
   encoder to fool it.
+
+The privacy terms of :mod:`streamtmr.train.privacy` (``ver``, ``inv_h``, ``inv_out``,
+``pair_mse``, ``dyn``; λ 0 in every table, so recipes without them are unchanged) use extra batch
+keys that :class:`TMRCurriculum` adds when ``data.pairs_per_batch`` / ``data.real_dir`` are set:
+cross-identity pairs of fresh people rendered each step, and unlabelled real NTU windows. The
+verification head is the curriculum's, not the model's: it trains with the stage's optimiser but
+is never saved, so checkpoints keep the model's exact layout.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from streamtmr import losses as L
 from streamtmr import skeleton
+from streamtmr.data.pairs import pair_batch
+from streamtmr.data.real_windows import ntu_windows
+from streamtmr.data.synth import ACTIONS
 from streamtmr.models.layers import grad_reverse
 from streamtmr.models.tmr import DisentangledTMR
 from streamtmr.models.tmr_encoders import rest_pose
+from streamtmr.train import privacy as P
 from streamtmr.train.augment import style_jitter
-from streamtmr.train.config import ConfigError, ModelConfig
+from streamtmr.train.config import Config, ConfigError, ModelConfig
 from streamtmr.train.curriculum import Curriculum, DataInfo, Stage
 
 #: Loss weights λ per curriculum stage (design table). Stage 1 trains the encoders, stage 2 the
@@ -56,7 +69,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "ad
 
 ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
 DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee")
-LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES
+LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES + P.PRIVACY_LOSSES
+PAIR_LOSSES = ("ver", "inv_h", "inv_out", "pair_mse")
 
 #: Config stage name → stage number.
 STAGES = {"encoders": 1, "decoder": 2, "end_to_end": 3}
@@ -96,8 +110,14 @@ def _active(model: DisentangledTMR, weights: dict[str, float]) -> list[str]:
 
 
 def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
-                        weights: dict[str, float]) -> dict[str, torch.Tensor]:
+                        weights: dict[str, float], verifier: P.VerificationHead | None = None,
+                        ) -> dict[str, torch.Tensor]:
     """Unweighted scalar losses for every name in ``weights`` with a nonzero λ.
+
+    The privacy terms need ``pair_a``/``pair_b``/``pair_a2``/``pair_target`` ``[K,T,25,3]``
+    and ``pair_action``/``pair_action2`` ``[K]`` (``ver``, ``inv_*``, ``pair_mse``; ``ver`` also
+    ``verifier``) or ``real [R,T,25,3]`` and ``real_lengths [R,25]`` (``dyn``); with ``ver`` the
+    result also holds ``ver_auc``, the head's same-person AUC on the batch (a diagnostic).
 
     batch: ``source [B,T,25,3]``, ``target [B,T,25,3]`` (ground-truth retarget on the target
     body), ``target_lengths [B,25]``, ``action [B]``, ``subject [B]``; optional ``identity
@@ -112,8 +132,16 @@ def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
             raise KeyError(f"tmr: batch lacks {key!r}, needed for losses {active}")
         return batch[key]
 
-    if not active:
-        return {}
+    out = _pair_losses(model, verifier, active, need) if set(PAIR_LOSSES) & set(active) else {}
+    if "dyn" in active:
+        real = need("real")
+        out["dyn"] = P.dynamics_loss(model.retarget(real, need("real_lengths")), real)
+    core = [k for k in active if k not in P.PRIVACY_LOSSES]
+    return {**out, **_core_losses(model, batch, core, need)} if core else out
+
+
+def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active: list[str],
+                 need) -> dict[str, torch.Tensor]:
     code, frame = model.encode_action(need("source"))
     out = _encoder_losses(model, code, active, need)
     if not {"orth", "mi", *DECODER_LOSSES} & set(active):
@@ -129,6 +157,37 @@ def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
         teacher = target if model.config["decoding"] == "autoregressive" else None
         y = model.decode(code.h, h_identity, lengths, frame, teacher)
         out.update(_decoder_losses(model, y, target, lengths, active))
+    return out
+
+
+def _pair_losses(model: DisentangledTMR, verifier: P.VerificationHead | None,
+                 active: list[str], need) -> dict[str, torch.Tensor]:
+    """``ver``, ``inv_h``, ``inv_out``, ``pair_mse`` on one encoding of ``cat(a, b, a2)``."""
+    a = need("pair_a")
+    k = a.shape[0]
+    code, frame = model.encode_action(torch.cat([a, need("pair_b"), need("pair_a2")]))
+    h, pooled = code.h.split(k), code.pooled.split(k)
+    out: dict[str, torch.Tensor] = {}
+    if "inv_h" in active:
+        out["inv_h"] = P.invariance_loss(h[0], h[1])
+    if "ver" in active:
+        if verifier is None:
+            raise ValueError("tmr: loss 'ver' needs a verification head")
+        labels, mask = P.verification_targets(need("pair_action"), need("pair_action"),
+                                              need("pair_action2"))
+        out["ver"], logits = P.verification_loss(verifier, *pooled, labels, mask,
+                                                 float(model.config["adv_scale"]))
+        out["ver_auc"] = P.verification_auc(logits[mask], labels[mask])
+    if {"inv_out", "pair_mse"} & set(active):
+        target = need("pair_target")
+        lengths = skeleton.bone_lengths(target).median(dim=1).values
+        h_id = model.identity_encoder(rest_pose(lengths)[:, None])
+        y_a, y_b, _ = model.decode(code.h, h_id.repeat(3, 1), lengths.repeat(3, 1),
+                                   frame).split(k)
+        if "inv_out" in active:
+            out["inv_out"] = P.output_invariance(y_a, y_b)
+        if "pair_mse" in active:
+            out["pair_mse"] = 0.5 * (L.mse(y_a, target) + L.mse(y_b, target))
     return out
 
 
@@ -195,11 +254,29 @@ class TMRCurriculum(Curriculum):
         cfg["window"] = data.window
         return cfg
 
+    def __init__(self, model: nn.Module, config: Config):
+        super().__init__(model, config)
+        device = next(model.parameters()).device
+        if config.train.init_from:
+            _init_weights(model, config.train.init_from, device)
+        used = {k for s in self.stages for k in s.active}
+        d = config.data
+        if set(PAIR_LOSSES) & used and not d.pairs_per_batch:
+            raise ConfigError(f"{config.source}: data.pairs_per_batch: must be >= 2 for the "
+                              f"losses {sorted(set(PAIR_LOSSES) & used)}")
+        if "dyn" in used and not d.real_dir:
+            raise ConfigError(f"{config.source}: data.real_dir: needed for the loss 'dyn'")
+        self.verifier = (P.VerificationHead(int(model.config["d_action"])).to(device)
+                         if "ver" in used else None)
+        self.real = (torch.from_numpy(ntu_windows(d.real_dir, d.window)).to(device)
+                     if "dyn" in used else None)
+
     def default_weights(self, name: str) -> dict[str, float] | None:
         return stage_weights(self.model, STAGES[name])
 
     def trainable(self, stage: Stage) -> list[nn.Module]:
-        return stage_modules(self.model, STAGES[stage.name])
+        extra = [self.verifier] if self.verifier is not None and "ver" in stage.active else []
+        return [*stage_modules(self.model, STAGES[stage.name]), *extra]
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         d = self.config.data
@@ -209,13 +286,49 @@ class TMRCurriculum(Curriculum):
                 "action": batch["action"], "subject": batch["subject"]}
 
     def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Style jitter of the source; then, when configured, the step's cross-identity pairs
+        and real windows (drawn with torch's generator, which the trainer seeds per step)."""
         d = self.config.data
-        if not (d.augment_posture or d.augment_amplitude or d.augment_bones):
-            return batch
-        source = style_jitter(batch["source"], d.augment_posture, d.augment_amplitude,
-                              d.augment_bones)
-        return {**batch, "source": source}
+        if d.augment_posture or d.augment_amplitude or d.augment_bones:
+            batch = {**batch, "source": style_jitter(batch["source"], d.augment_posture,
+                                                     d.augment_amplitude, d.augment_bones)}
+        if d.pairs_per_batch:
+            batch = {**batch, **self._pairs(batch["target_lengths"][0], batch["source"].shape[1])}
+        if self.real is not None:
+            pick = torch.randint(len(self.real), (d.real_per_batch,)).to(self.real.device)
+            lengths = batch["target_lengths"][:1].expand(d.real_per_batch, -1)
+            batch = {**batch, "real": self.real[pick], "real_lengths": lengths}
+        return batch
+
+    def _pairs(self, dummy_lengths: torch.Tensor, window: int) -> dict[str, torch.Tensor]:
+        """``pairs_per_batch`` pair items of fresh people: item indices start at a random
+        point of the endless stream, so no person is drawn twice in practice (2^62 items)."""
+        d = self.config.data
+        start = int(torch.randint(0, 2**62, (1,)))
+        n_actions = min(int(self.model.config["num_actions"]), len(ACTIONS))
+        raw = pair_batch(d.pairs_seed, np.arange(start, start + d.pairs_per_batch),
+                         dummy_lengths.detach().cpu().numpy(), window, n_actions)
+        dev = dummy_lengths.device
+        return {"pair_a": torch.from_numpy(raw["a"]).to(dev),
+                "pair_b": torch.from_numpy(raw["b"]).to(dev),
+                "pair_a2": torch.from_numpy(raw["a2"]).to(dev),
+                "pair_target": torch.from_numpy(raw["target"]).to(dev),
+                "pair_action": torch.from_numpy(raw["action"]).long().to(dev),
+                "pair_action2": torch.from_numpy(raw["action2"]).long().to(dev)}
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], stage: Stage,
                ) -> dict[str, torch.Tensor]:
-        return tmr_training_losses(model, batch, stage.weights)
+        return tmr_training_losses(model, batch, stage.weights, self.verifier)
+
+
+def _init_weights(model: nn.Module, path: str, device: torch.device) -> None:
+    """Load ``path``'s weights into ``model`` (strict: a fine-tune of the same architecture)."""
+    try:
+        state = load_file(path, device=str(device))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"train.init_from: cannot read {path} ({e})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"train.init_from: {path} does not fit the model "
+                          f"({str(e).splitlines()[0]})") from None

@@ -1,0 +1,116 @@
+"""Privacy terms that generalise to unseen people (issue 16): pure losses and the verifier.
+
+* **Person verification adversary** (``ver``). A :class:`VerificationHead` scores whether two
+  pooled H_action vectors come from the same person. Its pairs come from the cross-identity pair
+  stream (:mod:`streamtmr.data.pairs`), whose people are new in every batch, so it cannot fit a
+  fixed set of ids: it has to learn what makes a person recognisable in general. The encoder sees
+  it through gradient reversal (:func:`streamtmr.models.layers.grad_reverse`): one balanced BCE
+  trains the head and, reversed, pushes the encoder towards features on which same-person and
+  different-person pairs score alike (verification AUC 0.5). Every pair the head sees shows *two
+  different actions* — positives are one person doing two actions, negatives two people whose
+  actions differ — so "same content" can never stand in for "same person".
+* **Cross-identity invariance** (``inv_h``): the same content rendered for two people must give
+  the same H_action; :func:`invariance_loss` is the squared distance relative to the features'
+  own size, so shrinking the features does not lower it. ``inv_out`` is the mean joint distance
+  (m) between the two outputs; ``pair_mse`` supervises both with their one shared target.
+* **Motion dynamics on unlabelled real recordings** (``dyn``): :func:`dynamics_loss` compares the
+  per-bone angular speed (rad/frame) of the anonymized output with the source's. It needs no
+  target, is blind to bone lengths, and keeps *when and how fast* each limb moves (the action's
+  content) without asking for the source's posture.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamtmr import skeleton
+from streamtmr.models.layers import MLP, grad_reverse
+
+#: Loss names of this module (λ keys of TMR's stages).
+PRIVACY_LOSSES = ("ver", "inv_h", "inv_out", "pair_mse", "dyn")
+
+
+class VerificationHead(nn.Module):
+    """Same-person logit of two feature vectors: embed each, compare ``[|z1 − z2|, z1 · z2]``."""
+
+    def __init__(self, d_in: int, d_embed: int = 64):
+        super().__init__()
+        self.embed = MLP(d_in, d_in, d_embed)
+        self.score = MLP(2 * d_embed, d_embed, 1)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """left ``[N, d]``, right ``[M, d]`` → logits ``[N, M]`` of every (left, right) pair."""
+        zl, zr = self.embed(left)[:, None], self.embed(right)[None, :]
+        zl, zr = torch.broadcast_tensors(zl, zr)
+        return self.score(torch.cat([(zl - zr).abs(), zl * zr], -1))[..., 0]
+
+
+def verification_targets(action_a: torch.Tensor, action_b: torch.Tensor,
+                         action_a2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and mask of the pair matrix ``[2K, K]`` of lefts ``cat(a, b)`` × rights ``a2``.
+
+    Row ``i < K`` is person A_i, row ``K + i`` person B_i, column ``j`` person A_j in another
+    action. Label 1 only at ``(i, i)`` (A_i with itself). A pair is used when its two actions
+    differ, which every positive does by construction.
+    """
+    k = action_a.shape[0]
+    labels = torch.zeros(2 * k, k, device=action_a.device)
+    labels[torch.arange(k), torch.arange(k)] = 1.0
+    mask = torch.cat([action_a, action_b])[:, None] != action_a2[None, :]
+    return labels, mask
+
+
+def verification_loss(head: VerificationHead, pooled_a: torch.Tensor, pooled_b: torch.Tensor,
+                      pooled_a2: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                      scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced BCE of the head on the pairs of :func:`verification_targets`, with features
+    behind gradient reversal (``scale``); returns ``(loss, logits)``. Mean BCE over positives
+    plus mean over negatives, halved: 0.693 (ln 2) for a head that outputs 0 everywhere."""
+    left = grad_reverse(torch.cat([pooled_a, pooled_b]), scale)
+    logits = head(left, grad_reverse(pooled_a2, scale))
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    pos, neg = mask & (labels > 0.5), mask & (labels < 0.5)
+    if not bool(pos.any()) or not bool(neg.any()):
+        raise ValueError("verification_loss: needs at least one positive and one negative pair")
+    return 0.5 * (bce[pos].mean() + bce[neg].mean()), logits
+
+
+def verification_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """ROC AUC of ``scores`` for binary ``labels`` (Mann–Whitney, ties count ½); 0.5 = chance."""
+    scores, labels = scores.detach().flatten().float(), labels.flatten() > 0.5
+    pos, neg = scores[labels], scores[~labels]
+    if pos.numel() == 0 or neg.numel() == 0:
+        raise ValueError("verification_auc: needs both positive and negative pairs")
+    diff = pos[:, None] - neg[None, :]
+    return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean()
+
+
+def invariance_loss(h_a: torch.Tensor, h_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``mean ‖h_a − h_b‖² / mean ½(‖h_a‖² + ‖h_b‖²)`` with a detached denominator, over every
+    leading index (e.g. ``[B, T, d]`` per frame): 0 when equal, 2 for opposite features."""
+    num = (h_a - h_b).pow(2).sum(-1).mean()
+    den = 0.5 * (h_a.pow(2).sum(-1) + h_b.pow(2).sum(-1)).mean().detach()
+    return num / (den + eps)
+
+
+def output_invariance(y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+    """Mean per-joint distance (m) between two outputs ``[..., 25, 3]``."""
+    return (y_a - y_b).norm(dim=-1).mean()
+
+
+def angular_speed(joints: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Angle (rad) each bone turns between consecutive frames: ``[B, T, 25, 3] → [B, T−1, 24]``
+    (bones in :data:`skeleton` order, the root's empty bone left out). ``atan2(|u × v|, u · v)``
+    with ``eps`` under the root keeps the gradient finite where a bone does not turn."""
+    d = skeleton.bone_directions(joints)[..., 1:, :]
+    u, v = d[:, :-1], d[:, 1:]
+    sin = (torch.linalg.cross(u, v).pow(2).sum(-1) + eps).sqrt()
+    return torch.atan2(sin, (u * v).sum(-1))
+
+
+def dynamics_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Mean ``|ω_output − ω_source|`` of :func:`angular_speed` (rad/frame): the output must move
+    each limb when and as fast as the source does, whatever its posture and bone lengths."""
+    return (angular_speed(output) - angular_speed(source)).abs().mean()

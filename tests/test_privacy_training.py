@@ -1,0 +1,240 @@
+"""Privacy terms for unseen people (issue 16): losses, the cross-identity pairs, a smoke run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from streamtmr import skeleton
+from streamtmr.data import synth
+from streamtmr.data.pairs import PERSON_BASE, pair_batch, render_pair
+from streamtmr.data.real_windows import ntu_windows
+from streamtmr.dummy import default_dummy
+from streamtmr.models.registry import build_model
+from streamtmr.train import Trainer, load_config
+from streamtmr.train import privacy as P
+from streamtmr.train.config import ConfigError
+from streamtmr.train.tmr import TMRCurriculum
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tmr_stream_privacy.yaml"
+NTU = Path("/work/shared/data/real/ntu_samples")
+DUMMY = default_dummy().lengths
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+def test_verification_auc_by_hand():
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.3])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    # positives 0.9, 0.3 against negatives 0.1, 0.8: 3 of 4 pairs ranked right
+    assert float(P.verification_auc(scores, labels)) == pytest.approx(0.75)
+    assert float(P.verification_auc(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]))) == 0.5
+    with pytest.raises(ValueError, match="positive and negative"):
+        P.verification_auc(torch.ones(3), torch.ones(3))
+
+
+def test_invariance_loss_by_hand_with_finite_gradient():
+    h_a = torch.tensor([[[1.0, 0.0]]], requires_grad=True)
+    h_b = torch.tensor([[[0.0, 1.0]]])
+    loss = P.invariance_loss(h_a, h_b)  # |(1,-1)|² / ½(1 + 1) = 2
+    assert loss.item() == pytest.approx(2.0)
+    loss.backward()
+    assert torch.allclose(h_a.grad, torch.tensor([[[2.0, -2.0]]]))  # 2 (h_a − h_b) / 1
+    assert float(P.invariance_loss(h_b, h_b.clone())) == 0.0
+    # scale-free: shrinking both features does not lower it
+    assert P.invariance_loss(0.01 * h_a, 0.01 * h_b).item() == pytest.approx(2.0, rel=1e-3)
+
+
+def test_verification_targets_pair_only_different_actions():
+    labels, mask = P.verification_targets(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]),
+                                          torch.tensor([1, 2, 0]))
+    assert labels.shape == mask.shape == (6, 3)
+    assert labels.sum() == 3 and all(labels[i, i] == 1 for i in range(3))
+    assert bool(mask[torch.arange(3), torch.arange(3)].all())  # every positive is used
+    assert not bool(mask[0, 2]) and not bool(mask[3, 2])  # action 0 against action 0: left out
+    assert bool(mask[3, 0])  # B_0 (action 0) against A_0 in action 1: a negative
+
+
+def test_verification_loss_is_ln2_at_zero_logits_and_reverses_the_gradient():
+    torch.manual_seed(0)
+    head = P.VerificationHead(8, 4)
+    k = 3
+    pa, pb, pa2 = (torch.randn(k, 8, requires_grad=True) for _ in range(3))
+    labels, mask = P.verification_targets(torch.arange(k), torch.arange(k),
+                                          (torch.arange(k) + 1) % k)
+    with torch.no_grad():
+        head.score.fc2.weight.zero_()
+        head.score.fc2.bias.zero_()
+    loss, logits = P.verification_loss(head, pa, pb, pa2, labels, mask)
+    assert loss.item() == pytest.approx(math.log(2.0), abs=1e-6)
+    assert torch.count_nonzero(logits) == 0
+    # with a live head, the features' gradient is exactly the negative of the head's own BCE's
+    torch.nn.init.normal_(head.score.fc2.weight)
+    loss, _ = P.verification_loss(head, pa, pb, pa2, labels, mask, scale=1.0)
+    reversed_grad = torch.autograd.grad(loss, pa)[0]
+    plain = head(torch.cat([pa, pb]), pa2)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(plain, labels, reduction="none")
+    pos, neg = mask & (labels > 0.5), mask & (labels < 0.5)
+    direct = torch.autograd.grad(0.5 * (bce[pos].mean() + bce[neg].mean()), pa)[0]
+    assert torch.isfinite(reversed_grad).all() and direct.abs().sum() > 0
+    assert torch.allclose(reversed_grad, -direct, atol=1e-6)
+
+
+def _frames(direction: list[float]) -> torch.Tensor:
+    dirs = torch.tensor(direction).expand(1, skeleton.NUM_JOINTS, 3)
+    lengths = torch.full((1, skeleton.NUM_JOINTS), 0.1)
+    return skeleton.forward_kinematics(torch.zeros(1, 3), dirs, lengths)
+
+
+def test_angular_speed_and_dynamics_by_hand():
+    # every bone along +x, then along +z: each of the 24 bones turns by π/2
+    seq = torch.stack([_frames([1.0, 0, 0]), _frames([0, 0, 1.0])], 1)  # [1, 2, 25, 3]
+    speed = P.angular_speed(seq)
+    assert speed.shape == (1, 1, 24)
+    assert torch.allclose(speed, torch.full_like(speed, math.pi / 2), atol=1e-5)
+    # a still output against it: |0 − π/2| everywhere
+    still = seq[:, :1].expand(1, 2, 25, 3)
+    assert float(P.dynamics_loss(still, seq)) == pytest.approx(math.pi / 2, abs=1e-5)
+    # blind to scale, bone lengths and position; finite gradient even at zero turning
+    moved = (1.3 * seq + torch.tensor([0.5, 0.0, 2.0])).requires_grad_(True)
+    loss = P.dynamics_loss(moved, seq)
+    assert loss.item() == pytest.approx(0.0, abs=1e-3)
+    loss.backward()
+    assert torch.isfinite(moved.grad).all()
+
+
+# ------------------------------------------------------------------------------ pair stream
+
+
+def test_pair_renders_one_content_for_two_fresh_people():
+    item = render_pair(seed=3, index=7, dummy_lengths=DUMMY, window=64)
+    for k in ("a", "b", "a2", "target"):
+        assert item[k].shape == (64, 25, 3) and item[k].dtype == np.float32, k
+    assert item["person_a"] != item["person_b"] and min(item["person_a"],
+                                                        item["person_b"]) >= PERSON_BASE
+    assert item["action"] != item["action2"]
+    # different bodies: bone lengths differ; the one target is on the dummy's body
+    len_a, len_b = (np.median(skeleton.bone_lengths(item[k]), 0) for k in ("a", "b"))
+    assert np.abs(len_a - len_b).max() > 0.01
+    assert np.allclose(skeleton.bone_lengths(item["target"]), DUMMY, atol=1e-4)
+    # the same content, frame-aligned: with each render's mean posture removed, b's bone
+    # directions follow a's (and the target's) over time far more closely than a2's do
+    near = [(_content_distance(it["a"], it["b"]), _content_distance(it["a"], it["a2"]),
+             _content_distance(it["b"], it["target"]), _content_distance(it["a2"], it["target"]))
+            for it in [item, *(render_pair(3, i, DUMMY) for i in range(4))]]
+    for ab, aa2, bt, a2t in near:
+        assert ab < aa2 and bt < a2t
+    assert np.mean([ab / aa2 for ab, aa2, _, _ in near]) < 0.75
+    # different style: the mean bone directions differ beyond sensor noise
+    dirs = {k: skeleton.bone_directions(item[k]).mean(0) for k in ("a", "b")}
+    assert np.degrees(np.arccos(np.clip((dirs["a"] * dirs["b"]).sum(-1)[1:]
+                                        / np.linalg.norm(dirs["a"][1:], axis=-1)
+                                        / np.linalg.norm(dirs["b"][1:], axis=-1), -1, 1))
+                      ).max() > 3.0
+
+
+def _content_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean distance of the bone-direction trajectories with each one's time mean removed."""
+    dx, dy = (skeleton.bone_directions(s)[:, 1:] for s in (x, y))
+    return float(np.linalg.norm((dx - dx.mean(0)) - (dy - dy.mean(0)), axis=-1).mean())
+
+
+def test_pair_stream_is_deterministic_and_every_item_new():
+    one = pair_batch(5, np.arange(3), DUMMY, window=32, n_actions=4)
+    again = pair_batch(5, np.arange(3), DUMMY, window=32, n_actions=4)
+    assert all(np.array_equal(one[k], again[k]) for k in one)
+    people = np.concatenate([one["person_a"], one["person_b"]])
+    assert len(set(people.tolist())) == 6
+    assert one["a"].shape == (3, 32, 25, 3) and (one["action"] < 4).all()
+    other = pair_batch(6, np.arange(3), DUMMY, window=32, n_actions=4)
+    assert not np.array_equal(one["a"], other["a"])
+    with pytest.raises(ValueError, match="n_actions"):
+        render_pair(0, 0, DUMMY, n_actions=1)
+
+
+@pytest.mark.skipif(not NTU.is_dir(), reason=f"{NTU} absent (real NTU samples not on this "
+                    "machine)")
+def test_ntu_windows_from_the_real_samples():
+    w = ntu_windows(NTU, 32)
+    assert w.shape[1:] == (32, 25, 3) and len(w) >= 4 and np.isfinite(w).all()
+
+
+def test_ntu_windows_names_an_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        ntu_windows(tmp_path)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    return synth.generate(tmp_path_factory.mktemp("synth") / "tiny", n_subjects=6, n_actions=3,
+                          views=(0,), reps=2, seed=0, progress=False)
+
+
+def _config(**sets: str):
+    base = {"model.preset": "tiny", "train.init_from": "null", "train.batch_size": "4",
+            "data.pairs_per_batch": "3", "train.stages[0].iterations": "5",
+            "train.log_every": "1", "train.val_every": "5", "train.device": "cpu",
+            "train.progress": "false", "data.max_val_windows": "8", "data.window": "32"}
+    base.update(sets)
+    return load_config(CONFIG, [f"{k}={v}" for k, v in base.items()])
+
+
+def test_five_steps_with_every_privacy_term(store, tmp_path):
+    sets = {}
+    if NTU.is_dir():
+        sets = {"data.real_dir": str(NTU), "data.real_per_batch": "2",
+                "train.stages[0].weights.dyn": "0.1"}
+    trainer = Trainer(_config(**sets), store, tmp_path / "run")
+    head0 = {k: v.clone() for k, v in trainer.curriculum.verifier.state_dict().items()}
+    final = trainer.fit()
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if "split" not in r]
+    assert len(train) == 5
+    terms = {"ver", "ver_auc", "inv_h", "inv_out", "pair_mse", *(["dyn"] if sets else [])}
+    for r in train:
+        assert terms <= set(r) and all(np.isfinite(r[k]) for k in terms), r
+        assert 0.0 <= r["ver_auc"] <= 1.0
+    # the verifier trains with the stage, and is not part of the saved model
+    head1 = trainer.curriculum.verifier.state_dict()
+    assert any(not torch.equal(head0[k], head1[k]) for k in head0)
+    saved = load_file(str(final))
+    assert set(saved) == set(trainer.model.state_dict())
+    assert not any("verif" in k for k in saved)
+
+
+def test_init_from_starts_from_the_checkpoint(store, tmp_path):
+    cfg = _config()
+    torch.manual_seed(1)
+    model = build_model({**TMRCurriculum.model_config(cfg.model, _info(store)), "window": 32})
+    path = tmp_path / "init.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    trainer = Trainer(_config(**{"train.init_from": str(path)}), store, tmp_path / "run")
+    for k, v in model.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[k], v), k
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"x": torch.zeros(1)}, str(wrong))
+    with pytest.raises(ConfigError, match="does not fit"):
+        Trainer(_config(**{"train.init_from": str(wrong)}), store, tmp_path / "run2")
+
+
+def test_pair_losses_need_pairs(store, tmp_path):
+    with pytest.raises(ConfigError, match="pairs_per_batch"):
+        Trainer(_config(**{"data.pairs_per_batch": "0"}), store, tmp_path / "run")
+    with pytest.raises(ConfigError, match="real_dir"):
+        Trainer(_config(**{"train.stages[0].weights.dyn": "0.1"}), store, tmp_path / "run")
+
+
+def _info(store: Path):
+    from streamtmr.train.trainer import load_data
+    return load_data(_config(), store).info
