@@ -375,7 +375,8 @@ def test_open_sinks_parses_and_validates():
         open_sink(f"zmq://127.0.0.1:{port}", LENGTHS, context=ctx)
     for s in sinks:
         s.close()
-    with pytest.raises(SinkError, match="expected one of zmq://HOST:PORT, vmc://HOST:PORT, vrchat://HOST:PORT, lsl://NAME"):
+    with pytest.raises(SinkError, match="expected one of zmq://HOST:PORT, vmc://HOST:PORT, "
+                                        "vrchat://HOST:PORT, lsl://NAME"):
         open_sink("http://x", LENGTHS)
     with pytest.raises(SinkError, match="invalid port"):
         open_sink("vmc://127.0.0.1:notaport", LENGTHS)
