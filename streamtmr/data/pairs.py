@@ -8,7 +8,9 @@ who they are, nobody repeats within a run), and renders with :mod:`streamtmr.dat
 * ``a``  — content ``c`` performed by person A;
 * ``b``  — the *same* content ``c`` (action, keyframe seed, timing, camera/view) performed by
   person B, who gets A's tempo so that both renders are frame-aligned;
-* ``a2`` — another action by person A (the verification positive: same person, other content);
+* ``a2`` — person A again in *another instance of the same action* (new keyframe seed, timing and
+  camera): the verification positive. ``(a, a2)`` and ``(b, a2)`` differ only in who ``a``/``b``
+  is, so a verifier cannot tell them apart by content;
 * ``target`` — ``c`` performed by the dummy in the neutral style at A's (= B's) tempo, i.e. the
   ``target_sync`` of both ``a`` and ``b``: the same target for both renders.
 
@@ -42,22 +44,22 @@ def render_pair(seed: int, index: int, dummy_lengths: np.ndarray, window: int = 
     """Pair item ``index`` of stream ``seed`` (see the module docstring).
 
     Returns float32 ``a``, ``b``, ``a2``, ``target`` ``[window, 25, 3]`` (camera space, m),
-    the action index ``action`` (of ``a``/``b``/``target``), ``action2`` (of ``a2``) and the
-    person ids ``person_a`` / ``person_b``.
+    the action index ``action`` (of all four) and the person ids ``person_a`` /
+    ``person_b``.
     """
     n_actions = len(synth.ACTIONS) if n_actions is None else int(n_actions)
-    if not 2 <= n_actions <= len(synth.ACTIONS):
-        raise ValueError(f"pairs: n_actions must be in 2..{len(synth.ACTIONS)}, got {n_actions}")
+    if not 1 <= n_actions <= len(synth.ACTIONS):
+        raise ValueError(f"pairs: n_actions must be in 1..{len(synth.ACTIONS)}, got {n_actions}")
     rng = np.random.default_rng([seed, index, 0x9A12])
     person_a = fresh_person(seed, 2 * index)
     person_b = replace(fresh_person(seed, 2 * index + 1), tempo=person_a.tempo)
-    action, action2 = (int(x) for x in rng.choice(n_actions, 2, replace=False))
+    action = int(rng.integers(n_actions))
     side = "left" if person_a.left_handed == (rng.random() < 0.9) else "right"
     content = synth.sample_content(synth.ACTIONS[action], rng, side=side)
-    content2 = synth.sample_content(synth.ACTIONS[action2], rng, side=side)
-    view = float(rng.choice([-45.0, 0.0, 45.0]))
+    content2 = synth.sample_content(synth.ACTIONS[action], rng, side=side)
+    view, view2 = (float(v) for v in rng.choice([-45.0, 0.0, 45.0], 2))
     (camera,) = synth.sample_cameras([view], rng, content.action)
-    (camera2,) = synth.sample_cameras([view], rng, content2.action)
+    (camera2,) = synth.sample_cameras([view2], rng, content2.action)
     body = synth.neutral_identity(dummy_lengths)
     target = camera.project(synth.world_motion(content, replace(body, tempo=person_a.tempo)))
     target = target.astype(np.float32)
@@ -68,7 +70,7 @@ def render_pair(seed: int, index: int, dummy_lengths: np.ndarray, window: int = 
     first = {k: crop(v[start:], window, "start") for k, v in
              (("a", a), ("b", b), ("target", target))}
     return {**first, "a2": crop(a2, window, "random", rng), "action": action,
-            "action2": action2, "person_a": person_a.subject, "person_b": person_b.subject}
+            "person_a": person_a.subject, "person_b": person_b.subject}
 
 
 def _observe(camera: synth.Camera, world: np.ndarray, rng: np.random.Generator) -> np.ndarray:

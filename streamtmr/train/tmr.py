@@ -70,7 +70,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "ad
 ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
 DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee")
 LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES + P.PRIVACY_LOSSES
-PAIR_LOSSES = ("ver", "inv_h", "inv_out", "pair_mse")
+PAIR_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse")
+#: The verification heads learn this many times faster than the stage's learning rate: a fresh
+#: adversary must keep up with an encoder that starts trained.
+VERIFIER_LR_FACTOR = 5.0
 
 #: Config stage name → stage number.
 STAGES = {"encoders": 1, "decoder": 2, "end_to_end": 3}
@@ -110,14 +113,15 @@ def _active(model: DisentangledTMR, weights: dict[str, float]) -> list[str]:
 
 
 def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
-                        weights: dict[str, float], verifier: P.VerificationHead | None = None,
+                        weights: dict[str, float], verifier: nn.ModuleDict | None = None,
                         ) -> dict[str, torch.Tensor]:
     """Unweighted scalar losses for every name in ``weights`` with a nonzero λ.
 
     The privacy terms need ``pair_a``/``pair_b``/``pair_a2``/``pair_target`` ``[K,T,25,3]``
-    and ``pair_action``/``pair_action2`` ``[K]`` (``ver``, ``inv_*``, ``pair_mse``; ``ver`` also
-    ``verifier``) or ``real [R,T,25,3]`` and ``real_lengths [R,25]`` (``dyn``); with ``ver`` the
-    result also holds ``ver_auc``, the head's same-person AUC on the batch (a diagnostic).
+    and ``pair_action`` ``[K]`` (``ver*``, ``inv_*``, ``pair_mse``; ``ver*`` also
+    ``verifier``, a head per ``ver*`` term) or ``real [R,T,25,3]`` and ``real_lengths [R,25]``
+    (``dyn``). With ``ver`` (``ver_out``) the result also holds ``ver_auc`` (``ver_out_auc``),
+    the head's same-person AUC on the batch (a diagnostic, never weighted).
 
     batch: ``source [B,T,25,3]``, ``target [B,T,25,3]`` (ground-truth retarget on the target
     body), ``target_lengths [B,25]``, ``action [B]``, ``subject [B]``; optional ``identity
@@ -160,9 +164,10 @@ def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active:
     return out
 
 
-def _pair_losses(model: DisentangledTMR, verifier: P.VerificationHead | None,
+def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
                  active: list[str], need) -> dict[str, torch.Tensor]:
-    """``ver``, ``inv_h``, ``inv_out``, ``pair_mse`` on one encoding of ``cat(a, b, a2)``."""
+    """``ver``, ``ver_out``, ``inv_h``, ``inv_out``, ``pair_mse`` on one encoding of
+    ``cat(a, b, a2)``; ``verifier`` holds a head per ``ver*`` term."""
     a = need("pair_a")
     k = a.shape[0]
     code, frame = model.encode_action(torch.cat([a, need("pair_b"), need("pair_a2")]))
@@ -170,25 +175,33 @@ def _pair_losses(model: DisentangledTMR, verifier: P.VerificationHead | None,
     out: dict[str, torch.Tensor] = {}
     if "inv_h" in active:
         out["inv_h"] = P.invariance_loss(h[0], h[1])
+    labels, mask = P.verification_targets(need("pair_action"))
     if "ver" in active:
-        if verifier is None:
-            raise ValueError("tmr: loss 'ver' needs a verification head")
-        labels, mask = P.verification_targets(need("pair_action"), need("pair_action"),
-                                              need("pair_action2"))
-        out["ver"], logits = P.verification_loss(verifier, *pooled, labels, mask,
-                                                 float(model.config["adv_scale"]))
-        out["ver_auc"] = P.verification_auc(logits[mask], labels[mask])
-    if {"inv_out", "pair_mse"} & set(active):
+        out.update(_verify(model, verifier, "ver", pooled, labels, mask))
+    if {"inv_out", "pair_mse", "ver_out"} & set(active):
         target = need("pair_target")
         lengths = skeleton.bone_lengths(target).median(dim=1).values
         h_id = model.identity_encoder(rest_pose(lengths)[:, None])
-        y_a, y_b, _ = model.decode(code.h, h_id.repeat(3, 1), lengths.repeat(3, 1),
+        y_a, y_b, y_a2 = model.decode(code.h, h_id.repeat(3, 1), lengths.repeat(3, 1),
                                    frame).split(k)
         if "inv_out" in active:
             out["inv_out"] = P.output_invariance(y_a, y_b)
         if "pair_mse" in active:
             out["pair_mse"] = 0.5 * (L.mse(y_a, target) + L.mse(y_b, target))
+        if "ver_out" in active:
+            stats = P.pose_statistics(torch.cat([y_a, y_b, y_a2])).split(k)
+            out.update(_verify(model, verifier, "ver_out", stats, labels, mask))
     return out
+
+
+def _verify(model: DisentangledTMR, verifier: nn.ModuleDict | None, name: str, feats,
+            labels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Loss ``name`` of its verification head on ``feats`` (a, b, a2), and ``<name>_auc``."""
+    if verifier is None or name not in verifier:
+        raise ValueError(f"tmr: loss {name!r} needs its verification head")
+    loss, logits = P.verification_loss(verifier[name], *feats, labels, mask,
+                                       float(model.config["adv_scale"]))
+    return {name: loss, f"{name}_auc": P.verification_auc(logits[mask], labels[mask])}
 
 
 def _encoder_losses(model: DisentangledTMR, code, active: list[str], need) -> dict[str, Any]:
@@ -266,8 +279,9 @@ class TMRCurriculum(Curriculum):
                               f"losses {sorted(set(PAIR_LOSSES) & used)}")
         if "dyn" in used and not d.real_dir:
             raise ConfigError(f"{config.source}: data.real_dir: needed for the loss 'dyn'")
-        self.verifier = (P.VerificationHead(int(model.config["d_action"])).to(device)
-                         if "ver" in used else None)
+        sizes = {"ver": int(model.config["d_action"]), "ver_out": P.POSE_STATISTICS}
+        heads = {k: P.VerificationHead(n) for k, n in sizes.items() if k in used}
+        self.verifier = nn.ModuleDict(heads).to(device) if heads else None
         self.real = (torch.from_numpy(ntu_windows(d.real_dir, d.window)).to(device)
                      if "dyn" in used else None)
 
@@ -275,8 +289,21 @@ class TMRCurriculum(Curriculum):
         return stage_weights(self.model, STAGES[name])
 
     def trainable(self, stage: Stage) -> list[nn.Module]:
-        extra = [self.verifier] if self.verifier is not None and "ver" in stage.active else []
-        return [*stage_modules(self.model, STAGES[stage.name]), *extra]
+        heads = self.verifier.items() if self.verifier is not None else ()
+        return [*stage_modules(self.model, STAGES[stage.name]),
+                *(h for k, h in heads if k in stage.active)]
+
+    def optimizers(self, stage: Stage, params: list[nn.Parameter],
+                   ) -> dict[str, torch.optim.Optimizer]:
+        """One Adam; the verification heads' parameters learn :data:`VERIFIER_LR_FACTOR`×."""
+        t = self.config.train
+        own = {id(p) for p in self.verifier.parameters()} if self.verifier is not None else set()
+        groups = [{"params": [p for p in params if id(p) not in own], "lr": stage.lr}]
+        heads = [p for p in params if id(p) in own]
+        if heads:
+            groups.append({"params": heads, "lr": stage.lr * VERIFIER_LR_FACTOR})
+        return {"adam": torch.optim.Adam(groups, lr=stage.lr, betas=tuple(t.betas),
+                                         weight_decay=t.weight_decay)}
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         d = self.config.data
@@ -313,8 +340,7 @@ class TMRCurriculum(Curriculum):
                 "pair_b": torch.from_numpy(raw["b"]).to(dev),
                 "pair_a2": torch.from_numpy(raw["a2"]).to(dev),
                 "pair_target": torch.from_numpy(raw["target"]).to(dev),
-                "pair_action": torch.from_numpy(raw["action"]).long().to(dev),
-                "pair_action2": torch.from_numpy(raw["action2"]).long().to(dev)}
+                "pair_action": torch.from_numpy(raw["action"]).long().to(dev)}
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], stage: Stage,
                ) -> dict[str, torch.Tensor]:
