@@ -100,10 +100,14 @@ def test_angular_speed_and_dynamics_by_hand():
     assert torch.allclose(speed, torch.full_like(speed, math.pi / 2), atol=1e-5)
     # a still output against it: |0 − π/2| everywhere
     still = seq[:, :1].expand(1, 2, 25, 3)
-    assert float(P.dynamics_loss(still, seq)) == pytest.approx(math.pi / 2, abs=1e-5)
+    assert float(P.dynamics_loss(still, seq, lag=1)) == pytest.approx(math.pi / 2, abs=1e-5)
+    assert torch.allclose(P.angular_speed(torch.cat([seq, seq[:, 1:]], 1), lag=2),
+                          speed, atol=1e-5)  # x, z, z: over 2 frames, again π/2
+    with pytest.raises(ValueError, match="lag"):
+        P.angular_speed(seq, lag=2)
     # blind to scale, bone lengths and position; finite gradient even at zero turning
     moved = (1.3 * seq + torch.tensor([0.5, 0.0, 2.0])).requires_grad_(True)
-    loss = P.dynamics_loss(moved, seq)
+    loss = P.dynamics_loss(moved, seq, lag=1)
     assert loss.item() == pytest.approx(0.0, abs=1e-3)
     loss.backward()
     assert torch.isfinite(moved.grad).all()

@@ -115,17 +115,26 @@ def output_invariance(y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
     return (y_a - y_b).norm(dim=-1).mean()
 
 
-def angular_speed(joints: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Angle (rad) each bone turns between consecutive frames: ``[B, T, 25, 3] → [B, T−1, 24]``
+def angular_speed(joints: torch.Tensor, lag: int = 1, eps: float = 1e-12) -> torch.Tensor:
+    """Angle (rad) each bone turns over ``lag`` frames: ``[B, T, 25, 3] → [B, T−lag, 24]``
     (bones in :data:`skeleton` order, the root's empty bone left out). ``atan2(|u × v|, u · v)``
     with ``eps`` under the root keeps the gradient finite where a bone does not turn."""
+    if not 1 <= lag < joints.shape[1]:
+        raise ValueError(f"angular_speed: lag must be in 1..{joints.shape[1] - 1}, got {lag}")
     d = skeleton.bone_directions(joints)[..., 1:, :]
-    u, v = d[:, :-1], d[:, 1:]
+    u, v = d[:, :-lag], d[:, lag:]
     sin = (torch.linalg.cross(u, v).pow(2).sum(-1) + eps).sqrt()
     return torch.atan2(sin, (u * v).sum(-1))
 
 
-def dynamics_loss(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Mean ``|ω_output − ω_source|`` of :func:`angular_speed` (rad/frame): the output must move
-    each limb when and as fast as the source does, whatever its posture and bone lengths."""
-    return (angular_speed(output) - angular_speed(source)).abs().mean()
+#: Frames over which :func:`dynamics_loss` measures turning: the Kinect's frame-to-frame jitter
+#: stays the same size while real motion over 4 frames (133 ms) is 4× larger than over one.
+DYNAMICS_LAG = 4
+
+
+def dynamics_loss(output: torch.Tensor, source: torch.Tensor, lag: int = DYNAMICS_LAG,
+                  ) -> torch.Tensor:
+    """Mean ``|ω_output − ω_source|`` of :func:`angular_speed` over ``lag`` frames (rad): the
+    output must move each limb when and as fast as the source does, whatever its posture and
+    bone lengths."""
+    return (angular_speed(output, lag) - angular_speed(source, lag)).abs().mean()
