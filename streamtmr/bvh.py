@@ -20,7 +20,6 @@ shoulder lines).
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -148,24 +147,11 @@ def anonymize_to_bvh(engine, input: str | Path, output: str | Path, hop: int | N
     node's path, default for streaming models; else stitched windows) and write one BVH file
     per body (:func:`body_paths`). Returns the :class:`streamtmr.offline.Report` (its
     ``output`` the first file) and the body names with their paths."""
-    from streamtmr.offline import (
-        Report,
-        anonymize_sequences,
-        load_sequences,
-        publish_sequences,
-    )
+    from streamtmr.offline import Report, anonymize_loaded, load_sequences
 
     loaded = load_sequences(input)
-    t0 = time.perf_counter()
-    substituted: list[str] = []
-    if streamed is None:
-        streamed = bool(getattr(engine, "streaming", False))
-    if streamed:
-        result = publish_sequences(engine, loaded.sequences, substituted=substituted)
-    else:
-        result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
-                                     substituted=substituted)
-    seconds = time.perf_counter() - t0
+    result, substituted, seconds = anonymize_loaded(engine, loaded.sequences, hop, progress,
+                                                    streamed)
     paths = body_paths(output, len(result))
     for path, seq in zip(paths, result, strict=True):
         write(path, seq, engine.dummy_lengths)

@@ -340,6 +340,24 @@ class Report:
         return self.frames / self.seconds if self.seconds > 0 else float("inf")
 
 
+def anonymize_loaded(engine, sequences: list[np.ndarray], hop: int | None = None,
+                     progress: bool = False, streamed: bool | None = None
+                     ) -> tuple[list[np.ndarray], list[str], float]:
+    """Anonymize loaded sequences the way every file writer does: ``streamed`` (default: True
+    for streaming models) is exactly what the node would publish (:func:`publish_sequences`),
+    otherwise overlapping windows are stitched. Returns (outputs, substitutions, seconds)."""
+    t0 = time.perf_counter()
+    substituted: list[str] = []
+    if streamed is None:
+        streamed = bool(getattr(engine, "streaming", False))
+    if streamed:
+        result = publish_sequences(engine, sequences, substituted=substituted)
+    else:
+        result = anonymize_sequences(engine, sequences, hop=hop, progress=progress,
+                                     substituted=substituted)
+    return result, substituted, time.perf_counter() - t0
+
+
 def anonymize_file(engine, input: str | Path, output: str | Path, hop: int | None = None,
                    progress: bool = False, streamed: bool | None = None) -> Report:
     """Read ``input``, anonymize every sequence with ``engine`` and write ``output``.
@@ -353,16 +371,8 @@ def anonymize_file(engine, input: str | Path, output: str | Path, hop: int | Non
     if out.suffix.lower() == ".npy" and len({len(s) for s in loaded.sequences}) > 1:
         raise ValueError(f"{input}: the sequences have different lengths; write an .npz "
                          f"output (one array per input) instead of {out.name}")
-    t0 = time.perf_counter()
-    substituted: list[str] = []
-    if streamed is None:
-        streamed = bool(getattr(engine, "streaming", False))
-    if streamed:
-        result = publish_sequences(engine, loaded.sequences, substituted=substituted)
-    else:
-        result = anonymize_sequences(engine, loaded.sequences, hop=hop, progress=progress,
-                                     substituted=substituted)
-    seconds = time.perf_counter() - t0
+    result, substituted, seconds = anonymize_loaded(engine, loaded.sequences, hop, progress,
+                                                    streamed)
     named = [s.replace(f"sequence {i} ", f"{n} ", 1) for s in substituted
              for i, n in [_index_of(s, loaded.names)]]
     save_sequences(out, loaded, result)
