@@ -17,7 +17,7 @@ who they are, nobody repeats within a run), and renders with :mod:`streamtmr.dat
 All three sources carry sensor noise drawn independently, exactly as SynthKinect's ``joints``.
 Each array is one ``window``-frame crop (the same frames for ``a``, ``b`` and ``target``) of a
 2–5 s performance, padded by holding the last pose when shorter (as :mod:`streamtmr.data.windows`).
-Rendering costs about 2 ms per performance, so a batch of 16 items adds ~0.1 s per training step.
+Rendering is cheap enough (milliseconds per performance) to run inside every training step.
 """
 
 from __future__ import annotations
