@@ -129,14 +129,39 @@ def _viewer_address(args: argparse.Namespace) -> tuple[str, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sensors.base import SourceError
-    from sensors.open import open_source
-    from streamtmr.stream.node import Node, NodeConfig
-    from streamtmr.stream.outputs import open_sinks
-    from streamtmr.stream.security import Security, SecurityError
-    from streamtmr.stream.sinks import SinkError
-    from streamtmr.stream.wire import Recorder
+    from streamtmr.stream.node import Node
 
+    config = _node_config(args)
+    security = _security(args)
+    viewer_at = _viewer_address(args)
+    engine = _engine(args)  # a model that fails to load stops here: nothing was published
+    if getattr(engine, "streaming", False) and args.hop != 1:
+        engine.close()
+        raise UserError(f"--hop {args.hop}: {engine.source.name} is a streaming model, it steps "
+                        "every frame (--hop 1)")
+    sinks, source, recorder = _open_io(args, engine, security, viewer_at)
+    node = Node(engine, sinks, config, recorder=recorder)
+    for sink in sinks:
+        if hasattr(sink, "attach"):  # the viewer shows the node's metrics
+            sink.attach(node)
+    log.info("streaming %s → %s with %s (window %d, hop %d, budget %.1f ms)", args.source,
+             ", ".join(s.name for s in sinks), node.model_name, args.window, args.hop,
+             args.budget_ms)
+    try:
+        stats, failure = _serve(node, source, args)
+    finally:
+        security.close()
+        if not node.abandoned:  # never close a session under a running engine call
+            engine.close()
+    _summary(stats)
+    if failure is not None:
+        raise UserError(failure)
+    _exit_without_teardown(node)
+    return 0
+
+
+def _node_config(args: argparse.Namespace):
+    from streamtmr.stream.node import NodeConfig
     try:
         config = NodeConfig(hop=args.hop, budget_ms=args.budget_ms, overrun=args.overrun,
                             max_bodies=args.max_bodies, gap_ms=args.gap_ms,
@@ -146,17 +171,29 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     if args.hop > args.window:
         raise UserError(f"--hop {args.hop} must not exceed --window {args.window}")
+    return config
+
+
+def _security(args: argparse.Namespace):
+    from streamtmr.stream.security import Security, SecurityError
     try:
-        security = Security(args.curve_secret_key, args.curve_allow, args.curve_server_key,
-                            args.insecure)
+        return Security(args.curve_secret_key, args.curve_allow, args.curve_server_key,
+                        args.insecure)
     except SecurityError as e:
         raise UserError(str(e)) from None
-    viewer_at = _viewer_address(args)
-    engine = _engine(args)  # a model that fails to load stops here: nothing was published
-    if getattr(engine, "streaming", False) and args.hop != 1:
-        engine.close()
-        raise UserError(f"--hop {args.hop}: {engine.source.name} is a streaming model, it steps "
-                        "every frame (--hop 1)")
+
+
+def _open_io(args: argparse.Namespace, engine: Any, security: Any,
+             viewer_at: tuple[str, int] | None) -> tuple[list, Any, Any]:
+    """Sinks (and the viewer), the source and the recording; on any failure everything
+    opened so far is closed again and the error is one line."""
+    from sensors.base import SourceError
+    from sensors.open import open_source
+    from streamtmr.stream.outputs import open_sinks
+    from streamtmr.stream.security import SecurityError
+    from streamtmr.stream.sinks import SinkError
+    from streamtmr.stream.wire import Recorder
+
     sinks, source, recorder = [], None, None
     try:
         try:
@@ -185,14 +222,16 @@ def run(args: argparse.Namespace) -> int:
         if source is not None:
             source.close()
         security.close()
+        engine.close()
         raise
-    node = Node(engine, sinks, config, recorder=recorder)
-    for sink in sinks:
-        if hasattr(sink, "attach"):  # the viewer shows the node's metrics
-            sink.attach(node)
-    log.info("streaming %s → %s with %s (window %d, hop %d, budget %.1f ms)", args.source,
-             ", ".join(s.name for s in sinks), node.model_name, args.window, args.hop,
-             args.budget_ms)
+    return sinks, source, recorder
+
+
+def _serve(node: Any, source: Any, args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
+    """Run the node until the source ends, the duration/frame limit or a stop signal
+    (SIGINT, SIGTERM, SIGBREAK on Windows; a second signal stops at once). Returns the final
+    stats and a one-line failure of the source, if any."""
+    from sensors.base import SourceError
 
     def on_signal(signum: int, _frame: Any) -> None:
         if node.stopping:  # second signal: stop now
@@ -212,22 +251,20 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         source.close()
         stats = node.close()
-        security.close()
-        if not node.abandoned:  # never close a session under a running engine call
-            engine.close()
-    _summary(stats)
-    if failure is not None:
-        raise UserError(failure)
-    if node.abandoned:  # an engine call still runs: exit now, without tearing down under it
+    return stats, failure
+
+
+def _exit_without_teardown(node: Any) -> None:
+    """With an engine call still running (abandoned at shutdown), exit now rather than tear
+    down under it. Otherwise skip the slow collection of torch / ONNX Runtime objects at exit
+    (~2 s on 2 shared cores, measured after SIGTERM)."""
+    if node.abandoned:
         log.warning("exiting with an engine call still running (abandoned)")
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()
         os._exit(0)
-    # Interpreter teardown of torch and ONNX Runtime objects took ~2 s on 2 shared cores
-    # (measured after SIGTERM); frozen objects are not collected one by one at exit.
     gc.freeze()
-    return 0
 
 
 def _summary(stats: dict[str, Any]) -> None:
