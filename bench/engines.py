@@ -12,7 +12,7 @@ and a cell of a slow pair stops at the budget after as few as one timed call (``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,37 @@ def time_cell(engine, x: np.ndarray, out: np.ndarray, cell_s: float, min_iters: 
     return np.asarray(samples, np.int64)
 
 
+def time_grid(pairs: list[tuple[BenchModel, EngineSpec, Any]], sizes: list[int], size_key: str,
+              timer: Callable[[Any, int, float], np.ndarray], pair_budget_s: float,
+              torch_threads: int) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
+    """The one timing loop of the engine and step benchmarks: every built ``(model, spec,
+    engine)`` pair at every size, each pair within ``pair_budget_s``. ``timer(engine, size,
+    max_s)`` returns the latencies (ns) of one cell. Yields each row (``skipped`` with a reason
+    when the budget is spent or the engine failed) with its samples (None when skipped)."""
+    spent = {i: 0.0 for i in range(len(pairs))}
+    for n in sizes:
+        for i, (model, spec, engine) in enumerate(pairs):
+            row: dict[str, Any] = {"model": model.label, "engine": spec.label, size_key: n}
+            if spent[i] > pair_budget_s:
+                row["skipped"] = f"time budget ({pair_budget_s:.1f} s per model × engine) spent"
+                yield row, None
+                continue
+            use_threads(spec, torch_threads)
+            time.sleep(PAUSE_S)
+            t0 = time.perf_counter()
+            try:
+                s = timer(engine, n, pair_budget_s - spent[i])
+            except Exception as e:  # an engine failing at one size is a result too
+                row["skipped"] = f"failed: {type(e).__name__}: {e}"
+                yield row, None
+                continue
+            finally:
+                spent[i] += time.perf_counter() - t0
+            row.update(summarize_ns(s))
+            yield row, s
+    set_torch_threads(torch_threads)
+
+
 def bench_engines(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[int],
                   windows: dict[int, np.ndarray], cell_s: float, min_iters: int,
                   pair_budget_s: float, torch_threads: int,
@@ -134,37 +165,21 @@ def bench_engines(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list
     one row per cell (latency summary, windows/s, or ``skipped`` with a reason) and the raw
     samples keyed by (model label, engine label, batch).
     """
+    def timer(engine, b: int, max_s: float) -> np.ndarray:
+        x = np.ascontiguousarray(windows[engine.window][:b])
+        return time_cell(engine, x, np.empty_like(x), cell_s, min_iters, max_s=max_s)
+
     rows: list[dict[str, Any]] = []
     samples: dict[tuple[str, str, int], np.ndarray] = {}
-    spent = {i: 0.0 for i in range(len(pairs))}
-    for b in batches:
-        for i, (model, spec, engine) in enumerate(pairs):
-            row: dict[str, Any] = {"model": model.label, "engine": spec.label, "batch": b}
-            if spent[i] > pair_budget_s:
-                row["skipped"] = f"time budget ({pair_budget_s:.1f} s per model × engine) spent"
-                rows.append(row)
-                continue
-            x = np.ascontiguousarray(windows[engine.window][:b])
-            out = np.empty_like(x)
-            use_threads(spec, torch_threads)
-            time.sleep(PAUSE_S)
-            t0 = time.perf_counter()
-            try:
-                s = time_cell(engine, x, out, cell_s, min_iters,
-                              max_s=pair_budget_s - spent[i])
-            except Exception as e:  # an engine failing at one batch size is a result too
-                row["skipped"] = f"failed: {type(e).__name__}: {e}"
-                rows.append(row)
-                continue
-            finally:
-                spent[i] += time.perf_counter() - t0
-            row.update(summarize_ns(s))
-            row["windows_per_s"] = round(b * len(s) / (s.sum() / 1e9), 1)
-            rows.append(row)
-            samples[(model.label, spec.label, b)] = s
-            log(f"engine {model.label} / {spec.label} batch {b}: p50 {row['p50_ms']:.2f} ms, "
-                f"p99 {row['p99_ms']:.2f} ms, {row['windows_per_s']:.0f} windows/s")
-    set_torch_threads(torch_threads)
+    for row, s in time_grid(pairs, batches, "batch", timer, pair_budget_s, torch_threads):
+        rows.append(row)
+        if s is None:
+            continue
+        b = row["batch"]
+        row["windows_per_s"] = round(b * len(s) / (s.sum() / 1e9), 1)
+        samples[(row["model"], row["engine"], b)] = s
+        log(f"engine {row['model']} / {row['engine']} batch {b}: p50 {row['p50_ms']:.2f} ms, "
+            f"p99 {row['p99_ms']:.2f} ms, {row['windows_per_s']:.0f} windows/s")
     add_ratios(rows)
     return rows, samples
 
@@ -243,34 +258,20 @@ def bench_steps(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[i
     """Time ``engine.step`` of every streaming ``(model, spec, engine)`` pair at every number
     of bodies per call. Rows carry the latency summary per call and bodies (frames) per
     second; raw samples are keyed by (model label, engine label, bodies)."""
+    inputs = {b: step_inputs(clips, b) for b in batches}
+
+    def timer(engine, b: int, max_s: float) -> np.ndarray:
+        return time_steps(engine, inputs[b], cell_s, min_iters, max_s=max_s)
+
     rows: list[dict[str, Any]] = []
     samples: dict[tuple[str, str, int], np.ndarray] = {}
-    spent = {i: 0.0 for i in range(len(pairs))}
-    inputs = {b: step_inputs(clips, b) for b in batches}
-    for b in batches:
-        for i, (model, spec, engine) in enumerate(pairs):
-            row: dict[str, Any] = {"model": model.label, "engine": spec.label, "bodies": b}
-            if spent[i] > pair_budget_s:
-                row["skipped"] = f"time budget ({pair_budget_s:.1f} s per model × engine) spent"
-                rows.append(row)
-                continue
-            use_threads(spec, torch_threads)
-            time.sleep(PAUSE_S)
-            t0 = time.perf_counter()
-            try:
-                s = time_steps(engine, inputs[b], cell_s, min_iters,
-                               max_s=pair_budget_s - spent[i])
-            except Exception as e:  # an engine failing at one batch size is a result too
-                row["skipped"] = f"failed: {type(e).__name__}: {e}"
-                rows.append(row)
-                continue
-            finally:
-                spent[i] += time.perf_counter() - t0
-            row.update(summarize_ns(s))
-            row["bodies_per_s"] = round(b * len(s) / (s.sum() / 1e9), 1)
-            rows.append(row)
-            samples[(model.label, spec.label, b)] = s
-            log(f"step {model.label} / {spec.label} {b} bodies: p50 {row['p50_ms']:.3f} ms, "
-                f"p99 {row['p99_ms']:.3f} ms ({row['n']} calls)")
-    set_torch_threads(torch_threads)
+    for row, s in time_grid(pairs, batches, "bodies", timer, pair_budget_s, torch_threads):
+        rows.append(row)
+        if s is None:
+            continue
+        b = row["bodies"]
+        row["bodies_per_s"] = round(b * len(s) / (s.sum() / 1e9), 1)
+        samples[(row["model"], row["engine"], b)] = s
+        log(f"step {row['model']} / {row['engine']} {b} bodies: p50 {row['p50_ms']:.3f} ms, "
+            f"p99 {row['p99_ms']:.3f} ms ({row['n']} calls)")
     return rows, samples
