@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -25,12 +24,10 @@ import zmq
 from bench.soak import rss_mb
 from engines import create_engine
 from engines.cache import verify
-from engines.card import write_card
 from sensors.zmq_source import ZmqSource
 from streamtmr import skeleton
 from streamtmr.cli import main
 from streamtmr.dummy import default_dummy
-from streamtmr.models.checkpoint import default_checkpoint_path
 from streamtmr.models.registry import build_model
 from streamtmr.stream import api, wire
 from streamtmr.stream.frame import Body, Frame
@@ -49,14 +46,6 @@ def engine():
     return create_engine("torch", model=build_model({"method": "naive"}), window=T, max_batch=8)
 
 
-@pytest.fixture(scope="module")
-def model_ckpt(tmp_path_factory) -> Path:
-    """A copy of the shipped default weights with a privacy card bound to them (the CLI
-    refuses a model without a card, and the leak guard refuses the naive retarget)."""
-    d = tmp_path_factory.mktemp("ckpt")
-    shutil.copyfile(default_checkpoint_path(), d / "model.safetensors")
-    write_card(d / "model.safetensors", {"command": "a test card"})
-    return d / "model.safetensors"
 
 
 def person(bid: int, seq: int) -> np.ndarray:

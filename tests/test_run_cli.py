@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,14 +35,6 @@ def naive_ckpt(tmp_path_factory) -> Path:
                            build_model({"method": "naive"}))
 
 
-@pytest.fixture(scope="module")
-def model_ckpt(tmp_path_factory) -> Path:
-    """A copy of the shipped default weights with a privacy card bound to them."""
-    d = tmp_path_factory.mktemp("carded")
-    src = default_checkpoint_path()
-    shutil.copyfile(src, d / "model.safetensors")
-    write_card(d / "model.safetensors", {"command": "a test card"})
-    return d / "model.safetensors"
 
 
 def _bone_err(joints):

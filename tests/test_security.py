@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import threading
 import time
@@ -18,7 +17,6 @@ import torch
 import zmq
 
 from engines import create_engine
-from engines.card import write_card
 from engines.onnx_export import export_onnx
 from engines.source import resolve_source
 from sensors.base import SourceError
@@ -28,7 +26,6 @@ from streamtmr.cli import main
 from streamtmr.dummy import default_dummy
 from streamtmr.models.checkpoint import (
     CheckpointError,
-    default_checkpoint_path,
     load_checkpoint,
 )
 from streamtmr.models.registry import build_model
@@ -57,14 +54,6 @@ def keys(tmp_path_factory):
     return {**out, "allow": allow}
 
 
-@pytest.fixture(scope="module")
-def model_ckpt(tmp_path_factory) -> Path:
-    """A copy of the shipped default weights with a privacy card bound to them (the CLI
-    refuses a model without a card, and the leak guard refuses the naive retarget)."""
-    d = tmp_path_factory.mktemp("ckpt")
-    shutil.copyfile(default_checkpoint_path(), d / "model.safetensors")
-    write_card(d / "model.safetensors", {"command": "a test card"})
-    return d / "model.safetensors"
 
 
 def person(seq: int) -> np.ndarray:
