@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -42,15 +43,27 @@ def _collect(source: ZmqSource, pub, seqs, timeout_s: float = 5.0) -> list[int]:
     return got
 
 
+@contextlib.contextmanager
+def _publisher_and_source(**source_options):
+    """A real PUB on a loopback port and a ZmqSource subscribed to it (closed afterwards)."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    src = ZmqSource(f"zmq://127.0.0.1:{port}", context=ctx, **source_options)
+    try:
+        time.sleep(0.3)
+        yield pub, src
+    finally:
+        src.close()
+        pub.close(0)
+        ctx.term()
+
+
 def test_oversized_message_counted_and_connection_restored():
     """One part over the hard cap made libzmq drop the publisher for good (0 of 294 later
     frames): now the monitor sees it, the source reconnects and counts it."""
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    src = ZmqSource(f"zmq://127.0.0.1:{port}", context=ctx)
-    try:
-        time.sleep(0.3)
+    with _publisher_and_source() as (pub, src):
         assert _collect(src, pub, range(5))
         pub.send(b"\x00" * (src.hard_cap + 4096))
         time.sleep(0.3)
@@ -67,37 +80,19 @@ def test_oversized_message_counted_and_connection_restored():
         assert len(later) >= 20, "the source never heard the publisher again"
         assert src.reconnects == 1 and src.counters == {"reconnects": 1}
         assert src.received == src.decoder.decoded + sum(src.dropped.values())  # ledger
-    finally:
-        src.close()
-        pub.close(0)
-        ctx.term()
 
 
 def test_multipart_message_discarded_and_counted():
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    src = ZmqSource(f"zmq://127.0.0.1:{port}", context=ctx)
-    try:
-        time.sleep(0.3)
+    with _publisher_and_source() as (pub, src):
         pub.send_multipart([_msg(1), b"x" * 1000, b"y" * 1000])
         got = _collect(src, pub, [2, 3])
         assert got == [2, 3] and src.dropped["multipart"] == 1
         assert src.received == 3  # the ledger still adds up
-    finally:
-        src.close()
-        pub.close(0)
-        ctx.term()
 
 
 def test_receive_loop_yields_under_a_garbage_flood():
     """A continuous flood of malformed messages froze the loop (stats, signals) until it
     ended; now it yields an idle tick at least every TICK_S."""
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    src = ZmqSource(f"zmq://127.0.0.1:{port}", context=ctx, idle_ms=1000)
     stop = threading.Event()
 
     def flood() -> None:
@@ -106,27 +101,24 @@ def test_receive_loop_yields_under_a_garbage_flood():
                 pub.send(b"\x93\xff\x00garbage")
             time.sleep(0)
 
-    time.sleep(0.3)
-    th = threading.Thread(target=flood, daemon=True)
-    th.start()
-    try:
-        ticks, gaps, last = 0, [], time.monotonic()
-        it = src.frames()
-        end = time.monotonic() + 1.5
-        while time.monotonic() < end:
-            assert next(it) is None
-            now = time.monotonic()
-            gaps.append(now - last)
-            last = now
-            ticks += 1
-        assert sum(src.dropped.values()) > 1000, "the flood did not arrive"
-        assert ticks >= 10 and max(gaps[1:]) < 0.1 + TICK_S  # generous: 2 shared cores
-    finally:
-        stop.set()
-        th.join(5)
-        src.close()
-        pub.close(0)
-        ctx.term()
+    with _publisher_and_source(idle_ms=1000) as (pub, src):
+        th = threading.Thread(target=flood, daemon=True)
+        th.start()
+        try:
+            ticks, gaps, last = 0, [], time.monotonic()
+            it = src.frames()
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                assert next(it) is None
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+                ticks += 1
+            assert sum(src.dropped.values()) > 1000, "the flood did not arrive"
+            assert ticks >= 10 and max(gaps[1:]) < 0.1 + TICK_S  # generous: 2 shared cores
+        finally:
+            stop.set()
+            th.join(5)
 
 
 def test_stats_never_written_through_a_planted_symlink(tmp_path):
