@@ -56,6 +56,14 @@ def check_windows(windows: Any, window: int) -> np.ndarray:
     return np.ascontiguousarray(windows)
 
 
+def check_tracks(tracks: Any) -> np.ndarray:
+    """Validate whole tracks ``float32 [B >= 1, L >= 1, 25, 3]``; returns them C-contiguous."""
+    if not isinstance(tracks, np.ndarray) or tracks.ndim != 4 or min(tracks.shape[:2]) < 1:
+        raise ValueError(f"tracks: expected float32 [B >= 1, L >= 1, 25, 3], got "
+                         f"{list(getattr(tracks, 'shape', [type(tracks).__name__]))}")
+    return check_windows(tracks, tracks.shape[1])
+
+
 class Engine(abc.ABC):
     """Runs one fixed-dummy model. Subclasses set ``name``, ``device``, ``precision``."""
 
@@ -157,6 +165,28 @@ class Engine(abc.ABC):
                                  f"{list(getattr(v, 'shape', []))}")
         return self._step(np.ascontiguousarray(frames),
                           {k: np.ascontiguousarray(v) for k, v in state.items()})
+
+    def run_tracks(self, tracks: np.ndarray) -> np.ndarray:
+        """Streaming models: whole tracks ``float32 [B, L, 25, 3]`` (any L >= 1), each from a
+        fresh state → what stepping them frame by frame gives, ``float32 [B, L, 25, 3]``.
+
+        Output frame t depends on frames 0…t only, so tracks of different lengths may be padded
+        at their ends. The default steps ``max_batch`` tracks at a time; back ends with the
+        model's parallel form (PyTorch) run that instead (same function, to float rounding)."""
+        x = check_tracks(tracks)
+        self.state_spec()  # a windowed model has no tracks: EngineError naming it
+        return self._run_tracks(x)
+
+    def _run_tracks(self, x: np.ndarray) -> np.ndarray:
+        """Back end of :meth:`run_tracks` (validated tracks)."""
+        out = np.empty_like(x)
+        for i in range(0, x.shape[0], self.max_batch):
+            chunk = x[i:i + self.max_batch]
+            state = self.init_state(chunk.shape[0])
+            for t in range(x.shape[1]):
+                out[i:i + len(chunk), t], state = self._step(np.ascontiguousarray(chunk[:, t]),
+                                                             state)
+        return out
 
     def warmup(self, batch_sizes: tuple[int, ...] | list[int] = (1,)) -> None:
         """Run each batch size once (allocations, kernel selection, graph capture)."""

@@ -131,15 +131,10 @@ class OrtEngine(Engine):
             raise EngineError(f"{self.name}: step failed ({e})") from e
         return res[0], dict(zip(self._names, res[1:], strict=True))
 
-    def _run_windows_by_step(self, x: np.ndarray, out: np.ndarray) -> None:
-        """A streaming model on windows: each window is a track, stepped from a fresh state."""
-        state = self.init_state(x.shape[0])
-        for t in range(x.shape[1]):
-            out[:, t], state = self._step(np.ascontiguousarray(x[:, t]), state)
-
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
-        if self.streaming:
-            return self._run_windows_by_step(x, out)
+        if self.streaming:  # each window a track, stepped from a fresh state
+            out[...] = self._run_tracks(x)
+            return
         try:
             if self._binding is None:
                 out[...] = self.session.run([OUTPUT], {INPUT: x})[0]

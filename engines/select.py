@@ -22,6 +22,9 @@ from streamtmr.models.base import Anonymizer
 log = logging.getLogger("engines")
 
 AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime")
+#: "auto" for whole recorded tracks of a streaming model (``tracks=True``: ``anonymize``): the
+#: back ends that run its parallel form, every frame computed once (``Engine.run_tracks``).
+TRACKS_ORDER = ("torch-cuda", "torch")
 
 
 def unavailable_reason(backend: str, source: ModelSource | None = None,
@@ -88,6 +91,7 @@ def create_engine(engine: str = "auto",
                   window: int | None = 64,
                   max_batch: int = 8,
                   device: str | None = None,
+                  tracks: bool = False,
                   **options: Any) -> Engine:
     """Build the engine that runs ``model`` for ``dummy`` on windows of ``window`` frames.
 
@@ -96,7 +100,9 @@ def create_engine(engine: str = "auto",
     None/"default", a dummy JSON path or a :class:`~streamtmr.dummy.Dummy`. ``options`` go to
     the back end (e.g. ``threads`` and ``io_binding`` for ONNX Runtime, ``cuda_graphs`` and
     ``compile`` for torch, ``fp16`` for TensorRT). ``triton://HOST:PORT`` connects to a
-    ``streamtmr serve`` server (:mod:`engines.triton_engine`).
+    ``streamtmr serve`` server (:mod:`engines.triton_engine`). ``tracks``: the engine will
+    anonymize whole recorded tracks (``run_tracks``), so "auto" picks, for a streaming model,
+    a back end with its parallel form (:data:`TRACKS_ORDER`) over a stepping one.
     """
     if str(engine).startswith(TRITON_SCHEME):
         from engines.triton_engine import open_triton
@@ -111,7 +117,7 @@ def create_engine(engine: str = "auto",
     if engine != "auto":
         return build(engine, source, max_batch=max_batch, device=device, **options)
     skipped: list[str] = []
-    for backend in AUTO_ORDER:
+    for backend in (TRACKS_ORDER if tracks and source.streaming else AUTO_ORDER):
         reason = unavailable_reason(backend, source, device)
         if reason is None:
             try:
@@ -215,7 +221,7 @@ def open_engine(engine: str = "auto", model: Anonymizer | str | Path | None = No
                 dummy: Dummy | str | Path | None = None, window: int | None = 64,
                 max_batch: int = 8, device: str | None = None, *,
                 allow_unevaluated: bool = False, leak_guard: bool = True,
-                warmup: bool = True, **options: Any) -> Engine:
+                warmup: bool = True, tracks: bool = False, **options: Any) -> Engine:
     """The guarded door to an engine, used by every entry point (run, anonymize, export, the
     embedding API, bench). Checks, in order: the files (:func:`check_files`: pickles refused,
     size caps), the privacy card bound to the weights' SHA-256 (:mod:`engines.card`; without
@@ -223,7 +229,8 @@ def open_engine(engine: str = "auto", model: Anonymizer | str | Path | None = No
     ``engine.unevaluated``), then builds the engine (:func:`create_engine`), warms it up and
     runs the leak guard's start-up check: a model whose output tracks its input on the
     calibration clip (median angle below :data:`streamtmr.leak_guard.MARGIN_DEG`) is refused.
-    ``leak_guard=False`` skips that check (the evaluation's pass-through baselines only).
+    ``leak_guard=False`` skips that check (the evaluation's pass-through baselines only);
+    ``tracks`` is :func:`create_engine`'s (offline work on whole tracks).
     Every refusal is a :class:`ModelRefused` with a one-line message.
     """
     from engines.card import CardError, find_card
@@ -251,7 +258,7 @@ def open_engine(engine: str = "auto", model: Anonymizer | str | Path | None = No
         log.warning("model %s runs WITHOUT a privacy card (--allow-unevaluated): every output "
                     "message is marked \"unevaluated\": true", what)
     eng = remote or create_engine(engine, model=model, dummy=dummy, window=window,
-                                  max_batch=max_batch, device=device, **options)
+                                  max_batch=max_batch, device=device, tracks=tracks, **options)
     eng.card, eng.unevaluated = card, card is None
     try:
         if warmup:

@@ -288,9 +288,7 @@ class TensorRTEngine(Engine):
 
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
         if self.streaming:  # each window a track, stepped from a fresh state
-            state = self.init_state(x.shape[0])
-            for t in range(x.shape[1]):
-                out[:, t], state = self._step(np.ascontiguousarray(x[:, t]), state)
+            out[...] = self._run_tracks(x)
             return
         b = x.shape[0]
         self._h[INPUT][:b].numpy()[...] = x

@@ -105,6 +105,26 @@ class TorchEngine(Engine):
                             self.name, self.graph_error)
         return runner(frames, state)
 
+    #: Frames (tracks × length) per parallel call of :meth:`run_tracks`: bounds the memory of
+    #: the banded attention (about 1 KB per frame and attention head in float32).
+    TRACK_FRAMES = 1 << 15
+
+    def _run_tracks(self, x: np.ndarray) -> np.ndarray:
+        """The streaming model's parallel form (``module(tracks)``): the same function as
+        stepping (``tests/test_streaming.py``), each frame computed once."""
+        out = np.empty_like(x)
+        per_call = max(1, self.TRACK_FRAMES // x.shape[1])
+        try:
+            with torch.inference_mode():
+                for i in range(0, x.shape[0], per_call):
+                    y = self.module(torch.from_numpy(x[i:i + per_call]).to(self._dev))
+                    out[i:i + per_call] = y.float().cpu().numpy()
+        except torch.cuda.OutOfMemoryError as e:
+            raise EngineError(f"{self.name}: out of GPU memory ({e})") from e
+        except RuntimeError as e:
+            raise EngineError(f"{self.name}: inference failed ({e})") from e
+        return out
+
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
         try:
             if self._dev.type == "cpu":

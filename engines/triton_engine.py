@@ -227,9 +227,7 @@ class TritonEngine(Engine):
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
         import tritonclient.grpc as grpcclient
         if self.streaming:  # each window a track from a fresh state, as the in-process engines
-            state = self.init_state(x.shape[0])
-            for t in range(x.shape[1]):
-                out[:, t], state = self._step_batch(np.ascontiguousarray(x[:, t]), state)
+            out[...] = self._run_tracks(x)
             return
         self._ensure_connected()
         inp = grpcclient.InferInput("windows", list(x.shape), "FP32")
@@ -262,6 +260,11 @@ class TritonEngine(Engine):
             for n in new:
                 new[n][sl] = s[n]
         return out, new
+
+    def _step(self, frames: np.ndarray, state: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One batch of at most ``max_batch`` bodies (what :meth:`run_tracks` steps)."""
+        return self._step_batch(frames, state)
 
     def _check_step(self, frames: Any, state: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if (not isinstance(frames, np.ndarray) or frames.dtype != np.float32

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -184,28 +184,108 @@ def anonymize_sequence(engine, seq: np.ndarray, hop: int | None = None) -> np.nd
 FPS = 30.0
 
 
+#: Tracks and padded frames stepped side by side on the offline path of a streaming model.
+TRACKS_PER_CALL = 256
+FRAMES_PER_CALL = 1 << 18
+
+
 def publish_sequences(engine, sequences: Sequence[np.ndarray], config=None, fps: float = FPS,
                       substituted: list[str] | None = None) -> list[np.ndarray]:
-    """Run sequences ``[L_i, 25, 3]`` through exactly the streaming node's code path
-    (:class:`~streamtmr.stream.node.Node`: per-body state or windows, output checks, leak
-    guard, smoothing) with no deadline, and return what it would have published for each,
-    ``float32 [L_i, 25, 3]``. Sequences are fed as bodies of the same frames (up to
-    ``max_bodies`` per node), which changes nothing for any of them: every stage is per body.
+    """What the streaming node (:class:`~streamtmr.stream.node.Node`) would publish for each of
+    the sequences ``[L_i, 25, 3]``, each one body's track played at ``fps`` with no deadline:
+    ``float32 [L_i, 25, 3]``.
 
-    A frame in which the node published nothing for a body (an output refused with no held
-    frame) takes the nearest published frame of that body, listed in ``substituted``; a
-    sequence of which nothing was published is an error naming it.
+    A streaming model runs the node's stages on whole tracks (:func:`publish_tracks`: the
+    engine's ``run_tracks``, then per frame the node's :class:`~streamtmr.stream.gate.OutputGate`,
+    state restarts after a refusal, its smoother and the held frame); a windowed model goes
+    through a :class:`~streamtmr.stream.node.Node` itself (:func:`publish_via_node`). Both equal
+    the node's output (``tests/test_published.py``). A frame in which the node published
+    nothing for a body (an output refused with no held frame) takes the nearest published
+    frame of that body, listed in ``substituted``; a sequence of which nothing was published is
+    an error naming it.
     """
-    from dataclasses import replace
+    seqs = [_check_sequence(s, f"sequence {i}") for i, s in enumerate(sequences)]
+    cfg = _offline_config(config)
+    if not getattr(engine, "streaming", False):
+        return publish_via_node(engine, seqs, cfg, fps, substituted)
+    results: list[np.ndarray] = [np.empty(0)] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # little padding per call
+    start = 0
+    while start < len(order):
+        longest = len(seqs[order[start]])
+        n = max(1, min(TRACKS_PER_CALL, FRAMES_PER_CALL // longest, len(order) - start))
+        group = order[start:start + n]
+        for i, out in zip(group, publish_tracks(engine, [seqs[i] for i in group], cfg, fps),
+                          strict=True):
+            results[i] = _fill(out, f"sequence {i}", substituted)
+        start += n
+    return results
 
+
+def _offline_config(config):
+    """The node's settings for recorded input: no deadline, nothing too old to hold."""
+    from streamtmr.stream.node import NodeConfig
+    base = config or NodeConfig()
+    return replace(base, budget_ms=1e9, hang_ms=1e9, hold_ms=1e9, stats_json=None,
+                   stats_interval_s=1e9).validate()
+
+
+def publish_tracks(engine, tracks: list[np.ndarray], config, fps: float = FPS) -> list[np.ndarray]:
+    """The streaming node's stages on whole tracks (one body each, fresh at frame 0):
+    ``[L_i, 25, 3]`` → what the node publishes, NaN where it publishes nothing.
+
+    The same stages as :meth:`Node.step <streamtmr.stream.node.Node.step>` for a streaming
+    engine, frame by frame over all tracks at once: the model's output (``engine.run_tracks``:
+    every frame computed once, the same function as stepping), the node's
+    :class:`~streamtmr.stream.gate.OutputGate` (bounds, bone lengths, leak guard); a refused
+    body's state restarts at its next frame, as the node resets its state slot (the rest of its
+    track is run again from there); accepted frames go through the node's
+    :class:`~streamtmr.stream.smoothing.Smoother`, and a body without a fresh frame gets its
+    held (last published) one."""
+    from streamtmr.stream.gate import OutputGate, in_range
+    from streamtmr.stream.smoothing import Smoother
+
+    n = len(tracks)
+    lengths = np.array([len(s) for s in tracks])
+    x = np.empty((n, int(lengths.max()), skeleton.NUM_JOINTS, 3), np.float32)
+    for i, s in enumerate(tracks):  # causal: padding after a track's end changes nothing in it
+        x[i, :len(s)], x[i, len(s):] = s, s[-1]
+    y = engine.run_tracks(x)
+    dummy = np.asarray(engine.dummy_lengths, np.float32)
+    gate = OutputGate(dummy, n, config.bone_tol, config.leak_guard, config.leak_margin_deg)
+    smoother = Smoother(dummy, n, config.smoothing)
+    out = np.full_like(x, np.nan)
+    held = np.full((n, skeleton.NUM_JOINTS, 3), np.nan, np.float32)
+    buf = np.empty((n, skeleton.NUM_JOINTS, 3), np.float32)
+    for t in range(x.shape[1]):
+        live = np.flatnonzero(lengths > t)
+        gens = [1] * len(live)  # one track per body: the window generation never changes
+        ok, _ = gate.check(y[live, t:t + 1], x[live, t:t + 1], list(live), gens)
+        restart = live[~ok & (lengths[live] > t + 1)]
+        if len(restart):  # the node resets a refused body's state: fresh from frame t + 1
+            y[restart, t + 1:] = engine.run_tracks(np.ascontiguousarray(x[restart, t + 1:]))
+        good = live[ok]
+        if len(good):
+            t_s = int(t * 1e9 / fps) / 1e9  # the node's clock: frame times in whole ns
+            smoothed = smoother.apply(list(good), gens[:len(good)], y[good, t], t_s, buf)
+            fine = in_range(smoothed)
+            held[good[fine]] = smoothed[fine]
+        out[live, t] = held[live]
+    return [out[i, :lengths[i]] for i in range(n)]
+
+
+def publish_via_node(engine, sequences: Sequence[np.ndarray], config=None, fps: float = FPS,
+                     substituted: list[str] | None = None) -> list[np.ndarray]:
+    """Sequences through a :class:`~streamtmr.stream.node.Node` itself, frame by frame, as bodies
+    of the same frames (up to 64 per node, which changes nothing for any of them: every stage
+    is per body). The path of windowed models, and the reference the streaming path is tested
+    against."""
     from streamtmr.stream.frame import TRACKED, Body, Frame
-    from streamtmr.stream.node import Node, NodeConfig
+    from streamtmr.stream.node import Node
 
     seqs = [_check_sequence(s, f"sequence {i}") for i, s in enumerate(sequences)]
-    base = config or NodeConfig()
     per_node = min(64, max(1, len(seqs)))
-    cfg = replace(base, max_bodies=per_node, budget_ms=1e9, hang_ms=1e9, hold_ms=1e9,
-                  stats_json=None, stats_interval_s=1e9)
+    cfg = replace(_offline_config(config), max_bodies=per_node)
     state = np.full(skeleton.NUM_JOINTS, TRACKED, np.uint8)
     results: list[np.ndarray] = []
     for g in range(0, len(seqs), per_node):

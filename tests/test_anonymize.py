@@ -229,6 +229,59 @@ def test_publish_sequence_is_what_the_node_publishes():
                                np.broadcast_to(DUMMY[1:], (35, 24)), atol=1e-4)
 
 
+def test_published_output_after_refusals_is_the_nodes():
+    """A body whose output is refused (here: NaN at the 10th frame of every fresh track) gets
+    its held frame and a fresh state, in the node and on the offline path alike, with the
+    engine's parallel form (torch) and with stepping (ONNX Runtime)."""
+    from engines.base import Engine
+    from streamtmr.offline import publish_sequences, publish_via_node
+
+    model = tiny("tmr-stream")
+    seqs = [motion(60, seed=3), motion(41, scale=1.05, seed=4), motion(9, seed=5)]
+    for backend in ("torch", "onnxruntime"):
+        engine = create_engine(backend, model=model, window=None)
+        healthy = publish_sequences(engine, seqs)
+        inner = engine._step
+
+        def flaky(frames, state, inner=inner):
+            y, new = inner(frames, state)
+            y = y.copy()
+            y[state["t"][:, 0] == 9] = np.nan  # the 10th frame since the state was fresh
+            return y, new
+
+        engine._step = flaky
+        if backend == "torch":  # its run_tracks is the parallel form: make it step instead
+            engine._run_tracks = lambda x, e=engine: Engine._run_tracks(e, x)
+        node = publish_via_node(engine, seqs)
+        offline = publish_sequences(engine, seqs)
+        for a, b in zip(node, offline, strict=True):
+            np.testing.assert_allclose(b, a, atol=1e-5)
+        first = offline[0]
+        np.testing.assert_array_equal(first[9], first[8])  # refused: the held frame
+        np.testing.assert_array_equal(first[19], first[18])  # fresh state: 10th frame again
+        assert np.abs(first[12] - healthy[0][12]).max() > 1e-3  # restarted, not continued
+        np.testing.assert_allclose(first[:9], healthy[0][:9], atol=1e-5)
+        np.testing.assert_allclose(offline[2], healthy[2], atol=1e-5)  # 9 frames: untouched
+
+
+def test_run_tracks_is_stepping_for_every_back_end():
+    """``run_tracks``: the parallel form (torch) equals ONNX Runtime stepping the same tracks
+    longer than the ring; bad input is named."""
+    from engines.base import EngineError
+
+    model = tiny("tmr-stream")
+    x = np.stack([motion(40, seed=6), motion(40, scale=1.1, seed=7)])
+    parallel = create_engine("torch", model=model, window=None).run_tracks(x)
+    ort = create_engine("onnxruntime", model=model, window=None)
+    np.testing.assert_allclose(parallel, ort.run_tracks(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"tracks: expected float32 \[B >= 1, L >= 1"):
+        ort.run_tracks(x[0])
+    with pytest.raises(ValueError, match="non-finite"):
+        ort.run_tracks(np.full_like(x, np.nan))
+    with pytest.raises(EngineError, match="windowed model"):
+        create_engine("onnxruntime", model=tiny("tmr"), window=None).run_tracks(x)
+
+
 def test_anonymize_cli_streamed_matches_publish_sequence(tmp_path, capsys):
     from streamtmr.offline import publish_sequences
 

@@ -163,6 +163,26 @@ def test_ring_keeps_only_the_last_window_frames():
     assert float(state["t"][0]) == w  # capped: the ring is full, older frames are gone
 
 
+@pytest.mark.parametrize("frames", [1, 15, 16, 17, 40, 64, 97])
+def test_banded_attention_equals_the_masked_product(frames):
+    """Tracks longer than the ring run blockwise (cost T·W, not T²): the same numbers as the
+    masked T×T product, at every length around the block size."""
+    from streamtmr.models.tmr_stream import RingAttention
+    torch.manual_seed(frames)
+    att = RingAttention(32, 4, 16).eval()
+    x = torch.randn(2, frames, 32)
+    with torch.no_grad():
+        k, v = att.kv(x).chunk(2, -1)
+        q, k, v = att._heads(att.q(x)), att._heads(k), att._heads(v)
+        idx = torch.arange(frames, dtype=torch.float32)
+        age = idx[:, None] - idx[None, :]
+        bias = (-att.slopes * age).masked_fill((age < 0) | (age >= att.window), -1e9)
+        masked = att._attend(q, k, v, bias)
+        assert float((att(x) - masked).abs().max()) <= 1e-6
+        if frames > att.window:
+            assert float((att._banded(q, k, v) - masked).abs().max()) <= 1e-6
+
+
 def test_config_is_validated_with_the_key_named():
     cls = model_class("tmr-stream")
     with pytest.raises(KeyError, match="bogus"):

@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="checkpoint or exported .onnx (default: the shipped model)")
     p.add_argument("--dummy", default=None, help="dummy JSON file (default: the shipped dummy)")
-    p.add_argument("--engine", choices=ENGINES, default="auto")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="auto: for a streaming model the PyTorch parallel form (whole tracks, "
+                        "every frame computed once); otherwise as `streamtmr run`")
     p.add_argument("--batch", type=int, default=32, help="windows per engine call")
     p.add_argument("--window", type=int, default=None,
                    help="frames per window (default: the model's own)")
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine = open_engine(args.engine, model=args.model, dummy=args.dummy,
                              window=args.window, max_batch=args.batch,
-                             allow_unevaluated=args.allow_unevaluated, **options)
+                             allow_unevaluated=args.allow_unevaluated, tracks=True, **options)
         if args.output.suffix.lower() == ".bvh":
             report, bodies = anonymize_to_bvh(engine, args.input, args.output, hop=args.hop,
                                               progress=not args.no_progress,

@@ -203,14 +203,44 @@ class RingAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(-1, int(q.shape[2]), self.heads * self.head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[B, T, C]``: frame i attends frames i-W+1 … i."""
+        """x ``[B, T, C]``: frame i attends frames i-W+1 … i. Up to W frames in one masked
+        product; longer tracks in blocks of W queries against their own and the previous block
+        (:meth:`_banded`), so the cost grows as T·W, not T²."""
         t = int(x.shape[1])
         k, v = self.kv(x).chunk(2, -1)
+        q, k, v = self._heads(self.q(x)), self._heads(k), self._heads(v)
+        if t > self.window and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+            return self._banded(q, k, v)
         idx = torch.arange(t, device=x.device, dtype=torch.float32)
         age = idx[:, None] - idx[None, :]  # (T, T): query i, key j
         bias = -self.slopes * age  # (nh, T, T)
         bias = bias.masked_fill((age < 0) | (age >= self.window), -1e9)
-        return self._attend(self._heads(self.q(x)), self._heads(k), self._heads(v), bias)
+        return self._attend(q, k, v, bias)
+
+    def _banded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The same attention as the masked product, blockwise: queries in blocks of W, each
+        block against the keys of itself and the block before (``[B, nh, T, hs]`` each)."""
+        b, nh, t, hs = q.shape
+        w = self.window
+        n = -(-t // w)  # blocks
+        pad = n * w - t  # padded keys sit after every real query: masked as the future
+
+        def blocks(z):  # (B, nh, T, hs) -> (B, nh, n, W, hs)
+            return F.pad(z, (0, 0, 0, pad)).reshape(b, nh, n, w, hs)
+
+        def with_previous(z):  # (B, nh, n, W, hs) -> (B, nh, n, 2W, hs)
+            return torch.cat([F.pad(z, (0, 0, 0, 0, 1, 0))[:, :, :n], z], 3)
+
+        qb, kb, vb = blocks(q), with_previous(blocks(k)), with_previous(blocks(v))
+        a = torch.arange(w, device=q.device, dtype=torch.float32)
+        j = torch.arange(2 * w, device=q.device, dtype=torch.float32)
+        age = w + a[:, None] - j[None, :]  # (W, 2W): query a of a block, key j of the pair
+        bias = (-self.slopes * age)[:, None].expand(nh, n, w, 2 * w).clone()  # slopes (nh, 1, 1)
+        bias = bias.masked_fill((age < 0) | (age >= w), -1e9)
+        bias[:, 0, :, :w] = -1e9  # the first block has no block before it
+        att = torch.matmul(qb, kb.transpose(-1, -2)) * (1.0 / math.sqrt(hs)) + bias
+        y = torch.matmul(att.softmax(-1), vb).reshape(b, nh, n * w, hs)[:, :, :t]
+        return self.out(y.transpose(1, 2).reshape(b, t, nh * hs))
 
     def step(self, x: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Tensor,
              seen: torch.Tensor):
@@ -418,6 +448,11 @@ class StreamTMR(DisentangledTMR):
         "small": {"window": 64, "d_action": 64, "action_heads": 4, "lstm_hidden": 64,
                   "backbone_channels": 16, "backbone_blocks": 1, "d_identity": 64,
                   "identity_hidden": 32, "d_model": 64, "decoder_layers": 2, "ffn_mult": 2},
+        # between small and paper: trains on the 2-core CPU in <= 1 hour (issue 16, item 4;
+        # configs/tmr_stream_medium.yaml), 2.3x small's parameters
+        "medium": {"window": 64, "d_action": 96, "action_heads": 4, "lstm_hidden": 96,
+                   "backbone_channels": 24, "backbone_blocks": 2, "d_identity": 64,
+                   "identity_hidden": 32, "d_model": 96, "decoder_layers": 3, "ffn_mult": 2},
         "paper": {},
     }
 

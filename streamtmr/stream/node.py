@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from streamtmr import skeleton
-from streamtmr.leak_guard import MARGIN_DEG, LeakGuard, frame_angles
+from streamtmr.leak_guard import MARGIN_DEG
 from streamtmr.skeleton import NUM_JOINTS
 from streamtmr.stream import wire
 from streamtmr.stream.frame import TRACKED, Body, Frame
+from streamtmr.stream.gate import OutputGate, finite_rows, in_range
 from streamtmr.stream.metrics import Metrics
 from streamtmr.stream.sinks import Sink
 from streamtmr.stream.smoothing import KINDS, Smoother
@@ -169,24 +169,6 @@ def card_summary(card: dict[str, Any] | None) -> dict[str, Any] | None:
             if k in card}
 
 
-def bone_errors(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Max |bone length − dummy length| per body: ``joints [B, 25, 3]`` → ``[B]``."""
-    return np.abs(skeleton.bone_lengths(joints)[:, 1:] - lengths[1:]).max(axis=-1)
-
-
-def in_range(joints: np.ndarray) -> np.ndarray:
-    """Per body: every coordinate finite and within the wire format's range (what a
-    subscriber's decoder accepts): ``joints [B, 25, 3]`` → ``[B]`` bool."""
-    with np.errstate(invalid="ignore"):
-        flat = np.abs(joints).reshape(len(joints), NUM_JOINTS * 3)
-        return flat.max(axis=-1, initial=0.0) <= wire.MAX_ABS_COORD
-
-
-def finite_rows(y: np.ndarray) -> np.ndarray:
-    """Per body: every value finite. ``y [B, ...]`` → ``[B]`` bool."""
-    return np.isfinite(y).reshape(len(y), -1).all(axis=-1) if len(y) else np.ones(0, bool)
-
-
 def run_windows(engine: Any, x: np.ndarray, k: int) -> np.ndarray:
     """``engine.run_latest(x, k)``; when a batch of several bodies comes back non-finite for
     all of them (one body can poison a whole batch in a graph that mixes the batch), each is
@@ -237,8 +219,8 @@ class Node:
             raise ValueError(f"hop ({cfg.hop}) must not exceed the window ({T})")
         self.states = StateSlots(engine, cfg.max_bodies) if self.streaming else None
         self.smoother = Smoother(self.lengths, cfg.max_bodies, cfg.smoothing)
-        self.guard = (LeakGuard(cfg.max_bodies, cfg.leak_margin_deg) if cfg.leak_guard
-                      else None)
+        self.gate = OutputGate(self.lengths, cfg.max_bodies, cfg.bone_tol, cfg.leak_guard,
+                               cfg.leak_margin_deg)
         self._batch = np.zeros((cfg.max_bodies, T, NUM_JOINTS, 3), np.float32)
         self._smoothed = np.zeros((cfg.max_bodies, NUM_JOINTS, 3), np.float32)
         self._held: dict[int, tuple[np.ndarray, int]] = {}  # body id → (joints, t monotonic)
@@ -376,19 +358,8 @@ class Node:
             self._log_error("engine returned %s, expected [%d, %d, 25, 3]",
                             getattr(y, "shape", type(y).__name__), n, k)
             return None
-        flat = y.reshape(n * k, NUM_JOINTS, 3)
-        sane = in_range(flat).reshape(n, k).all(axis=1)
-        with np.errstate(invalid="ignore"):
-            bones = (bone_errors(flat, self.lengths) <= self.config.bone_tol).reshape(n, k)
-        bones = bones.all(axis=1) & sane
-        ok = bones.copy()
-        if self.guard is not None and ok.any():
-            good = np.flatnonzero(ok)
-            angles = frame_angles(y[good], call.src[good])  # (g, k)
-            ok[good] = self.guard.update([call.slots[i] for i in good],
-                                         [call.gens[i] for i in good], angles)
-        for reason, bad in (("bad_output", ~sane), ("bone_check", sane & ~bones),
-                            ("leak_guard", bones & ~ok)):
+        ok, refused = self.gate.check(y, call.src, call.slots, call.gens)
+        for reason, bad in refused.items():
             if bad.any():
                 self.metrics.drop(reason, int(bad.sum()))
                 self._log_error("refused %d body output(s): %s (body ids %s)", int(bad.sum()),

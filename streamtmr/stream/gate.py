@@ -1,0 +1,76 @@
+"""The checks every anonymized body passes before it may be published.
+
+One gate, used by the live node (:class:`streamtmr.stream.node.Node`) and by the offline path
+that writes what the node would publish (:func:`streamtmr.offline.publish_sequences`). Per body
+of one engine call (output ``y [B, k, 25, 3]`` against the source frames it came from), in
+order, each failure named by the reason it is counted under:
+
+1. ``bad_output``: every coordinate finite and within the wire format's range (what a
+   subscriber's decoder accepts);
+2. ``bone_check``: the dummy's bone lengths, to ``bone_tol`` metres;
+3. ``leak_guard``: the output does not track the source's bone directions
+   (:mod:`streamtmr.leak_guard`), when the guard is on.
+
+A body that fails is never published from this output: the node republishes its held frame or
+nothing. Pure numpy; only the leak guard keeps per-slot history.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamtmr import skeleton
+from streamtmr.leak_guard import MARGIN_DEG, LeakGuard, frame_angles
+from streamtmr.skeleton import NUM_JOINTS
+from streamtmr.stream import wire
+
+#: Why a body's output is refused, in the order the checks run.
+REASONS = ("bad_output", "bone_check", "leak_guard")
+
+
+def bone_errors(joints: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Max |bone length − dummy length| per body: ``joints [B, 25, 3]`` → ``[B]``."""
+    return np.abs(skeleton.bone_lengths(joints)[:, 1:] - lengths[1:]).max(axis=-1)
+
+
+def in_range(joints: np.ndarray) -> np.ndarray:
+    """Per body: every coordinate finite and within the wire format's range (what a
+    subscriber's decoder accepts): ``joints [B, 25, 3]`` → ``[B]`` bool."""
+    with np.errstate(invalid="ignore"):
+        flat = np.abs(joints).reshape(len(joints), NUM_JOINTS * 3)
+        return flat.max(axis=-1, initial=0.0) <= wire.MAX_ABS_COORD
+
+
+def finite_rows(y: np.ndarray) -> np.ndarray:
+    """Per body: every value finite. ``y [B, ...]`` → ``[B]`` bool."""
+    return np.isfinite(y).reshape(len(y), -1).all(axis=-1) if len(y) else np.ones(0, bool)
+
+
+class OutputGate:
+    """The per-body checks on engine output for up to ``max_bodies`` body slots."""
+
+    def __init__(self, lengths: np.ndarray, max_bodies: int, bone_tol: float,
+                 leak_guard: bool = True, margin_deg: float = MARGIN_DEG):
+        self.lengths = np.asarray(lengths, np.float32)
+        self.bone_tol = float(bone_tol)
+        self.guard = LeakGuard(max_bodies, margin_deg) if leak_guard else None
+
+    def check(self, y: np.ndarray, src: np.ndarray, slots: list[int], generations: list[int]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Output ``y [B, k, 25, 3]`` of the bodies in ``slots`` (their window
+        ``generations``), computed from the source frames ``src [B, k, 25, 3]`` → (``[B]``
+        bool: may be published, ``{reason: [B] bool}`` for the bodies refused, by the first
+        check each failed)."""
+        n, k = y.shape[:2]
+        flat = y.reshape(n * k, NUM_JOINTS, 3)
+        sane = in_range(flat).reshape(n, k).all(axis=1)
+        with np.errstate(invalid="ignore"):
+            bones = (bone_errors(flat, self.lengths) <= self.bone_tol).reshape(n, k).all(axis=1)
+        bones &= sane
+        ok = bones.copy()
+        if self.guard is not None and ok.any():
+            good = np.flatnonzero(ok)
+            angles = frame_angles(y[good], src[good])  # (g, k)
+            ok[good] = self.guard.update([slots[i] for i in good],
+                                         [generations[i] for i in good], angles)
+        return ok, {"bad_output": ~sane, "bone_check": sane & ~bones, "leak_guard": bones & ~ok}
