@@ -76,10 +76,19 @@ class LeakGuard:
         self._next[slot] = 0
 
     def score(self, slots: list[int]) -> np.ndarray:
-        """The pooled score of each slot (NaN when it has none)."""
-        ring = self._ring[np.asarray(slots, np.int64)]
-        with np.errstate(all="ignore"):
-            return np.nanmedian(ring, axis=-1) if ring.size else np.zeros(0, np.float32)
+        """The pooled score of each slot: the median of its frame scores so far (NaN when it has
+        none). Unfilled ring entries are NaN and sort last, so the median of the ``n`` filled
+        ones is the middle of the sorted row (``np.nanmedian`` on small rows goes through masked
+        arrays at ~0.5 ms a call; this is ~20 µs)."""
+        idx = np.asarray(slots, np.int64)
+        if not len(idx):
+            return np.zeros(0, np.float32)
+        ordered = np.sort(self._ring[idx], axis=-1)
+        n = np.minimum(self._next[idx], self._ring.shape[1])
+        rows = np.arange(len(idx))
+        with np.errstate(invalid="ignore"):
+            mid = 0.5 * (ordered[rows, np.maximum(n - 1, 0) // 2] + ordered[rows, n // 2])
+        return np.where(n > 0, mid, np.nan).astype(np.float32)
 
     def update(self, slots: list[int], generations: list[int], angles: np.ndarray) -> np.ndarray:
         """Add ``angles [B, k]`` (frame scores, oldest first) of ``slots``; a slot whose window
