@@ -1,13 +1,15 @@
 """Offline throughput: frames/s of what ``streamtmr anonymize`` runs by default.
 
 The same path as ``streamtmr anonymize`` on a folder of recordings, every sequence of the set
-in one call so that the engine sees large batches: a streaming model goes through the node's
-path (:func:`streamtmr.offline.publish_sequences`: every frame stepped once, up to 64
-sequences side by side per node, checks and smoothing included); a windowed model's windows
-of several sequences are batched into calls of up to ``max_batch`` windows (default hop
-``T // 2``), stitched and projected onto the dummy's bones
-(:func:`streamtmr.offline.anonymize_sequences`). Timed on SynthKinect motion; the call repeats
-until the time slice is used, after one warm-up call.
+in one call so that the engine sees large batches: a streaming model goes through
+:func:`streamtmr.offline.publish_sequences` (what the node would publish: whole tracks through
+the engine's ``run_tracks`` — the PyTorch parallel form, every frame computed once, or stepping
+on the other back ends — then the node's gate, state restarts and smoothing per frame, up to 256
+tracks side by side); a windowed model's windows of several sequences are batched into calls of
+up to ``max_batch`` windows (default hop ``T // 2``), stitched and projected onto the dummy's
+bones (:func:`streamtmr.offline.anonymize_sequences`). ``streamtmr anonymize --engine auto``
+picks PyTorch for a streaming model (``engines.select.TRACKS_ORDER``). Timed on SynthKinect
+motion; the call repeats until the time slice is used, after one warm-up call.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ OFFLINE_BATCH = 32
 
 
 def written_by_anonymize(engine):
-    """What ``streamtmr anonymize`` runs by default: the node's path for a streaming model
-    (:func:`~streamtmr.offline.publish_sequences`: every frame stepped once, up to 64
-    sequences per node), stitched windows for a windowed one."""
+    """What ``streamtmr anonymize`` runs by default: what the node would publish for a
+    streaming model (:func:`~streamtmr.offline.publish_sequences`), stitched windows for a
+    windowed one."""
     return publish_sequences if getattr(engine, "streaming", False) else anonymize_sequences
 
 

@@ -108,6 +108,20 @@ class LeakGuard:
         return (self.score(list(idx)) >= self.margin_deg) & frame_ok
 
 
+def pooled_scores(angles: np.ndarray, history: int = HISTORY) -> np.ndarray:
+    """What :class:`LeakGuard` pools over one track, all at once: frame scores ``angles [n]``
+    (the frames it was given, oldest first) → ``[n]``, entry i the median of scores
+    ``max(0, i - history + 1) … i`` (the ring after the i-th update)."""
+    a = np.asarray(angles, np.float32).reshape(-1)
+    if not len(a):
+        return np.zeros(0, np.float32)
+    padded = np.concatenate([np.full(history - 1, np.nan, np.float32), a])
+    ordered = np.sort(np.lib.stride_tricks.sliding_window_view(padded, history), axis=-1)
+    count = np.minimum(np.arange(1, len(a) + 1), history)  # NaN (not yet filled) sorts last
+    rows = np.arange(len(a))
+    return 0.5 * (ordered[rows, (count - 1) // 2] + ordered[rows, count // 2])
+
+
 def calibration_clip(seed: int = 0) -> np.ndarray:
     """Real-looking motion for the start-up check: one SynthKinect person (sensor noise on)
     performing two actions seen by a Kinect v2, ``float32 [2, 96, 25, 3]`` camera space."""

@@ -235,14 +235,14 @@ def publish_tracks(engine, tracks: list[np.ndarray], config, fps: float = FPS) -
     ``[L_i, 25, 3]`` → what the node publishes, NaN where it publishes nothing.
 
     The same stages as :meth:`Node.step <streamtmr.stream.node.Node.step>` for a streaming
-    engine, frame by frame over all tracks at once: the model's output (``engine.run_tracks``:
-    every frame computed once, the same function as stepping), the node's
-    :class:`~streamtmr.stream.gate.OutputGate` (bounds, bone lengths, leak guard); a refused
-    body's state restarts at its next frame, as the node resets its state slot (the rest of its
-    track is run again from there); accepted frames go through the node's
-    :class:`~streamtmr.stream.smoothing.Smoother`, and a body without a fresh frame gets its
-    held (last published) one."""
-    from streamtmr.stream.gate import OutputGate, in_range
+    engine, each over all frames of all tracks at once where it can be: the model's output
+    (``engine.run_tracks``: every frame computed once, the same function as stepping); the
+    node's gate (:func:`~streamtmr.stream.gate.check_tracks`: bounds, bone lengths, leak guard);
+    a refused body's state restarts at its next frame, as the node resets its state slot (the
+    rest of that track is run again from there and checked again); then, frame by frame, the
+    node's :class:`~streamtmr.stream.smoothing.Smoother` on the accepted frames, and the held
+    (last published) frame for a body without a fresh one."""
+    from streamtmr.stream.gate import check_tracks, in_range
     from streamtmr.stream.smoothing import Smoother
 
     n = len(tracks)
@@ -252,24 +252,33 @@ def publish_tracks(engine, tracks: list[np.ndarray], config, fps: float = FPS) -
         x[i, :len(s)], x[i, len(s):] = s, s[-1]
     y = engine.run_tracks(x)
     dummy = np.asarray(engine.dummy_lengths, np.float32)
-    gate = OutputGate(dummy, n, config.bone_tol, config.leak_guard, config.leak_margin_deg)
+    final = np.zeros(n, np.int64)  # frames before this are past their last restart
+    while True:
+        ok = check_tracks(y, x, lengths, dummy, config.bone_tol, config.leak_guard,
+                          config.leak_margin_deg)
+        restarts: dict[int, list[int]] = {}  # frame → tracks refused there (earliest each)
+        for i in range(n):
+            bad = np.flatnonzero(~ok[i, final[i]:lengths[i] - 1])
+            if len(bad):
+                restarts.setdefault(int(final[i] + bad[0]), []).append(i)
+        if not restarts:
+            break
+        for t, rows in restarts.items():  # the node resets their state: fresh from t + 1
+            y[rows, t + 1:] = engine.run_tracks(np.ascontiguousarray(x[rows, t + 1:]))
+            final[rows] = t + 1
     smoother = Smoother(dummy, n, config.smoothing)
     out = np.full_like(x, np.nan)
     held = np.full((n, skeleton.NUM_JOINTS, 3), np.nan, np.float32)
     buf = np.empty((n, skeleton.NUM_JOINTS, 3), np.float32)
+    ones = [1] * n  # one track per body: the window generation never changes
     for t in range(x.shape[1]):
-        live = np.flatnonzero(lengths > t)
-        gens = [1] * len(live)  # one track per body: the window generation never changes
-        ok, _ = gate.check(y[live, t:t + 1], x[live, t:t + 1], list(live), gens)
-        restart = live[~ok & (lengths[live] > t + 1)]
-        if len(restart):  # the node resets a refused body's state: fresh from frame t + 1
-            y[restart, t + 1:] = engine.run_tracks(np.ascontiguousarray(x[restart, t + 1:]))
-        good = live[ok]
+        good = np.flatnonzero(ok[:, t])
         if len(good):
             t_s = int(t * 1e9 / fps) / 1e9  # the node's clock: frame times in whole ns
-            smoothed = smoother.apply(list(good), gens[:len(good)], y[good, t], t_s, buf)
+            smoothed = smoother.apply(list(good), ones[:len(good)], y[good, t], t_s, buf)
             fine = in_range(smoothed)
             held[good[fine]] = smoothed[fine]
+        live = lengths > t
         out[live, t] = held[live]
     return [out[i, :lengths[i]] for i in range(n)]
 

@@ -238,8 +238,8 @@ class RingAttention(nn.Module):
         bias = (-self.slopes * age)[:, None].expand(nh, n, w, 2 * w).clone()  # slopes (nh, 1, 1)
         bias = bias.masked_fill((age < 0) | (age >= w), -1e9)
         bias[:, 0, :, :w] = -1e9  # the first block has no block before it
-        att = torch.matmul(qb, kb.transpose(-1, -2)) * (1.0 / math.sqrt(hs)) + bias
-        y = torch.matmul(att.softmax(-1), vb).reshape(b, nh, n * w, hs)[:, :, :t]
+        y = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)  # one fused kernel
+        y = y.reshape(b, nh, n * w, hs)[:, :, :t]
         return self.out(y.transpose(1, 2).reshape(b, t, nh * hs))
 
     def step(self, x: torch.Tensor, k_ring: torch.Tensor, v_ring: torch.Tensor,

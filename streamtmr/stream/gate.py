@@ -20,7 +20,13 @@ from __future__ import annotations
 import numpy as np
 
 from streamtmr import skeleton
-from streamtmr.leak_guard import MARGIN_DEG, LeakGuard, frame_angles
+from streamtmr.leak_guard import (
+    FRAME_MARGIN_DEG,
+    MARGIN_DEG,
+    LeakGuard,
+    frame_angles,
+    pooled_scores,
+)
 from streamtmr.skeleton import NUM_JOINTS
 from streamtmr.stream import wire
 
@@ -74,3 +80,28 @@ class OutputGate:
             ok[good] = self.guard.update([slots[i] for i in good],
                                          [generations[i] for i in good], angles)
         return ok, {"bad_output": ~sane, "bone_check": sane & ~bones, "leak_guard": bones & ~ok}
+
+
+def check_tracks(y: np.ndarray, src: np.ndarray, lengths: np.ndarray, dummy_lengths: np.ndarray,
+                 bone_tol: float, leak_guard: bool = True, margin_deg: float = MARGIN_DEG
+                 ) -> np.ndarray:
+    """:meth:`OutputGate.check` on whole tracks at once, as the node applies it frame by frame
+    to one body per track (one generation each): output ``y [B, L, 25, 3]`` of the sources
+    ``src`` (``lengths [B]`` real frames each) → ``[B, L]`` bool, False past a track's end.
+    The leak guard pools each track's scores over the frames that passed the first two checks,
+    as :class:`~streamtmr.leak_guard.LeakGuard` does (``tests/test_gate.py``)."""
+    b, length = y.shape[:2]
+    flat = y.reshape(b * length, NUM_JOINTS, 3)
+    sane = in_range(flat).reshape(b, length)
+    with np.errstate(invalid="ignore"):
+        bones = (bone_errors(flat, np.asarray(dummy_lengths, np.float32)) <= bone_tol)
+    ok = bones.reshape(b, length) & sane & (np.arange(length) < np.asarray(lengths)[:, None])
+    if not leak_guard:
+        return ok
+    frame = min(FRAME_MARGIN_DEG, float(margin_deg))
+    angles = frame_angles(y, src)  # (B, L)
+    for i in range(b):
+        checked = np.flatnonzero(ok[i])
+        pooled = pooled_scores(angles[i, checked])
+        ok[i, checked] = (pooled >= margin_deg) & (angles[i, checked] >= frame)
+    return ok
