@@ -43,7 +43,7 @@ class Smoother:
         self._x = np.zeros((max_bodies, n, 3), np.float32)
         self._dx = np.zeros((max_bodies, n, 3), np.float32)
         self._t = np.zeros(max_bodies, np.float64)
-        self._gen = [-1] * max_bodies
+        self._gen = np.full(max_bodies, -1, np.int64)  # the window generation a slot holds
 
     def apply(self, slots: list[int], generations: list[int], joints: np.ndarray, t_s: float,
               out: np.ndarray) -> np.ndarray:
@@ -58,7 +58,8 @@ class Smoother:
         x[:, 0] = joints[:, skeleton.ROOT]
         x[:, 1:] = skeleton.bone_directions(joints)
         idx = np.asarray(slots, np.int64)
-        fresh = np.array([self._gen[s] != g for s, g in zip(slots, generations)])
+        gens = np.asarray(generations, np.int64)
+        fresh = self._gen[idx] != gens
         prev_x, prev_dx = self._x[idx], self._dx[idx]
         dt = np.maximum(t_s - self._t[idx], 1e-3)[:, None, None].astype(np.float32)
         if self.kind == "ema":
@@ -72,8 +73,7 @@ class Smoother:
         new_x[fresh] = x[fresh]
         new_dx[fresh] = 0.0
         self._x[idx], self._dx[idx], self._t[idx] = new_x, new_dx, t_s
-        for s, g in zip(slots, generations):
-            self._gen[s] = g
+        self._gen[idx] = gens
         res[:] = skeleton.forward_kinematics(new_x[:, 0], new_x[:, 1:] / np.maximum(
             np.linalg.norm(new_x[:, 1:], axis=-1, keepdims=True), skeleton.EPS), self.lengths)
         return res
