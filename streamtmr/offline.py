@@ -1,7 +1,20 @@
 """Offline anonymization of whole recordings through the same engines as the live stream.
 
-Windowing and stitching policy
-------------------------------
+Streaming models: what the node publishes
+-----------------------------------------
+For a streaming model every file writer (``streamtmr anonymize``, the BVH export, the
+evaluation) writes what :class:`~streamtmr.stream.node.Node` would publish for each recording
+played as one body's track (:func:`publish_sequences`): the model's output on the whole track
+(``Engine.run_tracks``: the PyTorch parallel form, every frame computed once, on length buckets
+of up to 256 tracks; stepping on the other back ends), the node's gate on every frame
+(:func:`streamtmr.stream.gate.check_tracks`), a fresh state after each refused frame as the node
+resets its slot, then the node's smoother and held frames. It equals ``Node.step`` frame by frame
+to float rounding (5e-7 m on the NTU samples; ``tests/test_anonymize.py`` also with refusals).
+Windowed models go through a :class:`~streamtmr.stream.node.Node` (:func:`publish_via_node`)
+when ``--streamed``, else through the windows below.
+
+Windowing and stitching policy (windowed models)
+------------------------------------------------
 A sequence ``[L, 25, 3]`` is cut into windows of the engine's ``T`` frames starting every
 ``hop`` frames (default ``T // 2``; the last window is aligned to the sequence's end, see
 :func:`streamtmr.data.windows.window_starts`); a sequence shorter than ``T`` is padded by
