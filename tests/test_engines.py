@@ -202,6 +202,16 @@ def test_auto_picks_onnxruntime_cpu_and_logs_why(caplog):
     assert cpu.name == "onnxruntime"
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="on a CUDA machine auto picks a GPU engine")
+def test_auto_for_whole_tracks_picks_the_parallel_form_of_streaming_models():
+    """``tracks=True`` (``anonymize``): a streaming model gets PyTorch, whose ``run_tracks`` is
+    the parallel form; a windowed model the same engine as without it."""
+    streaming = create_engine("auto", model=tiny("tmr-stream"), window=None, tracks=True)
+    assert streaming.name == "torch" and streaming.streaming
+    assert create_engine("auto", model=tiny("tmr-stream"), window=None).name == "onnxruntime"
+    assert create_engine("auto", model=tiny("naive"), window=8, tracks=True).name == "onnxruntime"
+
+
 def test_unknown_option_and_bad_batch():
     with pytest.raises(TypeError, match="unknown option"):
         create_engine("onnxruntime", model=tiny("naive"), threadz=2)
