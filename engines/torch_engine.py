@@ -111,7 +111,8 @@ class TorchEngine(Engine):
 
     def _run_tracks(self, x: np.ndarray) -> np.ndarray:
         """The streaming model's parallel form (``module(tracks)``): the same function as
-        stepping (``tests/test_streaming.py``), each frame computed once."""
+        stepping (``tests/test_tmr_stream.py``, ``tests/test_anonymize.py``), each frame
+        computed once."""
         out = np.empty_like(x)
         per_call = max(1, self.TRACK_FRAMES // x.shape[1])
         try:

@@ -57,6 +57,20 @@ def frame_angles(out: np.ndarray, src: np.ndarray) -> np.ndarray:
     return np.median(a, axis=-1)
 
 
+def frame_margin(margin_deg: float) -> float:
+    """The single-frame margin that goes with a pooled ``margin_deg``: never above it."""
+    return min(FRAME_MARGIN_DEG, float(margin_deg))
+
+
+def _median_of_filled(ordered: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Rows sorted with their unfilled (NaN) entries last, ``count`` filled each → the median of
+    the filled entries per row (NaN where none)."""
+    rows = np.arange(len(ordered))
+    with np.errstate(invalid="ignore"):
+        mid = 0.5 * (ordered[rows, np.maximum(count - 1, 0) // 2] + ordered[rows, count // 2])
+    return np.where(count > 0, mid, np.nan).astype(np.float32)
+
+
 class LeakGuard:
     """Per body slot: a ring of the newest frame scores; :meth:`update` says who passes."""
 
@@ -65,8 +79,8 @@ class LeakGuard:
         if history < 1 or margin_deg < 0:
             raise ValueError(f"leak guard: history ({history}) >= 1, margin ({margin_deg}) >= 0")
         self.margin_deg = float(margin_deg)
-        self.frame_margin_deg = (min(FRAME_MARGIN_DEG, self.margin_deg)
-                                 if frame_margin_deg is None else float(frame_margin_deg))
+        self.frame_margin_deg = (frame_margin(self.margin_deg) if frame_margin_deg is None
+                                 else float(frame_margin_deg))
         self._ring = np.full((max_bodies, history), np.nan, np.float32)
         self._next = np.zeros(max_bodies, np.int64)
         self._gen = np.full(max_bodies, -1, np.int64)
@@ -83,12 +97,8 @@ class LeakGuard:
         idx = np.asarray(slots, np.int64)
         if not len(idx):
             return np.zeros(0, np.float32)
-        ordered = np.sort(self._ring[idx], axis=-1)
-        n = np.minimum(self._next[idx], self._ring.shape[1])
-        rows = np.arange(len(idx))
-        with np.errstate(invalid="ignore"):
-            mid = 0.5 * (ordered[rows, np.maximum(n - 1, 0) // 2] + ordered[rows, n // 2])
-        return np.where(n > 0, mid, np.nan).astype(np.float32)
+        return _median_of_filled(np.sort(self._ring[idx], axis=-1),
+                                 np.minimum(self._next[idx], self._ring.shape[1]))
 
     def update(self, slots: list[int], generations: list[int], angles: np.ndarray) -> np.ndarray:
         """Add ``angles [B, k]`` (frame scores, oldest first) of ``slots``; a slot whose window
@@ -117,9 +127,7 @@ def pooled_scores(angles: np.ndarray, history: int = HISTORY) -> np.ndarray:
         return np.zeros(0, np.float32)
     padded = np.concatenate([np.full(history - 1, np.nan, np.float32), a])
     ordered = np.sort(np.lib.stride_tricks.sliding_window_view(padded, history), axis=-1)
-    count = np.minimum(np.arange(1, len(a) + 1), history)  # NaN (not yet filled) sorts last
-    rows = np.arange(len(a))
-    return 0.5 * (ordered[rows, (count - 1) // 2] + ordered[rows, count // 2])
+    return _median_of_filled(ordered, np.minimum(np.arange(1, len(a) + 1), history))
 
 
 def calibration_clip(seed: int = 0) -> np.ndarray:

@@ -20,13 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamtmr import skeleton
-from streamtmr.leak_guard import (
-    FRAME_MARGIN_DEG,
-    MARGIN_DEG,
-    LeakGuard,
-    frame_angles,
-    pooled_scores,
-)
+from streamtmr.leak_guard import MARGIN_DEG, LeakGuard, frame_angles, frame_margin, pooled_scores
 from streamtmr.skeleton import NUM_JOINTS
 from streamtmr.stream import wire
 
@@ -52,6 +46,18 @@ def finite_rows(y: np.ndarray) -> np.ndarray:
     return np.isfinite(y).reshape(len(y), -1).all(axis=-1) if len(y) else np.ones(0, bool)
 
 
+def frame_checks(y: np.ndarray, lengths: np.ndarray, bone_tol: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Checks 1 and 2 on every frame of ``y [B, k, 25, 3]`` → (in range ``[B, k]``, in range
+    with the dummy's bone lengths ``[B, k]``)."""
+    b, k = y.shape[:2]
+    flat = y.reshape(b * k, NUM_JOINTS, 3)
+    sane = in_range(flat).reshape(b, k)
+    with np.errstate(invalid="ignore"):
+        bones = (bone_errors(flat, lengths) <= bone_tol).reshape(b, k)
+    return sane, bones & sane
+
+
 class OutputGate:
     """The per-body checks on engine output for up to ``max_bodies`` body slots."""
 
@@ -67,12 +73,7 @@ class OutputGate:
         ``generations``), computed from the source frames ``src [B, k, 25, 3]`` → (``[B]``
         bool: may be published, ``{reason: [B] bool}`` for the bodies refused, by the first
         check each failed)."""
-        n, k = y.shape[:2]
-        flat = y.reshape(n * k, NUM_JOINTS, 3)
-        sane = in_range(flat).reshape(n, k).all(axis=1)
-        with np.errstate(invalid="ignore"):
-            bones = (bone_errors(flat, self.lengths) <= self.bone_tol).reshape(n, k).all(axis=1)
-        bones &= sane
+        sane, bones = (c.all(axis=1) for c in frame_checks(y, self.lengths, self.bone_tol))
         ok = bones.copy()
         if self.guard is not None and ok.any():
             good = np.flatnonzero(ok)
@@ -91,14 +92,11 @@ def check_tracks(y: np.ndarray, src: np.ndarray, lengths: np.ndarray, dummy_leng
     The leak guard pools each track's scores over the frames that passed the first two checks,
     as :class:`~streamtmr.leak_guard.LeakGuard` does (``tests/test_gate.py``)."""
     b, length = y.shape[:2]
-    flat = y.reshape(b * length, NUM_JOINTS, 3)
-    sane = in_range(flat).reshape(b, length)
-    with np.errstate(invalid="ignore"):
-        bones = (bone_errors(flat, np.asarray(dummy_lengths, np.float32)) <= bone_tol)
-    ok = bones.reshape(b, length) & sane & (np.arange(length) < np.asarray(lengths)[:, None])
+    _, ok = frame_checks(y, np.asarray(dummy_lengths, np.float32), bone_tol)
+    ok &= np.arange(length) < np.asarray(lengths)[:, None]
     if not leak_guard:
         return ok
-    frame = min(FRAME_MARGIN_DEG, float(margin_deg))
+    frame = frame_margin(margin_deg)
     angles = frame_angles(y, src)  # (B, L)
     for i in range(b):
         checked = np.flatnonzero(ok[i])
