@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,3 +32,18 @@ def model_ckpt(tmp_path_factory):
     shutil.copyfile(default_checkpoint_path(), d / "model.safetensors")
     write_card(d / "model.safetensors", {"command": "a test card"})
     return d / "model.safetensors"
+
+
+def utk_folder(root, rng, subjects=(1, 2)):
+    """A UTKinect-Action3D folder: each subject two runs, each run two labelled actions of 14
+    frames (walk, throw), every person with their own random pose plus 1 cm noise per frame."""
+    labels = []
+    for s in subjects:
+        for e in (1, 2):
+            base = rng.uniform(-0.5, 0.5, 60) * s
+            rows = [f"{i}  " + "  ".join(f"{v:.5f}" for v in base + rng.normal(0, 0.01, 60))
+                    for i in range(1, 31)]
+            (root / f"joints_s{s:02d}_e{e:02d}.txt").write_text("\n".join(rows) + "\n")
+            labels += [f"s{s:02d}_e{e:02d}", "walk: 1 14", "throw: 16 29"]
+    (root / "actionLabel.txt").write_text("\n".join(labels) + "\n")
+    return root

@@ -44,6 +44,16 @@ def test_evaluate_needs_data_or_quick(capsys):
     assert "--data" in capsys.readouterr().err
 
 
+def test_utk_subjects_takes_ids_and_ranges(capsys):
+    from streamtmr.commands.evaluate import _subject_ids
+
+    assert _subject_ids("6-10") == (6, 7, 8, 9, 10)
+    assert _subject_ids("1,3, 5-6") == (1, 3, 5, 6)
+    for bad in ("6-x", "4"):
+        assert main(["evaluate", "--quick", "--method", "naive", "--utk-subjects", bad]) == 2
+        assert "--utk-subjects" in capsys.readouterr().err
+
+
 def _seq_file(tmp_path):
     t = np.linspace(0, 2 * np.pi, 12)
     seq = np.repeat(default_dummy().rest_pose()[None], 12, axis=0)

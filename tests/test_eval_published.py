@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import utk_folder
 from engines import create_engine
 from streamtmr.data.synth import generate
 from streamtmr.eval import protocol
@@ -157,26 +158,12 @@ def test_seeds_are_reported_as_mean_and_std_with_the_stronger_backbone():
     assert out["seeds"] == [0, 1]
 
 
-def _utk_folder(root, rng):
-    """Two people, two runs each, two labelled actions of 14 frames per run."""
-    labels = []
-    for s in (1, 2):
-        for e in (1, 2):
-            base = rng.uniform(-0.5, 0.5, 60) * s
-            rows = [f"{i}  " + "  ".join(f"{v:.5f}" for v in base + rng.normal(0, 0.01, 60))
-                    for i in range(1, 31)]
-            (root / f"joints_s{s:02d}_e{e:02d}.txt").write_text("\n".join(rows) + "\n")
-            labels += [f"s{s:02d}_e{e:02d}", "walk: 1 14", "throw: 16 29"]
-    (root / "actionLabel.txt").write_text("\n".join(labels) + "\n")
-    return root
-
-
 def test_utkinect_attacks_the_published_segments(tmp_path):
     """UTKinect windows are cut from what the node published for each labelled segment, both
     re-ID backbones attack, the stronger is reported."""
     from streamtmr.eval import realdata
 
-    root = _utk_folder(tmp_path, np.random.default_rng(0))
+    root = utk_folder(tmp_path, np.random.default_rng(0))
     data, segments = realdata.utkinect_windows(root, window=8, stride=4)
     ident = dict(enumerate(range(len(segments))))
     for run in data.values():
@@ -194,3 +181,22 @@ def test_utkinect_attacks_the_published_segments(tmp_path):
     assert n["mpjpe_source_mm"] > 1.0 and len(n["folds"]) == 2
     assert res["methods"]["original"]["static"]["reid_top1"] == \
         res["methods"]["original"]["adaptive"]["reid_top1"]
+
+
+def test_utkinect_on_a_subset_of_people(tmp_path):
+    """--utk-subjects: only those people are attacked (the half a fold model never saw)."""
+    from streamtmr.eval import realdata
+
+    root = utk_folder(tmp_path, np.random.default_rng(0), subjects=(1, 2, 3))
+    data, _ = realdata.utkinect_windows(root, window=8, stride=4, subjects=(1, 3))
+    for run in data.values():
+        for part in run.values():
+            assert set(part["subject"].tolist()) == {1, 3}
+    naive = protocol.method_from_model("naive", build_model({"method": "naive"}),
+                                       protocol.default_dummy())
+    res = realdata.evaluate_utkinect(root, [naive], AttackerTraining(width=8, epochs=1),
+                                     window=8, stride=4, subjects=(1, 3))
+    assert res["subjects"] == 2 and res["subject_ids"] == [1, 3]
+    assert res["chance"]["reid_top1"] == 0.5
+    with pytest.raises(ValueError, match=r"no \[7\]"):
+        realdata.utkinect_windows(root, window=8, subjects=(1, 7))

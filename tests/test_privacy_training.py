@@ -14,7 +14,13 @@ from safetensors.torch import load_file, save_file
 from streamtmr import skeleton
 from streamtmr.data import synth
 from streamtmr.data.pairs import PERSON_BASE, pair_batch, render_pair
-from streamtmr.data.real_windows import ntu_windows
+from conftest import utk_folder
+from streamtmr.data.real_windows import (
+    ntu_windows,
+    person_triplets,
+    real_people_names,
+    utkinect_people,
+)
 from streamtmr.dummy import default_dummy
 from streamtmr.models.registry import build_model
 from streamtmr.train import Trainer, load_config
@@ -244,3 +250,65 @@ def test_pair_losses_need_pairs(store, tmp_path):
 def _info(store: Path):
     from streamtmr.train.trainer import load_data
     return load_data(_config(), store).info
+
+
+# ------------------------------------------------------------------ real people (UTKinect fold)
+
+
+def test_person_pair_targets_generalise_the_fresh_people_targets():
+    action = torch.tensor([0, 1, 0])
+    fresh = torch.arange(6)  # a, b: six different people; a2 repeats a's people
+    labels, mask = P.person_pair_targets(fresh, fresh[:3], torch.cat([action, action]), action)
+    want_labels, want_mask = P.verification_targets(action)
+    assert torch.equal(labels, want_labels) and torch.equal(mask, want_mask)
+    # a real batch repeats people: item 2's anchor is item 0's person, so (2, 0) is a positive
+    person = torch.tensor([5, 6, 5, 7, 8, 9])
+    labels, _ = P.person_pair_targets(person, person[:3], torch.cat([action, action]), action)
+    assert labels[2, 0] == 1 and labels[0, 2] == 1 and labels[1, 0] == 0
+
+
+def test_real_people_triplets_pair_same_action_across_runs_and_people(tmp_path):
+    root = utk_folder(tmp_path, np.random.default_rng(0), subjects=(1, 2, 3))
+    people = utkinect_people(root, [1, 2], window=8, stride=4)
+    assert set(people.subject.tolist()) == {1, 2} and people.joints.shape[1:] == (8, 25, 3)
+    a, b, a2 = person_triplets(people, 16, np.random.default_rng(1))
+    s, act, run = people.subject, people.action, people.execution
+    assert np.array_equal(s[a], s[a2]) and np.all(run[a] != run[a2])  # same person, other run
+    assert np.all(s[b] != s[a])                                       # another person
+    assert np.array_equal(act[a], act[b]) and np.array_equal(act[a], act[a2])
+    with pytest.raises(ValueError, match=r"subject\(s\) \[4\]"):
+        utkinect_people(root, [1, 4])
+    with pytest.raises(ValueError, match=">= 2 subjects"):
+        utkinect_people(root, [1])
+    assert real_people_names(None, [2, 1]) == ["utkinect:s01", "utkinect:s02"]
+
+
+def test_ver_real_trains_on_the_fold_people_and_the_checkpoint_names_them(store, tmp_path):
+    (tmp_path / "utk").mkdir()
+    root = utk_folder(tmp_path / "utk", np.random.default_rng(0), subjects=(1, 2, 3))
+    sets = {"data.real_utkinect": str(root), "data.real_utkinect_subjects": "[1,3]",
+            "data.real_people_per_batch": "3", "data.real_people_window": "8",
+            "train.stages[0].weights.ver_real": "0.5"}
+    trainer = Trainer(_config(**sets), store, tmp_path / "run")
+    head0 = {k: v.clone() for k, v in trainer.curriculum.verifier["ver_real"].state_dict().items()}
+    final = trainer.fit()
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if "split" not in r]
+    assert all(np.isfinite(r["ver_real"]) and 0 <= r["ver_real_auc"] <= 1 for r in train)
+    head1 = trainer.curriculum.verifier["ver_real"].state_dict()
+    assert any(not torch.equal(head0[k], head1[k]) for k in head0)
+    from streamtmr.models.checkpoint import read_metadata
+    assert read_metadata(final)[1]["data"]["real_subjects"] == ["utkinect:s01", "utkinect:s03"]
+    assert not any("verif" in k for k in load_file(str(final)))
+
+
+def test_ver_real_needs_its_people(store, tmp_path):
+    with pytest.raises(ConfigError, match="real_utkinect"):
+        Trainer(_config(**{"train.stages[0].weights.ver_real": "0.5"}), store, tmp_path / "r")
+    with pytest.raises(ConfigError, match="go together"):
+        _config(**{"data.real_utkinect": str(tmp_path)})
+    root = utk_folder(tmp_path, np.random.default_rng(0), subjects=(1, 2))
+    sets = {"data.real_utkinect": str(root), "data.real_utkinect_subjects": "[1,9]",
+            "train.stages[0].weights.ver_real": "0.5"}
+    with pytest.raises(ConfigError, match=r"real_utkinect:.*\[9\]"):
+        Trainer(_config(**sets), store, tmp_path / "r2")

@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "and the other evaluated methods)")
     p.add_argument("--utk-studies", action="store_true",
                    help="also evaluate the study runs (--models study file) on UTKinect")
+    p.add_argument("--utk-subjects",
+                   help="evaluate on these UTKinect people only, e.g. 6-10 or 1,3,5: the half "
+                        "that a model trained with data.real_utkinect_subjects never saw")
     p.add_argument("--utk-epochs", type=int, default=30,
                    help="attacker epochs on UTKinect (a small set; default 30)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder")
@@ -116,6 +119,22 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise UserError(f"{flag}: expected comma-separated integers, got {text!r}") from None
 
 
+def _subject_ids(text: str) -> tuple[int, ...]:
+    """``6-10`` or ``1,3,5`` (or both, ``1-3,7``) → sorted subject ids."""
+    ids: set[int] = set()
+    try:
+        for part in (v.strip() for v in text.split(",")):
+            if part:
+                lo, _, hi = part.partition("-")
+                ids.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UserError(f"--utk-subjects: expected ids or ranges like 6-10 or 1,3,5, "
+                        f"got {text!r}") from None
+    if len(ids) < 2:
+        raise UserError(f"--utk-subjects: needs >= 2 people, got {text!r}")
+    return tuple(sorted(ids))
+
+
 def _names(text: str, flag: str, known) -> tuple[str, ...]:
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     bad = [n for n in names if n not in known]
@@ -134,7 +153,9 @@ def _request(args: argparse.Namespace):
         all=args.all, models=list(args.models or ()), study_out=args.study_out,
         methods=methods, cache=args.cache, no_cache=args.no_cache, runs=args.runs,
         sigmas=_sigmas(args.sigmas), utkinect=args.utkinect, utk_studies=args.utk_studies,
-        utk_epochs=args.utk_epochs, out=args.out, report=args.report, quick=args.quick,
+        utk_epochs=args.utk_epochs,
+        utk_subjects=_subject_ids(args.utk_subjects) if args.utk_subjects else None,
+        out=args.out, report=args.report, quick=args.quick,
         window=args.window, epochs=args.epochs, width=args.width, tsne=args.tsne,
         device=args.device, seed=args.seed, command=_command(args),
         seeds=_ints(args.seeds, "--seeds") if args.seeds else (),

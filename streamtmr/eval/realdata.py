@@ -34,11 +34,20 @@ PROTOCOL = ("Windows over the labelled action segments (training: sliding window
             "recordings; adaptive: retrained on the method's output.")
 
 
-def utkinect_windows(root: str | Path, window: int = 32, stride: int = 4
+def utkinect_windows(root: str | Path, window: int = 32, stride: int = 4,
+                     subjects: tuple[int, ...] | None = None,
                      ) -> tuple[dict[int, dict[str, dict[str, np.ndarray]]], list[np.ndarray]]:
     """({execution: {"train": windows, "test": windows}}, segments): windows with joints,
-    subject, action, ``segment`` (index into the segments) and ``start`` arrays."""
+    subject, action, ``segment`` (index into the segments) and ``start`` arrays; only the
+    people of ``subjects`` when given (raises ``ValueError`` naming any the folder lacks)."""
     seqs = read_utkinect(root)
+    if subjects is not None:
+        have = sorted({s.subject for s in seqs})
+        missing = sorted(set(subjects) - set(have))
+        if missing or len(set(subjects)) < 2:
+            raise ValueError(f"{root}: --utk-subjects {list(subjects)}: need >= 2 of the "
+                             f"folder's subjects {have}" + (f"; no {missing}" if missing else ""))
+        seqs = [s for s in seqs if s.subject in subjects]
     segments = [np.asarray(s.joints, np.float32) for s in seqs]
     out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     for ex in sorted({s.execution for s in seqs}):
@@ -77,11 +86,14 @@ def published_segments(method: Method, segments: list[np.ndarray]) -> list[np.nd
 
 def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: AttackerTraining,
                       window: int = 32, stride: int = 4, batch: int = 64,
-                      reid_archs: tuple[str, ...] = ("sgn",)) -> dict[str, Any]:
+                      reid_archs: tuple[str, ...] = ("sgn",),
+                      subjects: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Re-ID and action accuracy before and after each method (plus ``original``). Re-ID is
     attacked by every backbone of ``reid_archs``; the one with the higher mean adaptive top-1
-    over both folds is reported (``reid_arch``; all in ``reid_by_arch``)."""
-    data, segments = utkinect_windows(root, window, stride)
+    over both folds is reported (``reid_arch``; all in ``reid_by_arch``). ``subjects`` keeps
+    only those people (the half an anonymizer trained with ``data.real_utkinect_subjects`` on
+    the other half never saw); chance follows their number."""
+    data, segments = utkinect_windows(root, window, stride, subjects)
     runs = sorted(data)
     if len(runs) != 2:
         raise ValueError(f"{root}: expected two runs per subject, found {runs}")
@@ -109,6 +121,7 @@ def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: Attacke
             log.info("UTKinect fold train run %d: %s %s", tr, m.name, r)
     n_subj = len(np.unique(data[runs[0]]["test"]["subject"]))
     return {"dataset": "UTKinect-Action3D", "root": str(root), "subjects": n_subj,
+            **({"subject_ids": sorted(subjects)} if subjects is not None else {}),
             "actions": len(ACTIONS), "window": window, "stride": stride,
             "windows": int(sum(len(d[s]["subject"]) for d in data.values()
                                for s in ("train", "test"))),

@@ -358,7 +358,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def utkinect_markdown(u: dict[str, Any]) -> str:
-    lines = [f"### UTKinect-Action3D (real Kinect v1 recordings): {u['subjects']} subjects, "
+    ids = u.get("subject_ids")
+    who = f" (only subjects {', '.join(map(str, ids))})" if ids else ""
+    lines = [f"### UTKinect-Action3D (real Kinect v1 recordings): {u['subjects']} subjects{who}, "
              f"{u['actions']} actions, {u['windows']} windows of {u['window']} frames", "",
              u["protocol"], "",
              f"Chance: re-ID top-1 {_pct(u['chance']['reid_top1'])}%, action top-1 "

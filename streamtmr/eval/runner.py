@@ -42,6 +42,8 @@ class EvalRequest:
     utkinect: Path | None = None
     utk_studies: bool = False
     utk_epochs: int = 30
+    #: UTKinect people to evaluate on (None: all); see ``data.real_utkinect_subjects``.
+    utk_subjects: tuple[int, ...] | None = None
     out: Path = Path("runs/eval")
     report: Path | None = None
     quick: bool = False
@@ -121,7 +123,8 @@ def utkinect_transfer(r: EvalRequest, cfg: protocol.EvalConfig, methods) -> dict
             and (r.utk_studies or not m.info.get("groups"))]
     utk = AttackerTraining(**{**cfg.attacker.as_dict(), "epochs": r.utk_epochs})
     try:
-        return evaluate_utkinect(r.utkinect, real, utk, reid_archs=cfg.reid_archs)
+        return evaluate_utkinect(r.utkinect, real, utk, reid_archs=cfg.reid_archs,
+                                 subjects=r.utk_subjects)
     except ValueError as e:  # UTKFormatError is one; others name what the data lacks
         raise protocol.ProtocolError(str(e)) from None
 

@@ -72,6 +72,14 @@ class DataConfig:
     #: of their windows each step uses (None: off; the λ must then be 0).
     real_dir: str | None = None
     real_per_batch: int = 8
+    #: UTKinect-Action3D folder and the subjects (ids 1-10) whose windows train the real-person
+    #: verification adversary ``ver_real``; the other subjects are the evaluation's
+    #: (``streamtmr evaluate --utk-subjects``). ``real_people_per_batch`` triplets per step, each
+    #: ``real_people_window`` frames (the evaluation's UTKinect window).
+    real_utkinect: str | None = None
+    real_utkinect_subjects: list[int] | None = None
+    real_people_per_batch: int = 8
+    real_people_window: int = 32
 
 
 @dataclass
@@ -322,6 +330,12 @@ def _check_values(cfg: Config, where: _Where) -> None:
     for name in ("augment_posture", "augment_amplitude", "augment_bones", "pairs_per_batch"):
         positive(("data", name), getattr(cfg.data, name), strict=False)
     positive(("data", "real_per_batch"), cfg.data.real_per_batch)
+    positive(("data", "real_people_per_batch"), cfg.data.real_people_per_batch)
+    positive(("data", "real_people_window"), cfg.data.real_people_window)
+    if (cfg.data.real_utkinect is None) != (cfg.data.real_utkinect_subjects is None):
+        raise where.error(("data", "real_utkinect_subjects"),
+                          "real_utkinect and real_utkinect_subjects go together (a folder and "
+                          "the training half of its people)")
     if cfg.data.pairs_per_batch == 1:
         raise where.error(("data", "pairs_per_batch"), "must be 0 (off) or >= 2 (the "
                           "verifier's negatives pair people of different items)")

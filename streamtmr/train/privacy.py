@@ -14,6 +14,10 @@
 * ``ver_out`` is the same adversary on the *output* (:func:`pose_statistics` of the decoded
   window), which is what attackers see; a probe of that kind re-identifies pairs of fresh people
   in the shipped default's output at AUC 0.73 (``ver`` on pooled H_action stays near 0.5).
+* ``ver_real`` is ``ver`` on windows of *real* people (UTKinect, :func:`streamtmr.data.
+  real_windows.utkinect_people`): one half of the people for training, the other half for the
+  evaluation, so the attack is still on people the anonymizer never saw. A few people repeat
+  across a batch, so its labels come from the person ids (:func:`person_pair_targets`).
 * **Cross-identity invariance** (``inv_h``): the same content rendered for two people must give
   the same H_action; :func:`invariance_loss` is the squared distance relative to the features'
   own size, so shrinking the features does not lower it. ``inv_out`` is the mean joint distance
@@ -34,7 +38,7 @@ from streamtmr import skeleton
 from streamtmr.models.layers import MLP, grad_reverse
 
 #: Loss names of this module (λ keys of TMR's stages).
-PRIVACY_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse", "dyn")
+PRIVACY_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse", "dyn", "ver_real")
 #: Size of :func:`pose_statistics`: mean and std over time of 24 bone directions.
 POSE_STATISTICS = 2 * 24 * 3
 
@@ -66,6 +70,17 @@ def verification_targets(action: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     labels[torch.arange(k), torch.arange(k)] = 1.0
     mask = torch.cat([action, action])[:, None] == action[None, :]
     return labels, mask
+
+
+def person_pair_targets(left_person: torch.Tensor, right_person: torch.Tensor,
+                        left_action: torch.Tensor, right_action: torch.Tensor,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and mask of the pair matrix ``[N, M]`` when people may repeat across items (a
+    few real people): label 1 where the two windows show the same person, a pair used where
+    they show the same action. With every item a new person this is
+    :func:`verification_targets`."""
+    labels = (left_person[:, None] == right_person[None, :]).float()
+    return labels, left_action[:, None] == right_action[None, :]
 
 
 def verification_loss(head: VerificationHead, pooled_a: torch.Tensor, pooled_b: torch.Tensor,

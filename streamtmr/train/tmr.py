@@ -22,9 +22,10 @@ two subject-side terms work:
   encoder to fool it.
 
 The privacy terms of :mod:`streamtmr.train.privacy` (``ver``, ``inv_h``, ``inv_out``,
-``pair_mse``, ``dyn``; λ 0 in every table, so recipes without them are unchanged) use extra batch
-keys that :class:`TMRCurriculum` adds when ``data.pairs_per_batch`` / ``data.real_dir`` are set:
-cross-identity pairs of fresh people rendered each step, and unlabelled real NTU windows. The
+``pair_mse``, ``dyn``, ``ver_real``; λ 0 in every table, so recipes without them are unchanged)
+use extra batch keys that :class:`TMRCurriculum` adds when ``data.pairs_per_batch`` /
+``data.real_dir`` / ``data.real_utkinect`` are set: cross-identity pairs of fresh people rendered
+each step, unlabelled real NTU windows, and triplets of the training half of UTKinect's people. The
 verification head is the curriculum's, not the model's: it trains with the stage's optimiser but
 is never saved, so checkpoints keep the model's exact layout.
 """
@@ -42,7 +43,7 @@ from torch import nn
 from streamtmr import losses as L
 from streamtmr import skeleton
 from streamtmr.data.pairs import pair_batch
-from streamtmr.data.real_windows import ntu_windows
+from streamtmr.data.real_windows import ntu_windows, person_triplets, utkinect_people
 from streamtmr.data.synth import ACTIONS
 from streamtmr.models.layers import grad_reverse
 from streamtmr.models.tmr import DisentangledTMR
@@ -119,8 +120,9 @@ def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
 
     The privacy terms need ``pair_a``/``pair_b``/``pair_a2``/``pair_target`` ``[K,T,25,3]``
     and ``pair_action`` ``[K]`` (``ver*``, ``inv_*``, ``pair_mse``; ``ver*`` also
-    ``verifier``, a head per ``ver*`` term) or ``real [R,T,25,3]`` and ``real_lengths [R,25]``
-    (``dyn``). With ``ver`` (``ver_out``) the result also holds ``ver_auc`` (``ver_out_auc``),
+    ``verifier``, a head per ``ver*`` term), ``real [R,T,25,3]`` and ``real_lengths [R,25]``
+    (``dyn``), or ``real_a``/``real_b``/``real_a2`` ``[K,T,25,3]`` with ``real_person`` and
+    ``real_action`` ``[3K]`` (``ver_real``). With ``ver`` (``ver_out``) the result also holds ``ver_auc`` (``ver_out_auc``),
     the head's same-person AUC on the batch (a diagnostic, never weighted).
 
     batch: ``source [B,T,25,3]``, ``target [B,T,25,3]`` (ground-truth retarget on the target
@@ -137,6 +139,8 @@ def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
         return batch[key]
 
     out = _pair_losses(model, verifier, active, need) if set(PAIR_LOSSES) & set(active) else {}
+    if "ver_real" in active:
+        out.update(_real_person_losses(model, verifier, need))
     if "dyn" in active:
         real = need("real")
         out["dyn"] = P.dynamics_loss(model.retarget(real, need("real_lengths")), real)
@@ -192,6 +196,20 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
             stats = P.pose_statistics(torch.cat([y_a, y_b, y_a2])).split(k)
             out.update(_verify(model, verifier, "ver_out", stats, labels, mask))
     return out
+
+
+def _real_person_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None, need,
+                        ) -> dict[str, torch.Tensor]:
+    """``ver_real``: the verification adversary on pooled H_action of real triplets
+    ``real_a``/``real_b``/``real_a2`` ``[K,T,25,3]`` with ``real_person`` and ``real_action``
+    ``[3K]`` (a, b, a2 in that order)."""
+    a = need("real_a")
+    k = a.shape[0]
+    code, _ = model.encode_action(torch.cat([a, need("real_b"), need("real_a2")]))
+    person, action = need("real_person"), need("real_action")
+    labels, mask = P.person_pair_targets(person[:2 * k], person[2 * k:], action[:2 * k],
+                                         action[2 * k:])
+    return _verify(model, verifier, "ver_real", code.pooled.split(k), labels, mask)
 
 
 def _verify(model: DisentangledTMR, verifier: nn.ModuleDict | None, name: str, feats,
@@ -279,11 +297,22 @@ class TMRCurriculum(Curriculum):
                               f"losses {sorted(set(PAIR_LOSSES) & used)}")
         if "dyn" in used and not d.real_dir:
             raise ConfigError(f"{config.source}: data.real_dir: needed for the loss 'dyn'")
-        sizes = {"ver": int(model.config["d_action"]), "ver_out": P.POSE_STATISTICS}
+        if "ver_real" in used and not d.real_utkinect:
+            raise ConfigError(f"{config.source}: data.real_utkinect: needed for the loss "
+                              "'ver_real'")
+        sizes = {"ver": int(model.config["d_action"]), "ver_out": P.POSE_STATISTICS,
+                 "ver_real": int(model.config["d_action"])}
         heads = {k: P.VerificationHead(n) for k, n in sizes.items() if k in used}
         self.verifier = nn.ModuleDict(heads).to(device) if heads else None
         self.real = (torch.from_numpy(ntu_windows(d.real_dir, d.window)).to(device)
                      if "dyn" in used else None)
+        self.people = None
+        if "ver_real" in used:
+            try:
+                self.people = utkinect_people(d.real_utkinect, list(d.real_utkinect_subjects),
+                                              d.real_people_window)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{config.source}: data.real_utkinect: {e}") from None
 
     def default_weights(self, name: str) -> dict[str, float] | None:
         return stage_weights(self.model, STAGES[name])
@@ -325,7 +354,21 @@ class TMRCurriculum(Curriculum):
             pick = torch.randint(len(self.real), (d.real_per_batch,)).to(self.real.device)
             lengths = batch["target_lengths"][:1].expand(d.real_per_batch, -1)
             batch = {**batch, "real": self.real[pick], "real_lengths": lengths}
+        if self.people is not None:
+            batch = {**batch, **self._real_triplets(batch["source"].device)}
         return batch
+
+    def _real_triplets(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """``real_people_per_batch`` triplets of the training half's real people."""
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+        idx = np.concatenate(person_triplets(self.people, self.config.data.real_people_per_batch,
+                                             rng))
+        a, b, a2 = np.split(self.people.joints[idx], 3)
+        return {"real_a": torch.from_numpy(a).to(device),
+                "real_b": torch.from_numpy(b).to(device),
+                "real_a2": torch.from_numpy(a2).to(device),
+                "real_person": torch.from_numpy(self.people.subject[idx]).to(device),
+                "real_action": torch.from_numpy(self.people.action[idx]).to(device)}
 
     def _pairs(self, dummy_lengths: torch.Tensor, window: int) -> dict[str, torch.Tensor]:
         """``pairs_per_batch`` pair items of fresh people: item indices start at a random

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from streamtmr.data.datasets import WindowDataset
+from streamtmr.data.real_windows import real_people_names
 from streamtmr.data.store import SkeletonStore, StoreError
 from streamtmr.models.base import Anonymizer
 from streamtmr.models.checkpoint import CheckpointError, read_metadata, save_checkpoint
@@ -129,7 +130,7 @@ def load_data(cfg: Config, data_dir: str | Path) -> TrainData:
                "val": {"column": d.val_column, "values": sorted(held),
                        "windows": len(val_pos)},
                "train_sequences": int(len(positions)), "labels": labels,
-               "real_subjects": []}
+               "real_subjects": real_people_names(d.real_dir, d.real_utkinect_subjects)}
     return TrainData(ds, positions, val, info, summary)
 
 
