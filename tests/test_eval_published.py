@@ -4,8 +4,8 @@ second attacker architecture (temporal transformer) stands beside the SGN-style 
 import numpy as np
 import pytest
 import torch
-
 from conftest import utk_folder
+
 from engines import create_engine
 from streamtmr.data.synth import generate
 from streamtmr.eval import protocol

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import utk_folder
 from safetensors.torch import load_file, save_file
 
 from streamtmr import skeleton
 from streamtmr.data import synth
 from streamtmr.data.pairs import PERSON_BASE, pair_batch, render_pair
-from conftest import utk_folder
 from streamtmr.data.real_windows import (
     ntu_windows,
     person_triplets,

@@ -122,8 +122,8 @@ def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
     and ``pair_action`` ``[K]`` (``ver*``, ``inv_*``, ``pair_mse``; ``ver*`` also
     ``verifier``, a head per ``ver*`` term), ``real [R,T,25,3]`` and ``real_lengths [R,25]``
     (``dyn``), or ``real_a``/``real_b``/``real_a2`` ``[K,T,25,3]`` with ``real_person`` and
-    ``real_action`` ``[3K]`` (``ver_real``). With ``ver`` (``ver_out``) the result also holds ``ver_auc`` (``ver_out_auc``),
-    the head's same-person AUC on the batch (a diagnostic, never weighted).
+    ``real_action`` ``[3K]`` (``ver_real``). Each ``ver*`` term adds ``<name>_auc``, its head's
+    same-person AUC on the batch (a diagnostic, never weighted).
 
     batch: ``source [B,T,25,3]``, ``target [B,T,25,3]`` (ground-truth retarget on the target
     body), ``target_lengths [B,25]``, ``action [B]``, ``subject [B]``; optional ``identity
