@@ -200,3 +200,10 @@ def test_utkinect_on_a_subset_of_people(tmp_path):
     assert res["chance"]["reid_top1"] == 0.5
     with pytest.raises(ValueError, match=r"no \[7\]"):
         realdata.utkinect_windows(root, window=8, subjects=(1, 7))
+    # a model that trained on UTKinect person 3 is refused where person 3 is evaluated
+    naive.info["real_subjects"] = ["ntu:P001", "utkinect:s03"]
+    with pytest.raises(ValueError, match=r"trained on UTKinect subjects \[3\].*--utk-subjects 1,2"):
+        realdata.evaluate_utkinect(root, [naive], AttackerTraining(width=8, epochs=1),
+                                   window=8, stride=4)
+    realdata.evaluate_utkinect(root, [naive], AttackerTraining(width=8, epochs=1), window=8,
+                               stride=4, subjects=(1, 2))  # the people it never saw: accepted

@@ -95,6 +95,7 @@ def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: Attacke
     the other half never saw); chance follows their number."""
     data, segments = utkinect_windows(root, window, stride, subjects)
     runs = sorted(data)
+    _check_unseen(methods, {int(v) for d in data.values() for v in d["test"]["subject"]})
     if len(runs) != 2:
         raise ValueError(f"{root}: expected two runs per subject, found {runs}")
     methods = [Method("original", None, None, None, {"method": "original"}),
@@ -130,6 +131,18 @@ def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: Attacke
                        "action_top1": 1.0 / len(ACTIONS)},
             "attacker": attacker.as_dict(), "reid_archs": list(reid_archs),
             "methods": {name: _fold_means(rs, reid_archs) for name, rs in per.items()}}
+
+
+def _check_unseen(methods: list[Method], evaluated: set[int]) -> None:
+    """Refuse a model that trained on any evaluated person (its checkpoint's
+    ``data.real_subjects`` names UTKinect people ``utkinect:sNN``)."""
+    for m in methods:
+        seen = {int(n.split(":s", 1)[1]) for n in m.info.get("real_subjects", ())
+                if n.startswith("utkinect:s")}
+        if seen & evaluated:
+            raise ValueError(f"{m.name}: trained on UTKinect subjects {sorted(seen & evaluated)}"
+                             f"; evaluate it on people it never saw (--utk-subjects "
+                             f"{','.join(str(s) for s in sorted(evaluated - seen))})")
 
 
 def _fit(x: np.ndarray, labels: dict[str, np.ndarray], attacker: AttackerTraining,

@@ -227,7 +227,9 @@ def build(c: Candidate, dummy: Dummy, store_root: str | None = None,
         _check_training_subjects(extra, store_root, eval_subjects or [], c.checkpoint)
         model = load_checkpoint(c.checkpoint)
         info = {"checkpoint": str(c.checkpoint), "config": config,
-                "train_config": extra.get("train_config"), **study}
+                "train_config": extra.get("train_config"),
+                "real_subjects": list((extra.get("data") or {}).get("real_subjects") or []),
+                **study}
         return method_from_model(c.name, model, dummy, info)
     model = build_model(dict(c.config or {}))
     return method_from_model(c.name, model, dummy, {"config": c.config, **study})
