@@ -312,3 +312,50 @@ def test_ver_real_needs_its_people(store, tmp_path):
             "train.stages[0].weights.ver_real": "0.5"}
     with pytest.raises(ConfigError, match=r"real_utkinect:.*\[9\]"):
         Trainer(_config(**sets), store, tmp_path / "r2")
+
+
+# ------------------------------------------------------------- frozen action teacher (act_out)
+
+
+def _teacher(store: Path):
+    from streamtmr.data.datasets import load_windows
+    from streamtmr.eval.attackers import AttackerTraining
+    from streamtmr.train.teacher import train_teacher
+
+    w = load_windows(store, 32, stride=16)
+    cfg = AttackerTraining(width=8, epochs=2, arch="transformer")
+    return train_teacher(np.asarray(w["joints"]), w["action"], 3, cfg), w
+
+
+def test_teacher_is_frozen_saved_safely_and_passes_gradients(store, tmp_path):
+    from streamtmr.train.teacher import action_teacher_loss, load_teacher, save_teacher
+
+    teacher, w = _teacher(store)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    x = torch.tensor(np.asarray(w["joints"][:4]), requires_grad=True)
+    loss = action_teacher_loss(teacher, x, torch.as_tensor(w["action"][:4]))
+    loss.backward()
+    assert torch.isfinite(loss) and x.grad is not None and float(x.grad.abs().sum()) > 0
+    path = save_teacher(teacher, tmp_path / "t.safetensors", {"test": True})
+    again = load_teacher(path)
+    with torch.no_grad():
+        assert torch.allclose(again(x.detach()), teacher(x.detach()), atol=1e-6)
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(1)}, str(other))
+    with pytest.raises(ValueError, match=r"other\.safetensors: not an action teacher"):
+        load_teacher(other)
+
+
+def test_act_out_trains_against_the_teacher(store, tmp_path):
+    from streamtmr.train.teacher import save_teacher
+
+    teacher, _ = _teacher(store)
+    path = save_teacher(teacher, tmp_path / "t.safetensors", {})
+    with pytest.raises(ConfigError, match="action_teacher"):
+        Trainer(_config(**{"train.stages[0].weights.act_out": "0.1"}), store, tmp_path / "r")
+    sets = {"train.action_teacher": str(path), "train.stages[0].weights.act_out": "0.1"}
+    trainer = Trainer(_config(**sets), store, tmp_path / "run")
+    final = trainer.fit()
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["act_out"]) for r in recs if "split" not in r)
+    assert not any("teacher" in k for k in load_file(str(final)))

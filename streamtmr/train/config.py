@@ -120,6 +120,8 @@ class TrainConfig:
     progress: bool = True
     #: Start from this checkpoint's weights (a fine-tune; its model config must match the run's).
     init_from: str | None = None
+    #: Frozen action recognizer for the ``act_out`` term (``python -m streamtmr.train.teacher``).
+    action_teacher: str | None = None
 
 
 @dataclass

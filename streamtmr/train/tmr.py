@@ -52,6 +52,7 @@ from streamtmr.train import privacy as P
 from streamtmr.train.augment import style_jitter
 from streamtmr.train.config import Config, ConfigError, ModelConfig
 from streamtmr.train.curriculum import Curriculum, DataInfo, Stage
+from streamtmr.train.teacher import action_teacher_loss, load_teacher
 
 #: Loss weights λ per curriculum stage (design table). Stage 1 trains the encoders, stage 2 the
 #: decoder with frozen encoders, stage 3 everything.
@@ -69,7 +70,7 @@ STAGE_ITERATIONS: dict[int, int] = {1: 20_000, 2: 15_000, 3: 15_000}
 TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "adam"}
 
 ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
-DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee")
+DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee", "act_out")
 LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES + P.PRIVACY_LOSSES
 PAIR_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse")
 #: The verification heads learn this many times faster than the stage's learning rate: a fresh
@@ -115,7 +116,7 @@ def _active(model: DisentangledTMR, weights: dict[str, float]) -> list[str]:
 
 def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
                         weights: dict[str, float], verifier: nn.ModuleDict | None = None,
-                        ) -> dict[str, torch.Tensor]:
+                        teacher: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Unweighted scalar losses for every name in ``weights`` with a nonzero λ.
 
     The privacy terms need ``pair_a``/``pair_b``/``pair_a2``/``pair_target`` ``[K,T,25,3]``
@@ -145,11 +146,11 @@ def tmr_training_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor],
         real = need("real")
         out["dyn"] = P.dynamics_loss(model.retarget(real, need("real_lengths")), real)
     core = [k for k in active if k not in P.PRIVACY_LOSSES]
-    return {**out, **_core_losses(model, batch, core, need)} if core else out
+    return {**out, **_core_losses(model, batch, core, need, teacher)} if core else out
 
 
 def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active: list[str],
-                 need) -> dict[str, torch.Tensor]:
+                 need, teacher: nn.Module | None = None) -> dict[str, torch.Tensor]:
     code, frame = model.encode_action(need("source"))
     out = _encoder_losses(model, code, active, need)
     if not {"orth", "mi", *DECODER_LOSSES} & set(active):
@@ -162,9 +163,14 @@ def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active:
         out["mi"] = L.cross_correlation_mi(code.pooled, h_identity)
     if set(DECODER_LOSSES) & set(active):
         target = need("target")
-        teacher = target if model.config["decoding"] == "autoregressive" else None
-        y = model.decode(code.h, h_identity, lengths, frame, teacher)
+        forcing = target if model.config["decoding"] == "autoregressive" else None
+        y = model.decode(code.h, h_identity, lengths, frame, forcing)
         out.update(_decoder_losses(model, y, target, lengths, active))
+        if "act_out" in active:
+            if teacher is None:
+                raise ValueError("tmr: loss 'act_out' needs the frozen action teacher "
+                                 "(train.action_teacher)")
+            out["act_out"] = action_teacher_loss(teacher, y, need("action"))
     return out
 
 
@@ -254,7 +260,7 @@ def _decoder_losses(model: DisentangledTMR, y: torch.Tensor, target: torch.Tenso
     terms = {"mse": lambda: L.mse(y, target), "bone": lambda: L.bone_length_loss(y, lengths),
              "smooth": lambda: L.smoothness(y), "vel": lambda: L.velocity_loss(y, target),
              "ee": lambda: L.end_effector_mse(y, target, float(model.config["ee_weight"]))}
-    return {k: terms[k]() for k in DECODER_LOSSES if k in active}
+    return {k: terms[k]() for k in DECODER_LOSSES if k in active and k in terms}
 
 
 def ri_loss(model: DisentangledTMR, pooled: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
@@ -306,6 +312,19 @@ class TMRCurriculum(Curriculum):
         self.verifier = nn.ModuleDict(heads).to(device) if heads else None
         self.real = (torch.from_numpy(ntu_windows(d.real_dir, d.window)).to(device)
                      if "dyn" in used else None)
+        self.teacher = None
+        if "act_out" in used:
+            if not config.train.action_teacher:
+                raise ConfigError(f"{config.source}: train.action_teacher: needed for the loss "
+                                  "'act_out' (python -m streamtmr.train.teacher)")
+            try:
+                self.teacher = load_teacher(config.train.action_teacher, device)
+            except ValueError as e:
+                raise ConfigError(f"{config.source}: train.action_teacher: {e}") from None
+            n = int(model.config["num_actions"])
+            if self.teacher.head.out_features != n:
+                raise ConfigError(f"{config.source}: train.action_teacher: knows "
+                                  f"{self.teacher.head.out_features} actions, the model {n}")
         self.people = None
         if "ver_real" in used:
             try:
@@ -387,7 +406,7 @@ class TMRCurriculum(Curriculum):
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], stage: Stage,
                ) -> dict[str, torch.Tensor]:
-        return tmr_training_losses(model, batch, stage.weights, self.verifier)
+        return tmr_training_losses(model, batch, stage.weights, self.verifier, self.teacher)
 
 
 def _init_weights(model: nn.Module, path: str, device: torch.device) -> None:

@@ -1,0 +1,132 @@
+"""A frozen action recognizer as a utility term (``act_out``): the anonymized output must still
+be recognised as its action by a network trained on *original* skeletons.
+
+Privacy terms move the output's pose away from the source; what a downstream application needs is
+that a recognizer trained on real, un-anonymized data still reads the action (the evaluation's
+"frozen action" utility). The teacher is trained once on the source windows of the anonymizer's
+training subjects (never an evaluation subject), then frozen; ``act_out`` is its cross-entropy
+on the decoded output, whose gradient flows into the anonymizer only.
+
+The teacher is the temporal-transformer backbone of :mod:`streamtmr.eval.attackers_temporal`, not
+the SGN-style network the evaluation's frozen recognizer uses, so the anonymizer cannot pass the
+evaluation by fitting the quirks of the network that scores it. Checkpoints are safetensors.
+
+    python -m streamtmr.train.teacher --data data/synthkinect --out runs/action_teacher.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from streamtmr.data.datasets import load_windows
+from streamtmr.data.store import SkeletonStore
+from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier, backbone
+from streamtmr.eval.features import window_features
+
+#: The teacher's backbone and schedule.
+TEACHER = AttackerTraining(width=32, epochs=10, arch="transformer")
+
+
+class ActionTeacher(nn.Module):
+    """Frozen recognizer: windows ``[B, T, 25, 3]`` → action logits ``[B, num_actions]``
+    (class ``i`` is action label ``i``)."""
+
+    def __init__(self, num_actions: int, config: AttackerTraining = TEACHER):
+        super().__init__()
+        self.config = config
+        self.net = backbone(config)
+        self.head = nn.Linear(self.net.dim, num_actions)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(*window_features(windows)))
+
+    def freeze(self) -> ActionTeacher:
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+
+def train_teacher(windows: np.ndarray, actions: np.ndarray, num_actions: int,
+                  config: AttackerTraining = TEACHER) -> ActionTeacher:
+    """Fit on ``windows`` labelled ``actions`` (ints in ``[0, num_actions)``) and freeze."""
+    actions = np.asarray(actions)
+    if actions.min() < 0 or actions.max() >= num_actions:
+        raise ValueError(f"action labels must lie in [0, {num_actions}), got "
+                         f"[{actions.min()}, {actions.max()}]")
+    clf = SkeletonClassifier(config).fit(windows, {"action": actions})
+    teacher = ActionTeacher(num_actions, config)
+    teacher.net.load_state_dict(clf.net.state_dict())
+    head = clf.heads["action"]
+    with torch.no_grad():  # the classifier's head covers the labels it saw; others stay -inf
+        teacher.head.weight.zero_()
+        teacher.head.bias.fill_(-1e4)
+        cols = torch.as_tensor(clf.classes["action"].astype(np.int64))
+        teacher.head.weight[cols] = head.weight
+        teacher.head.bias[cols] = head.bias
+    return teacher.freeze()
+
+
+def action_teacher_loss(teacher: ActionTeacher, output: torch.Tensor,
+                        action: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the frozen teacher on the anonymized windows ``[B, T, 25, 3]``."""
+    return F.cross_entropy(teacher(output), action)
+
+
+def save_teacher(teacher: ActionTeacher, path: str | Path, info: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "streamtmr-action-teacher-1",
+            "num_actions": str(teacher.head.out_features),
+            "config": json.dumps(teacher.config.as_dict()), "info": json.dumps(info)}
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path), meta)
+    return path
+
+
+def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> ActionTeacher:
+    """A saved teacher, frozen (safetensors: nothing is unpickled). Raises ``ValueError``
+    naming the file when it is not one."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "streamtmr-action-teacher-1":
+            raise ValueError("not an action teacher (format "
+                             f"{meta.get('format')!r}, expected 'streamtmr-action-teacher-1')")
+        config = AttackerTraining(**json.loads(meta["config"]))
+        teacher = ActionTeacher(int(meta["num_actions"]), config)
+        teacher.load_state_dict(load_file(str(path)))
+    except (OSError, KeyError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return teacher.to(device).freeze()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train the frozen action teacher of 'act_out' on "
+                                "the source windows of a store's anonymizer-training subjects.")
+    p.add_argument("--data", required=True, help="SynthKinect store")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--split", default="anonymizer_train")
+    p.add_argument("--window", type=int, default=64)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    store = SkeletonStore(args.data)
+    subjects = sorted(int(s) for s in store.meta["splits"][args.split])
+    w = load_windows(store, args.window, stride=args.window // 2, subjects=subjects)
+    num_actions = len(store.meta.get("actions") or []) or int(w["action"].max()) + 1
+    teacher = train_teacher(np.asarray(w["joints"]), w["action"], num_actions)
+    path = save_teacher(teacher, args.out, {"store": str(store.root), "split": args.split,
+                                            "windows": len(w["action"])})
+    print(f"action teacher: {len(w['action'])} windows, {num_actions} actions -> {path}")
+
+
+if __name__ == "__main__":
+    main()
