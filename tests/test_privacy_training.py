@@ -319,12 +319,10 @@ def test_ver_real_needs_its_people(store, tmp_path):
 
 def _teacher(store: Path):
     from streamtmr.data.datasets import load_windows
-    from streamtmr.eval.attackers import AttackerTraining
     from streamtmr.train.teacher import train_teacher
 
     w = load_windows(store, 32, stride=16)
-    cfg = AttackerTraining(width=8, epochs=2, arch="transformer")
-    return train_teacher(np.asarray(w["joints"]), w["action"], 3, cfg), w
+    return train_teacher(np.asarray(w["joints"]), w["action"], 3, epochs=2, channels=8), w
 
 
 def test_teacher_is_frozen_saved_safely_and_passes_gradients(store, tmp_path):

@@ -7,9 +7,10 @@ that a recognizer trained on real, un-anonymized data still reads the action (th
 training subjects (never an evaluation subject), then frozen; ``act_out`` is its cross-entropy
 on the decoded output, whose gradient flows into the anonymizer only.
 
-The teacher is the temporal-transformer backbone of :mod:`streamtmr.eval.attackers_temporal`, not
-the SGN-style network the evaluation's frozen recognizer uses, so the anonymizer cannot pass the
-evaluation by fitting the quirks of the network that scores it. Checkpoints are safetensors.
+The teacher is the ST-GCN-lite network of :mod:`streamtmr.models.classifier` on canonical
+windows, neither of the evaluation's two attacker architectures (SGN-style, temporal
+transformer), so the anonymizer cannot pass the evaluation by fitting the quirks of the network
+that scores it. Checkpoints are safetensors.
 
     python -m streamtmr.train.teacher --data data/synthkinect --out runs/action_teacher.safetensors
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +29,28 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from streamtmr import skeleton
 from streamtmr.data.datasets import load_windows
 from streamtmr.data.store import SkeletonStore
-from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier, backbone
-from streamtmr.eval.features import window_features
+from streamtmr.models.classifier import STGCNClassifier
 
-#: The teacher's backbone and schedule.
-TEACHER = AttackerTraining(width=32, epochs=10, arch="transformer")
+FORMAT = "streamtmr-action-teacher-2"
 
 
 class ActionTeacher(nn.Module):
-    """Frozen recognizer: windows ``[B, T, 25, 3]`` → action logits ``[B, num_actions]``
-    (class ``i`` is action label ``i``)."""
+    """Frozen recognizer: windows ``[B, T, 25, 3]`` (any place and heading in the room) →
+    action logits ``[B, num_actions]`` (class ``i`` is action label ``i``)."""
 
-    def __init__(self, num_actions: int, config: AttackerTraining = TEACHER):
+    def __init__(self, num_actions: int, channels: int = 32, blocks: int = 3):
         super().__init__()
-        self.config = config
-        self.net = backbone(config)
-        self.head = nn.Linear(self.net.dim, num_actions)
+        self.net = STGCNClassifier(num_actions, channels, blocks)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.head(self.net(*window_features(windows)))
+        return self.net(skeleton.canonicalize(windows)[0])
+
+    @property
+    def num_actions(self) -> int:
+        return self.net.head.out_features
 
     def freeze(self) -> ActionTeacher:
         self.eval()
@@ -57,22 +60,29 @@ class ActionTeacher(nn.Module):
 
 
 def train_teacher(windows: np.ndarray, actions: np.ndarray, num_actions: int,
-                  config: AttackerTraining = TEACHER) -> ActionTeacher:
-    """Fit on ``windows`` labelled ``actions`` (ints in ``[0, num_actions)``) and freeze."""
-    actions = np.asarray(actions)
-    if actions.min() < 0 or actions.max() >= num_actions:
+                  epochs: int = 10, batch: int = 64, lr: float = 2e-3, seed: int = 0,
+                  channels: int = 32) -> ActionTeacher:
+    """Fit on ``windows`` labelled ``actions`` (ints in ``[0, num_actions)``; Adam, cosine
+    decay, label smoothing 0.1) and freeze."""
+    y = torch.as_tensor(np.asarray(actions), dtype=torch.long)
+    if int(y.min()) < 0 or int(y.max()) >= num_actions:
         raise ValueError(f"action labels must lie in [0, {num_actions}), got "
-                         f"[{actions.min()}, {actions.max()}]")
-    clf = SkeletonClassifier(config).fit(windows, {"action": actions})
-    teacher = ActionTeacher(num_actions, config)
-    teacher.net.load_state_dict(clf.net.state_dict())
-    head = clf.heads["action"]
-    with torch.no_grad():  # the classifier's head covers the labels it saw; others stay -inf
-        teacher.head.weight.zero_()
-        teacher.head.bias.fill_(-1e4)
-        cols = torch.as_tensor(clf.classes["action"].astype(np.int64))
-        teacher.head.weight[cols] = head.weight
-        teacher.head.bias[cols] = head.bias
+                         f"[{int(y.min())}, {int(y.max())}]")
+    x = torch.as_tensor(np.asarray(windows, np.float32))
+    torch.manual_seed(seed)
+    teacher = ActionTeacher(num_actions, channels)
+    opt = torch.optim.Adam(teacher.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(x) / batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    teacher.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(batch):
+            loss = F.cross_entropy(teacher(x[idx]), y[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     return teacher.freeze()
 
 
@@ -85,9 +95,8 @@ def action_teacher_loss(teacher: ActionTeacher, output: torch.Tensor,
 def save_teacher(teacher: ActionTeacher, path: str | Path, info: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "streamtmr-action-teacher-1",
-            "num_actions": str(teacher.head.out_features),
-            "config": json.dumps(teacher.config.as_dict()), "info": json.dumps(info)}
+    meta = {"format": FORMAT, "num_actions": str(teacher.num_actions),
+            "channels": str(teacher.net.out_dim), "info": json.dumps(info)}
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path), meta)
     return path
 
@@ -98,11 +107,10 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Action
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        if meta.get("format") != "streamtmr-action-teacher-1":
-            raise ValueError("not an action teacher (format "
-                             f"{meta.get('format')!r}, expected 'streamtmr-action-teacher-1')")
-        config = AttackerTraining(**json.loads(meta["config"]))
-        teacher = ActionTeacher(int(meta["num_actions"]), config)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"not an action teacher (format {meta.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        teacher = ActionTeacher(int(meta["num_actions"]), int(meta["channels"]))
         teacher.load_state_dict(load_file(str(path)))
     except (OSError, KeyError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None

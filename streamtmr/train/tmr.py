@@ -322,9 +322,9 @@ class TMRCurriculum(Curriculum):
             except ValueError as e:
                 raise ConfigError(f"{config.source}: train.action_teacher: {e}") from None
             n = int(model.config["num_actions"])
-            if self.teacher.head.out_features != n:
+            if self.teacher.num_actions != n:
                 raise ConfigError(f"{config.source}: train.action_teacher: knows "
-                                  f"{self.teacher.head.out_features} actions, the model {n}")
+                                  f"{self.teacher.num_actions} actions, the model {n}")
         self.people = None
         if "ver_real" in used:
             try:
