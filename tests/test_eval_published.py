@@ -198,7 +198,7 @@ def test_utkinect_on_a_subset_of_people(tmp_path):
                                      window=8, stride=4, subjects=(1, 3))
     assert res["subjects"] == 2 and res["subject_ids"] == [1, 3]
     assert res["chance"]["reid_top1"] == 0.5
-    with pytest.raises(ValueError, match=r"no \[7\]"):
+    with pytest.raises(ValueError, match=r"no subject\(s\) \[7\]"):
         realdata.utkinect_windows(root, window=8, subjects=(1, 7))
     # a model that trained on UTKinect person 3 is refused where person 3 is evaluated
     naive.info["real_subjects"] = ["ntu:P001", "utkinect:s03"]

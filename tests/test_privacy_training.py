@@ -278,7 +278,7 @@ def test_real_people_triplets_pair_same_action_across_runs_and_people(tmp_path):
     assert np.array_equal(act[a], act[b]) and np.array_equal(act[a], act[a2])
     with pytest.raises(ValueError, match=r"subject\(s\) \[4\]"):
         utkinect_people(root, [1, 4])
-    with pytest.raises(ValueError, match=">= 2 subjects"):
+    with pytest.raises(ValueError, match=">= 2 of the folder's subjects"):
         utkinect_people(root, [1])
     assert real_people_names(None, [2, 1]) == ["utkinect:s01", "utkinect:s02"]
 

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from streamtmr.data.ntu import read_skeleton
-from streamtmr.data.utkinect import read_utkinect
+from streamtmr.data.utkinect import of_subjects, read_utkinect
 from streamtmr.data.windows import sliding_windows
 
+#: How a checkpoint names a UTKinect person it saw (``utkinect:s01``).
+UTKINECT_PREFIX = "utkinect:s"
 #: Bodies present in fewer frames than this are skipped (brief false detections).
 MIN_FRAMES = 16
 
@@ -61,7 +63,12 @@ def real_people_names(ntu_dir: str | Path | None, utkinect_subjects: list[int] |
     """The real people a training run may show the model, as its checkpoint records them:
     ``ntu:P008`` per NTU performer of ``ntu_dir``, ``utkinect:s01`` per UTKinect subject."""
     ntu = ntu_people(ntu_dir) if ntu_dir else []
-    return ntu + [f"utkinect:s{s:02d}" for s in sorted(utkinect_subjects or [])]
+    return ntu + [f"{UTKINECT_PREFIX}{s:02d}" for s in sorted(utkinect_subjects or [])]
+
+
+def utkinect_subjects_seen(names) -> set[int]:
+    """The UTKinect subject ids among :func:`real_people_names`' names."""
+    return {int(n[len(UTKINECT_PREFIX):]) for n in names if n.startswith(UTKINECT_PREFIX)}
 
 
 @dataclass(frozen=True)
@@ -82,19 +89,11 @@ def utkinect_people(root: str | Path, subjects: list[int], window: int = 32, str
 
     Raises ``ValueError`` naming the folder when a subject is not in it or fewer than two
     subjects are asked for (a verifier needs another person to compare with)."""
-    seqs = read_utkinect(root)
-    have = sorted({s.subject for s in seqs})
-    missing = sorted(set(subjects) - set(have))
-    if missing:
-        raise ValueError(f"{root}: no UTKinect subject(s) {missing} (have {have})")
-    if len(set(subjects)) < 2:
-        raise ValueError(f"{root}: person verification needs >= 2 subjects, got {subjects}")
     joints, labels = [], []
-    for s in seqs:
-        if s.subject in subjects:
-            w = sliding_windows(np.asarray(s.joints, np.float32), window, stride)
-            joints.append(w)
-            labels.append(np.tile([s.subject, s.action_index, s.execution], (len(w), 1)))
+    for s in of_subjects(read_utkinect(root), subjects, root):
+        w = sliding_windows(np.asarray(s.joints, np.float32), window, stride)
+        joints.append(w)
+        labels.append(np.tile([s.subject, s.action_index, s.execution], (len(w), 1)))
     lab = np.concatenate(labels).astype(np.int64)
     return RealPeople(np.concatenate(joints).astype(np.float32), lab[:, 0], lab[:, 1], lab[:, 2])
 

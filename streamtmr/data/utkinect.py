@@ -188,3 +188,15 @@ def read_utkinect(root: str | Path, label_file: str = LABEL_FILE) -> list[UTKSeq
             out.append(UTKSequence(subject, execution, action, index, ids[sel], j20,
                                    np.asarray(from_kinect_v1(j20), dtype=np.float32)))
     return out
+
+
+def of_subjects(seqs: list[UTKSequence], subjects, root: str | Path) -> list[UTKSequence]:
+    """The segments of ``subjects`` (at least two of the folder's people: a re-ID attack or a
+    verifier needs someone to compare with). Raises ``ValueError`` naming ``root`` and any
+    subject it lacks."""
+    have = sorted({s.subject for s in seqs})
+    missing = sorted(set(subjects) - set(have))
+    if missing or len(set(subjects)) < 2:
+        raise ValueError(f"{root}: subjects {sorted(set(subjects))}: need >= 2 of the folder's "
+                         f"subjects {have}" + (f"; no subject(s) {missing}" if missing else ""))
+    return [s for s in seqs if s.subject in set(subjects)]

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from streamtmr.data.utkinect import ACTIONS, read_utkinect
+from streamtmr.data.real_windows import utkinect_subjects_seen
+from streamtmr.data.utkinect import ACTIONS, of_subjects, read_utkinect
 from streamtmr.data.windows import crop_start, window_starts
 from streamtmr.eval import metrics
 from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier
@@ -42,12 +43,7 @@ def utkinect_windows(root: str | Path, window: int = 32, stride: int = 4,
     people of ``subjects`` when given (raises ``ValueError`` naming any the folder lacks)."""
     seqs = read_utkinect(root)
     if subjects is not None:
-        have = sorted({s.subject for s in seqs})
-        missing = sorted(set(subjects) - set(have))
-        if missing or len(set(subjects)) < 2:
-            raise ValueError(f"{root}: --utk-subjects {list(subjects)}: need >= 2 of the "
-                             f"folder's subjects {have}" + (f"; no {missing}" if missing else ""))
-        seqs = [s for s in seqs if s.subject in subjects]
+        seqs = of_subjects(seqs, subjects, root)
     segments = [np.asarray(s.joints, np.float32) for s in seqs]
     out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     for ex in sorted({s.execution for s in seqs}):
@@ -137,8 +133,7 @@ def _check_unseen(methods: list[Method], evaluated: set[int]) -> None:
     """Refuse a model that trained on any evaluated person (its checkpoint's
     ``data.real_subjects`` names UTKinect people ``utkinect:sNN``)."""
     for m in methods:
-        seen = {int(n.split(":s", 1)[1]) for n in m.info.get("real_subjects", ())
-                if n.startswith("utkinect:s")}
+        seen = utkinect_subjects_seen(m.info.get("real_subjects", ()))
         if seen & evaluated:
             raise ValueError(f"{m.name}: trained on UTKinect subjects {sorted(seen & evaluated)}"
                              f"; evaluate it on people it never saw (--utk-subjects "

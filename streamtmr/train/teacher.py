@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     store = SkeletonStore(args.data)
-    subjects = sorted(int(s) for s in store.meta["splits"][args.split])
+    splits = store.meta.get("splits") or {}
+    if args.split not in splits:
+        p.error(f"--split {args.split!r}: {store.root / 'meta.json'} has splits {sorted(splits)}")
+    subjects = sorted(int(s) for s in splits[args.split])
     w = load_windows(store, args.window, stride=args.window // 2, subjects=subjects)
     num_actions = len(store.meta.get("actions") or []) or int(w["action"].max()) + 1
     teacher = train_teacher(np.asarray(w["joints"]), w["action"], num_actions)
