@@ -234,16 +234,17 @@ payload = wire.encode(frame)
 for _ in range(20):  # settle: the good subscriber joined, allocations warmed
     sink.send(frame, payload); time.sleep(0.01)
     while good.poll(0): good.recv()
-r0 = rss_mb()
-proc = subprocess.Popen([sys.executable, "-c", sys.argv[1], sink.bound])
-got, end = 0, time.monotonic() + 5
-while time.monotonic() < end:
-    sink.send(frame, payload)
-    while good.poll(0):
-        good.recv(); got += 1
-    time.sleep(0.01)
-proc.wait(20)
-grown = rss_mb() - r0
+r0, got, grown = rss_mb(), 0, []
+for _ in range(int(sys.argv[2])):  # the same flood, again and again
+    proc = subprocess.Popen([sys.executable, "-c", sys.argv[1], sink.bound])
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        sink.send(frame, payload)
+        while good.poll(0):
+            good.recv(); got += 1
+        time.sleep(0.01)
+    proc.wait(20)
+    grown.append(rss_mb() - r0)
 print(json.dumps({"grown_mb": grown, "got": got, "subscriptions": sink.subscriptions,
                   "rebinds": sink.rebinds}))
 sink.close(); good.close(0); ctx.term()
@@ -253,15 +254,26 @@ sink.close(); good.close(0); ctx.term()
 def test_subscription_flood_on_the_output_is_bounded_and_counted():
     """Any local process could grow the node by subscribing to its output (a PUB stores every
     distinct topic: 20,000 × 8 KB measured +374 MB). Now: long topics cut the subscriber,
-    short ones cost one entry; a legitimate subscriber keeps receiving."""
+    short ones cost one entry; a legitimate subscriber keeps receiving.
+
+    Bounded means that flooding again does not grow the node again. The first flood moves
+    RSS by a step that depends on the allocator (5 to 62 MB measured on this VM, flat after
+    it), so that step gets a loose ceiling and the repeats the tight one."""
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", _NODE_SIDE, _ATTACK], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", _NODE_SIDE, _ATTACK, str(FLOODS)],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["subscriptions"] >= 1 and res["got"] > 100, res
-    print(f"subscription flood: RSS +{res['grown_mb']:.1f} MB, {res['subscriptions']} "
-          f"subscriptions, {res['rebinds']} rebinds, {res['got']} frames to the good subscriber")
-    assert res["grown_mb"] < 50, f"RSS grew {res['grown_mb']:.0f} MB under the subscription flood"
+    first, last = res["grown_mb"][0], res["grown_mb"][-1]
+    print(f"subscription flood: RSS +{first:.1f} MB after the first flood, +{last:.1f} MB "
+          f"after {len(res['grown_mb'])}; {res['subscriptions']} subscriptions, "
+          f"{res['rebinds']} rebinds, {res['got']} frames to the good subscriber")
+    assert res["subscriptions"] >= FLOODS and res["rebinds"] >= FLOODS, res
+    assert res["got"] > 100 * FLOODS, res  # the good subscriber kept receiving through each
+    assert first < 120, f"RSS grew {first:.0f} MB under one subscription flood"
+    assert last - first < 20, f"RSS grew {last - first:.0f} MB more under {FLOODS - 1} repeats"
+
+
+FLOODS = 3

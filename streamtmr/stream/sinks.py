@@ -85,7 +85,8 @@ class ZmqPubSink(Sink):
     Subscribers reconnect and subscribe again by themselves (ZeroMQ does that), losing the
     frames of the reconnect interval; a flooder can make that happen again, not grow the node
     (tests/test_failclosed_io.py: 5,000 × 8 KB, 5,000 × 500 B and 20,000 × 200 B topics from
-    one process: +5 to +16 MB over three runs, the good subscriber kept receiving).
+    one process: a one-off step of +5 to +62 MB at the first rebind, depending on the
+    allocator, then +0 to +5 MB over three more floods; the good subscriber kept receiving).
 
     ``security`` decides whether the socket is a CURVE server (only allow-listed subscribers
     receive anything) or clear text, which it allows on loopback only unless ``insecure``
