@@ -242,3 +242,45 @@ def test_unknown_model_is_a_user_error(capsys):
     from streamtmr.cli import main
     assert main(["bench", "--models", "no-such-method", "--parts", "engine"]) == 2
     assert "no-such-method" in capsys.readouterr().err
+
+
+def test_cadence_study_times_both_paths_of_a_streaming_step():
+    """bench.cadence: every gap × path cell has its calls and names the exact model."""
+    from bench import cadence
+
+    record = cadence.run("tmr-stream-tiny", "torch@1", [0.0, 1.0], calls=8, log=lambda s: None)
+    rows = record["rows"]
+    assert [(r["gap_ms"], r["path"]) for r in rows] == [
+        (0.0, "inline"), (0.0, "worker"), (1.0, "inline"), (1.0, "worker"), (1.0, "spin")]
+    assert all(r["n"] == 8 and r["p50_ms"] > 0 for r in rows)
+    assert all(r["model"].startswith("tmr-stream-tiny sha256:") for r in rows)
+
+
+def test_cadence_worker_path_raises_the_engines_error():
+    """An engine error inside the node's worker reaches the study (not a silent sample)."""
+    from bench.cadence import time_cadence
+    from streamtmr.stream.node import _Worker
+
+    class Failing:
+        def init_state(self, n):
+            return {"h": np.zeros((n, 2), np.float32)}
+
+        def step(self, frames, state):
+            if state["h"][0, 0] >= 2:
+                raise ValueError("state 2 refused")
+            return frames, {"h": state["h"] + 1}
+
+    w = _Worker()
+    try:
+        with pytest.raises(ValueError, match="state 2 refused"):
+            time_cadence(Failing(), np.zeros((4, 1, 25, 3), np.float32), 0.0, 3, "worker", w)
+    finally:
+        w.stop()
+
+
+def test_cadence_cli_refuses_a_p99_from_too_few_calls(capsys):
+    from bench import cadence
+
+    with pytest.raises(SystemExit):
+        cadence.main(["--calls", "100"])
+    assert "--calls must be >= 600" in capsys.readouterr().err

@@ -137,3 +137,51 @@ def test_tiny_preset_and_fixed_dummy(source):
         y = fixed(source[:, :20])
     err = (skeleton.bone_lengths(y)[..., 1:] - dummy(tiny)[1:]).abs().max()
     assert y.shape == (2, 20, 25, 3) and err < 1e-5
+
+
+def test_posture_reference_takes_the_tracks_mean_posture_out_of_the_query(source):
+    """β = 1: the position features of a track are relative to its own running mean posture,
+    so two tracks that differ only by a held posture offset (a lean of the upper body) give
+    the same position features from the first frame on; β = 0 keeps the offset."""
+    from streamtmr.models.motion_match import DEFAULTS, _fstate, feature_step
+
+    frame = source[0, 0]
+    leaned = frame.clone()
+    upper = [skeleton.JOINT[n] for n in ("Head", "HandLeft", "HandRight", "ElbowLeft",
+                                          "ElbowRight")]
+    leaned[upper] += torch.tensor([0.0, 0.0, 0.08])        # 8 cm forward, every frame
+    x = torch.stack([frame, leaned])                       # two bodies, held still
+    k = len(DEFAULTS["key_joints"])
+    for beta, same in ((1.0, True), (0.0, False)):
+        cfg = {**DEFAULTS, "posture_reference": beta}
+        fs = _fstate(2, k)
+        for _ in range(5):
+            feat, _, fs = feature_step(x, fs, cfg)
+            pos = feat[:, : 3 * k]
+            assert torch.allclose(pos[0], pos[1], atol=1e-6) == same
+            if beta == 1.0:
+                assert pos.abs().max() < 1e-6   # a still body sits on its own mean
+
+
+def test_tie_jitter_changes_the_choice_and_exports_exactly(source):
+    """Near-tie jitter: a deterministic hash, so the step graph on ONNX Runtime picks the same
+    database frames as PyTorch; the choice differs from the jitter-free matcher's, and every
+    output keeps the dummy's exact bones."""
+    from engines import create_engine
+
+    tiny = MotionMatching.presets["tiny"]
+    plain = MotionMatching(dict(tiny))
+    jittered = MotionMatching({**tiny, "tie_jitter": 2.0})
+    x = source[:, :40]
+    a = plain.retarget(x, dummy(plain)[None])
+    b = jittered.retarget(x, dummy(jittered)[None])
+    assert (a - b).abs().max() > 1e-2
+    np.testing.assert_allclose(skeleton.bone_lengths(b)[..., 1:],
+                               dummy(jittered)[1:].expand(2, 40, 24), atol=1e-5)
+    engine = create_engine("onnxruntime", model=jittered, window=None)
+    state = engine.init_state(2)
+    outs = []
+    for t in range(x.shape[1]):
+        y, state = engine.step(x[:, t].numpy(), state)
+        outs.append(y)
+    np.testing.assert_allclose(np.stack(outs, 1), b.numpy(), atol=1e-4)

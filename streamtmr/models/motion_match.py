@@ -68,7 +68,19 @@ DEFAULTS: dict[str, Any] = {
     "floor_alpha": 0.1,      # EMA weight of the newest lowest-foot height (floor = running min)
     "weights": {"position": 1.0, "velocity": 0.5, "root_velocity": 1.0},
     "key_joints": list(KEY_JOINTS),
+    # Share β of the track's own running mean posture taken out of the position features
+    # before matching (0: off). The mean carries the person's posture habits (lean, arm carry,
+    # stance width), which would otherwise choose the database frames that share them.
+    "posture_reference": 0.0,
+    # Near-tie jitter δ (0: off): every search adds δ·u to each database frame's cost, u a
+    # deterministic hash of (frame index, track time) in [0, 1), so that among frames within
+    # δ of the best the choice stops following small differences of the person's style.
+    "tie_jitter": 0.0,
 }
+
+#: Hash constants of the near-tie jitter (Knuth's multiplicative hash; int64 exact, so PyTorch
+#: and ONNX Runtime draw the same u).
+_HASH_A, _HASH_B, _HASH_M = 2654435761, 40503, 65536
 
 
 def _joints(cfg: dict[str, Any]) -> list[int]:
@@ -91,7 +103,8 @@ def _fstate(batch: int, k: int, device=None) -> dict[str, torch.Tensor]:
             "heading": z(batch, 2, device=device), "scale": z(batch, device=device),
             "foot_ema": z(batch, device=device), "floor": z(batch, device=device),
             "prev_rel": z(batch, k, 3, device=device), "prev_root": z(batch, 3, device=device),
-            "vel": z(batch, k, 3, device=device), "root_vel": z(batch, 3, device=device)}
+            "vel": z(batch, k, 3, device=device), "root_vel": z(batch, 3, device=device),
+            "pos_mean": z(batch, k, 3, device=device)}
 
 
 def _ema(old: torch.Tensor, new: torch.Tensor, alpha: float, first: torch.Tensor):
@@ -126,11 +139,14 @@ def feature_step(frame: torch.Tensor, fs: dict[str, torch.Tensor], cfg: dict[str
     foot_ema = _ema(fs["foot_ema"], foot, cfg["floor_alpha"], first)
     floor = torch.where(first, foot_ema, torch.minimum(fs["floor"], foot_ema))
     s = scale.clamp_min(0.5)[:, None, None]
-    canon = torch.cat([torch.matmul(rel, rot.transpose(-1, -2)) / s,
+    pos = torch.matmul(rel, rot.transpose(-1, -2)) / s
+    pos_mean = fs["pos_mean"] + (pos - fs["pos_mean"]) / n[:, None, None]  # the track's mean
+    canon = torch.cat([pos - float(cfg.get("posture_reference", 0.0)) * pos_mean,
                        torch.matmul(vel, rot.transpose(-1, -2)) / s,
                        torch.matmul(rvel[:, None], rot.transpose(-1, -2)) / s], 1)
     new = {"t": fs["t"] + 1, "heading": heading, "scale": scale, "foot_ema": foot_ema,
-           "floor": floor, "prev_rel": rel, "prev_root": root, "vel": vel, "root_vel": rvel}
+           "floor": floor, "prev_rel": rel, "prev_root": root, "vel": vel, "root_vel": rvel,
+           "pos_mean": pos_mean}
     return canon.flatten(1), rot, new
 
 
@@ -236,7 +252,7 @@ class MotionMatching(Anonymizer):
         nxt = self.next[idx]
         return torch.where(nxt >= 0, nxt, idx)
 
-    def _search(self, query: torch.Tensor, need: torch.Tensor):
+    def _search(self, query: torch.Tensor, need: torch.Tensor, t: torch.Tensor):
         """Best landing frame and its cost ``[B]`` for the bodies in ``need`` (others: any).
 
         |q − f|² = |q|² + (|f|² − 2 q·f); ``landing`` holds |f|², +inf where a jump may not land
@@ -245,14 +261,22 @@ class MotionMatching(Anonymizer):
         """
         if torch.jit.is_tracing():
             rows = None
-            q = query
+            q, tq = query, t
         else:
             rows = need.nonzero().squeeze(1)
-            q = query[rows]
+            q, tq = query[rows], t[rows]
         score = torch.addmm(self.landing[None], q, self.features.T, alpha=-2.0)
         # Costs on a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two
         # back ends (PyTorch, ONNX Runtime) must not pick different ones from float noise.
-        best_score, best = (torch.round(score * 1e3) / 1e3).min(1)
+        score = torch.round(score * 1e3) / 1e3
+        jitter = float(self.config.get("tie_jitter", 0.0))
+        if jitter > 0:
+            n = torch.arange(score.shape[1], device=score.device)
+            h = (n[None] * _HASH_A + tq.long()[:, None] * _HASH_B) % _HASH_M
+            best = (score + jitter * h.to(score.dtype) / _HASH_M).argmin(1)
+            best_score = score.gather(1, best[:, None]).squeeze(1)
+        else:
+            best_score, best = score.min(1)
         best_cost = best_score + (q**2).sum(1)
         if rows is None:
             return best, best_cost
@@ -271,7 +295,7 @@ class MotionMatching(Anonymizer):
         old = self._advance(state["old"].long())
         ended = self.next[cur0] < 0
         need = fresh | ended | (since >= self.config["search_every"])
-        best, best_cost = self._search(query, need)
+        best, best_cost = self._search(query, need, state["t"])
         cont = ((query - self.features[cur_next]) ** 2).sum(1)
         # A clip about to end before the next search (no landing allowed there) must be left
         # now, so that no clip runs out between searches.
