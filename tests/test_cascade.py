@@ -1,0 +1,71 @@
+"""Cascade: streaming anonymizers in series, one checkpoint (streamtmr.models.cascade)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamtmr.cli import main
+from streamtmr.dummy import default_dummy
+from streamtmr.models.cascade import Cascade, save_chain
+from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from streamtmr.models.registry import model_class
+
+
+def _motion(b: int = 2, t: int = 30) -> torch.Tensor:
+    from bench.motion import motion_clips
+    clips = motion_clips(b, seed=2)
+    return torch.as_tensor(np.stack([c[:t] for c in clips]).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("cascade")
+    first = model_class("tmr-stream").from_preset("tiny")
+    second = model_class("motion_match").from_preset("tiny")
+    a = save_checkpoint(d / "a.safetensors", first, {"data": {"store": "s", "train_subjects":
+                                                              [1, 2], "real_subjects": []}})
+    b = save_checkpoint(d / "b.safetensors", second, {"data": {
+        "store": "s", "train_subjects": [2, 3], "real_subjects": ["utkinect:s01"]}})
+    return first.eval(), second.eval(), a, b
+
+
+def test_a_cascade_is_its_stages_in_series_and_steps_like_it_runs(stages, tmp_path):
+    first, second, a, b = stages
+    path = save_chain([a, b], tmp_path / "c.safetensors")
+    cascade = load_checkpoint(path)
+    assert isinstance(cascade, Cascade)
+    lengths = torch.tensor(default_dummy().lengths)
+    x = _motion()
+    with torch.no_grad():
+        want = second.retarget(first.retarget(x, lengths[None]), lengths[None])
+        got = cascade.retarget(x, lengths[None])
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+        module = cascade.for_dummy(lengths)
+        state = module.init_state(2)
+        assert set(state) == set(module.state_spec()) and "t" in state
+        outs = []
+        for t in range(x.shape[1]):
+            y, state = module.step(x[:, t], state)
+            outs.append(y)
+        torch.testing.assert_close(torch.stack(outs, 1), module(x), atol=1e-5, rtol=0)
+    # the record: every person any stage saw
+    data = read_metadata(path)[1]["data"]
+    assert data["train_subjects"] == [1, 2, 3] and data["real_subjects"] == ["utkinect:s01"]
+
+
+def test_a_windowed_stage_is_refused_by_name(tmp_path, capsys):
+    torch.manual_seed(0)
+    windowed = save_checkpoint(tmp_path / "w.safetensors",
+                               model_class("tmr").from_preset("tiny"))
+    streaming = save_checkpoint(tmp_path / "s.safetensors",
+                                model_class("tmr-stream").from_preset("tiny"))
+    with pytest.raises(ValueError, match="every stage must be a streaming model; tmr is not"):
+        Cascade({"stages": [{"method": "tmr", "preset": "tiny"},
+                            {"method": "tmr-stream", "preset": "tiny"}]})
+    assert main(["chain", str(streaming), str(windowed), "--out",
+                 str(tmp_path / "c.safetensors")]) != 0
+    assert "tmr is not" in capsys.readouterr().err
+    assert not (tmp_path / "c.safetensors").exists()
