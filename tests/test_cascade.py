@@ -69,3 +69,17 @@ def test_a_windowed_stage_is_refused_by_name(tmp_path, capsys):
                  str(tmp_path / "c.safetensors")]) != 0
     assert "tmr is not" in capsys.readouterr().err
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_chain_cli_takes_the_shipped_default_as_a_stage(stages, tmp_path):
+    from streamtmr.models.checkpoint import default_checkpoint_path
+
+    _, _, _, b = stages
+    out = tmp_path / "c.safetensors"
+    assert main(["chain", "default", str(b), "--out", str(out)]) == 0
+    cascade = load_checkpoint(out)
+    shipped = load_checkpoint(default_checkpoint_path())
+    assert cascade.stages[0].config == shipped.config
+    for k, v in shipped.state_dict().items():
+        assert torch.equal(cascade.stages[0].state_dict()[k], v), k
+    assert read_metadata(out)[1]["stages"][0] == str(default_checkpoint_path())

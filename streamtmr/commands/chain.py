@@ -15,8 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(streamtmr.models.cascade), e.g. the shipped default then motion "
                     "matching. The result runs, exports and evaluates like any checkpoint; "
                     "its training record lists every person any stage was trained on.")
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT",
-                   help="streaming checkpoints, first stage first (at least two)")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="streaming checkpoints, first stage first (at least two; 'default': "
+                        "the shipped default model)")
     p.add_argument("--out", type=Path, required=True, help="the cascade checkpoint to write")
     p.set_defaults(func=run)
 

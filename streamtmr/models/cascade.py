@@ -121,11 +121,19 @@ class CascadeDummy(nn.Module):
         return x
 
 
+def _path(spec: str | Path) -> Path:
+    """A checkpoint path; ``default`` is the shipped default model."""
+    from streamtmr.models.checkpoint import default_checkpoint_path
+
+    return default_checkpoint_path() if str(spec) == "default" else Path(spec)
+
+
 def chain(checkpoints: list[str | Path]) -> Cascade:
-    """A cascade of the models in ``checkpoints`` (first → last), weights included."""
+    """A cascade of the models in ``checkpoints`` (first → last; ``default``: the shipped
+    default), weights included."""
     from streamtmr.models.checkpoint import load_checkpoint
 
-    models = [load_checkpoint(p) for p in checkpoints]
+    models = [load_checkpoint(_path(p)) for p in checkpoints]
     cascade = Cascade({"stages": [dict(m.config) for m in models]})
     for stage, m in zip(cascade.stages, models):
         stage.load_state_dict(m.state_dict(), strict=True)
@@ -138,6 +146,7 @@ def save_chain(checkpoints: list[str | Path], out: str | Path) -> Path:
     evaluation refuses it on those people)."""
     from streamtmr.models.checkpoint import read_metadata, save_checkpoint
 
+    checkpoints = [_path(p) for p in checkpoints]
     cascade = chain(checkpoints)
     subjects: set[int] = set()
     real: set[str] = set()
