@@ -185,3 +185,39 @@ def test_tie_jitter_changes_the_choice_and_exports_exactly(source):
         y, state = engine.step(x[:, t].numpy(), state)
         outs.append(y)
     np.testing.assert_allclose(np.stack(outs, 1), b.numpy(), atol=1e-4)
+
+
+def test_search_stride_searches_every_kth_frame_of_the_same_database(store, source):
+    """``search_stride: 3``: the same clips (followed through ``next`` from each clip's first
+    frame, frame for frame), a third of the landing frames searched, each of them a multiple
+    of 3 frames into its clip; the matcher still plays database poses with exact bones."""
+    one = build_database(store, views=(0,), reps=None, config={**SETTINGS, "search_stride": 1})
+    three = build_database(store, views=(0,), reps=None, config={**SETTINGS, "search_stride": 3})
+
+    def clips(m):
+        nxt = m.next.tolist()
+        starts = sorted(set(range(len(nxt))) - {j for j in nxt if j >= 0})
+        out = {}
+        for s in starts:
+            seq, i = [], s
+            while i >= 0:
+                seq.append(i)
+                i = nxt[i]
+            out[tuple(m.features[s].tolist())] = seq
+        return out
+
+    a, b = clips(one), clips(three)
+    assert a.keys() == b.keys()
+    s3 = three.config["search_frames"]
+    for key, seq_a in a.items():
+        seq_b = b[key]
+        torch.testing.assert_close(three.directions[seq_b], one.directions[seq_a], atol=0, rtol=0)
+        searched = [k for k, i in enumerate(seq_b) if i < s3]
+        assert searched and all(k % 3 == 0 for k in searched)
+        assert all(torch.isfinite(three.landing[seq_b[k]]) for k in searched)
+    landing = int(torch.isfinite(one.landing).sum())
+    assert one.config["search_frames"] == landing
+    assert abs(s3 - landing / 3) <= len(a)  # one per 3 landing frames, ± one per clip
+    y, _ = run_steps(three, source)
+    lengths = skeleton.bone_lengths(y)[..., 1:]
+    torch.testing.assert_close(lengths, dummy(three)[1:].expand_as(lengths), atol=1e-5, rtol=0)

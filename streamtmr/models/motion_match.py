@@ -76,6 +76,10 @@ DEFAULTS: dict[str, Any] = {
     # deterministic hash of (frame index, track time) in [0, 1), so that among frames within
     # δ of the best the choice stops following small differences of the person's style.
     "tie_jitter": 0.0,
+    # Search only every k-th landing frame of each clip (1: all). The search is one matrix
+    # product over the searched frames, so k divides its cost; a jump lands at most k − 1
+    # frames from the best frame of its clip. The database is ordered searched frames first.
+    "search_stride": 1,
 }
 
 #: Hash constants of the near-tie jitter (Knuth's multiplicative hash; int64 exact, so PyTorch
@@ -187,6 +191,7 @@ class MotionMatching(Anonymizer):
         if int(cfg["frames"]) == 0 and cfg.get("render"):
             db = database(rendered_clips(cfg["dummy_lengths"], **cfg["render"]), cfg)
             cfg["frames"] = len(db["features"])
+            cfg["search_frames"] = int(db.pop("search_frames"))
         super().__init__(cfg)
         n, f = int(cfg["frames"]), sum(size for _, size in groups(cfg))
         self.k = len(_joints(cfg))
@@ -265,7 +270,8 @@ class MotionMatching(Anonymizer):
         else:
             rows = need.nonzero().squeeze(1)
             q, tq = query[rows], t[rows]
-        score = torch.addmm(self.landing[None], q, self.features.T, alpha=-2.0)
+        s = int(self.config.get("search_frames") or len(self.features))  # searched: first s
+        score = torch.addmm(self.landing[None, :s], q, self.features[:s].T, alpha=-2.0)
         # Costs on a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two
         # back ends (PyTorch, ONNX Runtime) must not pick different ones from float noise.
         score = torch.round(score * 1e3) / 1e3
@@ -428,8 +434,20 @@ def database(clips: list[np.ndarray], cfg: dict[str, Any]) -> dict[str, torch.Te
     reach = int(cfg["search_every"]) + int(cfg["blend_frames"])
     landing = torch.where(left >= min(reach, 1 + int(left.max()) // 2),
                           (features**2).sum(1), torch.inf)
-    return {"features": features, "feat_mean": mean, "feat_scale": weight / std,
-            "directions": dirs, "height": heights, "next": nexts, "landing": landing}
+    # Searched frames first (every search_stride-th landing frame of a clip), the rest after.
+    n = len(nexts)
+    starts = torch.cat([torch.zeros(1, dtype=torch.bool), nexts[:-1] < 0])
+    first = torch.cummax(torch.where(starts, torch.arange(n), 0), 0).values
+    searched = torch.isfinite(landing) & ((torch.arange(n) - first)
+                                          % int(cfg.get("search_stride", 1)) == 0)
+    order = torch.cat([searched.nonzero().squeeze(1), (~searched).nonzero().squeeze(1)])
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n)
+    nexts = nexts[order]
+    nexts = torch.where(nexts >= 0, rank[nexts.clamp_min(0)], nexts)
+    return {"features": features[order], "feat_mean": mean, "feat_scale": weight / std,
+            "directions": dirs[order], "height": heights[order], "next": nexts,
+            "landing": landing[order], "search_frames": int(searched.sum())}
 
 
 def rendered_clips(dummy_lengths: Sequence[float], actions: Sequence[str], seed: int = 0,
@@ -471,7 +489,8 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     cfg.pop("render", None)
     db = database(clips, cfg)
     lengths = (store.meta.get("dummy") or {}).get("lengths", default_dummy().lengths)
-    cfg.update(frames=len(db["features"]), dummy_lengths=[float(v) for v in lengths],
+    cfg.update(frames=len(db["features"]), search_frames=int(db.pop("search_frames")),
+               dummy_lengths=[float(v) for v in lengths],
                database={"store": str(store.root), "array": array, "sequences": len(rows),
                          "mirror": bool(mirror), "views": list(views),
                          "reps": None if reps is None else list(reps)})
