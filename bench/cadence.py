@@ -69,9 +69,8 @@ def time_cadence(engine, frames: np.ndarray, gap_s: float, calls: int, path: str
             _, state = engine.step(x, state)
             t1 = time.perf_counter_ns()
         else:
-            s = state
             t0 = time.perf_counter_ns()
-            worker.submit(lambda: engine.step(x, s), i)
+            worker.submit(lambda x=x, s=state: engine.step(x, s), i)
             res = worker.wait(60.0)
             t1 = time.perf_counter_ns()
             if res is None:
