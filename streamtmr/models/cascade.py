@@ -84,6 +84,7 @@ class CascadeDummy(nn.Module):
     def __init__(self, stages: list[nn.Module]):
         super().__init__()
         self.stages = nn.ModuleList(stages)
+        self._keys = list(self.state_spec())  # the state's order, fixed once (hot path)
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         spec = {}
@@ -104,7 +105,7 @@ class CascadeDummy(nn.Module):
         for i, s in enumerate(self.stages):
             state.update({f"s{i}.{k}": v for k, v in s.init_state(batch).items()})
         state["t"] = state.pop("s0.t")
-        return {k: state[k] for k in self.state_spec()}
+        return {k: state[k] for k in self._keys}
 
     def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor]):
         new: dict[str, torch.Tensor] = {}
@@ -113,7 +114,7 @@ class CascadeDummy(nn.Module):
             x, st = s.step(x, self._split(state, i))
             new.update({f"s{i}.{k}": v for k, v in st.items()})
         new["t"] = new.pop("s0.t")
-        return x, {k: new[k] for k in self.state_spec()}
+        return x, {k: new[k] for k in self._keys}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for s in self.stages:
