@@ -60,6 +60,7 @@ MATCH_STATE = ("cur", "old", "blend", "since_search")
 DEFAULTS: dict[str, Any] = {
     "window": 64,            # window the evaluation hands over (any length works)
     "frames": 0,             # database size N (set by build_database; buffers are [N, ...])
+    "search_frames": 0,      # the first S frames are searched (set by the build; 0: all N)
     "search_every": 5,       # frames between searches while a clip plays
     "margin": 0.1,           # a jump must beat continuing by this much (standardised cost)
     "blend_frames": 6,       # cross-fade length after a jump
