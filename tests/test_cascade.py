@@ -83,3 +83,25 @@ def test_chain_cli_takes_the_shipped_default_as_a_stage(stages, tmp_path):
     for k, v in shipped.state_dict().items():
         assert torch.equal(cascade.stages[0].state_dict()[k], v), k
     assert read_metadata(out)[1]["stages"][0] == str(default_checkpoint_path())
+
+
+def test_the_same_learned_stage_twice_keeps_two_states(stages, tmp_path):
+    """``chain F F MM``: the learned stage is applied to its own output; each copy carries its
+    own state (the presets of docs/results.md, "A named preset")."""
+    first, second, a, b = stages
+    cascade = load_checkpoint(save_chain([a, a, b], tmp_path / "c3.safetensors"))
+    lengths = torch.tensor(default_dummy().lengths)
+    x = _motion(t=24)
+    with torch.no_grad():
+        once = first.retarget(x, lengths[None])
+        want = second.retarget(first.retarget(once, lengths[None]), lengths[None])
+        torch.testing.assert_close(cascade.retarget(x, lengths[None]), want, atol=1e-6, rtol=0)
+        assert not torch.allclose(want, second.retarget(once, lengths[None]), atol=1e-3)
+        module = cascade.for_dummy(lengths)
+        state = module.init_state(2)
+        assert {k.split(".")[0] for k in state if k != "t"} >= {"s0", "s1", "s2"}
+        outs = []
+        for t in range(x.shape[1]):
+            y, state = module.step(x[:, t], state)
+            outs.append(y)
+        torch.testing.assert_close(torch.stack(outs, 1), module(x), atol=1e-5, rtol=0)
