@@ -71,3 +71,15 @@ def test_privacy_names_a_missing_method():
         privacy_from_results({"methods": {"original": {}, "a": {}}}, "x")
     with pytest.raises(CardSourceError, match="was not attacked"):
         privacy_from_results({"methods": {"a": {"quality": {}}}}, "a")
+
+
+def test_a_second_record_is_kept_beside_the_headline(evaluated, tmp_path):
+    weights, results = evaluated
+    local = tmp_path / "m.safetensors"
+    shutil.copy(weights, local)
+    assert main(["card", str(local), "--results", str(results), "--results", str(results),
+                 "--name", "tiny (two records)"]) == 0
+    card = find_card(local)
+    assert card["name"] == "tiny (two records)"
+    (other,) = card["privacy"]["other_records"]
+    assert other["reid_top1_adaptive_pct"] == card["privacy"]["reid_top1_adaptive_pct"]
