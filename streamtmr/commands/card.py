@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         weights_sha = sha256_bytes(args.weights.read_bytes())
     except OSError as e:
         raise UserError(f"{args.weights}: cannot read ({e.strerror})") from None
-    privacy, method = {}, None
+    privacy, method, info = {}, None, {}
     for k, path in enumerate(args.results):
         results = _read(path)
         name = _method(results, path, weights_sha, args.method)
@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
         block["record"] = str(path)
         if k == 0:
             privacy, method = block, name
+            info = results["methods"][name].get("info", {})
         else:
             privacy.setdefault("other_records", []).append(block)
-    info = _read(args.results[0])["methods"][method].get("info", {})
     out = write_card(args.weights, privacy, name=args.name or method,
                      method=info.get("method"))
     print(f"wrote {out}: adaptive re-ID {privacy['reid_top1_adaptive_pct']} % "
