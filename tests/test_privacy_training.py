@@ -22,11 +22,12 @@ from streamtmr.data.real_windows import (
     utkinect_people,
 )
 from streamtmr.dummy import default_dummy
-from streamtmr.models.registry import build_model
+from streamtmr.models.registry import build_model, model_class
 from streamtmr.train import Trainer, load_config
 from streamtmr.train import privacy as P
 from streamtmr.train.config import ConfigError
 from streamtmr.train.tmr import TMRCurriculum
+from streamtmr.train.trainer import encode_labels
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tmr_stream_privacy.yaml"
 NTU = Path("/work/shared/data/real/ntu_samples")
@@ -357,3 +358,44 @@ def test_act_out_trains_against_the_teacher(store, tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["act_out"]) for r in recs if "split" not in r)
     assert not any("teacher" in k for k in load_file(str(final)))
+
+
+def test_source_stage_feeds_the_model_what_the_frozen_stage_publishes(store, tmp_path):
+    from streamtmr.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(3)
+    cls = model_class("tmr-stream")
+    first = build_model({"method": cls.method, **cls.presets["tiny"], "window": 32})
+    path = tmp_path / "first.safetensors"
+    save_checkpoint(path, first, {})
+    sets = {"data.source_stage": str(path), "data.augment_posture": "0.1"}
+    trainer = Trainer(_config(**sets), store, tmp_path / "run")
+    cur = trainer.curriculum
+    assert not any(p.requires_grad for p in cur.stage.parameters())
+    before = {k: v.clone() for k, v in cur.stage.state_dict().items()}
+    # validation and training both see the stage's output, never the raw source
+    raw = trainer.data.val[trainer.cfg.data.source_array][:3]
+    batch = cur.prepare(encode_labels({k: v[:3] for k, v in trainer.data.val.items()},
+                                      trainer.data.info))
+    with torch.no_grad():
+        want = first.eval().retarget(torch.as_tensor(np.asarray(raw)), batch["target_lengths"])
+    assert torch.allclose(batch["source"], want, atol=1e-5)
+    assert not torch.allclose(batch["source"], torch.as_tensor(np.asarray(raw)), atol=1e-2)
+    torch.manual_seed(0)
+    step = cur.augment(batch)
+    assert "raw_source" not in step
+    # the jittered source and the fresh people's pair items went through the stage: every
+    # bone has the dummy's length, which neither raw input has
+    lengths = batch["target_lengths"][0]
+    for key in ("source", "pair_a", "pair_b", "pair_a2"):
+        got = skeleton.bone_lengths(step[key])[..., 1:]
+        assert torch.allclose(got, lengths[1:].expand_as(got), atol=2e-3), key
+    trainer.fit()
+    for k, v in cur.stage.state_dict().items():  # the stage stays frozen through training
+        assert torch.equal(v, before[k]), k
+
+
+def test_source_stage_must_be_a_streaming_checkpoint(store, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.source_stage: cannot load .*missing"):
+        Trainer(_config(**{"data.source_stage": str(tmp_path / "missing.safetensors")}), store,
+                tmp_path / "run")

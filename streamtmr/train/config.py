@@ -80,6 +80,11 @@ class DataConfig:
     real_utkinect_subjects: list[int] | None = None
     real_people_per_batch: int = 8
     real_people_window: int = 32
+    #: A frozen streaming anonymizer (checkpoint path, or ``default``) that every model input
+    #: passes through first (the source windows, the pair items, the real windows; after the
+    #: style augmentation). The model then learns to be the *next* stage of a cascade, on what
+    #: that stage publishes: ``streamtmr chain STAGE MODEL ...``. None: the raw source.
+    source_stage: str | None = None
 
 
 @dataclass

@@ -45,6 +45,7 @@ from streamtmr import skeleton
 from streamtmr.data.pairs import pair_batch
 from streamtmr.data.real_windows import ntu_windows, person_triplets, utkinect_people
 from streamtmr.data.synth import ACTIONS
+from streamtmr.models.checkpoint import resolve_model
 from streamtmr.models.layers import grad_reverse
 from streamtmr.models.tmr import DisentangledTMR
 from streamtmr.models.tmr_encoders import rest_pose
@@ -325,6 +326,7 @@ class TMRCurriculum(Curriculum):
             if self.teacher.num_actions != n:
                 raise ConfigError(f"{config.source}: train.action_teacher: knows "
                                   f"{self.teacher.num_actions} actions, the model {n}")
+        self.stage = _source_stage(d.source_stage, device) if d.source_stage else None
         self.people = None
         if "ver_real" in used:
             try:
@@ -356,17 +358,37 @@ class TMRCurriculum(Curriculum):
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         d = self.config.data
         target = batch[d.target_array]
-        return {"source": batch[d.source_array], "target": target,
-                "target_lengths": skeleton.bone_lengths(target).median(dim=1).values,
-                "action": batch["action"], "subject": batch["subject"]}
+        out = {"source": batch[d.source_array], "target": target,
+               "target_lengths": skeleton.bone_lengths(target).median(dim=1).values,
+               "action": batch["action"], "subject": batch["subject"]}
+        if self.stage is not None:
+            if self._jitters:  # augment() jitters the raw source, then stages it again
+                out["raw_source"] = out["source"]
+            out["source"] = self._staged(out["source"], out["target_lengths"])
+        return out
+
+    @property
+    def _jitters(self) -> bool:
+        d = self.config.data
+        return bool(d.augment_posture or d.augment_amplitude or d.augment_bones)
+
+    def _staged(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``x`` as the frozen ``data.source_stage`` publishes it (each window streamed from a
+        fresh state; no gradient reaches that stage)."""
+        dev = next(self.stage.parameters(), torch.empty(0)).device
+        with torch.no_grad():
+            return self.stage.retarget(x.to(dev), lengths.to(dev)).to(x.device)
 
     def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Style jitter of the source; then, when configured, the step's cross-identity pairs
         and real windows (drawn with torch's generator, which the trainer seeds per step)."""
         d = self.config.data
-        if d.augment_posture or d.augment_amplitude or d.augment_bones:
-            batch = {**batch, "source": style_jitter(batch["source"], d.augment_posture,
-                                                     d.augment_amplitude, d.augment_bones)}
+        if self._jitters:
+            raw = batch.get("raw_source", batch["source"])
+            source = style_jitter(raw, d.augment_posture, d.augment_amplitude, d.augment_bones)
+            if self.stage is not None:
+                source = self._staged(source, batch["target_lengths"])
+            batch = {**{k: v for k, v in batch.items() if k != "raw_source"}, "source": source}
         if d.pairs_per_batch:
             batch = {**batch, **self._pairs(batch["target_lengths"][0], batch["source"].shape[1])}
         if self.real is not None:
@@ -375,7 +397,16 @@ class TMRCurriculum(Curriculum):
             batch = {**batch, "real": self.real[pick], "real_lengths": lengths}
         if self.people is not None:
             batch = {**batch, **self._real_triplets(batch["source"].device)}
+        if self.stage is not None:
+            batch = {**batch, **self._stage_extras(batch)}
         return batch
+
+    def _stage_extras(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The pair items and real windows as the source stage publishes them."""
+        dummy = batch["target_lengths"][:1]
+        return {k: self._staged(batch[k], dummy.expand(len(batch[k]), -1))
+                for k in ("pair_a", "pair_b", "pair_a2", "real", "real_a", "real_b", "real_a2")
+                if k in batch}
 
     def _real_triplets(self, device: torch.device) -> dict[str, torch.Tensor]:
         """``real_people_per_batch`` triplets of the training half's real people."""
@@ -407,6 +438,18 @@ class TMRCurriculum(Curriculum):
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], stage: Stage,
                ) -> dict[str, torch.Tensor]:
         return tmr_training_losses(model, batch, stage.weights, self.verifier, self.teacher)
+
+
+def _source_stage(spec: str, device: torch.device) -> nn.Module:
+    """The frozen streaming anonymizer of ``data.source_stage`` (ConfigError naming it)."""
+    try:
+        stage = resolve_model(spec)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"data.source_stage: cannot load {spec} ({e})") from None
+    if "streaming" not in type(stage).traits:
+        raise ConfigError(f"data.source_stage: {spec} is a {stage.method} model, not a "
+                          "streaming one (a cascade stage must stream)")
+    return stage.eval().requires_grad_(False).to(device)
 
 
 def _init_weights(model: nn.Module, path: str, device: torch.device) -> None:
