@@ -3,6 +3,8 @@ blend-free output pose is a database pose (privacy by construction)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -221,3 +223,72 @@ def test_search_stride_searches_every_kth_frame_of_the_same_database(store, sour
     y, _ = run_steps(three, source)
     lengths = skeleton.bone_lengths(y)[..., 1:]
     torch.testing.assert_close(lengths, dummy(three)[1:].expand_as(lengths), atol=1e-5, rtol=0)
+
+
+def test_held_facing_is_a_backlash_by_hand():
+    from streamtmr.models.motion_match import held_facing
+
+    band = math.radians(20)
+    fresh, going = torch.tensor([True]), torch.tensor([False])
+    deg = lambda v: torch.tensor([math.radians(v)])  # noqa: E731
+    assert torch.allclose(held_facing(deg(50), deg(0), band, fresh), deg(50))   # fresh track
+    assert torch.allclose(held_facing(deg(15), deg(0), band, going), deg(0))    # inside: held
+    assert torch.allclose(held_facing(deg(50), deg(0), band, going), deg(30))   # dragged
+    assert torch.allclose(held_facing(deg(-50), deg(0), band, going), deg(-30))
+    # across ±180°: 170° → −170° is a 20° turn, not 340°
+    out = held_facing(deg(-170), deg(170), math.radians(10), going)
+    assert torch.allclose(torch.cos(out), torch.cos(deg(-180)), atol=1e-6)
+
+
+def _turned(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """``x [B, T, 25, 3]`` turned about its root by ``angles [T]`` (radians), frame by frame."""
+    root = x[..., skeleton.ROOT : skeleton.ROOT + 1, :]
+    rot = skeleton.rotation_y(angles)[None, :, None]
+    return torch.matmul((x - root)[..., None, :], rot.transpose(-1, -2))[..., 0, :] + root
+
+
+def test_heading_deadband_hides_sway_follows_turns_and_exports(source):
+    """A body that sways its facing ±8° is published with a nearly still facing; a 90° turn is
+    followed to within the band; the published facing never leaves the band around the
+    body's smoothed facing; the pose about the root and the root path are unchanged; ONNX
+    Runtime steps the same."""
+    from engines import create_engine
+
+    tiny = MotionMatching.presets["tiny"]
+    plain = MotionMatching(dict(tiny))
+    band = 15.0
+    banded = MotionMatching({**tiny, "heading_deadband": band})
+    T = 60
+    t = torch.arange(T, dtype=torch.float32)
+    sway = torch.deg2rad(8.0 * torch.sin(2 * math.pi * t / 15))
+    turn = torch.deg2rad(torch.clamp(t - 20, 0, 15) * 6.0)       # 0° → 90° over half a second
+    x = source[:, :T]
+
+    def wrap(v):
+        return torch.atan2(torch.sin(v), torch.cos(v))
+
+    for angles in (sway, turn):
+        xs = _turned(x, angles)
+        _, states = run_steps(banded, xs)
+        facing = torch.stack([s["facing"] for s in states], 1)
+        theta = torch.stack([torch.atan2(s["heading"][:, 1], s["heading"][:, 0])
+                             for s in states], 1)
+        assert wrap(facing - theta).abs().amax() <= math.radians(band) + 1e-5
+        moved, body = wrap(facing.diff(dim=1)).abs().sum(1), wrap(theta.diff(dim=1)).abs().sum(1)
+        if angles is sway:   # most of the sway never reaches the published facing
+            assert bool((moved < 0.3 * body).all()), (moved, body)
+        else:                # the turn does, to within the band
+            assert bool((wrap(facing[:, -1] - facing[:, 0]).abs() > math.radians(65)).all())
+        a = plain.retarget(xs, dummy(plain)[None])
+        b = banded.retarget(xs, dummy(banded)[None])
+        assert torch.allclose(a[..., skeleton.ROOT, :], b[..., skeleton.ROOT, :], atol=1e-5)
+        assert torch.allclose(facing_aligned(a), facing_aligned(b), atol=1e-4)
+    engine = create_engine("onnxruntime", model=banded, window=None)
+    state = engine.init_state(2)
+    xs = _turned(x, sway + turn)
+    outs = []
+    for i in range(T):
+        y, state = engine.step(xs[:, i].numpy(), state)
+        outs.append(y)
+    np.testing.assert_allclose(np.stack(outs, 1), banded.retarget(xs, dummy(banded)[None]).numpy(),
+                               atol=1e-4)

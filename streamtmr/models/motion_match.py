@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,9 @@ KEY_JOINTS: tuple[str, ...] = ("Head", "HandLeft", "HandRight", "FootLeft", "Foo
                                "ElbowLeft", "ElbowRight", "KneeLeft", "KneeRight")
 FPS = 30.0
 #: State entries of the matcher (besides the feature state): database frame playing, frame
-#: faded out, frames since the last jump, frames since the last search.
-MATCH_STATE = ("cur", "old", "blend", "since_search")
+#: faded out, frames since the last jump, frames since the last search, the published facing
+#: angle (radians, see ``heading_deadband``).
+MATCH_STATE = ("cur", "old", "blend", "since_search", "facing")
 
 DEFAULTS: dict[str, Any] = {
     "window": 64,            # window the evaluation hands over (any length works)
@@ -81,6 +83,13 @@ DEFAULTS: dict[str, Any] = {
     # product over the searched frames, so k divides its cost; a jump lands at most k − 1
     # frames from the best frame of its clip. The database is ordered searched frames first.
     "search_stride": 1,
+    # Dead band of the published facing, in degrees (0: off). The output's facing is held
+    # until the body's smoothed facing leaves ± this band, then dragged along at the band's
+    # edge (a backlash), as VR body solvers turn the torso only once the head has turned past
+    # a threshold. Real turns still follow, within the band; the small turns of the hips that
+    # are a person's own (gait sway, weight shifts) stop reaching the output. Only the
+    # published rotation changes: features and database are the same.
+    "heading_deadband": 0.0,
 }
 
 #: Hash constants of the near-tie jitter (Knuth's multiplicative hash; int64 exact, so PyTorch
@@ -153,6 +162,15 @@ def feature_step(frame: torch.Tensor, fs: dict[str, torch.Tensor], cfg: dict[str
            "floor": floor, "prev_rel": rel, "prev_root": root, "vel": vel, "root_vel": rvel,
            "pos_mean": pos_mean}
     return canon.flatten(1), rot, new
+
+
+def held_facing(angle: torch.Tensor, held: torch.Tensor, band: float, first: torch.Tensor
+                ) -> torch.Tensor:
+    """The published facing ``[B]`` (radians): ``held`` while ``angle`` stays within ± ``band``
+    of it, else ``angle`` ∓ ``band`` (dragged at the band's edge); ``angle`` on a fresh track."""
+    d = angle - held
+    d = torch.atan2(torch.sin(d), torch.cos(d))             # wrapped to (−π, π]
+    return torch.where(first, angle, angle - d.clamp(-band, band))
 
 
 def _nlerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -240,17 +258,23 @@ class MotionMatching(Anonymizer):
         if target_lengths is None:
             target_lengths = torch.as_tensor(self.config["dummy_lengths"], dtype=frame.dtype)
         fs = {k: state[k] for k in _fstate(1, self.k)}
+        first = fs["t"] < 0.5
         feat, rot, fs = feature_step(frame, fs, self.config)
+        facing = held_facing(torch.atan2(fs["heading"][:, 1], fs["heading"][:, 0]),
+                             state["facing"], math.radians(self.config["heading_deadband"]),
+                             first)
         query = (feat - self.feat_mean) * self.feat_scale
         cur, old, blend, since = self._match(query, state)
         w = ((blend + 1).to(frame.dtype) / (self.config["blend_frames"] + 1)).clamp(max=1.0)
         dirs = _nlerp(self.directions[old], self.directions[cur], w)
         h = (1.0 - w) * self.height[old] + w * self.height[cur]
+        if self.config["heading_deadband"] > 0:
+            rot = skeleton.rotation_y(facing)               # the published facing
         dirs = torch.matmul(dirs, rot)                      # heading frame → camera space
         root = frame[:, skeleton.ROOT].clone()
         root[:, 1] = fs["floor"] + h
         out = skeleton.forward_kinematics(root, dirs, target_lengths)
-        new = {**fs, "cur": cur.to(frame.dtype), "old": old.to(frame.dtype),
+        new = {**fs, "cur": cur.to(frame.dtype), "old": old.to(frame.dtype), "facing": facing,
                "blend": (blend + 1).to(frame.dtype), "since_search": (since + 1).to(frame.dtype)}
         return out, new
 
