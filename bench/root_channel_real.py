@@ -29,6 +29,8 @@ from streamtmr.eval.published import windows_of
 from streamtmr.eval.realdata import published_segments, utkinect_windows
 from streamtmr.models.checkpoint import resolve_model
 
+VARIANTS = ("source", "as published", "root path held", "root path and heading held")
+
 
 def hold_root(seq: np.ndarray) -> np.ndarray:
     """``seq`` [T, 25, 3] with its horizontal root path held at the first frame's."""
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--arch", default="sgn")
     p.add_argument("--seeds", default="0")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -70,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     pub = published_segments(method, segments)
     print(f"published {len(pub)} segments in {time.time() - t0:.0f} s", flush=True)
-    variants = {"source": segments, "as published": pub,
-                "root path held": [hold_root(s) for s in pub],
-                "root path and heading held": [hold_heading(hold_root(s)) for s in pub]}
+    build = {"source": lambda: segments, "as published": lambda: pub,
+             "root path held": lambda: [hold_root(s) for s in pub],
+             "root path and heading held": lambda: [hold_heading(hold_root(s)) for s in pub]}
+    chosen = [v.strip() for v in a.variants.split(",")]
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    variants = {name: build[name]() for name in chosen}
     runs = sorted(data)
     ident = dict(enumerate(range(len(segments))))
     res: dict[str, dict] = {}
