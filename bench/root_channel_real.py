@@ -47,22 +47,55 @@ def hold_heading(seq: np.ndarray) -> np.ndarray:
     return np.matmul(seq - root, np.swapaxes(rot, -1, -2)).astype(np.float32) + root
 
 
-def attack(train: np.ndarray, test: np.ndarray, tr: dict, te: dict,
-           att: AttackerTraining, arch: str) -> dict[str, float]:
-    reid = SkeletonClassifier(replace(att, arch=arch)).fit(train, {"subject": tr["subject"]})
-    act = SkeletonClassifier(att).fit(train, {"action": tr["action"]})
-    return {"reid_top1": reid.evaluate(test, {"subject": te["subject"]})["subject"]["top1"],
-            "action_top1": act.evaluate(test, {"action": te["action"]})["action"]["top1"]}
+def attack_tracks(tracks: list[np.ndarray], data: dict, seeds: list[int], width: int,
+                  epochs: int, arch: str) -> dict:
+    """Re-ID (``arch``) and action attackers retrained on the windows of ``tracks`` (one array
+    per UTKinect segment), split by run as ``evaluate_utkinect`` splits them: the mean over
+    seeds and both folds, and every fold's numbers (``runs``)."""
+    runs = sorted(data)
+    ident = dict(enumerate(range(len(tracks))))
+    rows = []
+    for seed in seeds:
+        att = AttackerTraining(width=width, epochs=epochs, seed=seed)
+        for r_tr, r_te in ((runs[0], runs[1]), (runs[1], runs[0])):
+            tr, te = data[r_tr]["train"], data[r_te]["test"]
+            x_tr, x_te = (windows_of(tracks, d["segment"], d["start"], 32, ident)
+                          for d in (tr, te))
+            reid = SkeletonClassifier(replace(att, arch=arch)).fit(x_tr, {"subject": tr["subject"]})
+            act = SkeletonClassifier(att).fit(x_tr, {"action": tr["action"]})
+            rows.append({
+                "reid_top1": reid.evaluate(x_te, {"subject": te["subject"]})["subject"]["top1"],
+                "action_top1": act.evaluate(x_te, {"action": te["action"]})["action"]["top1"]})
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"runs": rows}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="checkpoint, or 'default'")
+def attack_variants(variants: dict[str, list[np.ndarray]], data: dict,
+                    a: argparse.Namespace, **record) -> None:
+    """:func:`attack_tracks` on every variant (printed as it goes); the results, the attackers'
+    settings and ``record`` written as JSON to ``a.out``."""
+    seeds = [int(v) for v in a.seeds.split(",")]
+    res: dict[str, dict] = {}
+    for name, tracks in variants.items():
+        res[name] = attack_tracks(tracks, data, seeds, a.width, a.epochs, a.arch)
+        print(name, {k: round(v, 3) for k, v in res[name].items() if k != "runs"}, flush=True)
+    with open(a.out, "w") as f:
+        json.dump({**record, "arch": a.arch, "epochs": a.epochs, "width": a.width,
+                   "seeds": a.seeds, "results": res}, f, indent=1)
+
+
+def add_attack_arguments(p: argparse.ArgumentParser) -> None:
+    """The UTKinect folder and the attackers' settings (light SGN by default)."""
     p.add_argument("--utkinect", required=True)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--arch", default="sgn")
     p.add_argument("--seeds", default="0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="checkpoint, or 'default'")
+    add_attack_arguments(p)
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     p.add_argument("--out", required=True)
@@ -82,23 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     variants = {name: build[name]() for name in chosen}
-    runs = sorted(data)
-    ident = dict(enumerate(range(len(segments))))
-    res: dict[str, dict] = {}
-    for name, tracks in variants.items():
-        rows = []
-        for seed in (int(s) for s in a.seeds.split(",")):
-            att = AttackerTraining(width=a.width, epochs=a.epochs, seed=seed)
-            for r_tr, r_te in ((runs[0], runs[1]), (runs[1], runs[0])):
-                tr, te = data[r_tr]["train"], data[r_te]["test"]
-                x_tr, x_te = (windows_of(tracks, d["segment"], d["start"], 32, ident)
-                              for d in (tr, te))
-                rows.append(attack(x_tr, x_te, tr, te, att, a.arch))
-        res[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"runs": rows}
-        print(name, {k: round(v, 3) for k, v in res[name].items() if k != "runs"}, flush=True)
-    with open(a.out, "w") as f:
-        json.dump({"model": a.model, "arch": a.arch, "epochs": a.epochs, "width": a.width,
-                   "seeds": a.seeds, "results": res}, f, indent=1)
+    attack_variants(variants, data, a, model=a.model)
     return 0
 
 

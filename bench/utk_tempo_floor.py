@@ -22,17 +22,14 @@ folds), retrained on each variant.
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import replace
 
 import numpy as np
 import torch
 
 from bench.motion_match_leak import swap_heading, swap_root
+from bench.root_channel_real import add_attack_arguments, attack_variants
 from streamtmr.data.store import SkeletonStore
 from streamtmr.data.utkinect import ACTIONS, read_utkinect
-from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier
-from streamtmr.eval.published import windows_of
 from streamtmr.eval.realdata import utkinect_windows
 
 #: UTKinect action → the SynthKinect action whose neutral performance stands in for it.
@@ -72,11 +69,7 @@ def fixed(seq: np.ndarray, length: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="a SynthKinect store (the templates)")
-    p.add_argument("--utkinect", required=True)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--arch", default="sgn")
-    p.add_argument("--seeds", default="0")
+    add_attack_arguments(p)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -91,28 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                                               for y, x in zip(own, segments, strict=True)],
         "template, fixed duration": [fixed(tmpl[TEMPLATE[ACTIONS[s.action_index]]], len(x))
                                      for s, x in zip(seqs, segments, strict=True)]}
-    runs = sorted(data)
-    ident = dict(enumerate(range(len(segments))))
-    res: dict[str, dict] = {}
-    for name, tracks in variants.items():
-        rows = []
-        for seed in (int(s) for s in a.seeds.split(",")):
-            att = AttackerTraining(width=a.width, epochs=a.epochs, seed=seed)
-            for r_tr, r_te in ((runs[0], runs[1]), (runs[1], runs[0])):
-                tr, te = data[r_tr]["train"], data[r_te]["test"]
-                x_tr, x_te = (windows_of(tracks, d["segment"], d["start"], 32, ident)
-                              for d in (tr, te))
-                reid = SkeletonClassifier(replace(att, arch=a.arch)).fit(
-                    x_tr, {"subject": tr["subject"]})
-                act = SkeletonClassifier(att).fit(x_tr, {"action": tr["action"]})
-                rows.append({
-                    "reid_top1": reid.evaluate(x_te, {"subject": te["subject"]})["subject"]["top1"],
-                    "action_top1": act.evaluate(x_te, {"action": te["action"]})["action"]["top1"]})
-        res[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"runs": rows}
-        print(name, {k: round(v, 3) for k, v in res[name].items() if k != "runs"}, flush=True)
-    with open(a.out, "w") as f:
-        json.dump({"arch": a.arch, "epochs": a.epochs, "width": a.width, "seeds": a.seeds,
-                   "template": TEMPLATE, "results": res}, f, indent=1)
+    attack_variants(variants, data, a, template=TEMPLATE)
     return 0
 
 
