@@ -260,6 +260,8 @@ class MotionMatching(Anonymizer):
         fs = {k: state[k] for k in _fstate(1, self.k)}
         first = fs["t"] < 0.5
         feat, rot, fs = feature_step(frame, fs, self.config)
+        # computed even with the band off: the exported step graph must read state "facing"
+        # (ONNX prunes an unused input, and the engines feed every state entry)
         facing = held_facing(torch.atan2(fs["heading"][:, 1], fs["heading"][:, 0]),
                              state["facing"], math.radians(self.config["heading_deadband"]),
                              first)
