@@ -29,7 +29,17 @@ from streamtmr.eval.published import windows_of
 from streamtmr.eval.realdata import published_segments, utkinect_windows
 from streamtmr.models.checkpoint import resolve_model
 
-VARIANTS = ("source", "as published", "root path held", "root path and heading held")
+VARIANTS = ("source", "as published", "root path held", "root path and heading held",
+            "root path smoothed", "heading smoothed", "root path and heading smoothed")
+
+
+def _ema(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Causal exponential moving average along the first axis (the first value as it is)."""
+    out = np.empty_like(x)
+    out[0] = x[0]
+    for t in range(1, len(x)):
+        out[t] = alpha * x[t] + (1.0 - alpha) * out[t - 1]
+    return out
 
 
 def hold_root(seq: np.ndarray) -> np.ndarray:
@@ -43,6 +53,24 @@ def hold_heading(seq: np.ndarray) -> np.ndarray:
     """``seq`` turned about its root, frame by frame, to the first frame's hip facing."""
     angle = skeleton.facing_angle(seq)
     rot = skeleton.rotation_y(angle - angle[:1])
+    root = seq[:, :1, :]
+    return np.matmul(seq - root, np.swapaxes(rot, -1, -2)).astype(np.float32) + root
+
+
+def smooth_root(seq: np.ndarray, alpha: float) -> np.ndarray:
+    """``seq`` with its horizontal root path replaced by a causal EMA of it (weight ``alpha``)."""
+    root = seq[:, :1, :]
+    d = _ema(root, alpha) - root
+    d[..., 1] = 0
+    return (seq + d).astype(np.float32)
+
+
+def smooth_heading(seq: np.ndarray, alpha: float) -> np.ndarray:
+    """``seq`` turned about its root, frame by frame, to a causal EMA of its hip facing (the
+    unit facing vector averaged, so turns through ±180° stay continuous)."""
+    angle = skeleton.facing_angle(seq)
+    vec = _ema(np.stack([np.cos(angle), np.sin(angle)], -1), alpha)
+    rot = skeleton.rotation_y(angle - np.arctan2(vec[:, 1], vec[:, 0]))
     root = seq[:, :1, :]
     return np.matmul(seq - root, np.swapaxes(rot, -1, -2)).astype(np.float32) + root
 
@@ -98,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     add_attack_arguments(p)
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="EMA weight of the newest frame in the smoothed variants")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -109,13 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"published {len(pub)} segments in {time.time() - t0:.0f} s", flush=True)
     build = {"source": lambda: segments, "as published": lambda: pub,
              "root path held": lambda: [hold_root(s) for s in pub],
-             "root path and heading held": lambda: [hold_heading(hold_root(s)) for s in pub]}
+             "root path and heading held": lambda: [hold_heading(hold_root(s)) for s in pub],
+             "root path smoothed": lambda: [smooth_root(s, a.alpha) for s in pub],
+             "heading smoothed": lambda: [smooth_heading(s, a.alpha) for s in pub],
+             "root path and heading smoothed":
+                 lambda: [smooth_heading(smooth_root(s, a.alpha), a.alpha) for s in pub]}
     chosen = [v.strip() for v in a.variants.split(",")]
     unknown = sorted(set(chosen) - set(VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     variants = {name: build[name]() for name in chosen}
-    attack_variants(variants, data, a, model=a.model)
+    attack_variants(variants, data, a, model=a.model, alpha=a.alpha)
     return 0
 
 
