@@ -292,3 +292,41 @@ def test_heading_deadband_hides_sway_follows_turns_and_exports(source):
         outs.append(y)
     np.testing.assert_allclose(np.stack(outs, 1), banded.retarget(xs, dummy(banded)[None]).numpy(),
                                atol=1e-4)
+
+
+def test_in_place_holds_the_root_and_facing_of_the_first_frame_and_exports(source):
+    """``root_motion: in_place``: a body walking a 2 m path while turning 90° is published at
+    its first root (horizontally) facing its first facing, frame after frame; the database
+    pose about the root is the full mode's with the facing turned back; ONNX Runtime steps
+    the same; an unknown mode is refused by name."""
+    from engines import create_engine
+
+    tiny = MotionMatching.presets["tiny"]
+    full = MotionMatching(dict(tiny))
+    held = MotionMatching({**tiny, "root_motion": "in_place"})
+    T = 60
+    t = torch.arange(T, dtype=torch.float32)
+    xs = _turned(source[:, :T], torch.deg2rad(torch.clamp(t - 20, 0, 15) * 6.0))
+    xs = xs + torch.stack([t / T * 2.0, 0 * t, 0 * t], -1)[None, :, None]   # 2 m along +X
+    a = full.retarget(xs, dummy(full)[None])
+    b = held.retarget(xs, dummy(held)[None])
+    root = b[..., skeleton.ROOT, :]
+    assert torch.allclose(root[..., [0, 2]], xs[:, :1, skeleton.ROOT][..., [0, 2]].expand_as(
+        root[..., [0, 2]]), atol=1e-5)
+    assert (a[:, -1, skeleton.ROOT, 0] - a[:, 0, skeleton.ROOT, 0] > 1.9).all()  # full follows
+    assert torch.allclose(root[..., 1], a[..., skeleton.ROOT, 1], atol=1e-5)    # floor height
+    facing = skeleton.facing_angle(b)
+    spread = torch.atan2(torch.sin(facing - facing[:, :1]), torch.cos(facing - facing[:, :1]))
+    full_turn = skeleton.facing_angle(a[:, -1]) - skeleton.facing_angle(a[:, 0])
+    assert spread.abs().amax() < math.radians(20)      # the database's own hip sway only
+    assert (torch.cos(full_turn) < math.cos(math.radians(60))).all()            # full turns
+    assert torch.allclose(facing_aligned(a), facing_aligned(b), atol=1e-4)
+    engine = create_engine("onnxruntime", model=held, window=None)
+    state = engine.init_state(2)
+    outs = []
+    for i in range(T):
+        y, state = engine.step(xs[:, i].numpy(), state)
+        outs.append(y)
+    np.testing.assert_allclose(np.stack(outs, 1), b.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="root_motion 'fixed'"):
+        MotionMatching({**tiny, "root_motion": "fixed"})

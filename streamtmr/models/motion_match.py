@@ -16,7 +16,9 @@ exact.
 What passes from the source to the output: the horizontal root position (where the person is
 in the room), the facing direction about the vertical, the floor height, and the *choice and
 timing* of database frames. No joint position or bone direction of the source reaches the
-output; blend-free frames are exactly database poses.
+output; blend-free frames are exactly database poses. With ``root_motion: in_place`` the root
+path and the facing are held at where each track was first seen, and only the choice and timing
+of database frames (and the floor height) follow the person.
 
 The model is stateful and causal: :meth:`MotionMatching.init_state` / :meth:`MotionMatching.step`
 follow ``/work/notes/STREAMING_API.md`` (one state slot per body), and :meth:`retarget` over a
@@ -90,7 +92,15 @@ DEFAULTS: dict[str, Any] = {
     # are a person's own (gait sway, weight shifts) stop reaching the output. Only the
     # published rotation changes: features and database are the same.
     "heading_deadband": 0.0,
+    # Root motion, as game engines name it: "full" publishes where the body is in the room and
+    # which way it faces (the root path, the smoothed facing); "in_place" holds both at where
+    # the track was first seen (the track's first root and facing), for applications that
+    # place the avatar themselves (a seat, a panel, their own locomotion). The pose still
+    # comes from the database, matched on the moving body's features (which read the path's
+    # velocity); only the published root and facing stop following the person.
+    "root_motion": "full",
 }
+ROOT_MOTIONS = ("full", "in_place")
 
 #: Hash constants of the near-tie jitter (Knuth's multiplicative hash; int64 exact, so PyTorch
 #: and ONNX Runtime draw the same u).
@@ -205,6 +215,9 @@ class MotionMatching(Anonymizer):
     def __init__(self, config: dict[str, Any] | None = None):
         cfg = {**DEFAULTS, **(config or {}), "method": self.method}
         cfg["weights"] = {**DEFAULTS["weights"], **cfg.get("weights", {})}
+        if cfg["root_motion"] not in ROOT_MOTIONS:
+            raise ValueError(f"motion_match: root_motion {cfg['root_motion']!r} is not one of "
+                             f"{list(ROOT_MOTIONS)}")
         cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
         db = None
         if int(cfg["frames"]) == 0 and cfg.get("render"):
@@ -237,6 +250,7 @@ class MotionMatching(Anonymizer):
         spec = {k: (tuple(v.shape[1:]), torch.float32) for k, v in _fstate(1, self.k).items()}
         for k in MATCH_STATE:
             spec[k] = ((), torch.float32)
+        spec["anchor"] = ((3,), torch.float32)
         return spec
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -244,6 +258,7 @@ class MotionMatching(Anonymizer):
         state = _fstate(batch, self.k, dev)
         for k in MATCH_STATE:
             state[k] = torch.zeros(batch, device=dev)
+        state["anchor"] = torch.zeros(batch, 3, device=dev)
         return state
 
     def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor],
@@ -262,21 +277,25 @@ class MotionMatching(Anonymizer):
         feat, rot, fs = feature_step(frame, fs, self.config)
         # computed even with the band off: the exported step graph must read state "facing"
         # (ONNX prunes an unused input, and the engines feed every state entry)
+        in_place = self.config["root_motion"] == "in_place"
+        band = math.pi if in_place else math.radians(self.config["heading_deadband"])
         facing = held_facing(torch.atan2(fs["heading"][:, 1], fs["heading"][:, 0]),
-                             state["facing"], math.radians(self.config["heading_deadband"]),
-                             first)
+                             state["facing"], band, first)
+        # the track's first root, kept (and read) whatever the mode, like "facing"
+        anchor = torch.where(first[:, None], frame[:, skeleton.ROOT], state["anchor"])
         query = (feat - self.feat_mean) * self.feat_scale
         cur, old, blend, since = self._match(query, state)
         w = ((blend + 1).to(frame.dtype) / (self.config["blend_frames"] + 1)).clamp(max=1.0)
         dirs = _nlerp(self.directions[old], self.directions[cur], w)
         h = (1.0 - w) * self.height[old] + w * self.height[cur]
-        if self.config["heading_deadband"] > 0:
+        if self.config["heading_deadband"] > 0 or in_place:
             rot = skeleton.rotation_y(facing)               # the published facing
         dirs = torch.matmul(dirs, rot)                      # heading frame → camera space
-        root = frame[:, skeleton.ROOT].clone()
+        root = (anchor if in_place else frame[:, skeleton.ROOT]).clone()
         root[:, 1] = fs["floor"] + h
         out = skeleton.forward_kinematics(root, dirs, target_lengths)
         new = {**fs, "cur": cur.to(frame.dtype), "old": old.to(frame.dtype), "facing": facing,
+               "anchor": anchor,
                "blend": (blend + 1).to(frame.dtype), "since_search": (since + 1).to(frame.dtype)}
         return out, new
 
@@ -528,16 +547,32 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     return model.eval()
 
 
-def build_from_config(config: str | Path, data: str | Path, out: str | Path) -> Path:
-    """Build the database described by a YAML file (``configs/motion_match.yaml``) and save it
-    as a checkpoint at ``out``."""
+def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
+    """``["root_motion=in_place", ...]`` → matching settings (values parsed as YAML); a key
+    that is not a setting of :data:`DEFAULTS` is refused by name."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for a in assignments:
+        key, sep, text = a.partition("=")
+        if not sep or key.strip() not in DEFAULTS:
+            raise ValueError(f"--set {a}: expected KEY=VALUE with KEY one of "
+                             f"{sorted(DEFAULTS)}")
+        out[key.strip()] = yaml.safe_load(text)
+    return out
+
+
+def build_from_config(config: str | Path, data: str | Path, out: str | Path,
+                      settings: dict[str, Any] | None = None) -> Path:
+    """Build the database described by a YAML file (``configs/motion_match.yaml``), its
+    matching settings updated by ``settings``, and save it as a checkpoint at ``out``."""
     import yaml
 
     from streamtmr.models.checkpoint import save_checkpoint
 
     spec = yaml.safe_load(Path(config).read_text()) or {}
     db = dict(spec.get("database") or {})
-    model = build_database(data, config=spec.get("model"), **db)
+    model = build_database(data, config={**(spec.get("model") or {}), **(settings or {})}, **db)
     store = SkeletonStore(data)
     extra = {"data": {"store": str(store.root),
                       "train_subjects": sorted({int(store.rows[i]["subject"]) for i in
@@ -552,9 +587,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=Path("configs/motion_match.yaml"))
     p.add_argument("--data", type=Path, required=True, help="SynthKinect store")
     p.add_argument("--out", type=Path, default=Path("runs/motion_match/model.safetensors"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a matching setting over the config's (e.g. root_motion=in_place)")
     args = p.parse_args(argv)
+    try:
+        settings = parse_settings(args.set)
+    except ValueError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO)
-    print(f"wrote {build_from_config(args.config, args.data, args.out)}")
+    print(f"wrote {build_from_config(args.config, args.data, args.out, settings)}")
     return 0
 
 
