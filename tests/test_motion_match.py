@@ -330,3 +330,57 @@ def test_in_place_holds_the_root_and_facing_of_the_first_frame_and_exports(sourc
     np.testing.assert_allclose(np.stack(outs, 1), b.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="root_motion 'fixed'"):
         MotionMatching({**tiny, "root_motion": "fixed"})
+
+
+def test_leash_moves_by_the_database_and_stays_within_reach_of_the_body(source):
+    """``root_motion: leash``: the published root never strays more than ``leash_m`` from the
+    body's (horizontally), nor the published facing more than ``leash_deg`` from the body's
+    smoothed facing, over a 2 m walk with a 90° turn; where it does not pull, the root moves by
+    the database's step of the frames played, not by the body's; the step into a clip's first
+    frame is zero; ONNX Runtime steps the same."""
+    from engines import create_engine
+
+    tiny = MotionMatching.presets["tiny"]
+    leash = MotionMatching({**tiny, "root_motion": "leash", "leash_m": 0.3, "leash_deg": 20.0})
+    is_next = torch.zeros(len(leash.next), dtype=torch.bool)
+    is_next[leash.next[leash.next >= 0]] = True
+    first_frames = (~is_next).nonzero().squeeze(1)   # no frame leads into a clip's first
+    assert len(first_frames) > 0
+    assert leash.root_step[first_frames].abs().max() == 0
+    assert leash.turn[first_frames].abs().max() == 0
+    assert leash.root_step.norm(dim=-1).max() > 0.01      # the walk clip does step
+
+    T = 60
+    t = torch.arange(T, dtype=torch.float32)
+    xs = _turned(source[:, :T], torch.deg2rad(torch.clamp(t - 20, 0, 15) * 6.0))
+    xs = xs + torch.stack([t / T * 2.0, 0 * t, 0 * t], -1)[None, :, None]
+    y, states = run_steps(leash, xs)
+    gap = (y[..., skeleton.ROOT, :] - xs[..., skeleton.ROOT, :])[..., [0, 2]].norm(dim=-1)
+    assert gap.max() <= 0.3 + 1e-4
+    facing = torch.stack([s["facing"] for s in states], 1)
+    theta = torch.stack([torch.atan2(s["heading"][:, 1], s["heading"][:, 0]) for s in states], 1)
+    off = torch.atan2(torch.sin(facing - theta), torch.cos(facing - theta))
+    assert off.abs().max() <= math.radians(20.0) + 1e-5
+
+    # wherever the leash does not pull, the root moved by the database's step (turned to the
+    # published facing) and nothing of the body's own step
+    w = torch.stack([(s["blend"] / (leash.config["blend_frames"] + 1)).clamp(max=1.0)
+                     for s in states], 1)
+    cur = torch.stack([s["cur"] for s in states], 1).long()
+    old = torch.stack([s["old"] for s in states], 1).long()
+    step = (1 - w)[..., None] * leash.root_step[old] + w[..., None] * leash.root_step[cur]
+    step = torch.matmul(step[..., None, :], skeleton.rotation_y(facing))[..., 0, :]
+    moved = y[:, 1:, skeleton.ROOT] - y[:, :-1, skeleton.ROOT]
+    free = gap[:, 1:] < 0.3 - 1e-3
+    assert free.float().mean() > 0.2
+    assert torch.allclose(moved[free][:, [0, 2]], step[:, 1:][free][:, [0, 2]], atol=1e-5)
+    assert not torch.allclose(moved[free][:, [0, 2]], (xs[:, 1:, skeleton.ROOT]
+                              - xs[:, :-1, skeleton.ROOT])[free][:, [0, 2]], atol=1e-3)
+
+    engine = create_engine("onnxruntime", model=leash, window=None)
+    state = engine.init_state(2)
+    outs = []
+    for i in range(T):
+        out, state = engine.step(xs[:, i].numpy(), state)
+        outs.append(out)
+    np.testing.assert_allclose(np.stack(outs, 1), y.numpy(), atol=1e-4)

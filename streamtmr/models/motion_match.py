@@ -95,12 +95,18 @@ DEFAULTS: dict[str, Any] = {
     # Root motion, as game engines name it: "full" publishes where the body is in the room and
     # which way it faces (the root path, the smoothed facing); "in_place" holds both at where
     # the track was first seen (the track's first root and facing), for applications that
-    # place the avatar themselves (a seat, a panel, their own locomotion). The pose still
-    # comes from the database, matched on the moving body's features (which read the path's
-    # velocity); only the published root and facing stop following the person.
+    # place the avatar themselves (a seat, a panel, their own locomotion); "leash" moves and
+    # turns the avatar by the database's own root motion (the dummy's neutral steps and turns
+    # of the frames it plays) and pulls it along only when it strays more than ``leash_m``
+    # metres from the body's root or ``leash_deg`` degrees from its smoothed facing, as games
+    # keep an animation-driven character near its simulated controller. The pose still comes
+    # from the database, matched on the moving body's features (which read the path's
+    # velocity); only the published root and facing change.
     "root_motion": "full",
+    "leash_m": 0.5,
+    "leash_deg": 30.0,
 }
-ROOT_MOTIONS = ("full", "in_place")
+ROOT_MOTIONS = ("full", "in_place", "leash")
 
 #: Hash constants of the near-tie jitter (Knuth's multiplicative hash; int64 exact, so PyTorch
 #: and ONNX Runtime draw the same u).
@@ -183,6 +189,17 @@ def held_facing(angle: torch.Tensor, held: torch.Tensor, band: float, first: tor
     return torch.where(first, angle, angle - d.clamp(-band, band))
 
 
+def leashed(pos: torch.Tensor, target: torch.Tensor, length: float, first: torch.Tensor
+            ) -> torch.Tensor:
+    """``pos [B, 3]`` pulled horizontally to within ``length`` of ``target [B, 3]`` (kept where
+    it is within reach; ``target`` on a fresh track). Height is not constrained."""
+    d = pos - target
+    d = d * torch.tensor([1.0, 0.0, 1.0], dtype=d.dtype, device=d.device)
+    reach = d.norm(dim=-1, keepdim=True)
+    pulled = pos - d * (1.0 - length / reach.clamp_min(skeleton.EPS)).clamp_min(0.0)
+    return torch.where(first[:, None], target, pulled)
+
+
 def _nlerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Normalised lerp of unit bone directions ``[B, 25, 3]`` with weights ``w [B]``."""
     w = w[:, None, None]
@@ -234,13 +251,18 @@ class MotionMatching(Anonymizer):
         self.register_buffer("height", torch.zeros(n))
         self.register_buffer("next", torch.full((n,), -1, dtype=torch.int64))
         self.register_buffer("landing", torch.zeros(n))
+        if cfg["root_motion"] == "leash":  # the database's root motion (only this mode reads it)
+            self.register_buffer("root_step", torch.zeros(n, 3))
+            self.register_buffer("turn", torch.zeros(n))
         if db is not None:
             self.set_database(db)
 
     def set_database(self, db: dict[str, torch.Tensor]) -> None:
-        """Copy a :func:`database` into the buffers (sizes must match ``config["frames"]``)."""
+        """Copy a :func:`database` into the buffers (sizes must match ``config["frames"]``);
+        the root motion only where this mode has buffers for it."""
         for name, value in db.items():
-            getattr(self, name).copy_(value)
+            if name in self._buffers:
+                getattr(self, name).copy_(value)
 
     # ---- streaming interface ---------------------------------------------------------------
 
@@ -275,23 +297,32 @@ class MotionMatching(Anonymizer):
         fs = {k: state[k] for k in _fstate(1, self.k)}
         first = fs["t"] < 0.5
         feat, rot, fs = feature_step(frame, fs, self.config)
-        # computed even with the band off: the exported step graph must read state "facing"
-        # (ONNX prunes an unused input, and the engines feed every state entry)
-        in_place = self.config["root_motion"] == "in_place"
-        band = math.pi if in_place else math.radians(self.config["heading_deadband"])
-        facing = held_facing(torch.atan2(fs["heading"][:, 1], fs["heading"][:, 0]),
-                             state["facing"], band, first)
-        # the track's first root, kept (and read) whatever the mode, like "facing"
-        anchor = torch.where(first[:, None], frame[:, skeleton.ROOT], state["anchor"])
+        mode = self.config["root_motion"]
         query = (feat - self.feat_mean) * self.feat_scale
         cur, old, blend, since = self._match(query, state)
         w = ((blend + 1).to(frame.dtype) / (self.config["blend_frames"] + 1)).clamp(max=1.0)
         dirs = _nlerp(self.directions[old], self.directions[cur], w)
         h = (1.0 - w) * self.height[old] + w * self.height[cur]
-        if self.config["heading_deadband"] > 0 or in_place:
-            rot = skeleton.rotation_y(facing)               # the published facing
+        body = frame[:, skeleton.ROOT]
+        body_facing = torch.atan2(fs["heading"][:, 1], fs["heading"][:, 0])
+        if mode == "leash":  # the database's step and turn, kept on a leash to the body
+            facing = held_facing(body_facing,
+                                 state["facing"] + (1.0 - w) * self.turn[old] + w * self.turn[cur],
+                                 math.radians(self.config["leash_deg"]), first)
+            rot = skeleton.rotation_y(facing)
+            step = (1.0 - w)[:, None] * self.root_step[old] + w[:, None] * self.root_step[cur]
+            anchor = leashed(state["anchor"] + torch.matmul(step[:, None], rot)[:, 0], body,
+                             float(self.config["leash_m"]), first)
+        else:
+            # "facing" and "anchor" are computed (and read) in every mode: the exported step
+            # graph must read every state input (ONNX prunes an unused one)
+            band = math.pi if mode == "in_place" else math.radians(self.config["heading_deadband"])
+            facing = held_facing(body_facing, state["facing"], band, first)
+            anchor = torch.where(first[:, None], body, state["anchor"])  # the first root
+            if self.config["heading_deadband"] > 0 or mode == "in_place":
+                rot = skeleton.rotation_y(facing)           # the published facing
         dirs = torch.matmul(dirs, rot)                      # heading frame → camera space
-        root = (anchor if in_place else frame[:, skeleton.ROOT]).clone()
+        root = (body if mode == "full" else anchor).clone()
         root[:, 1] = fs["floor"] + h
         out = skeleton.forward_kinematics(root, dirs, target_lengths)
         new = {**fs, "cur": cur.to(frame.dtype), "old": old.to(frame.dtype), "facing": facing,
@@ -436,33 +467,46 @@ def _featurise(clips: list[np.ndarray], cfg: dict[str, Any]):
     x = torch.as_tensor(np.stack([np.concatenate([c, np.repeat(c[-1:], T - len(c), 0)])
                                   for c in clips]))           # [C, T, 25, 3], end-padded
     fs = _fstate(len(clips), len(_joints(cfg)))
-    f_all, d_all = [], []
+    f_all, d_all, s_all, a_all = [], [], [], []
+    root = x[:, :, skeleton.ROOT] * torch.tensor([1.0, 0.0, 1.0])
     for t in range(T):  # every clip stepped from a fresh state, exactly as a live track
         f, rot, fs = feature_step(x[:, t], fs, cfg)
         f_all.append(f)
         d_all.append(torch.matmul(skeleton.bone_directions(x[:, t]), rot.transpose(-1, -2)))
-    f_all, d_all = torch.stack(f_all, 1), torch.stack(d_all, 1)
+        # the horizontal step into this frame, in its heading frame; the heading angle
+        s_all.append(torch.matmul((root[:, t] - root[:, max(t - 1, 0)])[:, None],
+                                  rot.transpose(-1, -2))[:, 0])
+        a_all.append(torch.atan2(fs["heading"][:, 1], fs["heading"][:, 0]))
+    f_all, d_all, s_all = torch.stack(f_all, 1), torch.stack(d_all, 1), torch.stack(s_all, 1)
+    a_all = torch.stack(a_all, 1)
+    turn = torch.cat([torch.zeros_like(a_all[:, :1]), a_all.diff(dim=1)], 1)
+    turn = torch.atan2(torch.sin(turn), torch.cos(turn))           # the turn into this frame
     heights = x[..., skeleton.ROOT, 1] - skeleton.floor_height(x)[:, None]
-    feats, dirs, hs, nexts = [], [], [], []
+    feats, dirs, hs, nexts, steps, turns = [], [], [], [], [], []
     offset = 0
     for c, n in enumerate(lengths):
         feats.append(f_all[c, :n])
         dirs.append(d_all[c, :n])
         hs.append(heights[c, :n])
+        steps.append(s_all[c, :n])
+        turns.append(turn[c, :n])
         nxt = torch.arange(offset + 1, offset + n + 1)
         nxt[-1] = -1
         nexts.append(nxt)
         offset += n
-    return torch.cat(feats), torch.cat(dirs), torch.cat(hs), torch.cat(nexts)
+    return (torch.cat(feats), torch.cat(dirs), torch.cat(hs), torch.cat(nexts),
+            torch.cat(steps), torch.cat(turns))
 
 
 def database(clips: list[np.ndarray], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The buffers of a :class:`MotionMatching` model from the dummy's clips ``[T_i, 25, 3]``
     (camera space, any facing): standardised weighted features and their standardisation,
-    heading-frame bone directions, root heights above each clip's floor, next-frame links."""
+    heading-frame bone directions, root heights above each clip's floor, next-frame links, and
+    the root motion into each frame (horizontal step in its heading frame, turn in radians)."""
     if not clips or min(len(c) for c in clips) < 2:
         raise ValueError("motion matching needs at least one clip of >= 2 frames")
-    feats, dirs, heights, nexts = _featurise([np.asarray(c, np.float32) for c in clips], cfg)
+    feats, dirs, heights, nexts, steps, turns = _featurise(
+        [np.asarray(c, np.float32) for c in clips], cfg)
     # One scale per feature group (its RMS spread), not per feature: a per-feature z-score
     # would let near-constant features (a joint that hardly moves on the dummy) dominate the
     # distance, and any difference of proportions in the input would then decide the match.
@@ -493,7 +537,8 @@ def database(clips: list[np.ndarray], cfg: dict[str, Any]) -> dict[str, torch.Te
     nexts = torch.where(nexts >= 0, rank[nexts.clamp_min(0)], nexts)
     return {"features": features[order], "feat_mean": mean, "feat_scale": weight / std,
             "directions": dirs[order], "height": heights[order], "next": nexts,
-            "landing": landing[order], "search_frames": int(searched.sum())}
+            "landing": landing[order], "root_step": steps[order], "turn": turns[order],
+            "search_frames": int(searched.sum())}
 
 
 def rendered_clips(dummy_lengths: Sequence[float], actions: Sequence[str], seed: int = 0,
