@@ -49,6 +49,23 @@ def state_sha256(model: nn.Module, config: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def code_fingerprint(module: nn.Module | None) -> str:
+    """Hash of the source files that define ``module`` and its submodules: an export made by
+    other code (a changed step, a new state entry) is not reused under the same version."""
+    import inspect
+
+    files = set()
+    for m in module.modules() if module is not None else ():
+        try:
+            files.add(inspect.getsourcefile(type(m)))
+        except TypeError:  # a built-in class
+            continue
+    h = hashlib.sha256()
+    for f in sorted(f for f in files if f):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
 def as_dummy(dummy: Dummy | str | Path | np.ndarray | None) -> Dummy:
     if isinstance(dummy, Dummy):
         return dummy
@@ -88,6 +105,8 @@ class ModelSource:
         h = hashlib.sha256()
         h.update(f"{self.sha256}|{self.window}|{__version__}|{torch.__version__}".encode())
         h.update(np.asarray(self.dummy.lengths, np.float32).tobytes())
+        h.update(json.dumps(self.state_spec, sort_keys=True).encode())
+        h.update(code_fingerprint(self.module).encode())
         return h.hexdigest()
 
     def onnx_file(self) -> Path:

@@ -154,6 +154,33 @@ def test_optimised_model_cache_is_reused_and_verified(tmp_path):
     assert verify(cached[0]) is not None
 
 
+def test_export_key_follows_the_code_and_the_state_not_only_the_version(tmp_path, monkeypatch):
+    """An ONNX export is cached by the model's weights, dummy, window and version, and also by
+    the source of the classes that define it and its state: code that adds a state entry under
+    the same version (motion matching's ``anchor`` did) exports again instead of reusing a
+    graph that lacks the new input."""
+    import importlib
+    import sys
+
+    from engines.source import code_fingerprint, resolve_source
+
+    pkg = tmp_path / "fp_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "net.py").write_text("from torch import nn\nclass Net(nn.Module):\n    k = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = importlib.import_module("fp_pkg.net")
+    before = code_fingerprint(net.Net())
+    (pkg / "net.py").write_text("from torch import nn\nclass Net(nn.Module):\n    k = 2\n")
+    assert code_fingerprint(net.Net()) != before          # read from the file, not cached
+    del sys.modules["fp_pkg.net"], sys.modules["fp_pkg"]
+
+    source = resolve_source(tiny("motion_match"), window=None)
+    key = source.graph_key
+    source.state_spec = {**source.state_spec, "extra": (3,)}
+    assert source.graph_key != key
+
+
 def test_plan_cache_keys_and_checksum(tmp_path):
     facts = plan_facts("NVIDIA H100", "10.9.0", "ab" * 32, "fp16", 8, 64)
     path = plan_path(facts)
