@@ -57,6 +57,19 @@ def run_steps(model, x):
     return torch.stack(outs, 1), states
 
 
+def onnx_steps(model, x: torch.Tensor) -> np.ndarray:
+    """Step ``x [B, T, 25, 3]`` frame by frame on ONNX Runtime: outputs ``[B, T, 25, 3]``."""
+    from engines import create_engine
+
+    engine = create_engine("onnxruntime", model=model, window=None)
+    state = engine.init_state(x.shape[0])
+    outs = []
+    for t in range(x.shape[1]):
+        y, state = engine.step(x[:, t].numpy(), state)
+        outs.append(y)
+    return np.stack(outs, 1)
+
+
 def facing_aligned(pose: torch.Tensor) -> torch.Tensor:
     """Root-relative joints ``[..., 25, 3]`` turned about the vertical so the hips face +X."""
     rel = pose - pose[..., skeleton.ROOT : skeleton.ROOT + 1, :]
@@ -252,8 +265,6 @@ def test_heading_deadband_hides_sway_follows_turns_and_exports(source):
     followed to within the band; the published facing never leaves the band around the
     body's smoothed facing; the pose about the root and the root path are unchanged; ONNX
     Runtime steps the same."""
-    from engines import create_engine
-
     tiny = MotionMatching.presets["tiny"]
     plain = MotionMatching(dict(tiny))
     band = 15.0
@@ -283,15 +294,9 @@ def test_heading_deadband_hides_sway_follows_turns_and_exports(source):
         b = banded.retarget(xs, dummy(banded)[None])
         assert torch.allclose(a[..., skeleton.ROOT, :], b[..., skeleton.ROOT, :], atol=1e-5)
         assert torch.allclose(facing_aligned(a), facing_aligned(b), atol=1e-4)
-    engine = create_engine("onnxruntime", model=banded, window=None)
-    state = engine.init_state(2)
     xs = _turned(x, sway + turn)
-    outs = []
-    for i in range(T):
-        y, state = engine.step(xs[:, i].numpy(), state)
-        outs.append(y)
-    np.testing.assert_allclose(np.stack(outs, 1), banded.retarget(xs, dummy(banded)[None]).numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(onnx_steps(banded, xs),
+                               banded.retarget(xs, dummy(banded)[None]).numpy(), atol=1e-4)
 
 
 def test_in_place_holds_the_root_and_facing_of_the_first_frame_and_exports(source):
@@ -299,8 +304,6 @@ def test_in_place_holds_the_root_and_facing_of_the_first_frame_and_exports(sourc
     its first root (horizontally) facing its first facing, frame after frame; the database
     pose about the root is the full mode's with the facing turned back; ONNX Runtime steps
     the same; an unknown mode is refused by name."""
-    from engines import create_engine
-
     tiny = MotionMatching.presets["tiny"]
     full = MotionMatching(dict(tiny))
     held = MotionMatching({**tiny, "root_motion": "in_place"})
@@ -321,13 +324,7 @@ def test_in_place_holds_the_root_and_facing_of_the_first_frame_and_exports(sourc
     assert spread.abs().amax() < math.radians(20)      # the database's own hip sway only
     assert (torch.cos(full_turn) < math.cos(math.radians(60))).all()            # full turns
     assert torch.allclose(facing_aligned(a), facing_aligned(b), atol=1e-4)
-    engine = create_engine("onnxruntime", model=held, window=None)
-    state = engine.init_state(2)
-    outs = []
-    for i in range(T):
-        y, state = engine.step(xs[:, i].numpy(), state)
-        outs.append(y)
-    np.testing.assert_allclose(np.stack(outs, 1), b.numpy(), atol=1e-4)
+    np.testing.assert_allclose(onnx_steps(held, xs), b.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="root_motion 'fixed'"):
         MotionMatching({**tiny, "root_motion": "fixed"})
 
@@ -338,8 +335,6 @@ def test_leash_moves_by_the_database_and_stays_within_reach_of_the_body(source):
     smoothed facing, over a 2 m walk with a 90° turn; where it does not pull, the root moves by
     the database's step of the frames played, not by the body's; the step into a clip's first
     frame is zero; ONNX Runtime steps the same."""
-    from engines import create_engine
-
     tiny = MotionMatching.presets["tiny"]
     leash = MotionMatching({**tiny, "root_motion": "leash", "leash_m": 0.3, "leash_deg": 20.0})
     is_next = torch.zeros(len(leash.next), dtype=torch.bool)
@@ -377,10 +372,4 @@ def test_leash_moves_by_the_database_and_stays_within_reach_of_the_body(source):
     assert not torch.allclose(moved[free][:, [0, 2]], (xs[:, 1:, skeleton.ROOT]
                               - xs[:, :-1, skeleton.ROOT])[free][:, [0, 2]], atol=1e-3)
 
-    engine = create_engine("onnxruntime", model=leash, window=None)
-    state = engine.init_state(2)
-    outs = []
-    for i in range(T):
-        out, state = engine.step(xs[:, i].numpy(), state)
-        outs.append(out)
-    np.testing.assert_allclose(np.stack(outs, 1), y.numpy(), atol=1e-4)
+    np.testing.assert_allclose(onnx_steps(leash, xs), y.numpy(), atol=1e-4)
