@@ -118,8 +118,8 @@ class ZmqPubSink(Sink):
     flood, varying with the timing); so :data:`TRIM_DELAY_S` after a rebind or a disconnect
     (seen on the socket's monitor) the sink hands free heap pages back to the system
     (``malloc_trim``, at most once per :data:`TRIM_EVERY_S`): eight floods of 5,000 × 8 KB,
-    5,000 × 500 B and 20,000 × 200 B topics left the node +0.6 to +2.7 MB
-    (tests/test_failclosed_io.py; the good subscriber kept receiving).
+    5,000 × 500 B and 20,000 × 200 B topics left the node +0.1 to +1.7 MB once it had gone on
+    publishing for 1.5 s (tests/test_failclosed_io.py; the good subscriber kept receiving).
 
     ``security`` decides whether the socket is a CURVE server (only allow-listed subscribers
     receive anything) or clear text, which it allows on loopback only unless ``insecure``
@@ -168,10 +168,10 @@ class ZmqPubSink(Sink):
         self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         return sock
 
-    def _close_socket(self) -> None:
+    def _close_socket(self, linger: int | None = 0) -> None:
         self.socket.disable_monitor()
         self._monitor.close(0)
-        self.socket.close(0)
+        self.socket.close(linger)
 
     def _schedule_trim(self) -> None:
         """Hand free heap back soon (after libzmq's threads freed what they hold)."""
@@ -245,9 +245,7 @@ class ZmqPubSink(Sink):
                 "curve_denied": self.curve.allow.denied}
 
     def close(self) -> None:
-        self.socket.disable_monitor()
-        self._monitor.close(0)
-        self.socket.close()
+        self._close_socket(linger=None)  # the socket's own linger (``linger_ms``)
 
 
 class _AvatarSink(Sink):
