@@ -327,6 +327,8 @@ def test_in_place_holds_the_root_and_facing_of_the_first_frame_and_exports(sourc
     np.testing.assert_allclose(onnx_steps(held, xs), b.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="root_motion 'fixed'"):
         MotionMatching({**tiny, "root_motion": "fixed"})
+    with pytest.raises(ValueError, match="leash_m must be > 0"):
+        MotionMatching({**tiny, "root_motion": "leash", "leash_m": -0.5})
 
 
 def test_leash_moves_by_the_database_and_stays_within_reach_of_the_body(source):

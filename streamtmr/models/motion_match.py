@@ -235,6 +235,9 @@ class MotionMatching(Anonymizer):
         if cfg["root_motion"] not in ROOT_MOTIONS:
             raise ValueError(f"motion_match: root_motion {cfg['root_motion']!r} is not one of "
                              f"{list(ROOT_MOTIONS)}")
+        if not (float(cfg["leash_m"]) > 0 and 0 < float(cfg["leash_deg"]) <= 180):
+            raise ValueError(f"motion_match: leash_m must be > 0 and leash_deg in (0, 180], got "
+                             f"{cfg['leash_m']!r} and {cfg['leash_deg']!r}")
         cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
         db = None
         if int(cfg["frames"]) == 0 and cfg.get("render"):
