@@ -49,12 +49,17 @@ def hold_root(seq: np.ndarray) -> np.ndarray:
     return seq + d
 
 
+def _turn_to(seq: np.ndarray, facing: np.ndarray) -> np.ndarray:
+    """``seq`` [T, 25, 3] turned about its root, frame by frame, so its hips face ``facing [T]``."""
+    rot = skeleton.rotation_y(skeleton.facing_angle(seq) - facing)
+    root = seq[:, :1, :]
+    return np.matmul(seq - root, np.swapaxes(rot, -1, -2)).astype(np.float32) + root
+
+
 def hold_heading(seq: np.ndarray) -> np.ndarray:
     """``seq`` turned about its root, frame by frame, to the first frame's hip facing."""
     angle = skeleton.facing_angle(seq)
-    rot = skeleton.rotation_y(angle - angle[:1])
-    root = seq[:, :1, :]
-    return np.matmul(seq - root, np.swapaxes(rot, -1, -2)).astype(np.float32) + root
+    return _turn_to(seq, np.broadcast_to(angle[:1], angle.shape))
 
 
 def smooth_root(seq: np.ndarray, alpha: float) -> np.ndarray:
@@ -70,9 +75,7 @@ def smooth_heading(seq: np.ndarray, alpha: float) -> np.ndarray:
     unit facing vector averaged, so turns through ±180° stay continuous)."""
     angle = skeleton.facing_angle(seq)
     vec = _ema(np.stack([np.cos(angle), np.sin(angle)], -1), alpha)
-    rot = skeleton.rotation_y(angle - np.arctan2(vec[:, 1], vec[:, 0]))
-    root = seq[:, :1, :]
-    return np.matmul(seq - root, np.swapaxes(rot, -1, -2)).astype(np.float32) + root
+    return _turn_to(seq, np.arctan2(vec[:, 1], vec[:, 0]))
 
 
 def attack_tracks(tracks: list[np.ndarray], data: dict, seeds: list[int], width: int,

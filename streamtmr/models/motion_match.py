@@ -18,7 +18,9 @@ in the room), the facing direction about the vertical, the floor height, and the
 timing* of database frames. No joint position or bone direction of the source reaches the
 output; blend-free frames are exactly database poses. With ``root_motion: in_place`` the root
 path and the facing are held at where each track was first seen, and only the choice and timing
-of database frames (and the floor height) follow the person.
+of database frames (and the floor height) follow the person; with ``root_motion: leash`` the
+avatar moves by the database's own steps and turns, and the body's root and facing only pull
+it back when it strays past ``leash_m`` / ``leash_deg``.
 
 The model is stateful and causal: :meth:`MotionMatching.init_state` / :meth:`MotionMatching.step`
 follow ``/work/notes/STREAMING_API.md`` (one state slot per body), and :meth:`retarget` over a
@@ -264,8 +266,9 @@ class MotionMatching(Anonymizer):
         """Copy a :func:`database` into the buffers (sizes must match ``config["frames"]``);
         the root motion only where this mode has buffers for it."""
         for name, value in db.items():
-            if name in self._buffers:
-                getattr(self, name).copy_(value)
+            if name in ("root_step", "turn") and name not in self._buffers:
+                continue  # the database's root motion: only "leash" keeps it
+            getattr(self, name).copy_(value)
 
     # ---- streaming interface ---------------------------------------------------------------
 
