@@ -67,7 +67,7 @@ def synth_sets(store: str, window: int, stride: int) -> dict[str, dict[str, np.n
 
 def utk_folds(root: str, window: int, stride: int) -> list[dict[str, dict[str, np.ndarray]]]:
     from streamtmr.dummy import default_dummy
-    data, _ = utkinect_windows(root, window, stride)
+    data, _, _ = utkinect_windows(root, window, stride)
     walk = UTK_ACTIONS.index("walk")
     runs = sorted(data)
     folds = []

@@ -131,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="EMA weight of the newest frame in the smoothed variants")
+    p.add_argument("--clock", choices=("sensor", "rows"), default="sensor",
+                   help="play segments on the sensor's 30 Hz clock (default) or row by row "
+                        "(streamtmr.eval.realdata)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     model = resolve_model(a.model)
     method = method_from_model(a.model, model, default_dummy())
-    data, segments = utkinect_windows(a.utkinect)
+    data, segments, frame_ids = utkinect_windows(a.utkinect)
     t0 = time.time()
-    pub = published_segments(method, segments)
+    pub = published_segments(method, segments, frame_ids if a.clock == "sensor" else None)
     print(f"published {len(pub)} segments in {time.time() - t0:.0f} s", flush=True)
     build = {"source": lambda: segments, "as published": lambda: pub,
              "root path held": lambda: [hold_root(s) for s in pub],
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     variants = {name: build[name]() for name in chosen}
-    attack_variants(variants, data, a, model=a.model, alpha=a.alpha)
+    attack_variants(variants, data, a, model=a.model, alpha=a.alpha, clock=a.clock)
     return 0
 
 

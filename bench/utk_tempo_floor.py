@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     tmpl = templates(SkeletonStore(a.data))
     seqs = read_utkinect(a.utkinect)
-    data, segments = utkinect_windows(a.utkinect)
+    data, segments, _ = utkinect_windows(a.utkinect)
     own = [stretch(tmpl[TEMPLATE[ACTIONS[s.action_index]]], len(x))
            for s, x in zip(seqs, segments, strict=True)]
     variants = {

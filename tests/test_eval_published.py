@@ -164,7 +164,7 @@ def test_utkinect_attacks_the_published_segments(tmp_path):
     from streamtmr.eval import realdata
 
     root = utk_folder(tmp_path, np.random.default_rng(0))
-    data, segments = realdata.utkinect_windows(root, window=8, stride=4)
+    data, segments, frame_ids = realdata.utkinect_windows(root, window=8, stride=4)
     ident = dict(enumerate(range(len(segments))))
     for run in data.values():
         for part in run.values():  # the windows are the segments' frames at (segment, start)
@@ -181,6 +181,20 @@ def test_utkinect_attacks_the_published_segments(tmp_path):
     assert n["mpjpe_source_mm"] > 1.0 and len(n["folds"]) == 2
     assert res["methods"]["original"]["static"]["reid_top1"] == \
         res["methods"]["original"]["adaptive"]["reid_top1"]
+    assert res["clock"] == "sensor" and "30 Hz" in res["protocol"]
+    # this folder recorded every Kinect frame: both clocks play the same stream
+    assert all((np.diff(f) == 1).all() for f in frame_ids)
+    on_clock = realdata.published_segments(naive, segments, frame_ids)
+    by_rows = realdata.published_segments(naive, segments)
+    assert all(np.array_equal(a, b) for a, b in zip(on_clock, by_rows, strict=True))
+    # with frames skipped, the node steps every sensor frame and one frame per row comes back
+    sparse = [f[0] + 3 * np.arange(len(f)) for f in frame_ids]
+    out = realdata.published_segments(naive, segments, sparse)
+    assert [len(o) for o in out] == [len(s) for s in segments]
+    assert not all(np.array_equal(a, b) for a, b in zip(out, by_rows, strict=True))
+    with pytest.raises(ValueError, match="clock 'hz'"):
+        realdata.evaluate_utkinect(root, [naive], AttackerTraining(width=8, epochs=1),
+                                   window=8, clock="hz")
 
 
 def test_utkinect_on_a_subset_of_people(tmp_path):
@@ -188,7 +202,7 @@ def test_utkinect_on_a_subset_of_people(tmp_path):
     from streamtmr.eval import realdata
 
     root = utk_folder(tmp_path, np.random.default_rng(0), subjects=(1, 2, 3))
-    data, _ = realdata.utkinect_windows(root, window=8, stride=4, subjects=(1, 3))
+    data, _, _ = realdata.utkinect_windows(root, window=8, stride=4, subjects=(1, 3))
     for run in data.values():
         for part in run.values():
             assert set(part["subject"].tolist()) == {1, 3}

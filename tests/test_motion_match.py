@@ -87,6 +87,42 @@ def test_database_holds_only_neutral_training_motion(store, model):
         build_database(store, subjects=store.meta["splits"]["eval"][:1])
 
 
+def test_interactions_add_rendered_dummy_clips_and_are_played(store, model, source, tmp_path):
+    from streamtmr.data.synth import neutral_identity, render, sample_content
+    from streamtmr.models.motion_match import build_from_config, parse_settings
+
+    wider = build_database(store, views=(0,), reps=None, config=SETTINGS,
+                           interactions=("carry", "push"), interaction_clips=2)
+    extra = wider.config["frames"] - model.config["frames"]
+    rng = np.random.default_rng(0)  # the clips build_database renders (seed 0, in this order)
+    body = neutral_identity(np.asarray(wider.config["dummy_lengths"], np.float32))
+    lengths = [len(render(sample_content(a, rng, side="right"), body, sensor_noise=False)[0])
+               for a in ("carry", "carry", "push", "push")]
+    assert extra == 2 * sum(lengths)  # with mirror images
+    assert wider.config["database"]["interactions"] == ["carry", "push"]
+    # a carrying dummy is followed far more closely once the database holds carrying
+    carry = torch.as_tensor(render(sample_content("carry", np.random.default_rng(5)), body,
+                                   sensor_noise=False)[0])[None]
+    errors = []
+    for m in (model, wider):
+        with torch.no_grad():
+            out = m.retarget(carry, dummy(m)[None])
+        rel = (out - out[..., :1, :]) - (carry - carry[..., :1, :])
+        errors.append(float(rel.norm(dim=-1).mean()))
+    assert errors[1] < 0.6 * errors[0], errors
+    with pytest.raises(ValueError, match=r"unknown \['fly'\]"):
+        build_database(store, views=(0,), interactions=("fly",))
+    # the builder's --set reaches the database section; unknown keys are named
+    assert parse_settings(["root_motion=leash", "database.interactions=[pull]"]) == {
+        "root_motion": "leash", "database": {"interactions": ["pull"]}}
+    with pytest.raises(ValueError, match="database.KEY"):
+        parse_settings(["database.colour=red"])
+    cfg = tmp_path / "mm.yaml"
+    cfg.write_text("database: {views: [0], reps: null, size: 3}\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['size'\]"):
+        build_from_config(cfg, store.root, tmp_path / "m.safetensors")
+
+
 def test_exact_dummy_bones_and_root_follows_input(model, source):
     y = model.retarget(source, dummy(model)[None])
     assert y.shape == source.shape and torch.isfinite(y).all()

@@ -7,6 +7,7 @@ import pytest
 
 from streamtmr import skeleton
 from streamtmr.data import synth
+from streamtmr.data import synth_motion as sm
 from streamtmr.data.store import SkeletonStore, StoreError
 from streamtmr.dummy import default_dummy
 
@@ -166,14 +167,42 @@ def _motion_signature(action: str, body) -> np.ndarray:
                            (j - j[:, :1]).mean(0).ravel()])
 
 
-def test_every_action_moves_differently():
+def test_every_motion_moves_differently():
     body = synth.neutral_identity(default_dummy().lengths)
-    sig = np.stack([_motion_signature(a, body) for a in synth.ACTIONS])
+    motions = list(sm.MOTION_SPECS)
+    sig = np.stack([_motion_signature(a, body) for a in motions])
     d = np.linalg.norm(sig[:, None] - sig[None], axis=-1)
     d[np.diag_indices(len(sig))] = np.inf
     i, k = np.unravel_index(d.argmin(), d.shape)
-    assert d.min() > 0.15, f"{synth.ACTIONS[i]} and {synth.ACTIONS[k]} move alike"
+    assert d.min() > 0.15, f"{motions[i]} and {motions[k]} move alike"
     assert len(synth.ACTIONS) >= 20 and len(set(synth.ACTIONS)) == len(synth.ACTIONS)
+
+
+def test_interactions_are_performable_but_never_store_classes(people):
+    # the store's labels stay the action classes; carry / push / pull are extra motions
+    assert set(sm.INTERACTION_SPECS) == {"carry", "push", "pull"}
+    assert not set(sm.INTERACTION_SPECS) & set(synth.ACTIONS)
+    assert synth.ACTIONS == tuple(sm.ACTION_SPECS)
+    rng = np.random.default_rng(2)
+    cam = synth.Camera(view_deg=0.0, distance=3.5)
+    J = skeleton.JOINT
+
+    def render(action):
+        content = synth.sample_content(action, rng, side="right")
+        return synth.render(content, people[0], camera=cam, sensor_noise=False)[0]
+
+    carry = render("carry")  # walks towards the camera with both hands held in front
+    assert carry[-1, 0, 2] - carry[0, 0, 2] < -0.6
+    hands = carry[:, [J["WristLeft"], J["WristRight"]]] - carry[:, J["SpineShoulder"]][:, None]
+    walking = slice(len(carry) // 3, 2 * len(carry) // 3)
+    assert (hands[walking, :, 2] < -0.02).all()         # in front of the chest all along
+    assert np.ptp(hands[walking, :, 1], axis=0).max() < 0.08  # no arm swing
+    for action in ("push", "pull"):  # the dominant hand reaches forward, the other hangs
+        x = render(action)
+        reach = x[:, J["WristRight"], 2] - x[:, J["SpineShoulder"], 2]
+        other = x[:, J["WristLeft"], 2] - x[:, J["SpineShoulder"], 2]
+        assert reach.min() < -0.35 and reach.min() < other.min() - 0.15, action
+        assert np.abs(x[-1, 0, [0, 2]] - x[0, 0, [0, 2]]).max() < 0.15, action  # on the spot
 
 
 def test_splits_are_disjoint_and_cover():

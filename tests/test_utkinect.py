@@ -12,6 +12,7 @@ from streamtmr import skeleton
 from streamtmr.data.utkinect import (
     ACTIONS,
     UTKFormatError,
+    on_sensor_clock,
     read_action_labels,
     read_joints_file,
     read_utkinect,
@@ -218,3 +219,18 @@ def test_missing_files(tiny: Path):
     _expect(tiny / "joints_s01_e01.txt", None, "not found", root=tiny)
     (tiny / "actionLabel.txt").unlink()
     _expect(tiny / "actionLabel.txt", None, "not found", root=tiny)
+
+
+def test_sensor_clock_interpolates_the_skipped_frames():
+    rows = np.arange(3 * 2 * 3, dtype=np.float32).reshape(3, 2, 3) ** 2
+    ids = np.array([10, 12, 16])
+    dense = on_sensor_clock(rows, ids)
+    assert dense.shape == (7, 2, 3) and dense.dtype == np.float32
+    assert np.array_equal(dense[ids - 10], rows)          # the recorded rows, bit for bit
+    np.testing.assert_allclose(dense[1], (rows[0] + rows[1]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(dense[3], 0.75 * rows[1] + 0.25 * rows[2], rtol=1e-6)
+    assert np.array_equal(on_sensor_clock(rows[:1], ids[:1]), rows[:1])
+    with pytest.raises(ValueError, match="increase strictly"):
+        on_sensor_clock(rows, np.array([10, 10, 12]))
+    with pytest.raises(ValueError, match="2 frame ids for 3 rows"):
+        on_sensor_clock(rows, ids[:2])

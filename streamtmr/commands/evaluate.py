@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--utk-subjects",
                    help="evaluate on these UTKinect people only, e.g. 6-10 or 1,3,5: the half "
                         "that a model trained with data.real_utkinect_subjects never saw")
+    p.add_argument("--utk-clock", choices=("sensor", "rows"), default="sensor",
+                   help="play UTKinect on the sensor's 30 Hz frame clock, the skipped frames "
+                        "interpolated (default), or its recorded rows as consecutive frames "
+                        "(the protocol before 2026-12-03)")
     p.add_argument("--utk-epochs", type=int, default=30,
                    help="attacker epochs on UTKinect (a small set; default 30)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder")
@@ -153,7 +157,7 @@ def _request(args: argparse.Namespace):
         all=args.all, models=list(args.models or ()), study_out=args.study_out,
         methods=methods, cache=args.cache, no_cache=args.no_cache, runs=args.runs,
         sigmas=_sigmas(args.sigmas), utkinect=args.utkinect, utk_studies=args.utk_studies,
-        utk_epochs=args.utk_epochs,
+        utk_epochs=args.utk_epochs, utk_clock=args.utk_clock,
         utk_subjects=_subject_ids(args.utk_subjects) if args.utk_subjects else None,
         out=args.out, report=args.report, quick=args.quick,
         window=args.window, epochs=args.epochs, width=args.width, tsne=args.tsne,

@@ -321,9 +321,9 @@ def neutral_identity(lengths: np.ndarray, subject: int = -1) -> Identity:
 def sample_content(action: str, rng: np.random.Generator, side: str | None = None) -> Content:
     """A random instance of ``action`` (2–5 s at 30 Hz). ``side`` fixes the acting hand/foot;
     by default it is drawn from the population's handedness (88 % right)."""
-    if action not in sm.ACTION_SPECS:
-        raise ValueError(f"unknown action {action!r}; choose from {', '.join(ACTIONS)}")
-    spec = sm.ACTION_SPECS[action]
+    if action not in sm.MOTION_SPECS:
+        raise ValueError(f"unknown action {action!r}; choose from {', '.join(sm.MOTION_SPECS)}")
+    spec = sm.MOTION_SPECS[action]
     params = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in spec.params.items()}
     reps = int(rng.integers(spec.reps[0], spec.reps[1] + 1))
     speed = float(rng.uniform(0.85, 1.15))
@@ -332,8 +332,8 @@ def sample_content(action: str, rng: np.random.Generator, side: str | None = Non
     duration = float(np.clip(onset + 1.15 * span + rng.uniform(0.2, 0.6), 2.0, 5.0))
     yaw = float(rng.normal(0.0, 6.0))
     start = (0.0, 0.0)
-    if action.startswith("walk"):
-        travel = 0.2 * reps  # half the path: about 0.4 m per step
+    if spec.travel:
+        travel = 0.5 * spec.travel * reps  # half the path
         if action == "walk_away":
             yaw += 180.0
             start = (0.0, travel)
@@ -356,7 +356,7 @@ def sample_content(action: str, rng: np.random.Generator, side: str | None = Non
 def _keyframes(content: Content) -> tuple[np.ndarray, np.ndarray, list, float]:
     """Normalised key times ``[K]``, perturbed key poses ``[K, D]`` (degrees), flights and the
     timeline's length in seconds at neutral tempo."""
-    keys = sm.ACTION_SPECS[content.action].keys(content.params, content.reps)
+    keys = sm.MOTION_SPECS[content.action].keys(content.params, content.reps)
     values = keys.array()
     rng = np.random.default_rng(content.seed)
     moving = values != 0
@@ -528,7 +528,8 @@ def sample_cameras(views: Sequence[float], rng: np.random.Generator,
     """NTU-like rig: cameras at one height (0.8–1.2 m) around the start point, 2–4.5 m away
     (3.2–4.5 m for walking, which travels up to 2 m), each with a small downward tilt."""
     height = float(rng.uniform(0.8, 1.2))
-    base = float(rng.uniform(3.2, 4.5) if action.startswith("walk") else rng.uniform(2.0, 4.5))
+    walks = action in sm.MOTION_SPECS and sm.MOTION_SPECS[action].travel > 0
+    base = float(rng.uniform(3.2, 4.5) if walks else rng.uniform(2.0, 4.5))
     return [Camera(view_deg=float(v), height=height, tilt_deg=float(rng.uniform(-2.0, 8.0)),
                    distance=float(np.clip(base + rng.uniform(-0.2, 0.2), 2.0, 4.5)))
             for v in views]

@@ -430,11 +430,50 @@ def _salute(p, reps):
     return Keys.start().to(0.5, **s).hold(p["hold"]).to(0.6)
 
 
+def _carry(p, reps):
+    """Walking with both hands holding a box in front of the waist (no arm swing)."""
+    hold = dict(sh_elev_B=p["elev"], sh_plane_B=10, el_flex_B=p["flex"], sh_twist_B=35,
+                sp_flex=-3)
+    k = Keys.start().to(0.5, **hold)
+    lead = "R"
+    for _ in range(reps):
+        heel, mid = _gait_pose(lead, p["step"])  # the arms' "_B" keys override the swing
+        k.to(0.3, **heel, **hold).to(0.3, **mid, **hold)
+        lead = "L" if lead == "R" else "R"
+    return k.to(0.4, **hold).to(0.5)
+
+
+def _push(p, reps):
+    """One hand (the dominant) pushes forward from the chest at chest height, weight forward."""
+    chest = dict(sh_elev_D=30, sh_plane_D=15, el_flex_D=p["flex"], sh_twist_D=25, wr_flex_D=-30)
+    out = dict(sh_elev_D=p["elev"], sh_plane_D=5, el_flex_D=10, sh_twist_D=5, wr_flex_D=-50,
+               sp_flex=p["lean"], cl_prot_D=15, hp_flex_D=12, kn_flex_D=10,
+               an_flex_D=flat(12, 10))
+    k = Keys.start().to(0.5, **chest)
+    for _ in range(reps):
+        k.to(0.35, **out).hold(0.15).to(0.4, **chest)
+    return k.to(0.5)
+
+
+def _pull(p, reps):
+    """One hand (the dominant) reaches forward, grips and pulls back to the chest, weight back."""
+    reach = dict(sh_elev_D=p["elev"], sh_plane_D=5, el_flex_D=10, sh_twist_D=5, wr_flex_D=20,
+                 sp_flex=6, cl_prot_D=15)
+    chest = dict(sh_elev_D=25, sh_plane_D=25, el_flex_D=p["flex"], sh_twist_D=20, wr_flex_D=20,
+                 sp_flex=-p["lean"], hp_flex_N=-10, kn_flex_N=8, an_flex_N=flat(-10, 8))
+    k = Keys.start().to(0.5, **reach)
+    for _ in range(reps):
+        k.hold(0.15).to(0.45, **chest).hold(0.15).to(0.35, **reach)
+    return k.to(0.5)
+
+
 @dataclass(frozen=True)
 class ActionSpec:
     keys: ActionFn
     params: dict[str, tuple[float, float]]
     reps: tuple[int, int] = (1, 1)
+    #: Metres the root travels per repetition (walking); 0 for actions done on the spot.
+    travel: float = 0.0
 
 
 ACTION_SPECS: dict[str, ActionSpec] = {
@@ -461,8 +500,20 @@ ACTION_SPECS: dict[str, ActionSpec] = {
     "hand_on_chest": ActionSpec(_hand_on_chest, dict(flex=(110, 130), hold=(0.6, 1.5))),
     "brush_hair": ActionSpec(_brush_hair, dict(elev=(110, 135), plane=(60, 80),
                                                flex=(120, 140)), (3, 5)),
-    "walk_towards": ActionSpec(_walk, dict(step=(25, 35)), (3, 7)),
-    "walk_away": ActionSpec(_walk, dict(step=(25, 35)), (3, 7)),
+    "walk_towards": ActionSpec(_walk, dict(step=(25, 35)), (3, 7), travel=0.4),
+    "walk_away": ActionSpec(_walk, dict(step=(25, 35)), (3, 7), travel=0.4),
     "cheer_up": ActionSpec(_cheer_up, dict(elev=(140, 170), plane=(40, 80)), (2, 4)),
     "salute": ActionSpec(_salute, dict(elev=(80, 100), flex=(130, 145), hold=(0.5, 1.2))),
 }
+
+#: Everyday interactions beyond SynthKinect's action classes: never rendered into a store (its
+#: labels are :data:`ACTION_SPECS`), but the dummy can perform them, so a motion-matching
+#: database may hold them (``database.interactions`` in configs/motion_match.yaml).
+INTERACTION_SPECS: dict[str, ActionSpec] = {
+    "carry": ActionSpec(_carry, dict(step=(20, 30), elev=(20, 35), flex=(75, 100)), (3, 7),
+                        travel=0.35),
+    "push": ActionSpec(_push, dict(elev=(65, 85), flex=(110, 130), lean=(5, 12)), (1, 2)),
+    "pull": ActionSpec(_pull, dict(elev=(65, 85), flex=(100, 125), lean=(4, 10)), (1, 2)),
+}
+#: Every motion the dummy can perform: the action classes, then the interactions.
+MOTION_SPECS: dict[str, ActionSpec] = {**ACTION_SPECS, **INTERACTION_SPECS}

@@ -190,6 +190,27 @@ def read_utkinect(root: str | Path, label_file: str = LABEL_FILE) -> list[UTKSeq
     return out
 
 
+def on_sensor_clock(joints: np.ndarray, frame_ids: np.ndarray) -> np.ndarray:
+    """A segment on the sensor's 30 Hz frame clock: ``joints [N, J, 3]`` recorded at strictly
+    increasing ``frame_ids [N]`` → ``[frame_ids[-1] - frame_ids[0] + 1, J, 3]``, one frame per
+    Kinect frame. UTKinect's recorder kept about one sensor frame in four (ids 2–8 apart); the
+    frames it skipped are linearly interpolated between the recorded rows, which stay as they
+    are: ``out[frame_ids - frame_ids[0]]`` gives them back exactly."""
+    joints = np.asarray(joints, np.float32)
+    ids = np.asarray(frame_ids, np.int64)
+    if ids.ndim != 1 or len(ids) != len(joints) or len(ids) == 0:
+        raise ValueError(f"on_sensor_clock: {len(ids)} frame ids for {len(joints)} rows")
+    if (np.diff(ids) <= 0).any():
+        raise ValueError("on_sensor_clock: frame ids must increase strictly")
+    t = np.arange(ids[0], ids[-1] + 1)
+    k = np.clip(np.searchsorted(ids, t, side="right") - 1, 0, max(len(ids) - 2, 0))
+    nxt = np.minimum(k + 1, len(ids) - 1)
+    w = ((t - ids[k]) / np.maximum(ids[nxt] - ids[k], 1)).astype(np.float32)[:, None, None]
+    out = joints[k] * (1.0 - w) + joints[nxt] * w
+    out[ids - ids[0]] = joints  # bit-exact rows (the lerp may round)
+    return out
+
+
 def of_subjects(seqs: list[UTKSequence], subjects, root: str | Path) -> list[UTKSequence]:
     """The segments of ``subjects`` (at least two of the folder's people: a re-ID attack or a
     verifier needs someone to compare with). Raises ``ValueError`` naming ``root`` and any

@@ -7,6 +7,14 @@ run 1 and tested on run 2, then the other way round; numbers are the mean of the
 Static attackers are trained on original recordings, adaptive ones on the method's output.
 Each method's output is what the node publishes (:mod:`streamtmr.eval.published`): every
 labelled segment played through the node's path as one track, the windows then cut from it.
+
+The recorder kept about one Kinect frame in four (frame ids 2–8 apart). A live node gets every
+frame at 30 Hz, so by default (``clock="sensor"``) each segment is played on the sensor's frame
+clock (:func:`streamtmr.data.utkinect.on_sensor_clock`: the skipped frames interpolated) and
+the published stream is read back at the recorded rows, so the attackers see the same frames
+as before. ``clock="rows"`` plays the recorded rows as consecutive frames (the protocol before
+2026-12-03): 4× faster motion than the model runs on, which a model with temporal state reads
+as another motion.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from streamtmr.data.real_windows import utkinect_subjects_seen
-from streamtmr.data.utkinect import ACTIONS, of_subjects, read_utkinect
+from streamtmr.data.utkinect import ACTIONS, of_subjects, on_sensor_clock, read_utkinect
 from streamtmr.data.windows import crop_start, window_starts
 from streamtmr.eval import metrics
 from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier
@@ -32,19 +40,26 @@ PROTOCOL = ("Windows over the labelled action segments (training: sliding window
             "{stride}; testing: one centred window per segment, short segments padded by "
             "holding the last frame). Attackers are split by run: trained on one run of every "
             "subject, tested on the other; mean of both folds. Static: trained on original "
-            "recordings; adaptive: retrained on the method's output.")
+            "recordings; adaptive: retrained on the method's output. {clock}")
+CLOCKS = {"sensor": "Methods run on the sensor's 30 Hz frame clock (the frames the recorder "
+                    "skipped interpolated); their output is read at the recorded rows.",
+          "rows": "Methods run on the recorded rows as consecutive frames (about 4x the "
+                  "motion's speed)."}
 
 
 def utkinect_windows(root: str | Path, window: int = 32, stride: int = 4,
                      subjects: tuple[int, ...] | None = None,
-                     ) -> tuple[dict[int, dict[str, dict[str, np.ndarray]]], list[np.ndarray]]:
-    """({execution: {"train": windows, "test": windows}}, segments): windows with joints,
-    subject, action, ``segment`` (index into the segments) and ``start`` arrays; only the
-    people of ``subjects`` when given (raises ``ValueError`` naming any the folder lacks)."""
+                     ) -> tuple[dict[int, dict[str, dict[str, np.ndarray]]], list[np.ndarray],
+                                list[np.ndarray]]:
+    """({execution: {"train": windows, "test": windows}}, segments, frame ids): windows with
+    joints, subject, action, ``segment`` (index into the segments) and ``start`` arrays (rows
+    of the recording); each segment's Kinect frame ids; only the people of ``subjects`` when
+    given (raises ``ValueError`` naming any the folder lacks)."""
     seqs = read_utkinect(root)
     if subjects is not None:
         seqs = of_subjects(seqs, subjects, root)
     segments = [np.asarray(s.joints, np.float32) for s in seqs]
+    frame_ids = [np.asarray(s.frame_ids, np.int64) for s in seqs]
     out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     for ex in sorted({s.execution for s in seqs}):
         part = [k for k, s in enumerate(seqs) if s.execution == ex]
@@ -61,35 +76,47 @@ def utkinect_windows(root: str | Path, window: int = 32, stride: int = 4,
                           "action": np.asarray([seqs[k].action_index for k in seg]),
                           "segment": seg, "start": start}
         out[ex] = sets
-    return out, segments
+    return out, segments, frame_ids
 
 
-def published_segments(method: Method, segments: list[np.ndarray]) -> list[np.ndarray]:
-    """What the node publishes for every segment (``method.anonymizer`` on a torch engine)."""
+def published_segments(method: Method, segments: list[np.ndarray],
+                       frame_ids: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """What the node publishes for every segment (``method.anonymizer`` on a torch engine),
+    one array per segment with one frame per recorded row. With ``frame_ids`` every segment
+    plays on the sensor's frame clock (:func:`on_sensor_clock`) and the output is read back
+    at the recorded rows; without, the rows play as consecutive frames."""
     import torch
 
     from engines import create_engine
     from streamtmr.eval.published import publish_sequences
 
+    streams = (segments if frame_ids is None else
+               [on_sensor_clock(s, f) for s, f in zip(segments, frame_ids, strict=True)])
     engine = create_engine("torch", model=method.anonymizer, window=None, max_batch=64,
                            threads=torch.get_num_threads())
     try:
         torch.manual_seed(0)
-        return publish_sequences(engine, segments, leak_guard=method.leak_guard).outputs
+        out = publish_sequences(engine, streams, leak_guard=method.leak_guard).outputs
     finally:
         engine.close()
+    return out if frame_ids is None else [o[f - f[0]] for o, f in zip(out, frame_ids,
+                                                                       strict=True)]
 
 
 def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: AttackerTraining,
                       window: int = 32, stride: int = 4, batch: int = 64,
                       reid_archs: tuple[str, ...] = ("sgn",),
-                      subjects: tuple[int, ...] | None = None) -> dict[str, Any]:
+                      subjects: tuple[int, ...] | None = None,
+                      clock: str = "sensor") -> dict[str, Any]:
     """Re-ID and action accuracy before and after each method (plus ``original``). Re-ID is
     attacked by every backbone of ``reid_archs``; the one with the higher mean adaptive top-1
     over both folds is reported (``reid_arch``; all in ``reid_by_arch``). ``subjects`` keeps
     only those people (the half an anonymizer trained with ``data.real_utkinect_subjects`` on
-    the other half never saw); chance follows their number."""
-    data, segments = utkinect_windows(root, window, stride, subjects)
+    the other half never saw); chance follows their number. ``clock`` is one of
+    :data:`CLOCKS` (module docstring)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"UTKinect clock {clock!r}: expected one of {list(CLOCKS)}")
+    data, segments, frame_ids = utkinect_windows(root, window, stride, subjects)
     runs = sorted(data)
     _check_unseen(methods, {int(v) for d in data.values() for v in d["test"]["subject"]})
     if len(runs) != 2:
@@ -97,8 +124,9 @@ def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: Attacke
     methods = [Method("original", None, None, None, {"method": "original"}),
                *[m for m in methods if m.name != "original"]]
     per: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
-    published = {m.name: published_segments(m, segments) for m in methods
-                 if m.module is not None}
+    published = {m.name: published_segments(m, segments,
+                                            frame_ids if clock == "sensor" else None)
+                 for m in methods if m.module is not None}
     ident = dict(enumerate(range(len(segments))))
     for tr, te in ((runs[0], runs[1]), (runs[1], runs[0])):
         train, test = data[tr]["train"], data[te]["test"]
@@ -122,7 +150,7 @@ def evaluate_utkinect(root: str | Path, methods: list[Method], attacker: Attacke
             "actions": len(ACTIONS), "window": window, "stride": stride,
             "windows": int(sum(len(d[s]["subject"]) for d in data.values()
                                for s in ("train", "test"))),
-            "protocol": PROTOCOL.format(stride=stride),
+            "protocol": PROTOCOL.format(stride=stride, clock=CLOCKS[clock]), "clock": clock,
             "chance": {"reid_top1": 1.0 / n_subj, "reid_top5": min(5, n_subj) / n_subj,
                        "action_top1": 1.0 / len(ACTIONS)},
             "attacker": attacker.as_dict(), "reid_archs": list(reid_archs),

@@ -42,6 +42,8 @@ class EvalRequest:
     utkinect: Path | None = None
     utk_studies: bool = False
     utk_epochs: int = 30
+    #: How UTKinect plays through the node: "sensor" (30 Hz clock) or "rows" (see realdata).
+    utk_clock: str = "sensor"
     #: UTKinect people to evaluate on (None: all); see ``data.real_utkinect_subjects``.
     utk_subjects: tuple[int, ...] | None = None
     out: Path = Path("runs/eval")
@@ -124,7 +126,7 @@ def utkinect_transfer(r: EvalRequest, cfg: protocol.EvalConfig, methods) -> dict
     utk = AttackerTraining(**{**cfg.attacker.as_dict(), "epochs": r.utk_epochs})
     try:
         return evaluate_utkinect(r.utkinect, real, utk, reid_archs=cfg.reid_archs,
-                                 subjects=r.utk_subjects)
+                                 subjects=r.utk_subjects, clock=r.utk_clock)
     except ValueError as e:  # UTKFormatError is one; others name what the data lacks
         raise protocol.ProtocolError(str(e)) from None
 

@@ -565,14 +565,26 @@ def rendered_clips(dummy_lengths: Sequence[float], actions: Sequence[str], seed:
 def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | None = None,
                    views: Sequence[int] = (1,), reps: Sequence[int] | None = (0,),
                    mirror: bool = True, array: str = "target",
-                   config: dict[str, Any] | None = None) -> MotionMatching:
+                   config: dict[str, Any] | None = None, interactions: Sequence[str] = (),
+                   interaction_clips: int = 40, interaction_seed: int = 0) -> MotionMatching:
     """A :class:`MotionMatching` model whose database is the dummy's neutral performances.
 
     ``array`` is the store's ground-truth retarget (``target``: the dummy, neutral style and
     tempo). ``subjects`` default to the store's ``anonymizer_train`` split; evaluation subjects
-    are refused. ``mirror`` adds every clip's left↔right mirror image. Save the result with
+    are refused. ``interactions`` adds ``interaction_clips`` rendered performances of the dummy
+    for each named motion of :data:`streamtmr.data.synth_motion.INTERACTION_SPECS` (motions the
+    store's action classes lack, e.g. carrying; no person is involved). ``mirror`` adds every
+    clip's left↔right mirror image. Save the result with
     :func:`streamtmr.models.checkpoint.save_checkpoint`.
     """
+    from streamtmr.data.synth_motion import INTERACTION_SPECS
+
+    unknown = sorted(set(interactions) - set(INTERACTION_SPECS))
+    if unknown:
+        raise ValueError(f"database.interactions: unknown {unknown}; choose from "
+                         f"{sorted(INTERACTION_SPECS)}")
+    if interactions and int(interaction_clips) < 1:
+        raise ValueError(f"database.interaction_clips must be >= 1, got {interaction_clips}")
     store = store if isinstance(store, SkeletonStore) else SkeletonStore(store)
     if array not in store.array_names:
         raise ValueError(f"{store.root}: no {array!r} array (have {store.array_names})")
@@ -580,17 +592,22 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     if not rows:
         raise ValueError(f"{store.root}: no sequences for views {list(views)}, reps {reps}")
     clips = [np.array(store[k].arrays[array], np.float32) for k in rows]
+    lengths = (store.meta.get("dummy") or {}).get("lengths", default_dummy().lengths)
+    clips += rendered_clips(lengths, [a for a in interactions for _ in range(interaction_clips)],
+                            seed=interaction_seed, mirror=False)
     if mirror:
         clips += [skeleton.mirror(c) for c in clips]
     cfg = {**DEFAULTS, **(config or {})}
     cfg.pop("render", None)
     db = database(clips, cfg)
-    lengths = (store.meta.get("dummy") or {}).get("lengths", default_dummy().lengths)
     cfg.update(frames=len(db["features"]), search_frames=int(db.pop("search_frames")),
                dummy_lengths=[float(v) for v in lengths],
                database={"store": str(store.root), "array": array, "sequences": len(rows),
                          "mirror": bool(mirror), "views": list(views),
-                         "reps": None if reps is None else list(reps)})
+                         "reps": None if reps is None else list(reps),
+                         **({"interactions": list(interactions),
+                             "interaction_clips": int(interaction_clips),
+                             "interaction_seed": int(interaction_seed)} if interactions else {})})
     model = MotionMatching(cfg)
     model.set_database(db)
     log.info("motion-matching database: %d frames from %d clips", len(db["features"]),
@@ -598,32 +615,49 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     return model.eval()
 
 
+#: Keys of a config's ``database:`` section (the keyword arguments of :func:`build_database`).
+DATABASE_KEYS = ("subjects", "views", "reps", "mirror", "array", "interactions",
+                 "interaction_clips", "interaction_seed")
+
+
 def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
-    """``["root_motion=in_place", ...]`` → matching settings (values parsed as YAML); a key
-    that is not a setting of :data:`DEFAULTS` is refused by name."""
+    """``["root_motion=in_place", "database.interactions=[carry]", ...]`` → settings (values
+    parsed as YAML): matching settings of :data:`DEFAULTS`, and ``database.KEY`` for a key of
+    :data:`DATABASE_KEYS` (returned under ``"database"``); any other key is refused by name."""
     import yaml
 
     out: dict[str, Any] = {}
     for a in assignments:
         key, sep, text = a.partition("=")
-        if not sep or key.strip() not in DEFAULTS:
-            raise ValueError(f"--set {a}: expected KEY=VALUE with KEY one of "
-                             f"{sorted(DEFAULTS)}")
-        out[key.strip()] = yaml.safe_load(text)
+        key = key.strip()
+        section, _, sub = key.rpartition(".")
+        if sep and section == "database" and sub in DATABASE_KEYS:
+            out.setdefault("database", {})[sub] = yaml.safe_load(text)
+        elif sep and not section and key in DEFAULTS:
+            out[key] = yaml.safe_load(text)
+        else:
+            raise ValueError(f"--set {a}: expected KEY=VALUE with KEY one of {sorted(DEFAULTS)}"
+                             f" or database.KEY with KEY one of {list(DATABASE_KEYS)}")
     return out
 
 
 def build_from_config(config: str | Path, data: str | Path, out: str | Path,
                       settings: dict[str, Any] | None = None) -> Path:
     """Build the database described by a YAML file (``configs/motion_match.yaml``), its
-    matching settings updated by ``settings``, and save it as a checkpoint at ``out``."""
+    settings updated by ``settings`` (:func:`parse_settings`), and save it as a checkpoint at
+    ``out``. A ``database:`` key that :func:`build_database` does not take is refused."""
     import yaml
 
     from streamtmr.models.checkpoint import save_checkpoint
 
     spec = yaml.safe_load(Path(config).read_text()) or {}
-    db = dict(spec.get("database") or {})
-    model = build_database(data, config={**(spec.get("model") or {}), **(settings or {})}, **db)
+    settings = dict(settings or {})
+    db = {**(spec.get("database") or {}), **settings.pop("database", {})}
+    unknown = sorted(set(db) - set(DATABASE_KEYS))
+    if unknown:
+        raise ValueError(f"{config}: database: unknown keys {unknown}; expected some of "
+                         f"{list(DATABASE_KEYS)}")
+    model = build_database(data, config={**(spec.get("model") or {}), **settings}, **db)
     store = SkeletonStore(data)
     extra = {"data": {"store": str(store.root),
                       "train_subjects": sorted({int(store.rows[i]["subject"]) for i in
@@ -639,14 +673,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="SynthKinect store")
     p.add_argument("--out", type=Path, default=Path("runs/motion_match/model.safetensors"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a matching setting over the config's (e.g. root_motion=in_place)")
+                   help="a setting over the config's (e.g. root_motion=in_place, "
+                        "database.interactions=[carry,push,pull])")
     args = p.parse_args(argv)
     try:
         settings = parse_settings(args.set)
     except ValueError as e:
         p.error(str(e))
     logging.basicConfig(level=logging.INFO)
-    print(f"wrote {build_from_config(args.config, args.data, args.out, settings)}")
+    try:
+        out = build_from_config(args.config, args.data, args.out, settings)
+    except ValueError as e:
+        p.error(str(e))
+    print(f"wrote {out}")
     return 0
 
 
