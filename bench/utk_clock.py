@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.machine import describe_machine
 from streamtmr.dummy import default_dummy
 from streamtmr.eval.attackers import AttackerTraining
 from streamtmr.eval.realdata import CLOCKS, evaluate_utkinect
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     archs = tuple(x.strip() for x in a.archs.split(","))
     record: dict = {"command": "python -m bench.utk_clock " + " ".join(
                         sys.argv[1:] if argv is None else argv),
-                    "machine": f"{platform.processor() or platform.machine()}, "
-                               f"{torch.get_num_threads()} thread(s)",
+                    "machine": describe_machine(),
                     "models": dict(zip(names, map(str, ckpts))), "seeds": seeds,
                     "archs": list(archs), "clocks": {}}
     for clock in clocks:

@@ -284,3 +284,32 @@ def test_cadence_cli_refuses_a_p99_from_too_few_calls(capsys):
     with pytest.raises(SystemExit):
         cadence.main(["--calls", "100"])
     assert "--calls must be >= 600" in capsys.readouterr().err
+
+
+def test_utk_clock_reports_both_clocks_per_model(tmp_path, capsys):
+    """bench.utk_clock: the UTKinect half of the evaluation per clock, mean ± std over seeds."""
+    from bench import utk_clock
+    from conftest import utk_folder
+
+    (tmp_path / "utk").mkdir()
+    root = utk_folder(tmp_path / "utk", np.random.default_rng(0))
+    out = tmp_path / "clock.json"
+    assert utk_clock.main(["--utkinect", str(root), "--models", "default", "--names", "shipped",
+                           "--seeds", "0,1", "--clocks", "sensor,rows", "--epochs", "1",
+                           "--width", "8", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert set(rec["clocks"]) == {"sensor", "rows"} and rec["seeds"] == [0, 1]
+    for clock, res in rec["clocks"].items():
+        assert [r["clock"] for r in res["runs"]] == [clock, clock]
+        s = res["summary"]["shipped"]
+        per_seed = [r["methods"]["shipped"]["adaptive"]["reid_by_arch"][s["reid_arch"]]["top1"]
+                    for r in res["runs"]]
+        assert s["reid_top1"] == pytest.approx(np.mean(per_seed))
+        assert s["reid_top1_std"] == pytest.approx(np.std(per_seed))
+        assert set(s["reid_by_arch"]) == {"sgn", "transformer"} and 0 <= s["action_top1"] <= 1
+        assert "original" in res["summary"]
+    assert rec["machine"]["cpu"]
+    with pytest.raises(SystemExit):
+        utk_clock.main(["--utkinect", str(root), "--models", "default", "--names", "a", "b",
+                        "--out", str(out)])
+    assert "2 names for 1 models" in capsys.readouterr().err
