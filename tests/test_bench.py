@@ -288,8 +288,9 @@ def test_cadence_cli_refuses_a_p99_from_too_few_calls(capsys):
 
 def test_utk_clock_reports_both_clocks_per_model(tmp_path, capsys):
     """bench.utk_clock: the UTKinect half of the evaluation per clock, mean ± std over seeds."""
-    from bench import utk_clock
     from conftest import utk_folder
+
+    from bench import utk_clock
 
     (tmp_path / "utk").mkdir()
     root = utk_folder(tmp_path / "utk", np.random.default_rng(0))

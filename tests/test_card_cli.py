@@ -83,3 +83,18 @@ def test_a_second_record_is_kept_beside_the_headline(evaluated, tmp_path):
     assert card["name"] == "tiny (two records)"
     (other,) = card["privacy"]["other_records"]
     assert other["reid_top1_adaptive_pct"] == card["privacy"]["reid_top1_adaptive_pct"]
+
+
+def test_card_names_the_clock_of_its_utkinect_record(evaluated):
+    """A UTKinect record states how it played the recordings; an older one (no clock) played
+    the rows as consecutive frames, and its card says so."""
+    _, results = evaluated
+    record = json.loads(results.read_text())
+    utk = {"static": {"reid_top1": 0.1}, "adaptive": {"reid_top1": 0.2, "action_top1": 0.8},
+           "std": {"adaptive": {"reid_top1": 0.01, "action_top1": 0.02}}}
+    for clock, expect in (("sensor", "sensor"), (None, "rows")):
+        record["utkinect"] = {"chance": {"reid_top1": 0.1}, "methods": {"tiny stream": utk},
+                              **({"clock": clock} if clock else {})}
+        card = privacy_from_results(record, "tiny stream")
+        assert card["utkinect_clock"] == expect
+        assert card["utkinect_reid_top1_adaptive_pct"] == [20.0, 1.0]

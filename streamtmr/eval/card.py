@@ -113,4 +113,6 @@ def privacy_from_results(results: dict[str, Any], method: str) -> dict[str, Any]
                                                          seeds=many)
         card["utkinect_action_top1_retrained_pct"] = _value(utk, ustd, "adaptive",
                                                             "action_top1", seeds=many)
+        # records without a clock predate it: their rows played as consecutive frames
+        card["utkinect_clock"] = results["utkinect"].get("clock", "rows")
     return card
