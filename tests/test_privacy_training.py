@@ -284,6 +284,27 @@ def test_real_people_triplets_pair_same_action_across_runs_and_people(tmp_path):
     assert real_people_names(None, [2, 1]) == ["utkinect:s01", "utkinect:s02"]
 
 
+def test_real_people_windows_run_on_the_sensor_clock(tmp_path):
+    """UTKinect's recorder skipped Kinect frames: the windows are cut from the 30 Hz stream
+    (the skipped frames interpolated), not from the rows played back to back."""
+    root = utk_folder(tmp_path, np.random.default_rng(0), subjects=(1, 2))
+    for f in root.glob("joints_*.txt"):  # keep every second Kinect frame, ids 2 apart
+        rows = f.read_text().splitlines()
+        f.write_text("\n".join(f"{2 * i + 1} {r.split(None, 1)[1]}" for i, r in enumerate(rows))
+                     + "\n")
+    label = root / "actionLabel.txt"
+    label.write_text(label.read_text().replace("walk: 1 14", "walk: 1 27")
+                     .replace("throw: 16 29", "throw: 31 57"))
+    sensor = utkinect_people(root, [1, 2], window=8, stride=4)
+    rows = utkinect_people(root, [1, 2], window=8, stride=4, clock="rows")
+    assert len(sensor.subject) > len(rows.subject)  # about twice the frames
+    first = sensor.joints[0]
+    np.testing.assert_allclose(first[1], (rows.joints[0][0] + rows.joints[0][1]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(first[::2], rows.joints[0][:4])
+    with pytest.raises(ValueError, match="clock 'hz'"):
+        utkinect_people(root, [1, 2], clock="hz")
+
+
 def test_ver_real_trains_on_the_fold_people_and_the_checkpoint_names_them(store, tmp_path):
     (tmp_path / "utk").mkdir()
     root = utk_folder(tmp_path / "utk", np.random.default_rng(0), subjects=(1, 2, 3))

@@ -5,8 +5,8 @@
   sequence, cut into ``window``-frame windows with a half-window stride (a shorter sequence gives
   one window padded by holding its last pose). No label, person or action is read.
 * :func:`utkinect_people` (the real-person verification adversary ``ver_real``): the labelled
-  action segments of *some* UTKinect-Action3D subjects, cut into windows that keep their person,
-  action and run. Training uses one half of the people and the evaluation the other half
+  action segments of *some* UTKinect-Action3D subjects, on the sensor's 30 Hz clock, cut into
+  windows that keep their person, action and run. Training uses one half of the people and the evaluation the other half
   (``streamtmr evaluate --utk-subjects``), then the halves swap: no evaluated person was seen.
   :func:`person_triplets` draws the verifier's pairs from them: a window, the same person doing
   the same action in the other run, and another person doing that action.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtmr.data.ntu import read_skeleton
-from streamtmr.data.utkinect import of_subjects, read_utkinect
+from streamtmr.data.utkinect import of_subjects, on_sensor_clock, read_utkinect
 from streamtmr.data.windows import sliding_windows
 
 #: How a checkpoint names a UTKinect person it saw (``utkinect:s01``).
@@ -83,15 +83,22 @@ class RealPeople:
 
 
 def utkinect_people(root: str | Path, subjects: list[int], window: int = 32, stride: int = 4,
-                    ) -> RealPeople:
+                    clock: str = "sensor") -> RealPeople:
     """Windows (stride ``stride``; a segment shorter than ``window`` gives one window held on its
-    last pose) of every labelled segment of ``subjects`` in a UTKinect-Action3D folder.
+    last pose) of every labelled segment of ``subjects`` in a UTKinect-Action3D folder, on the
+    sensor's 30 Hz frame clock (``clock="sensor"``: the frames the recorder skipped
+    interpolated, :func:`streamtmr.data.utkinect.on_sensor_clock`, so a window is ``window``
+    frames of the rate the model runs at) or row by row (``clock="rows"``, before 2026-12-03).
 
     Raises ``ValueError`` naming the folder when a subject is not in it or fewer than two
     subjects are asked for (a verifier needs another person to compare with)."""
+    if clock not in ("sensor", "rows"):
+        raise ValueError(f"UTKinect clock {clock!r}: expected 'sensor' or 'rows'")
     joints, labels = [], []
     for s in of_subjects(read_utkinect(root), subjects, root):
-        w = sliding_windows(np.asarray(s.joints, np.float32), window, stride)
+        seq = (on_sensor_clock(s.joints, s.frame_ids) if clock == "sensor"
+               else np.asarray(s.joints, np.float32))
+        w = sliding_windows(seq, window, stride)
         joints.append(w)
         labels.append(np.tile([s.subject, s.action_index, s.execution], (len(w), 1)))
     lab = np.concatenate(labels).astype(np.int64)
