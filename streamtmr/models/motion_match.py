@@ -3,9 +3,11 @@
 A privacy-by-construction rival of the learned retargeting models, after game animation's
 motion matching (Clavet 2016; Holden et al. 2020, "Learned Motion Matching"). The database is
 the dummy's *neutral* SynthKinect performances (the store's ``target`` array: every style trait
-of the performer removed, the dummy's bone lengths). At every frame a causal feature vector of
-the input — root-relative, heading-aligned, body-size-normalised positions of key joints, their
-velocities and the past root velocity — is compared with the database's; every
+of the performer removed, the dummy's bone lengths), plus the dummy rendered performing motions
+the store's classes lack (``interactions``: carrying, pushing, pulling). At every frame a
+causal feature vector of the input — root-relative, heading-aligned, body-size-normalised
+positions of key joints, their velocities and the past root velocity — is compared with the
+database's; every
 ``search_every`` frames (and whenever the playing clip ends) the nearest database frame is
 looked up by brute force, and the anonymizer jumps there when it is cheaper than continuing the
 current clip by ``margin``. Otherwise the current clip keeps playing at 30 Hz. A jump is
