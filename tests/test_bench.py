@@ -314,3 +314,21 @@ def test_utk_clock_reports_both_clocks_per_model(tmp_path, capsys):
         utk_clock.main(["--utkinect", str(root), "--models", "default", "--names", "a", "b",
                         "--out", str(out)])
     assert "2 names for 1 models" in capsys.readouterr().err
+
+
+def test_dropped_frames_cell_fills_what_the_source_dropped():
+    """bench.dropped_frames: every second sensor frame delivered, in real time; the node steps
+    the streaming state through each dropped one (filling on) or not at all (off)."""
+    from bench.dropped_frames import cell
+    from bench.motion import motion_clips
+    from engines import create_engine
+    from streamtmr.models.registry import model_class
+
+    eng = create_engine("onnxruntime", model=model_class("tmr-stream").from_preset("tiny"),
+                        window=None)
+    clips = motion_clips(1, seed=0, min_frames=60)
+    on = cell(eng, clips, every=2, fill=7, frames=20)
+    off = cell(eng, clips, every=2, fill=0, frames=20)
+    assert on["frames_out"] == off["frames_out"] == 20
+    assert on["frames_filled"] + on["fill_skipped"] == 19 and on["frames_filled"] >= 15
+    assert off["frames_filled"] == 0 and on["total_ms"]["count"] == 20

@@ -384,6 +384,55 @@ def test_concurrent_stats_reads_are_safe(engine):
     assert snaps and all("counters" in s for s in snaps)
 
 
+def test_streaming_state_steps_through_dropped_sensor_frames():
+    """A source that dropped sensor frames (the next frame comes four periods late): the node
+    steps the streaming state through three frames interpolated between the two it saw, and
+    publishes what a node fed those frames publishes (not the filled frames themselves); with
+    filling off, it publishes something else."""
+    from engines import create_engine
+    from streamtmr.models.registry import model_class
+
+    torch.manual_seed(0)
+    eng = create_engine("onnxruntime", model=model_class("tmr-stream").from_preset("tiny"),
+                        window=None)
+    st = np.full(25, 2, np.uint8)
+
+    def fr(seq, ids, poses=None):
+        t = seq / 30
+        return Frame(seq, int(seq * 1e9 / 30), [Body(i, person(i, 1.0, t, 0.7 * i) if poses is None
+                                                     else poses[i], st) for i in ids], "s")
+
+    def run(cfg, seqs, fill=False):
+        node, outs = Node(eng, config=cfg), {}
+        for s in seqs:
+            if fill and s == 13:  # the reference: the dropped frames fed as the fill makes them
+                for d in (10, 11, 12):
+                    a = (d - 9) / 4
+                    node.step(fr(d, [1, 2], {i: (1 - a) * person(i, 1.0, 9 / 30, 0.7 * i)
+                                             + a * person(i, 1.0, 13 / 30, 0.7 * i)
+                                             for i in (1, 2)}))
+            outs[s] = {b.id: b.joints for b in node.step(fr(s, [1, 2]))[0].bodies}
+        counters = node.metrics.snapshot()["counters"]
+        node.close()
+        return outs, counters
+
+    cfg = NodeConfig(budget_ms=5000, smoothing="none", gap_ms=500, leak_guard=False)
+    seqs = [*range(10), 13, 14, 15]  # frames 10-12 never arrive
+    got, counters = run(cfg, seqs)
+    ref, _ = run(cfg, seqs, fill=True)
+    for s in (13, 14, 15):
+        for i in (1, 2):
+            np.testing.assert_allclose(got[s][i], ref[s][i], atol=1e-5)
+    assert counters["frames_filled"] == 6 and counters["frames_out"] == len(seqs)
+    off, counters = run(NodeConfig(budget_ms=5000, smoothing="none", gap_ms=500,
+                                   leak_guard=False, fill_dropped=0), seqs)
+    assert "frames_filled" not in counters
+    assert not np.allclose(off[13][1], ref[13][1], atol=1e-4)
+    np.testing.assert_allclose(off[9][1], ref[9][1], atol=1e-6)  # the same until the drop
+    with pytest.raises(ValueError, match="fill_dropped"):
+        NodeConfig(fill_dropped=-1).validate()
+
+
 def test_streaming_engine_state_slots_reset_on_gap_like_windows():
     """A streaming model (engine.streaming): one state slot per body, one batched step per
     frame; a gap restarts the body's track exactly as a new body (same output as a fresh

@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-bodies", type=_positive(int, "--max-bodies"), default=6)
     p.add_argument("--gap-ms", type=_positive(float, "--gap-ms"), default=250.0,
                    help="a body absent this long restarts its window [250]")
+    p.add_argument("--fill-dropped", type=int, default=7, metavar="K",
+                   help="step a streaming model through up to K sensor frames the source "
+                        "dropped (interpolated, not published); 0: off [7]")
     p.add_argument("--duration", type=_positive(float, "--duration"), default=None,
                    metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=_positive(int, "--max-frames"), default=None,
@@ -165,6 +168,7 @@ def _node_config(args: argparse.Namespace):
     try:
         config = NodeConfig(hop=args.hop, budget_ms=args.budget_ms, overrun=args.overrun,
                             max_bodies=args.max_bodies, gap_ms=args.gap_ms,
+                            fill_dropped=args.fill_dropped,
                             smoothing=args.smoothing, stats_interval_s=args.stats_interval,
                             stats_json=args.stats_json).validate()
     except ValueError as e:

@@ -68,6 +68,12 @@ class NodeConfig:
     leak_margin_deg: float = MARGIN_DEG
     stats_interval_s: float = 5.0
     stats_json: str | None = None
+    # A streaming model's state is stepped through up to this many sensor frames the source
+    # dropped (a frame arriving k frame periods after the last: k − 1 frames interpolated
+    # between the two, stepped but not published), so that its clock stays the sensor's;
+    # 0: off. Only while at most half the frame's budget is spent; windowed models: no effect.
+    fill_dropped: int = 7
+    frame_ms: float = 1000.0 / 30.0  # the sensor's frame period (Kinect v2: 30 Hz)
 
     def validate(self) -> NodeConfig:
         if self.hop < 1:
@@ -84,6 +90,9 @@ class NodeConfig:
             raise ValueError("gap_ms, hang_ms, hold_ms and bone_tol must be > 0")
         if not 0 <= self.leak_margin_deg < 90:
             raise ValueError(f"leak_margin_deg must be in [0, 90), got {self.leak_margin_deg}")
+        if self.fill_dropped < 0 or self.frame_ms <= 0:
+            raise ValueError(f"fill_dropped must be >= 0 and frame_ms > 0, got "
+                             f"{self.fill_dropped}, {self.frame_ms}")
         return self
 
 
@@ -230,6 +239,7 @@ class Node:
         self._in_states: dict[int, np.ndarray] = {}  # body id → its newest input joint states
         self._worker = _Worker()
         self._since_hop = 0
+        self._step_ns = 0  # how long the last engine call took (ns): the fill's estimate
         self._hung_reported = False
         self._errors_logged = 0
         self._stop = threading.Event()
@@ -279,6 +289,8 @@ class Node:
         m = self.metrics
         m.inc("frames_in")
         t0 = time.perf_counter_ns()
+        dropped = self._dropped_frames(frame.t_ns)
+        seen = self._seen_bodies() if dropped else {}  # (slot, generation, pose) by body id
         accepted = self.window.push(frame, now)
         m.time("window", time.perf_counter_ns() - t0)
         if not accepted:
@@ -297,6 +309,8 @@ class Node:
         self._since_hop = 0
         self._collect_late()
         slots = self.window.ready()
+        if seen and not self._worker.busy:
+            self._fill_dropped(slots, seen, dropped, t_recv)
         if len(slots) < len(self.window.active):  # windows short of min_frames real frames
             m.drop("warming_up", len(self.window.active) - len(slots))
             m.inc("bodies_lost", len(self.window.active) - len(slots))
@@ -316,7 +330,8 @@ class Node:
             m.inc("overruns")
             m.drop("budget")
             return self._fallback(ids, t_recv)
-        m.time("infer", time.perf_counter_ns() - t0)
+        self._step_ns = time.perf_counter_ns() - t0
+        m.time("infer", self._step_ns)
         self._hung_reported = False
         checked = self._check_output(res)
         if checked is None:
@@ -338,6 +353,62 @@ class Node:
             step = self.engine.step
             self._worker.submit(lambda: step(frames, state), call)
         return call
+
+    def _dropped_frames(self, t_ns: int) -> int:
+        """Sensor frames missing between the stream's previous frame and one stamped ``t_ns``
+        that a streaming model's state is to be stepped through (0: none, or filling off)."""
+        cfg, t_prev = self.config, self.window.last_t_ns
+        if self.states is None or cfg.fill_dropped < 1 or t_prev is None:
+            return 0
+        k = int(round((t_ns - t_prev) / (cfg.frame_ms * 1e6))) - 1
+        return min(k, cfg.fill_dropped) if k >= 1 else 0
+
+    def _seen_bodies(self) -> dict[int, tuple[int, int, np.ndarray]]:
+        """Every tracked body's slot, window generation and newest input pose (a copy)."""
+        w = self.window
+        return {bid: (slot, w.generation[slot], w.newest(slot).copy())
+                for bid, slot in w.slot_of.items()}
+
+    def _fill_dropped(self, slots: list[int], seen: dict[int, tuple[int, int, np.ndarray]],
+                      k: int, t_recv: int) -> None:
+        """Step the streaming state of the bodies that continue from the previous frame
+        (``seen`` before it, same slot and track now) through the ``k`` sensor frames dropped
+        in between, linearly interpolated between the two poses. The outputs are discarded:
+        only the state moves on, at the sensor's clock. Stops once half the frame's budget is
+        spent; an engine error restarts those bodies' states (the frame's own call reports)."""
+        w = self.window
+        cont = [s for s in slots if w.ids[s] in seen and seen[w.ids[s]][:2] == (
+            s, w.generation[s])]
+        if not cont:
+            return
+        ids = [w.ids[s] for s in cont]
+        gens = [w.generation[s] for s in cont]
+        before = np.stack([seen[b][2] for b in ids])
+        after = np.stack([w.newest(s) for s in cont])
+        step, budget_ns = self.engine.step, self.config.budget_ms * 1e6
+        for i in range(1, k + 1):  # a step starts only if it ends within half the budget
+            t0 = time.monotonic_ns()
+            if t0 - t_recv + self._step_ns > budget_ns / 2:
+                self.metrics.inc("fill_skipped", len(cont) * (k + 1 - i))
+                return
+            a = np.float32(i / (k + 1))
+            frames = np.ascontiguousarray(before * (1 - a) + after * a)
+            state = self.states.gather(cont, gens)
+            call = _Call(ids, cont, gens, frames[:, None])
+            self._worker.submit(lambda f=frames, st=state: step(f, st), call)
+            res = self._worker.wait((budget_ns - (time.monotonic_ns() - t_recv)) / 1e9)
+            if res is None:  # still running: the frame's own call finds the worker busy
+                self._step_ns = int(budget_ns)  # no filling until a call is seen faster
+                return
+            self._step_ns = time.monotonic_ns() - t0
+            _, y, err = res
+            if err is None:
+                _, err = self.states.accept(call, y)
+            if err is not None:
+                self.metrics.inc("fill_errors")
+                self.states.reset(cont)
+                return
+            self.metrics.inc("frames_filled", len(cont))
 
     def _check_output(self, res) -> tuple[np.ndarray, np.ndarray] | None:
         """Whole-call failures → None (every body falls back). Otherwise the output
