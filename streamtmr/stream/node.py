@@ -12,6 +12,11 @@ engine) new frames are not submitted: each one is an overrun handled by the poli
 republish each present body's last anonymized frame, if not older than ``hold_ms``; "drop":
 publish nothing for that frame). Everything is counted in :class:`Metrics`.
 
+A streaming model keeps the sensor's clock when the source drops frames: a frame stamped k
+frame periods after the previous one first steps the state of the bodies seen in both through
+the k − 1 missing frames, linearly interpolated between the two and never published
+(``fill_dropped``), as long as each such step should end within half the frame's budget.
+
 The counters form a ledger: every input frame is published once, rejected by the window
 (``frames_rejected``, reasons ``window:*``), lost to an overrun (``frames_lost``) or still
 pending a hop, so ``frames_in == frames_out + frames_rejected + frames_lost + frames_pending``.
