@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = build_engine(model, specs[0])
     if not getattr(engine, "streaming", False):
         p.error(f"--model {a.model}: not a streaming model (filling needs a state)")
-    clips = motion_clips(a.bodies, seed=0, min_frames=a.frames * a.every // 4)
+    clips = motion_clips(a.bodies, seed=0, min_frames=a.frames * a.every)  # never looped
     load_before = load_average()
     rows = []
     for every, fill in ((1, 7), (a.every, 7), (a.every, 0)):
