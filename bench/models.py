@@ -5,6 +5,7 @@ A model spec is one of
 * ``default`` — the shipped default model (``streamtmr/assets/default_model.safetensors``);
   while the package has none, DisentangledTMR ``small`` with seeded random weights stands in
   and is labelled so (latency does not depend on the weights);
+* another shipped model's name (``matcher``: ``streamtmr.models.checkpoint.SHIPPED``);
 * ``METHOD`` or ``METHOD-PRESET`` — an untrained model from its preset, e.g. ``tmr-small``,
   ``tmr-paper``, ``pmr-small``, ``moon-resnet-small``, ``naive`` (without a preset: ``small``
   where the method has one, else ``tiny``);
@@ -105,13 +106,13 @@ def resolve_model_spec(spec: str) -> BenchModel:
             m.note = ("stand-in: tmr-small with random weights (no shipped default model yet; "
                       "latency does not depend on the weights)")
             return m
-        from streamtmr.models.checkpoint import resolve_model
-        model = resolve_model("default")
-        from streamtmr.models.checkpoint import default_checkpoint_path, file_sha256
-        path = default_checkpoint_path()
-        return BenchModel(spec, "default", f"the shipped {model.method} model "
+    from streamtmr.models.checkpoint import shipped_path
+    if shipped_path(spec) is not None:
+        from streamtmr.models.checkpoint import file_sha256, resolve_model
+        model, path = resolve_model(spec), shipped_path(spec)
+        return BenchModel(spec, spec, f"the shipped {model.method} model "
                           f"({path.name})", model.method, None, "trained",
-                          model.window, _params(model), "default", file_sha256(path))
+                          model.window, _params(model), spec, file_sha256(path))
     path = Path(spec)
     if spec.lower().endswith((".onnx", ".safetensors", ".plan", ".engine", ".trt")):
         if not path.is_file():

@@ -156,13 +156,11 @@ MAX_MODEL_BYTES = 512 * 1024 * 1024
 
 
 def _model_path(model: Anonymizer | str | Path | None) -> Path | None:
-    """The file the weights come from (the shipped checkpoint for None/"default")."""
+    """The file the weights come from (a shipped model's file for its name or None)."""
     if isinstance(model, Anonymizer):
         return None
-    if model is None or str(model) == "default":
-        from streamtmr.models.checkpoint import default_checkpoint_path
-        return default_checkpoint_path()
-    return Path(model)
+    from streamtmr.models.checkpoint import model_path
+    return model_path(model)
 
 
 def check_files(model: Anonymizer | str | Path | None,

@@ -1,7 +1,7 @@
 """What an engine runs: a model resolved together with its dummy and window.
 
-A model is given as ``None``/"default" (the shipped checkpoint), a checkpoint path, an ``.onnx``
-file exported by :mod:`engines.onnx_export` (it carries its own metadata), or an
+A model is given as a shipped model's name (``None``/"default", "matcher"), a checkpoint path,
+an ``.onnx`` file exported by :mod:`engines.onnx_export` (it carries its own metadata), or an
 :class:`~streamtmr.models.base.Anonymizer` instance. Engines that run PyTorch use
 :attr:`ModelSource.module`; the others use :meth:`ModelSource.onnx_file`, which exports once and
 caches the file under the cache directory, keyed by the content hash of model, dummy and window.
@@ -29,6 +29,7 @@ from streamtmr.models.checkpoint import (
     file_sha256,
     load_checkpoint,
     resolve_model,
+    shipped_path,
 )
 from streamtmr.models.registry import find as find_method
 
@@ -150,19 +151,16 @@ def resolve_source(model: Anonymizer | str | Path | None = None,
         anonymizer, name = model, f"{model.method} (in memory)"
         sha = state_sha256(model, model.config)
     else:
-        if model is None or str(model) == "default":
+        path = shipped_path(model)
+        if path is not None:
             try:
-                anonymizer = resolve_model(None)
+                anonymizer = resolve_model(model)
             except CheckpointError as e:
                 raise CheckpointError(f"{e}; pass a checkpoint or an exported .onnx instead "
                                       "(model=... / --model)") from None
+            name = "default" if model is None else str(model)
         else:
-            anonymizer = load_checkpoint(model)
-        name = "default" if model is None or str(model) == "default" else str(model)
-        path = Path(model) if name != "default" else None
-        if path is None:
-            from streamtmr.models.checkpoint import default_checkpoint_path
-            path = default_checkpoint_path()
+            anonymizer, name, path = load_checkpoint(model), str(model), Path(model)
         sha = file_sha256(path)
     w = _check_window(window, anonymizer.window)
     if "window" in anonymizer.config and int(anonymizer.config["window"]) != w:

@@ -357,12 +357,13 @@ def open_triton(url: str, model: Any = None, dummy: Any = None, window: int | No
 
 def _check_matches(engine: TritonEngine, model: Any, dummy: Any, window: int | None) -> None:
     from engines.source import as_dummy
-    from streamtmr.models.checkpoint import file_sha256
+    from streamtmr.models.checkpoint import file_sha256, model_path
     where = f"triton {engine.target.address}"
     if isinstance(model, str | Path) and str(model) != "default":
-        if not Path(model).is_file():
+        path = model_path(model)  # a shipped model's name is checked like its file
+        if not path.is_file():
             raise FileNotFoundError(f"{model}: no such model file")
-        if file_sha256(model) != engine.source.sha256:
+        if file_sha256(path) != engine.source.sha256:
             raise EngineError(f"{where} serves {engine.source.name} (sha256 "
                               f"{engine.source.sha256[:12]}…), not {model}")
     elif model is not None and str(model) != "default":

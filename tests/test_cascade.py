@@ -72,7 +72,7 @@ def test_a_windowed_stage_is_refused_by_name(tmp_path, capsys):
 
 
 def test_chain_cli_takes_the_shipped_default_as_a_stage(stages, tmp_path):
-    from streamtmr.models.checkpoint import default_checkpoint_path
+    from streamtmr.models.checkpoint import default_checkpoint_path, file_sha256
 
     _, _, _, b = stages
     out = tmp_path / "c.safetensors"
@@ -82,7 +82,9 @@ def test_chain_cli_takes_the_shipped_default_as_a_stage(stages, tmp_path):
     assert cascade.stages[0].config == shipped.config
     for k, v in shipped.state_dict().items():
         assert torch.equal(cascade.stages[0].state_dict()[k], v), k
-    assert read_metadata(out)[1]["stages"][0] == str(default_checkpoint_path())
+    extra = read_metadata(out)[1]
+    assert extra["stages"] == ["default", str(b)]  # a shipped stage by its name
+    assert extra["stage_sha256"] == [file_sha256(default_checkpoint_path()), file_sha256(b)]
 
 
 def test_the_same_learned_stage_twice_keeps_two_states(stages, tmp_path):

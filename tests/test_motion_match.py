@@ -12,7 +12,14 @@ import torch
 from streamtmr import skeleton
 from streamtmr.data.store import SkeletonStore
 from streamtmr.data.synth import generate
-from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
+from streamtmr.dummy import default_dummy
+from streamtmr.models import motion_match as mm
+from streamtmr.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from streamtmr.models.motion_match import MotionMatching, build_database
 from streamtmr.models.registry import model_class
 
@@ -411,3 +418,63 @@ def test_leash_moves_by_the_database_and_stays_within_reach_of_the_body(source):
                               - xs[:, :-1, skeleton.ROOT])[free][:, [0, 2]], atol=1e-3)
 
     np.testing.assert_allclose(onnx_steps(leash, xs), y.numpy(), atol=1e-4)
+
+
+def test_a_rendered_database_is_rebuilt_from_its_recipe_and_never_stored(source, tmp_path):
+    """``build_rendered``: no store, no person; the checkpoint holds only the recipe, and
+    loading it renders the very same database again."""
+    from safetensors import safe_open
+
+    from streamtmr.data.synth import ACTIONS
+
+    model = mm.build_rendered({**SETTINGS, "window": 16, "root_motion": "leash"}, clips=1,
+                              interactions=["carry"])
+    n_clips = 2 * (len(ACTIONS) + 1)  # each motion once, mirrored
+    assert model.config["database"]["rendered"] and model.config["frames"] > 50 * n_clips
+    path = save_checkpoint(tmp_path / "r.safetensors", model)
+    with safe_open(str(path), framework="pt") as f:
+        assert list(f.keys()) == []  # nothing but the recipe in the metadata
+    assert path.stat().st_size < 64 * 1024
+    loaded = load_checkpoint(path)
+    for name in ("features", "feat_scale", "directions", "next", "landing", "root_step"):
+        assert torch.equal(getattr(model, name), getattr(loaded, name)), name
+    torch.testing.assert_close(loaded.retarget(source, dummy(model)[None]),
+                               model.retarget(source, dummy(model)[None]), atol=0, rtol=0)
+
+
+def test_a_database_that_renders_differently_is_refused_by_name(tmp_path):
+    model = mm.build_rendered({"window": 16}, clips=1)
+    check = model.config["database_check"]
+    moved = {**check, "feat_mean": [v + 1e-3 for v in check["feat_mean"]]}
+    with pytest.raises(ValueError, match="feature means.*renders differently"):
+        MotionMatching({**model.config, "database_check": moved})
+    with pytest.raises(ValueError, match=f"{check['frames']} frames.*renders differently"):
+        MotionMatching({**model.config, "database_check": {**check, "frames": 1}})
+    model.config["database_check"] = moved  # a checkpoint recorded by another version
+    path = save_checkpoint(tmp_path / "other.safetensors", model)
+    with pytest.raises(CheckpointError, match="other.safetensors.*renders differently"):
+        load_checkpoint(path)
+
+
+def test_rendered_clips_draws_new_instances_of_each_motion():
+    lengths = default_dummy().lengths
+    two = mm.rendered_clips(lengths, ["wave", "carry"], seed=0, clips=2, mirror=False)
+    assert len(two) == 4 and not np.array_equal(two[0], two[1])
+    one = mm.rendered_clips(lengths, ["wave"], seed=0, mirror=False)
+    np.testing.assert_array_equal(one[0], two[0])  # clips=1 draws what it always drew
+    with pytest.raises(ValueError, match="clips must be >= 1"):
+        mm.rendered_clips(lengths, ["wave"], clips=0)
+
+
+def test_a_rendered_database_config_takes_no_store_keys(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("database: {render_clips: 1, subjects: [0]}\n")
+    with pytest.raises(ValueError, match=r"\['subjects'\] apply to a store's database"):
+        mm.build_from_config(cfg, None, tmp_path / "m.safetensors")
+    cfg.write_text("database: {views: [1]}\n")
+    with pytest.raises(ValueError, match="needs --data"):
+        mm.build_from_config(cfg, None, tmp_path / "m.safetensors")
+    cfg.write_text("database: {render_clips: 1, interactions: [carry]}\n")
+    out = mm.build_from_config(cfg, None, tmp_path / "m.safetensors")
+    config, extra = read_metadata(out)
+    assert config["render"]["actions"][-1] == "carry" and extra["data"]["train_subjects"] == []

@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=".npy, .npz or .bvh (one BVH file per body: x.bvh, or x_body0.bvh, "
                         "x_body1.bvh, … when there are several)")
     p.add_argument("--model", default=None,
-                   help="checkpoint or exported .onnx (default: the shipped model)")
+                   help="checkpoint, exported .onnx, or a shipped model: default, matcher "
+                        "(default: default)")
     p.add_argument("--dummy", default=None, help="dummy JSON file (default: the shipped dummy)")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: for a streaming model the PyTorch parallel form (whole tracks, "

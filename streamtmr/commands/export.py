@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
     p.add_argument("--out", type=Path, required=True, help="output file (.onnx / .plan)")
     p.add_argument("--model", default=None,
-                   help="checkpoint (.safetensors) or, for tensorrt, an exported .onnx "
-                        "(default: the shipped model)")
+                   help="checkpoint (.safetensors), a shipped model (default, matcher) or, "
+                        "for tensorrt, an exported .onnx (default: default)")
     p.add_argument("--dummy", default=None, help="dummy JSON file (default: the shipped dummy)")
     p.add_argument("--window", type=int, default=None,
                    help="frames per window T (default: the model's own)")

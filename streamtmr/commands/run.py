@@ -41,7 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--engine", default="auto", help="auto | tensorrt | onnxruntime | "
                    "onnxruntime-cuda | torch | torch-cuda | triton://HOST:PORT (a `streamtmr "
                    "serve` server) [auto]")
-    p.add_argument("--model", default="default", help="checkpoint or exported model [default]")
+    p.add_argument("--model", default="default",
+                   help="checkpoint, exported model, or a shipped model: default, matcher "
+                        "[default]")
     p.add_argument("--dummy", default="default", help="dummy JSON file [default]")
     p.add_argument("--allow-unevaluated", action="store_true",
                    help="run a model without a privacy card (logged; every output message "

@@ -24,7 +24,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics-port", type=int, default=8002,
                    help="Prometheus metrics port, loopback only [8002]")
     p.add_argument("--engine", default="auto", help="back end that runs the model [auto]")
-    p.add_argument("--model", default="default", help="checkpoint or exported model [default]")
+    p.add_argument("--model", default="default",
+                   help="checkpoint, exported model, or a shipped model: default, matcher "
+                        "[default]")
     p.add_argument("--dummy", default="default", help="dummy JSON file [default]")
     p.add_argument("--window", type=int, default=64, help="frames per window (windowed) [64]")
     p.add_argument("--max-batch", type=int, default=64,

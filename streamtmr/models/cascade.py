@@ -123,10 +123,10 @@ class CascadeDummy(nn.Module):
 
 
 def _path(spec: str | Path) -> Path:
-    """A checkpoint path; ``default`` is the shipped default model."""
-    from streamtmr.models.checkpoint import default_checkpoint_path
+    """A checkpoint path, or a shipped model's name (``default``, ``matcher``)."""
+    from streamtmr.models.checkpoint import model_path
 
-    return default_checkpoint_path() if str(spec) == "default" else Path(spec)
+    return model_path(spec)
 
 
 def chain(checkpoints: list[str | Path]) -> Cascade:
@@ -145,8 +145,14 @@ def save_chain(checkpoints: list[str | Path], out: str | Path) -> Path:
     """Chain ``checkpoints`` (first → last) and save the cascade at ``out``. Its training
     record is the union of the stages': the cascade saw every person any stage saw (the
     evaluation refuses it on those people)."""
-    from streamtmr.models.checkpoint import read_metadata, save_checkpoint
+    from streamtmr.models.checkpoint import (
+        file_sha256,
+        read_metadata,
+        save_checkpoint,
+        shipped_path,
+    )
 
+    names = [str(p) for p in checkpoints]  # a shipped model is recorded by its name
     checkpoints = [_path(p) for p in checkpoints]
     cascade = chain(checkpoints)
     subjects: set[int] = set()
@@ -159,5 +165,7 @@ def save_chain(checkpoints: list[str | Path], out: str | Path) -> Path:
         stores.append(data.get("store"))
     extra = {"data": {"store": stores[0], "stores": stores, "train_subjects": sorted(subjects),
                       "real_subjects": sorted(real)},
-             "stages": [str(p) for p in checkpoints]}
+             "stages": [n if shipped_path(n) is not None else str(p)
+                        for n, p in zip(names, checkpoints)],
+             "stage_sha256": [file_sha256(p) for p in checkpoints]}
     return save_checkpoint(out, cascade, extra)

@@ -21,6 +21,12 @@ from streamtmr.models.registry import build_model
 FORMAT = "streamtmr-checkpoint-1"
 DEFAULT_ASSET = "default_model.safetensors"
 
+#: The models shipped in the package, by the name ``--model`` takes: each a file in
+#: ``streamtmr/assets`` with its privacy card beside it (``NAME.json``). ``matcher`` is the
+#: named preset of issue 16 (the default, then motion matching on a leash over a compact
+#: database; docs/motion_matching.md, "A shipped matcher").
+SHIPPED = {"default": DEFAULT_ASSET, "matcher": "matcher_model.safetensors"}
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or incompatible (the message names the file)."""
@@ -74,17 +80,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return model.eval()
 
 
-def default_checkpoint_path() -> Path:
-    with resources.as_file(resources.files("streamtmr.assets").joinpath(DEFAULT_ASSET)) as p:
+def shipped_path(spec: str | Path | None) -> Path | None:
+    """The packaged file of a shipped model's name (:data:`SHIPPED`; ``None`` is "default"),
+    or None when ``spec`` names no shipped model (then it is a path)."""
+    name = "default" if spec is None else str(spec)
+    if name not in SHIPPED:
+        return None
+    with resources.as_file(resources.files("streamtmr.assets").joinpath(SHIPPED[name])) as p:
         return Path(p)
 
 
+def default_checkpoint_path() -> Path:
+    return shipped_path("default")
+
+
+def model_path(spec: str | Path | None) -> Path:
+    """The file of a model spec: a shipped model's name or ``None`` (the default), else a path."""
+    return shipped_path(spec) or Path(spec)
+
+
 def resolve_model(spec: str | Path | None) -> Anonymizer:
-    """``None``/"default" → the shipped default model; otherwise a checkpoint path."""
-    if spec is None or str(spec) == "default":
-        path = default_checkpoint_path()
+    """A shipped model's name (``None``/"default" → the shipped default), or a checkpoint path."""
+    path = shipped_path(spec)
+    if path is not None:
         if not path.is_file():
-            raise CheckpointError(f"{path}: the shipped default model is missing from the package")
+            name = "default" if spec is None else str(spec)
+            raise CheckpointError(f"{path}: the shipped {name!r} model is missing from the "
+                                  "package")
         return load_checkpoint(path)
     return load_checkpoint(spec)
 

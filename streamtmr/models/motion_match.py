@@ -228,8 +228,9 @@ class MotionMatching(Anonymizer):
     #: it frame by frame with a per-body float32 state (:class:`MotionMatchingDummy`).
     traits = frozenset({"learned", "streaming"})
     trainer = None
-    #: tiny: a database rendered on the fly (3 actions of the neutral dummy, for tests). The
-    #: real database comes from a SynthKinect store (:func:`build_database`, a checkpoint).
+    #: tiny: a database rendered on the fly (3 actions of the neutral dummy, for tests). A
+    #: full database is rendered from a recipe (:func:`build_rendered`, the shipped ``matcher``)
+    #: or read from a SynthKinect store (:func:`build_database`, a checkpoint).
     presets = {"tiny": {"window": 16, "render": {"actions": ["wave", "squat", "walk_towards"],
                                                  "seed": 0}}}
 
@@ -244,23 +245,32 @@ class MotionMatching(Anonymizer):
                              f"{cfg['leash_m']!r} and {cfg['leash_deg']!r}")
         cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
         db = None
-        if int(cfg["frames"]) == 0 and cfg.get("render"):
+        # A rendered database is part of the model's definition: rendered again from its recipe
+        # whenever the model is built (a few seconds for 2,000 clips), checked against what was
+        # recorded when it was first built, and never stored in a checkpoint.
+        rendered = bool(cfg.get("render"))
+        if rendered:
             db = database(rendered_clips(cfg["dummy_lengths"], **cfg["render"]), cfg)
             cfg["frames"] = len(db["features"])
             cfg["search_frames"] = int(db.pop("search_frames"))
+            cfg["database_check"] = check_rendered(db, cfg.get("database_check"))
         super().__init__(cfg)
         n, f = int(cfg["frames"]), sum(size for _, size in groups(cfg))
         self.k = len(_joints(cfg))
-        self.register_buffer("features", torch.zeros(n, f))
-        self.register_buffer("feat_mean", torch.zeros(f))
-        self.register_buffer("feat_scale", torch.ones(f))
-        self.register_buffer("directions", torch.zeros(n, skeleton.NUM_JOINTS, 3))
-        self.register_buffer("height", torch.zeros(n))
-        self.register_buffer("next", torch.full((n,), -1, dtype=torch.int64))
-        self.register_buffer("landing", torch.zeros(n))
+
+        def buffer(name: str, value: torch.Tensor) -> None:
+            self.register_buffer(name, value, persistent=not rendered)
+
+        buffer("features", torch.zeros(n, f))
+        buffer("feat_mean", torch.zeros(f))
+        buffer("feat_scale", torch.ones(f))
+        buffer("directions", torch.zeros(n, skeleton.NUM_JOINTS, 3))
+        buffer("height", torch.zeros(n))
+        buffer("next", torch.full((n,), -1, dtype=torch.int64))
+        buffer("landing", torch.zeros(n))
         if cfg["root_motion"] == "leash":  # the database's root motion (only this mode reads it)
-            self.register_buffer("root_step", torch.zeros(n, 3))
-            self.register_buffer("turn", torch.zeros(n))
+            buffer("root_step", torch.zeros(n, 3))
+            buffer("turn", torch.zeros(n))
         if db is not None:
             self.set_database(db)
 
@@ -550,18 +560,46 @@ def database(clips: list[np.ndarray], cfg: dict[str, Any]) -> dict[str, torch.Te
 
 
 def rendered_clips(dummy_lengths: Sequence[float], actions: Sequence[str], seed: int = 0,
-                   views: Sequence[float] = (0.0,), mirror: bool = True) -> list[np.ndarray]:
-    """The dummy's neutral performances rendered by SynthKinect (no sensor noise): one
-    instance of each action, seen from each of ``views`` (degrees), with mirror images."""
+                   views: Sequence[float] = (0.0,), mirror: bool = True,
+                   clips: int = 1) -> list[np.ndarray]:
+    """The dummy's neutral performances rendered by SynthKinect (no sensor noise): ``clips``
+    random instances of each action (content drawn as the store draws it, the right hand
+    acting), each seen from each of ``views`` (degrees), with mirror images."""
     from streamtmr.data.synth import neutral_identity, render, sample_content
 
+    if int(clips) < 1:
+        raise ValueError(f"render.clips must be >= 1, got {clips}")
     body = neutral_identity(np.asarray(dummy_lengths, np.float32))
     rng = np.random.default_rng(seed)
-    clips = []
+    out = []
     for action in actions:
-        content = sample_content(action, rng, side="right")
-        clips += [render(content, body, view_deg=v, sensor_noise=False)[0] for v in views]
-    return clips + [skeleton.mirror(c) for c in clips] if mirror else clips
+        for _ in range(int(clips)):
+            content = sample_content(action, rng, side="right")
+            out += [render(content, body, view_deg=v, sensor_noise=False)[0] for v in views]
+    return out + [skeleton.mirror(c) for c in out] if mirror else out
+
+
+def check_rendered(db: dict[str, torch.Tensor], recorded: dict[str, Any] | None,
+                   atol: float = 1e-4) -> dict[str, Any]:
+    """The fingerprint of a rendered database (its frame count and feature means), compared
+    with ``recorded`` (the fingerprint written when the model was built): another numpy or
+    SynthKinect version that renders differently is refused by name, never run silently."""
+    check = {"frames": int(len(db["features"])),
+             "feat_mean": [round(float(v), 6) for v in db["feat_mean"]]}
+    if recorded:
+        want = recorded.get("frames")
+        if want != check["frames"]:
+            raise ValueError(f"motion_match: the database rendered from the recipe has "
+                             f"{check['frames']} frames, the model was built with {want}: "
+                             "this version renders differently; rebuild the model")
+        mean = np.asarray(recorded.get("feat_mean", []), np.float64)
+        diff = (float(np.max(np.abs(mean - check["feat_mean"])))
+                if mean.shape == (len(check["feat_mean"]),) else math.inf)
+        if not diff <= atol:
+            raise ValueError(f"motion_match: the database rendered from the recipe differs "
+                             f"from the one the model was built with (feature means by "
+                             f"{diff:.2g}): this version renders differently; rebuild the model")
+    return check
 
 
 def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | None = None,
@@ -617,9 +655,40 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     return model.eval()
 
 
+def build_rendered(config: dict[str, Any] | None = None, clips: int = 40, seed: int = 0,
+                   interactions: Sequence[str] = (), mirror: bool = True) -> MotionMatching:
+    """A :class:`MotionMatching` model whose database is rendered, not read from a store: the
+    dummy performing each of SynthKinect's action classes and each of ``interactions``
+    (:data:`streamtmr.data.synth_motion.INTERACTION_SPECS`), ``clips`` random instances each
+    (content drawn as the store draws it), with mirror images when ``mirror``. No store and no
+    person is involved. The recipe is the model's config: the database is rendered again
+    whenever the model is built, and its checkpoint holds no database (a few kB alone)."""
+    from streamtmr.data.synth import ACTIONS
+    from streamtmr.data.synth_motion import INTERACTION_SPECS
+
+    unknown = sorted(set(interactions) - set(INTERACTION_SPECS))
+    if unknown:
+        raise ValueError(f"database.interactions: unknown {unknown}; choose from "
+                         f"{sorted(INTERACTION_SPECS)}")
+    cfg = {**DEFAULTS, **(config or {}), "frames": 0}
+    cfg.pop("database_check", None)
+    cfg["render"] = {"actions": list(ACTIONS) + list(interactions), "clips": int(clips),
+                     "seed": int(seed), "mirror": bool(mirror)}
+    cfg["database"] = {"rendered": True, "clips": int(clips), "seed": int(seed),
+                       "mirror": bool(mirror), "interactions": list(interactions)}
+    model = MotionMatching(cfg)
+    log.info("motion-matching database (rendered): %d frames from %d clips",
+             model.config["frames"], (len(ACTIONS) + len(interactions)) * int(clips)
+             * (2 if mirror else 1))
+    return model.eval()
+
+
 #: Keys of a config's ``database:`` section (the keyword arguments of :func:`build_database`).
 DATABASE_KEYS = ("subjects", "views", "reps", "mirror", "array", "interactions",
                  "interaction_clips", "interaction_seed")
+#: Keys of a rendered database's section (``render_clips`` set: :func:`build_rendered`, no
+#: store is read).
+RENDER_KEYS = ("render_clips", "render_seed", "interactions", "mirror")
 
 
 def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
@@ -633,21 +702,25 @@ def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
         key, sep, text = a.partition("=")
         key = key.strip()
         section, _, sub = key.rpartition(".")
-        if sep and section == "database" and sub in DATABASE_KEYS:
+        if sep and section == "database" and sub in DATABASE_KEYS + RENDER_KEYS:
             out.setdefault("database", {})[sub] = yaml.safe_load(text)
         elif sep and not section and key in DEFAULTS:
             out[key] = yaml.safe_load(text)
         else:
+            keys = list(dict.fromkeys(DATABASE_KEYS + RENDER_KEYS))
             raise ValueError(f"--set {a}: expected KEY=VALUE with KEY one of {sorted(DEFAULTS)}"
-                             f" or database.KEY with KEY one of {list(DATABASE_KEYS)}")
+                             f" or database.KEY with KEY one of {keys}")
     return out
 
 
-def build_from_config(config: str | Path, data: str | Path, out: str | Path,
+def build_from_config(config: str | Path, data: str | Path | None, out: str | Path,
                       settings: dict[str, Any] | None = None) -> Path:
     """Build the database described by a YAML file (``configs/motion_match.yaml``), its
     settings updated by ``settings`` (:func:`parse_settings`), and save it as a checkpoint at
-    ``out``. A ``database:`` key that :func:`build_database` does not take is refused."""
+    ``out``. With ``database.render_clips`` the database is rendered (:func:`build_rendered`,
+    ``configs/matcher.yaml``; ``data`` is not read), otherwise read from the store ``data``
+    (:func:`build_database`). A ``database:`` key the chosen builder does not take is
+    refused."""
     import yaml
 
     from streamtmr.models.checkpoint import save_checkpoint
@@ -655,11 +728,27 @@ def build_from_config(config: str | Path, data: str | Path, out: str | Path,
     spec = yaml.safe_load(Path(config).read_text()) or {}
     settings = dict(settings or {})
     db = {**(spec.get("database") or {}), **settings.pop("database", {})}
+    model_cfg = {**(spec.get("model") or {}), **settings}
+    if "render_clips" in db:
+        unknown = sorted(set(db) - set(RENDER_KEYS))
+        if unknown:
+            raise ValueError(f"{config}: database: {unknown} apply to a store's database, not "
+                             f"to a rendered one (render_clips); expected some of "
+                             f"{list(RENDER_KEYS)}")
+        model = build_rendered(model_cfg, clips=db["render_clips"],
+                               seed=db.get("render_seed", 0),
+                               interactions=db.get("interactions", ()),
+                               mirror=db.get("mirror", True))
+        return save_checkpoint(out, model, {"data": {"store": None, "train_subjects": [],
+                                                     "real_subjects": []}})
+    if data is None:
+        raise ValueError(f"{config}: a database from a store needs --data (or set "
+                         "database.render_clips to render one)")
     unknown = sorted(set(db) - set(DATABASE_KEYS))
     if unknown:
         raise ValueError(f"{config}: database: unknown keys {unknown}; expected some of "
                          f"{list(DATABASE_KEYS)}")
-    model = build_database(data, config={**(spec.get("model") or {}), **settings}, **db)
+    model = build_database(data, config=model_cfg, **db)
     store = SkeletonStore(data)
     extra = {"data": {"store": str(store.root),
                       "train_subjects": sorted({int(store.rows[i]["subject"]) for i in
@@ -672,7 +761,8 @@ def build_from_config(config: str | Path, data: str | Path, out: str | Path,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build a motion-matching database checkpoint.")
     p.add_argument("--config", type=Path, default=Path("configs/motion_match.yaml"))
-    p.add_argument("--data", type=Path, required=True, help="SynthKinect store")
+    p.add_argument("--data", type=Path, default=None,
+                   help="SynthKinect store (not read for a rendered database)")
     p.add_argument("--out", type=Path, default=Path("runs/motion_match/model.safetensors"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting over the config's (e.g. root_motion=in_place, "
