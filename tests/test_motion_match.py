@@ -478,3 +478,27 @@ def test_a_rendered_database_config_takes_no_store_keys(tmp_path):
     out = mm.build_from_config(cfg, None, tmp_path / "m.safetensors")
     config, extra = read_metadata(out)
     assert config["render"]["actions"][-1] == "carry" and extra["data"]["train_subjects"] == []
+
+
+def test_a_population_recipe_renders_the_stores_very_database(store, model):
+    """``population``: the neutral performances a store holds, rendered again without it;
+    the database equals the one :func:`build_database` reads from the store, bit for bit."""
+    from streamtmr.data.synth import neutral_performances
+
+    info = store.meta["info"]
+    pop = {"n_subjects": info["subjects"], "seed": info["seed"],
+           "views": store.meta["views_deg"], "view": 0, "rep": 0, "n_actions": 3}
+    rows = [i for i, r in enumerate(store.rows) if r["subject"] == 2 and r["view"] == 0]
+    again = neutral_performances([2], **pop)
+    assert len(again) == len(rows) == 3
+    for i, clip in zip(rows, again):
+        np.testing.assert_array_equal(clip, np.asarray(store[i].arrays["target"]))
+    rendered = mm.build_rendered(SETTINGS, population=pop)  # subjects: anonymizer_train
+    assert (rendered.config["render"]["population"]["subjects"]
+            == sorted(store.meta["splits"]["anonymizer_train"]))
+    for name in ("features", "feat_scale", "directions", "height", "next"):
+        assert torch.equal(getattr(rendered, name), getattr(model, name)), name
+    with pytest.raises(ValueError, match="only anonymizer_train people"):
+        mm.build_rendered(SETTINGS, population={**pop, "subjects": "eval"})
+    with pytest.raises(ValueError, match=r"subjects \[99\] are not in a population of 6"):
+        neutral_performances([99], **pop)

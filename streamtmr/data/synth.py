@@ -546,6 +546,32 @@ def plan_performance(person: Identity, action_index: int, rep: int, views: Seque
     return content, sample_cameras(views, rng, content.action), rng
 
 
+def neutral_performances(subjects: Sequence[int], *, n_subjects: int = 60, seed: int = 0,
+                         views: Sequence[float] = (-45, 0, 45), view: int = 1, rep: int = 0,
+                         n_actions: int | None = None,
+                         dummy_lengths: Sequence[float] | None = None) -> list[np.ndarray]:
+    """The ``target`` arrays that :func:`generate` (same ``n_subjects``, ``seed``, ``views``)
+    writes for ``subjects``, camera ``view`` (an index of ``views``), repetition ``rep``, every
+    action, rendered again without a store: the dummy performing those people's content in the
+    neutral style and tempo (nothing of the people's bodies or style), in store row order
+    (subject, then action). ``float32 [T, 25, 3]`` each."""
+    n_actions = len(ACTIONS) if n_actions is None else int(n_actions)
+    people = {p.subject: p for p in sample_population(n_subjects, seed)}
+    unknown = sorted(set(int(s) for s in subjects) - set(people))
+    if unknown:
+        raise ValueError(f"subjects {unknown} are not in a population of {n_subjects}")
+    if not 0 <= int(view) < len(views):
+        raise ValueError(f"view {view} is not an index of views {list(views)}")
+    lengths = default_dummy().lengths if dummy_lengths is None else dummy_lengths
+    body = neutral_identity(np.asarray(lengths, np.float32))
+    out = []
+    for s in subjects:
+        for a in range(n_actions):
+            content, cameras, _ = plan_performance(people[int(s)], a, int(rep), views, seed)
+            out.append(cameras[int(view)].project(world_motion(content, body)).astype(np.float32))
+    return out
+
+
 def generate(out_dir: str | Path, n_subjects: int = 60, n_actions: int | None = None,
              views: Sequence[float] = (-45, 0, 45), reps: int = 2, seed: int = 0,
              progress: bool = True, overwrite: bool = False, dummy: Dummy | None = None) -> Path:

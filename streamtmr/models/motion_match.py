@@ -33,6 +33,14 @@ Build: :func:`build_database` from a SynthKinect store (``configs/motion_match.y
 
     python -m streamtmr.models.motion_match --config configs/motion_match.yaml \\
         --data data/synthkinect --out runs/motion_match/model.safetensors
+
+or :func:`build_rendered` from a recipe (``configs/matcher.yaml``, the shipped ``matcher``'s
+stage): the dummy rendered performing every motion, no store read. A rendered database is part
+of the model's definition: the config holds the recipe and a fingerprint, the database is
+rendered again whenever the model is built, and the checkpoint stores none of it::
+
+    python -m streamtmr.models.motion_match --config configs/matcher.yaml \\
+        --out runs/matcher/stage.safetensors
 """
 
 from __future__ import annotations
@@ -250,7 +258,7 @@ class MotionMatching(Anonymizer):
         # recorded when it was first built, and never stored in a checkpoint.
         rendered = bool(cfg.get("render"))
         if rendered:
-            db = database(rendered_clips(cfg["dummy_lengths"], **cfg["render"]), cfg)
+            db = database(recipe_clips(cfg["dummy_lengths"], cfg["render"]), cfg)
             cfg["frames"] = len(db["features"])
             cfg["search_frames"] = int(db.pop("search_frames"))
             cfg["database_check"] = check_rendered(db, cfg.get("database_check"))
@@ -579,6 +587,24 @@ def rendered_clips(dummy_lengths: Sequence[float], actions: Sequence[str], seed:
     return out + [skeleton.mirror(c) for c in out] if mirror else out
 
 
+def recipe_clips(dummy_lengths: Sequence[float], recipe: dict[str, Any]) -> list[np.ndarray]:
+    """The clips of a database recipe (a config's ``render``): ``population`` — the neutral
+    performances a SynthKinect store holds for some of its people (the keyword arguments of
+    :func:`streamtmr.data.synth.neutral_performances`), rendered again without the store —
+    then ``actions`` rendered ``clips`` times each (:func:`rendered_clips`), then, with
+    ``mirror`` (default on), every clip's mirror image."""
+    from streamtmr.data.synth import neutral_performances
+
+    recipe = dict(recipe)
+    population = recipe.pop("population", None)
+    mirror = bool(recipe.pop("mirror", True))
+    clips = (neutral_performances(dummy_lengths=dummy_lengths, **population)
+             if population else [])
+    if recipe.get("actions"):
+        clips += rendered_clips(dummy_lengths, mirror=False, **recipe)
+    return clips + [skeleton.mirror(c) for c in clips] if mirror else clips
+
+
 def check_rendered(db: dict[str, torch.Tensor], recorded: dict[str, Any] | None,
                    atol: float = 1e-4) -> dict[str, Any]:
     """The fingerprint of a rendered database (its frame count and feature means), compared
@@ -656,14 +682,19 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
 
 
 def build_rendered(config: dict[str, Any] | None = None, clips: int = 40, seed: int = 0,
-                   interactions: Sequence[str] = (), mirror: bool = True) -> MotionMatching:
-    """A :class:`MotionMatching` model whose database is rendered, not read from a store: the
-    dummy performing each of SynthKinect's action classes and each of ``interactions``
-    (:data:`streamtmr.data.synth_motion.INTERACTION_SPECS`), ``clips`` random instances each
-    (content drawn as the store draws it), with mirror images when ``mirror``. No store and no
-    person is involved. The recipe is the model's config: the database is rendered again
-    whenever the model is built, and its checkpoint holds no database (a few kB alone)."""
-    from streamtmr.data.synth import ACTIONS
+                   interactions: Sequence[str] = (), mirror: bool = True,
+                   population: dict[str, Any] | None = None) -> MotionMatching:
+    """A :class:`MotionMatching` model whose database is rendered, not read from a store.
+
+    Without ``population``: the dummy performing each of SynthKinect's action classes and each
+    of ``interactions`` (:data:`streamtmr.data.synth_motion.INTERACTION_SPECS`), ``clips``
+    random instances each (content drawn as the store draws it). With ``population`` (the
+    keyword arguments of :func:`streamtmr.data.synth.neutral_performances`; ``subjects`` may be
+    a split's name, e.g. ``anonymizer_train``): the very ``target`` clips a store of that
+    population holds for those people (what :func:`build_database` reads), then the
+    interactions. Mirror images when ``mirror``. The recipe is the model's config: the database
+    is rendered again whenever the model is built, and its checkpoint holds no database."""
+    from streamtmr.data.synth import ACTIONS, make_splits
     from streamtmr.data.synth_motion import INTERACTION_SPECS
 
     unknown = sorted(set(interactions) - set(INTERACTION_SPECS))
@@ -672,14 +703,31 @@ def build_rendered(config: dict[str, Any] | None = None, clips: int = 40, seed: 
                          f"{sorted(INTERACTION_SPECS)}")
     cfg = {**DEFAULTS, **(config or {}), "frames": 0}
     cfg.pop("database_check", None)
-    cfg["render"] = {"actions": list(ACTIONS) + list(interactions), "clips": int(clips),
-                     "seed": int(seed), "mirror": bool(mirror)}
-    cfg["database"] = {"rendered": True, "clips": int(clips), "seed": int(seed),
-                       "mirror": bool(mirror), "interactions": list(interactions)}
+    cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
+    recipe: dict[str, Any] = {}
+    if population:
+        population = dict(population)
+        subjects = population.get("subjects", "anonymizer_train")
+        if isinstance(subjects, str):
+            n, pop_seed = int(population.get("n_subjects", 60)), int(population.get("seed", 0))
+            splits = make_splits(range(n), pop_seed)
+            if subjects not in splits:
+                raise ValueError(f"database.population.subjects: no split {subjects!r} "
+                                 f"(splits: {sorted(splits)})")
+            if subjects != "anonymizer_train":
+                raise ValueError("database.population.subjects: only anonymizer_train people "
+                                 "may form a database (the others are evaluated)")
+            subjects = splits[subjects]
+        population["subjects"] = sorted(int(s) for s in subjects)
+        recipe["population"] = population
+    actions = list(interactions) if population else list(ACTIONS) + list(interactions)
+    if actions:
+        recipe.update(actions=actions, clips=int(clips), seed=int(seed))
+    recipe["mirror"] = bool(mirror)
+    cfg["render"] = recipe
+    cfg["database"] = {"rendered": True, **recipe}
     model = MotionMatching(cfg)
-    log.info("motion-matching database (rendered): %d frames from %d clips",
-             model.config["frames"], (len(ACTIONS) + len(interactions)) * int(clips)
-             * (2 if mirror else 1))
+    log.info("motion-matching database (rendered): %d frames", model.config["frames"])
     return model.eval()
 
 
@@ -688,7 +736,7 @@ DATABASE_KEYS = ("subjects", "views", "reps", "mirror", "array", "interactions",
                  "interaction_clips", "interaction_seed")
 #: Keys of a rendered database's section (``render_clips`` set: :func:`build_rendered`, no
 #: store is read).
-RENDER_KEYS = ("render_clips", "render_seed", "interactions", "mirror")
+RENDER_KEYS = ("render_clips", "render_seed", "interactions", "mirror", "population")
 
 
 def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
@@ -729,17 +777,18 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
     settings = dict(settings or {})
     db = {**(spec.get("database") or {}), **settings.pop("database", {})}
     model_cfg = {**(spec.get("model") or {}), **settings}
-    if "render_clips" in db:
+    if "render_clips" in db or "population" in db:
         unknown = sorted(set(db) - set(RENDER_KEYS))
         if unknown:
             raise ValueError(f"{config}: database: {unknown} apply to a store's database, not "
-                             f"to a rendered one (render_clips); expected some of "
-                             f"{list(RENDER_KEYS)}")
-        model = build_rendered(model_cfg, clips=db["render_clips"],
+                             f"to a rendered one (render_clips / population); expected some "
+                             f"of {list(RENDER_KEYS)}")
+        model = build_rendered(model_cfg, clips=db.get("render_clips", 40),
                                seed=db.get("render_seed", 0),
                                interactions=db.get("interactions", ()),
-                               mirror=db.get("mirror", True))
-        return save_checkpoint(out, model, {"data": {"store": None, "train_subjects": [],
+                               mirror=db.get("mirror", True), population=db.get("population"))
+        people = (model.config["render"].get("population") or {}).get("subjects", [])
+        return save_checkpoint(out, model, {"data": {"store": None, "train_subjects": people,
                                                      "real_subjects": []}})
     if data is None:
         raise ValueError(f"{config}: a database from a store needs --data (or set "
