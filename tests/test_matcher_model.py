@@ -1,0 +1,109 @@
+"""The shipped ``matcher`` preset: the shipped default, then motion matching on a leash over a
+database rendered from its recipe (``configs/matcher.yaml``). It runs by name, carries its
+privacy card, and holds no database and no person: only the default's weights and a recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zmq
+
+from bench.models import resolve_model_spec
+from engines.card import find_card
+from sensors.replay import ReplaySource
+from streamtmr import skeleton
+from streamtmr.cli import main
+from streamtmr.dummy import default_dummy
+from streamtmr.models import motion_match as mm
+from streamtmr.models.checkpoint import (
+    default_checkpoint_path,
+    file_sha256,
+    load_checkpoint,
+    read_metadata,
+    resolve_model,
+    shipped_path,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MATCHER = shipped_path("matcher")
+
+
+@pytest.fixture(scope="module")
+def matcher():
+    return resolve_model("matcher")
+
+
+def test_the_matcher_is_the_default_then_a_rendered_matcher_on_a_leash():
+    assert MATCHER.is_file() and MATCHER.stat().st_size < 2 * 2**20  # no database inside
+    config, extra = read_metadata(MATCHER)
+    assert config["method"] == "cascade"
+    first, second = config["stages"]
+    assert first == read_metadata(default_checkpoint_path())[0]
+    # built from the default that ships beside it: a retrained default means a rebuilt matcher
+    assert extra["stages"][0] == "default"
+    assert extra["stage_sha256"][0] == file_sha256(default_checkpoint_path())
+    assert extra["data"]["real_subjects"] == []
+    assert second["method"] == "motion_match" and second["root_motion"] == "leash"
+    spec = yaml.safe_load((ROOT / "configs/matcher.yaml").read_text())
+    assert all(second[k] == v for k, v in spec["model"].items())
+    # the database: the neutral performances of the default's own training people (no one
+    # evaluated), and carry / push / pull rendered 40 times each
+    recipe = second["render"]
+    assert recipe["population"]["subjects"] == sorted(extra["data"]["train_subjects"])
+    assert len(recipe["population"]["subjects"]) == 40
+    assert recipe["actions"] == ["carry", "push", "pull"] and recipe["clips"] == 40
+    assert second["frames"] == 214_972
+
+
+def test_the_matchers_database_is_what_its_recipe_renders(matcher, tmp_path):
+    """configs/matcher.yaml rebuilds the very stage that ships (same recipe, same fingerprint),
+    and the loaded stage holds exactly that rendering."""
+    out = mm.build_from_config(ROOT / "configs/matcher.yaml", None, tmp_path / "stage.safetensors")
+    rebuilt = read_metadata(out)[0]
+    assert rebuilt == read_metadata(MATCHER)[0]["stages"][1]
+    assert rebuilt["frames"] > 200_000 and rebuilt["database_check"]["frames"] == rebuilt["frames"]
+    stage = matcher.stages[1]
+    fresh = load_checkpoint(out)
+    for name in ("features", "directions", "next", "root_step"):
+        assert torch.equal(getattr(stage, name), getattr(fresh, name)), name
+
+
+def test_the_first_stage_is_the_shipped_default(matcher):
+    default = resolve_model("default")
+    for k, v in default.state_dict().items():
+        assert torch.equal(matcher.stages[0].state_dict()[k], v), k
+
+
+def test_the_matcher_has_a_card_bound_to_its_weights():
+    card = find_card(MATCHER)
+    assert card is not None and card["sha256"] == file_sha256(MATCHER)
+    privacy = card["privacy"]
+    # a privacy number never without its utility: both, on SynthKinect and on real people
+    for key in ("reid_top1_adaptive_pct", "action_top1_retrained_pct",
+                "utkinect_reid_top1_adaptive_pct", "utkinect_action_top1_retrained_pct"):
+        assert len(privacy[key]) == 2, key  # [mean, std] over the attacker seeds
+    assert privacy["seeds"] == [0, 1, 2] and privacy["utkinect_clock"] == "sensor"
+
+
+def test_the_matcher_runs_by_name_and_publishes_only_the_dummy(tmp_path):
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    sock.close(0)
+    rec = tmp_path / "m.stmr"
+    assert main(["run", "--model", "matcher", "--engine", "torch", "--source", "synthetic",
+                 "--fast", "--max-frames", "40", "--sink", f"zmq://127.0.0.1:{port}",
+                 "--budget-ms", "5000", "--record", str(rec)]) == 0
+    bodies = [b for f in ReplaySource(rec, realtime=False) for b in f.bodies]
+    assert len(bodies) >= 40
+    lengths = default_dummy().lengths
+    assert max(float(np.abs(skeleton.bone_lengths(b.joints)[1:] - lengths[1:]).max())
+               for b in bodies) < 1e-4
+
+
+def test_benchmarks_take_the_matcher_by_name():
+    m = resolve_model_spec("matcher")
+    assert m.label == "matcher" and m.method == "cascade" and m.sha256 == file_sha256(MATCHER)
