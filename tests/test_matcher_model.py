@@ -63,9 +63,13 @@ def test_the_matchers_database_is_what_its_recipe_renders(matcher, tmp_path):
     """configs/matcher.yaml rebuilds the very stage that ships (same recipe, same fingerprint),
     and the loaded stage holds exactly that rendering."""
     out = mm.build_from_config(ROOT / "configs/matcher.yaml", None, tmp_path / "stage.safetensors")
-    rebuilt = read_metadata(out)[0]
-    assert rebuilt == read_metadata(MATCHER)[0]["stages"][1]
-    assert rebuilt["frames"] > 200_000 and rebuilt["database_check"]["frames"] == rebuilt["frames"]
+    rebuilt, shipped = read_metadata(out)[0], read_metadata(MATCHER)[0]["stages"][1]
+    # the fingerprint's means may differ in their last digits on another machine (summation
+    # order); the load check allows 1e-4, everything else is identical
+    check, want = rebuilt.pop("database_check"), shipped.pop("database_check")
+    assert rebuilt == shipped
+    assert check["frames"] == want["frames"] == rebuilt["frames"] > 200_000
+    np.testing.assert_allclose(check["feat_mean"], want["feat_mean"], atol=1e-5)
     stage = matcher.stages[1]
     fresh = load_checkpoint(out)
     for name in ("features", "directions", "next", "root_step"):

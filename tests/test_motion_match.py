@@ -502,3 +502,20 @@ def test_a_population_recipe_renders_the_stores_very_database(store, model):
         mm.build_rendered(SETTINGS, population={**pop, "subjects": "eval"})
     with pytest.raises(ValueError, match=r"subjects \[99\] are not in a population of 6"):
         neutral_performances([99], **pop)
+    with pytest.raises(ValueError, match="n_actions must be in 1..22"):
+        neutral_performances([2], **{**pop, "n_actions": 23})
+
+
+def test_a_recipe_asking_for_too_much_work_is_refused_before_rendering(tmp_path):
+    """A recipe comes from a checkpoint's config: its size is bounded before anything runs."""
+    model = mm.build_rendered({"window": 16}, clips=1)
+    greedy = {**model.config["render"], "clips": mm.MAX_RECIPE_CLIPS}
+    with pytest.raises(ValueError, match="asks for .* clips, more than 20000"):
+        MotionMatching({**model.config, "render": greedy})
+    crowd = {"population": {"n_subjects": 10**9, "subjects": [0]}}
+    with pytest.raises(ValueError, match="n_subjects must be in 1..10000"):
+        MotionMatching({**model.config, "render": crowd})
+    model.config["render"] = greedy
+    path = save_checkpoint(tmp_path / "greedy.safetensors", model)
+    with pytest.raises(CheckpointError, match="greedy.safetensors.*more than 20000"):
+        load_checkpoint(path)

@@ -556,6 +556,10 @@ def neutral_performances(subjects: Sequence[int], *, n_subjects: int = 60, seed:
     neutral style and tempo (nothing of the people's bodies or style), in store row order
     (subject, then action). ``float32 [T, 25, 3]`` each."""
     n_actions = len(ACTIONS) if n_actions is None else int(n_actions)
+    if not 1 <= n_actions <= len(ACTIONS):
+        raise ValueError(f"n_actions must be in 1..{len(ACTIONS)}, got {n_actions}")
+    if not 1 <= len(views) <= 16:
+        raise ValueError(f"need 1..16 views, got {len(views)}")
     people = {p.subject: p for p in sample_population(n_subjects, seed)}
     unknown = sorted(set(int(s) for s in subjects) - set(people))
     if unknown:

@@ -587,17 +587,34 @@ def rendered_clips(dummy_lengths: Sequence[float], actions: Sequence[str], seed:
     return out + [skeleton.mirror(c) for c in out] if mirror else out
 
 
+#: Bounds on what a database recipe may ask for (it is read from a checkpoint's config).
+MAX_RECIPE_CLIPS = 20_000
+MAX_RECIPE_PEOPLE = 10_000
+
+
 def recipe_clips(dummy_lengths: Sequence[float], recipe: dict[str, Any]) -> list[np.ndarray]:
     """The clips of a database recipe (a config's ``render``): ``population`` — the neutral
     performances a SynthKinect store holds for some of its people (the keyword arguments of
     :func:`streamtmr.data.synth.neutral_performances`), rendered again without the store —
     then ``actions`` rendered ``clips`` times each (:func:`rendered_clips`), then, with
     ``mirror`` (default on), every clip's mirror image."""
-    from streamtmr.data.synth import neutral_performances
+    from streamtmr.data.synth import ACTIONS, neutral_performances
 
     recipe = dict(recipe)
     population = recipe.pop("population", None)
     mirror = bool(recipe.pop("mirror", True))
+    # A recipe comes from a checkpoint's config: bound the work it may ask for before rendering.
+    n_pop = 0
+    if population:
+        if not 0 < int(population.get("n_subjects", 60)) <= MAX_RECIPE_PEOPLE:
+            raise ValueError(f"render.population.n_subjects must be in 1..{MAX_RECIPE_PEOPLE}")
+        n_pop = len(population.get("subjects", ())) * int(population.get("n_actions")
+                                                          or len(ACTIONS))
+    n_clips = n_pop + (len(recipe.get("actions") or ()) * int(recipe.get("clips", 1))
+                       * len(recipe.get("views") or (0.0,)))
+    if n_clips > MAX_RECIPE_CLIPS:
+        raise ValueError(f"render: the recipe asks for {n_clips} clips, more than "
+                         f"{MAX_RECIPE_CLIPS}")
     clips = (neutral_performances(dummy_lengths=dummy_lengths, **population)
              if population else [])
     if recipe.get("actions"):
