@@ -498,8 +498,11 @@ def test_a_population_recipe_renders_the_stores_very_database(store, model):
             == sorted(store.meta["splits"]["anonymizer_train"]))
     for name in ("features", "feat_scale", "directions", "height", "next"):
         assert torch.equal(getattr(rendered, name), getattr(model, name)), name
-    with pytest.raises(ValueError, match="only anonymizer_train people"):
+    with pytest.raises(ValueError, match="not anonymizer_train people"):
         mm.build_rendered(SETTINGS, population={**pop, "subjects": "eval"})
+    evaluated = store.meta["splits"]["eval"][0]
+    with pytest.raises(ValueError, match=rf"\[{evaluated}\] are not anonymizer_train people"):
+        mm.build_rendered(SETTINGS, population={**pop, "subjects": [evaluated]})
     with pytest.raises(ValueError, match=r"subjects \[99\] are not in a population of 6"):
         neutral_performances([99], **pop)
     with pytest.raises(ValueError, match="n_actions must be in 1..22"):

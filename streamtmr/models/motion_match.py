@@ -725,17 +725,20 @@ def build_rendered(config: dict[str, Any] | None = None, clips: int = 40, seed: 
     if population:
         population = dict(population)
         subjects = population.get("subjects", "anonymizer_train")
+        n, pop_seed = int(population.get("n_subjects", 60)), int(population.get("seed", 0))
+        splits = make_splits(range(n), pop_seed)
         if isinstance(subjects, str):
-            n, pop_seed = int(population.get("n_subjects", 60)), int(population.get("seed", 0))
-            splits = make_splits(range(n), pop_seed)
             if subjects not in splits:
                 raise ValueError(f"database.population.subjects: no split {subjects!r} "
                                  f"(splits: {sorted(splits)})")
-            if subjects != "anonymizer_train":
-                raise ValueError("database.population.subjects: only anonymizer_train people "
-                                 "may form a database (the others are evaluated)")
             subjects = splits[subjects]
-        population["subjects"] = sorted(int(s) for s in subjects)
+        subjects = sorted(int(s) for s in subjects)
+        evaluated = sorted(set(subjects) - set(splits["anonymizer_train"]))
+        if evaluated:
+            raise ValueError(f"database.population.subjects: {evaluated} are not "
+                             "anonymizer_train people; only those may form a database (the "
+                             "others are evaluated)")
+        population["subjects"] = subjects
         recipe["population"] = population
     actions = list(interactions) if population else list(ACTIONS) + list(interactions)
     if actions:
