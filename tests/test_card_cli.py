@@ -98,3 +98,18 @@ def test_card_names_the_clock_of_its_utkinect_record(evaluated):
         card = privacy_from_results(record, "tiny stream")
         assert card["utkinect_clock"] == expect
         assert card["utkinect_reid_top1_adaptive_pct"] == [20.0, 1.0]
+
+
+def test_card_carries_sex_and_age_beside_their_majority_class(evaluated):
+    """A record with attribute attackers gives the card the adaptive sex / age-group accuracy
+    and the majority class they are judged against; a record without them adds nothing."""
+    _, results = evaluated
+    record = json.loads(results.read_text())
+    assert "sex_adaptive_pct" not in privacy_from_results(record, "tiny stream")
+    m = record["methods"]["tiny stream"]
+    m["adaptive"].update(sex_acc=0.55, age_group_acc=0.41)
+    m["std"]["adaptive"].update(sex_acc=0.02, age_group_acc=0.01)
+    record["chance"].update(sex_majority=0.6, age_group_majority=0.4)
+    card = privacy_from_results(record, "tiny stream")
+    assert card["sex_adaptive_pct"] == [55.0, 2.0] and card["sex_majority_pct"] == 60.0
+    assert card["age_group_adaptive_pct"] == [41.0, 1.0] and card["age_group_majority_pct"] == 40.0

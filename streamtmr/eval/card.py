@@ -89,6 +89,11 @@ def privacy_from_results(results: dict[str, Any], method: str) -> dict[str, Any]
         "command": results.get("command", ""),
         "machine": results.get("machine"),
     }
+    chance = results.get("chance", {})
+    for attr in ("sex", "age_group"):  # attribute attackers (--attacks ...,attributes)
+        if f"{attr}_acc" in adaptive:
+            card[f"{attr}_adaptive_pct"] = v("adaptive", f"{attr}_acc")
+            card[f"{attr}_majority_pct"] = _pct(chance.get(f"{attr}_majority", 0))
     quality = m.get("quality", {})
     if "mpjpe_sync_mm" in quality:
         card["mpjpe_own_tempo_mm"] = round(float(quality["mpjpe_sync_mm"]), 1)
