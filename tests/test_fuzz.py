@@ -72,22 +72,29 @@ class Chaos:
         self.inner, self.rng = inner, np.random.default_rng(seed)
         self.window, self.max_batch = inner.window, inner.max_batch
         self.dummy_lengths, self.name = inner.dummy_lengths, "chaos"
+        self.faults = dict.fromkeys(("calls", "raised", "leaked", "nan", "far", "short"), 0)
 
     def describe(self):
         return {"model": "chaos"}
 
     def run_latest(self, x, k=1):
+        self.faults["calls"] += 1
         r = self.rng.random()
         if r < 0.1:
+            self.faults["raised"] += 1
             raise RuntimeError("device lost")
         if r < 0.15:
+            self.faults["leaked"] += 1
             return np.ascontiguousarray(x[:, -k:])  # the raw input
         if r < 0.2:
+            self.faults["nan"] += 1
             return np.full((x.shape[0], k, 25, 3), np.nan, np.float32)
         y = self.inner.run_latest(x, k)
         if r < 0.25:
+            self.faults["far"] += 1
             return y + np.float32(1000.0)  # dummy bones, but beyond the wire's range
         if r < 0.28:
+            self.faults["short"] += 1
             return y[:, :, :20]
         return y
 
@@ -99,13 +106,19 @@ def test_fuzz_with_a_chaotic_engine(engine, overrun, smoothing):
     out-of-range output is bad_output."""
     cfg = NodeConfig(leak_guard=False, budget_ms=1000, overrun=overrun, smoothing=smoothing,
                      stats_interval_s=3600)
-    h = Harness(Chaos(engine, seed=3), cfg, check_every=100, check_poison=False)
+    chaos = Chaos(engine, seed=3)
+    h = Harness(chaos, cfg, check_every=100, check_poison=False)
     for cat, data in _take(HostileStream(seed=5), 1500):
         h.feed(data, cat)
     led = h.close()
     assert all(led["checks"].values()), led
-    c, d = led["counters"], led["dropped"]
-    assert c["engine_errors"] > 20 and d["engine_error"] > 10 and d["bad_output"] > 5
+    c, d, f = led["counters"], led["dropped"], chaos.faults
+    # How many engine calls there are depends on the worker thread's timing (a frame that finds
+    # the engine busy is held, not run; a late call's result is discarded), so the counts are
+    # checked against what the chaos did, not against fixed numbers.
+    assert f["calls"] > 60 and min(f.values()) > 0, f  # seed 3: every fault by the 56th call
+    assert 0 < c["engine_errors"] <= f["raised"] + f["short"] and d["engine_error"] > 0
+    assert d["bad_output"] > 0  # NaN, far away or the wrong shape
     assert c["frames_out"] > 50
     assert d["bone_check"] > 5  # checked on the engine's output, whatever the smoothing
     if overrun == "drop":
