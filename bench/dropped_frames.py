@@ -30,9 +30,9 @@ from streamtmr.stream.node import Node, NodeConfig
 
 
 def cell(engine, clips: list[np.ndarray], every: int, fill: int, frames: int) -> dict[str, Any]:
-    """``frames`` node steps fed every ``every``-th sensor frame of ``clips`` (one body each,
-    looped), stamped with and paced by the sensor's 30 Hz clock; the node's latency and
-    counters."""
+    """``frames`` node steps fed every ``every``-th sensor frame of ``clips`` (one body each;
+    ``main`` draws clips long enough never to wrap), stamped with and paced by the sensor's
+    30 Hz clock; the node's latency and counters."""
     node = Node(engine, config=NodeConfig(fill_dropped=fill))
     start = time.monotonic()
     try:

@@ -6,8 +6,9 @@
   one window padded by holding its last pose). No label, person or action is read.
 * :func:`utkinect_people` (the real-person verification adversary ``ver_real``): the labelled
   action segments of *some* UTKinect-Action3D subjects, on the sensor's 30 Hz clock, cut into
-  windows that keep their person, action and run. Training uses one half of the people and the evaluation the other half
-  (``streamtmr evaluate --utk-subjects``), then the halves swap: no evaluated person was seen.
+  windows that keep their person, action and run. Training uses one half of the people and
+  the evaluation the other half (``streamtmr evaluate --utk-subjects``), then the halves swap:
+  no evaluated person was seen.
   :func:`person_triplets` draws the verifier's pairs from them: a window, the same person doing
   the same action in the other run, and another person doing that action.
 """

@@ -22,9 +22,10 @@ FORMAT = "streamtmr-checkpoint-1"
 DEFAULT_ASSET = "default_model.safetensors"
 
 #: The models shipped in the package, by the name ``--model`` takes: each a file in
-#: ``streamtmr/assets`` with its privacy card beside it (``NAME.json``). ``matcher`` is the
-#: named preset of issue 16 (the default, then motion matching on a leash over a compact
-#: database; docs/motion_matching.md, "A shipped matcher").
+#: ``streamtmr/assets`` with its privacy card beside it (``NAME.json`` or ``NAME.card.json``).
+#: ``matcher`` is the named preset of issue 16 (the default, then motion matching on a leash
+#: over a database rendered from ``configs/matcher.yaml`` when it loads; docs/motion_matching.md,
+#: "A shipped matcher").
 SHIPPED = {"default": DEFAULT_ASSET, "matcher": "matcher_model.safetensors"}
 
 

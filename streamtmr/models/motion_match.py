@@ -754,8 +754,8 @@ def build_rendered(config: dict[str, Any] | None = None, clips: int = 40, seed: 
 #: Keys of a config's ``database:`` section (the keyword arguments of :func:`build_database`).
 DATABASE_KEYS = ("subjects", "views", "reps", "mirror", "array", "interactions",
                  "interaction_clips", "interaction_seed")
-#: Keys of a rendered database's section (``render_clips`` set: :func:`build_rendered`, no
-#: store is read).
+#: Keys of a rendered database's section (``render_clips`` or ``population`` set:
+#: :func:`build_rendered`, no store is read).
 RENDER_KEYS = ("render_clips", "render_seed", "interactions", "mirror", "population")
 
 
@@ -785,8 +785,9 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
                       settings: dict[str, Any] | None = None) -> Path:
     """Build the database described by a YAML file (``configs/motion_match.yaml``), its
     settings updated by ``settings`` (:func:`parse_settings`), and save it as a checkpoint at
-    ``out``. With ``database.render_clips`` the database is rendered (:func:`build_rendered`,
-    ``configs/matcher.yaml``; ``data`` is not read), otherwise read from the store ``data``
+    ``out``. With ``database.render_clips`` or ``database.population`` the database is rendered
+    (:func:`build_rendered`, ``configs/matcher.yaml``; ``data`` is not read), otherwise read
+    from the store ``data``
     (:func:`build_database`). A ``database:`` key the chosen builder does not take is
     refused."""
     import yaml
@@ -812,7 +813,7 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
                                                      "real_subjects": []}})
     if data is None:
         raise ValueError(f"{config}: a database from a store needs --data (or set "
-                         "database.render_clips to render one)")
+                         "database.render_clips or database.population to render one)")
     unknown = sorted(set(db) - set(DATABASE_KEYS))
     if unknown:
         raise ValueError(f"{config}: database: unknown keys {unknown}; expected some of "
