@@ -1,0 +1,91 @@
+"""How long a model takes to start: building it from its checkpoint (the shipped ``matcher``
+renders its database here), and opening it through ``engines.open_engine`` the way ``streamtmr
+run`` does (card, engine, warm-up, leak guard), first with an empty engine cache (the ONNX
+export included) and then with the cache the first open filled.
+
+    python -m bench.load_time --models matcher default --repeats 3 \\
+        --out bench/results/load-time-<date>-<host>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.machine import describe_machine, load_average
+from bench.models import resolve_model_spec
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(spec: str, engine: str = "onnxruntime", repeats: int = 3) -> dict[str, Any]:
+    """Seconds to build ``spec`` and to open it cold (empty cache) and warm, ``repeats``
+    times each; a fresh temporary engine cache per cold open."""
+    from engines.select import open_engine
+    from streamtmr.models.checkpoint import load_checkpoint, model_path
+
+    model = resolve_model_spec(spec)
+    path = model_path(spec)
+    build, cold, warm = [], [], []
+    before = os.environ.get("STREAMTMR_CACHE")
+    try:
+        for _ in range(repeats):
+            build.append(_seconds(lambda: load_checkpoint(path)))
+            with tempfile.TemporaryDirectory() as cache:
+                os.environ["STREAMTMR_CACHE"] = cache
+                cold.append(_seconds(lambda: open_engine(engine, model=spec).close()))
+                warm.append(_seconds(lambda: open_engine(engine, model=spec).close()))
+    finally:
+        if before is None:
+            os.environ.pop("STREAMTMR_CACHE", None)
+        else:
+            os.environ["STREAMTMR_CACHE"] = before
+
+    def summary(xs: list[float]) -> dict[str, float]:
+        return {"median_s": round(float(np.median(xs)), 2), "max_s": round(max(xs), 2)}
+
+    return {"model": model.ident, "engine": engine, "repeats": repeats,
+            "build": summary(build), "open_cold": summary(cold), "open_warm": summary(warm)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=["matcher", "default"])
+    p.add_argument("--engine", default="onnxruntime")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.repeats < 1:
+        p.error("--repeats must be >= 1")
+    load_before = load_average()
+    rows = []
+    for spec in a.models:
+        rows.append(measure(spec, a.engine, a.repeats))
+        r = rows[-1]
+        print(f"{r['model']}: build {r['build']['median_s']} s, open cold "
+              f"{r['open_cold']['median_s']} s, warm {r['open_warm']['median_s']} s", flush=True)
+    record = {"kind": "load_time", "date": _dt.date.today().isoformat(),
+              "command": "python -m bench.load_time " + " ".join(
+                  sys.argv[1:] if argv is None else argv),
+              "machine": describe_machine(), "load_before": load_before,
+              "load_after": load_average(), "rows": rows}
+    Path(a.out).write_text(json.dumps(record, indent=1))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
