@@ -10,8 +10,10 @@ caches the file under the cache directory, keyed by the content hash of model, d
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import streamtmr
 from engines.cache import cache_dir, verify, write_sidecar
 from streamtmr import __version__
 from streamtmr.dummy import Dummy, resolve_dummy
@@ -51,16 +54,23 @@ def state_sha256(model: nn.Module, config: dict[str, Any]) -> str:
 
 
 def code_fingerprint(module: nn.Module | None) -> str:
-    """Hash of the source files that define ``module`` and its submodules: an export made by
-    other code (a changed step, a new state entry) is not reused under the same version."""
-    import inspect
-
+    """Hash of the source files that define ``module`` and its submodules, and of the
+    project's modules those files use (geometry, the search tree): an export made by other
+    code (a changed step, a new state entry) is not reused under the same version."""
+    ours = (Path(streamtmr.__file__).resolve().parent, Path(__file__).resolve().parent)
     files = set()
     for m in module.modules() if module is not None else ():
         try:
             files.add(inspect.getsourcefile(type(m)))
         except TypeError:  # a built-in class
             continue
+        for used in vars(sys.modules[type(m).__module__]).values():
+            try:
+                f = inspect.getsourcefile(used)
+            except TypeError:  # a constant, a built-in
+                continue
+            if f and any(Path(f).resolve().is_relative_to(p) for p in ours):
+                files.add(f)
     h = hashlib.sha256()
     for f in sorted(f for f in files if f):
         h.update(Path(f).read_bytes())

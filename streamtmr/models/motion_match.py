@@ -59,6 +59,7 @@ from torch import nn
 from streamtmr import skeleton
 from streamtmr.data.store import SkeletonStore
 from streamtmr.dummy import default_dummy
+from streamtmr.models import box_tree
 from streamtmr.models.base import Anonymizer
 from streamtmr.models.registry import register
 
@@ -93,6 +94,10 @@ DEFAULTS: dict[str, Any] = {
     # deterministic hash of (frame index, track time) in [0, 1), so that among frames within
     # δ of the best the choice stops following small differences of the person's style.
     "tie_jitter": 0.0,
+    # Frames per leaf of the search's box tree (streamtmr.models.box_tree; 0: brute force).
+    # The tree finds the same frame as brute force while reading a few percent of the
+    # database; it is rebuilt from the database whenever the model is built or loaded.
+    "search_leaf": box_tree.DEFAULT_LEAF,
     # Search only every k-th landing frame of each clip (1: all). The search is one matrix
     # product over the searched frames, so k divides its cost; a jump lands at most k − 1
     # frames from the best frame of its clip. The database is ordered searched frames first.
@@ -123,6 +128,13 @@ ROOT_MOTIONS = ("full", "in_place", "leash")
 #: Hash constants of the near-tie jitter (Knuth's multiplicative hash; int64 exact, so PyTorch
 #: and ONNX Runtime draw the same u).
 _HASH_A, _HASH_B, _HASH_M = 2654435761, 40503, 65536
+
+
+def _tie_noise(frame: torch.Tensor, t: torch.Tensor, jitter: float) -> torch.Tensor:
+    """``tie_jitter``'s deterministic noise in [0, jitter): a hash of (frame index, track
+    time), broadcast over ``frame`` and ``t`` (int64)."""
+    h = (frame * _HASH_A + t * _HASH_B) % _HASH_M
+    return jitter * h.to(torch.float32) / _HASH_M
 
 
 def _joints(cfg: dict[str, Any]) -> list[int]:
@@ -279,8 +291,11 @@ class MotionMatching(Anonymizer):
         if cfg["root_motion"] == "leash":  # the database's root motion (only this mode reads it)
             buffer("root_step", torch.zeros(n, 3))
             buffer("turn", torch.zeros(n))
+        self.has_tree = False
         if db is not None:
             self.set_database(db)
+        else:  # a stored database arrives by load_state_dict
+            self.register_load_state_dict_post_hook(lambda module, _keys: module.build_tree())
 
     def set_database(self, db: dict[str, torch.Tensor]) -> None:
         """Copy a :func:`database` into the buffers (sizes must match ``config["frames"]``);
@@ -289,6 +304,21 @@ class MotionMatching(Anonymizer):
             if name in ("root_step", "turn") and name not in self._buffers:
                 continue  # the database's root motion: only "leash" keeps it
             getattr(self, name).copy_(value)
+        self.build_tree()
+
+    @torch.no_grad()
+    def build_tree(self) -> None:
+        """(Re)build the search's box tree from the database buffers (non-persistent buffers
+        ``tree_*``: derived data, never in a checkpoint); ``search_leaf: 0`` searches by brute
+        force instead."""
+        leaf = int(self.config.get("search_leaf") or 0)
+        s = int(self.config.get("search_frames") or len(self.features))
+        self.has_tree = leaf > 0 and bool(torch.isfinite(self.landing[:s]).any())
+        if self.has_tree:
+            tree = box_tree.build(self.features[:s].cpu(), self.landing[:s].cpu(), leaf)
+            for name, value in tree.items():
+                self.register_buffer("tree_" + name, value.to(self.features.device),
+                                     persistent=False)
 
     # ---- streaming interface ---------------------------------------------------------------
 
@@ -364,33 +394,44 @@ class MotionMatching(Anonymizer):
         """Best landing frame and its cost ``[B]`` for the bodies in ``need`` (others: any).
 
         |q − f|² = |q|² + (|f|² − 2 q·f); ``landing`` holds |f|², +inf where a jump may not land
-        (the last frames of a clip, which would end before the next search). Eagerly only the
-        bodies that need a search are searched; a traced step (ONNX) searches all of them.
+        (the last frames of a clip, which would end before the next search). Costs are kept on
+        a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two back ends
+        (PyTorch, ONNX Runtime) must not pick different ones from float noise. With the box
+        tree (``search_leaf`` > 0) only the bodies in ``need`` are searched, eagerly and in the
+        traced step alike, and the tree finds the frame brute force would; by brute force a
+        traced step (ONNX) searches every body.
         """
-        if torch.jit.is_tracing():
-            rows = None
-            q, tq = query, t
-        else:
+        jitter = float(self.config.get("tie_jitter", 0.0))
+        if self.has_tree:
             rows = need.nonzero().squeeze(1)
             q, tq = query[rows], t[rows]
-        s = int(self.config.get("search_frames") or len(self.features))  # searched: first s
-        score = torch.addmm(self.landing[None, :s], q, self.features[:s].T, alpha=-2.0)
-        # Costs on a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two
-        # back ends (PyTorch, ONNX Runtime) must not pick different ones from float noise.
-        score = torch.round(score * 1e3) / 1e3
-        jitter = float(self.config.get("tie_jitter", 0.0))
-        if jitter > 0:
-            n = torch.arange(score.shape[1], device=score.device)
-            h = (n[None] * _HASH_A + tq.long()[:, None] * _HASH_B) % _HASH_M
-            best = (score + jitter * h.to(score.dtype) / _HASH_M).argmin(1)
-            best_score = score.gather(1, best[:, None]).squeeze(1)
+            noise = None
+            if jitter > 0:
+                def noise(frame: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
+                    return _tie_noise(frame, tq.long()[body][:, None], jitter)
+            tree = {k: getattr(self, "tree_" + k) for k in box_tree.TREE_KEYS}
+            best, best_score = box_tree.nearest(q, tree, 1e3, noise, jitter)
         else:
-            best_score, best = score.min(1)
+            if torch.jit.is_tracing():
+                rows = None
+                q, tq = query, t
+            else:
+                rows = need.nonzero().squeeze(1)
+                q, tq = query[rows], t[rows]
+            s = int(self.config.get("search_frames") or len(self.features))  # searched: first s
+            score = torch.addmm(self.landing[None, :s], q, self.features[:s].T, alpha=-2.0)
+            score = torch.round(score * 1e3) / 1e3
+            if jitter > 0:
+                n = torch.arange(score.shape[1], device=score.device)
+                best = (score + _tie_noise(n[None], tq.long()[:, None], jitter)).argmin(1)
+                best_score = score.gather(1, best[:, None]).squeeze(1)
+            else:
+                best_score, best = score.min(1)
         best_cost = best_score + (q**2).sum(1)
         if rows is None:
             return best, best_cost
-        full_best = torch.zeros(len(query), dtype=torch.int64, device=query.device)
-        full_cost = torch.full((len(query),), torch.inf, device=query.device)
+        full_best = torch.zeros_like(query[:, 0], dtype=torch.int64)   # (B,), traced B too
+        full_cost = torch.full_like(query[:, 0], torch.inf)
         return full_best.index_copy(0, rows, best), full_cost.index_copy(0, rows, best_cost)
 
     def _match(self, query: torch.Tensor, state: dict[str, torch.Tensor]):

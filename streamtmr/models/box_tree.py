@@ -1,0 +1,164 @@
+"""Exact nearest-frame search over a motion database, pruned by a two-level tree of boxes.
+
+Motion matching compares a query ``q [B, D]`` with every searchable database frame ``f``: the
+cost ``|q − f|²``, kept as ``score = |f|² − 2 q·f`` (``|q|²`` is the same for every frame),
+rounded to a 1e-3 grid, the first frame on ties. By brute force that reads the whole feature
+matrix (193k × 57 float32, 44 MB, for the shipped ``matcher``) at every search, and memory
+bandwidth sets the step's latency. The tree reads a few percent of it and returns the same
+frame:
+
+1. **Leaves.** The searchable frames are split in halves along their principal direction
+   again and again (a balanced PCA tree) into ``2^d`` leaves of ``M`` frames, ``group``
+   consecutive leaves forming a group. Each leaf and each group keeps its bounding box; each
+   leaf keeps one representative frame (the member nearest its mean).
+2. **An upper bound.** The exact cost of the best representative bounds the best cost from
+   above (``ub``).
+3. **Lower bounds.** The squared distance from ``q`` to a box bounds the cost of every frame in
+   it from below. Groups whose box is farther than ``ub`` (plus ``slack``) are dropped, then
+   leaves of the groups left.
+4. **Exact costs** of the frames in the leaves left, per body; the caller takes the minimum.
+
+A frame that can win has a cost within ``slack`` of the best representative's (the caller
+sizes ``slack`` for its rounding grid and tie jitter), so it is never pruned: the search is
+exact, not approximate. Every step is a fixed sequence of tensor operations over data-dependent
+sizes (``nonzero``, ``gather``), so it traces to ONNX (opset 17) like the rest of the step.
+
+The tree is derived data: built in about a second from the database whenever the model is
+built or loaded, never stored in a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+DEFAULT_LEAF = 24  # frames per leaf (the leaves: a power of two near N / 24)
+POWER_STEPS = 3  # power-iteration steps per split
+SPLIT_DIMS = 16  # leading PCA coordinates that choose the splits
+NO_FRAME = 1e18  # the score of "no frame": above any real one (finite: ONNX export needs it)
+TREE_KEYS = ("leaf_feat", "leaf_score", "leaf_frame", "leaf_lo", "leaf_hi", "group_lo",
+             "group_hi", "rep_feat", "rep_score", "score_max")
+
+
+@torch.no_grad()
+def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = 24, group: int = 32
+          ) -> dict[str, torch.Tensor]:
+    """The tree over the frames of ``features [N, D]`` whose ``landing [N]`` (``|f|²``) is finite.
+
+    ``leaf``: the aimed frames per leaf; ``group``: leaves per group (a power of two).
+    Returns tensors named by :data:`TREE_KEYS`; a frame's ``*_score`` is its ``landing``
+    (padding: +inf, never chosen).
+    """
+    if leaf < 1 or group < 1 or group & (group - 1):
+        raise ValueError(f"box_tree: leaf must be >= 1 and group a power of two, got "
+                         f"{leaf} and {group}")
+    frames = torch.isfinite(landing).nonzero().squeeze(1)
+    if len(frames) == 0:
+        raise ValueError("box_tree: no searchable frame (every landing is +inf)")
+    x = features[frames].float()                                      # (n, D)
+    n, d = x.shape
+    depth = max(int(math.log2(group)), round(math.log2(max(n / leaf, 1.0))))
+    k = 2**depth
+    m = -(-n // k)                                                    # frames per leaf
+    pad = k * m - n
+    # Split keys: the leading PCA coordinates (only the choice of splits reads them).
+    y = x - x.mean(0)
+    basis = torch.linalg.svd(y[:: max(1, n // 20000)], full_matrices=False).Vh[:SPLIT_DIMS]
+    y = torch.cat([y @ basis.T, torch.zeros(pad, len(basis))])        # (n + pad, S)
+    idx = torch.cat([torch.arange(n), torch.full((pad,), -1)])[None]  # (1, n + pad)
+    for _ in range(depth):  # halve every node along its widest principal axis
+        g, s = idx.shape
+        real = (idx >= 0).unsqueeze(2)
+        yg = y[idx.clamp_min(0)]                                      # (g, s, D)
+        cnt = real.sum(1).clamp_min(1)
+        mean = (yg * real).sum(1) / cnt
+        c = (yg - mean[:, None]) * real                               # (g, s, S), centred
+        # the node's principal direction: power iteration from its widest PCA axis
+        v = torch.nn.functional.one_hot((c * c).sum(1).argmax(1), y.shape[1]).float()[..., None]
+        for _ in range(POWER_STEPS):
+            v = c.transpose(1, 2) @ (c @ v)
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)      # (g, S, 1)
+        key = (c @ v).squeeze(2)                                      # (g, s)
+        key = torch.where(idx >= 0, key, torch.inf)                   # padding sorts last
+        idx = idx.gather(1, key.argsort(dim=1, stable=True)).reshape(2 * g, s // 2)
+    real = idx >= 0                                                   # (k, m)
+    xs = x[idx.clamp_min(0)]                                          # (k, m, D)
+    lo = torch.where(real[..., None], xs, torch.inf).amin(1)
+    hi = torch.where(real[..., None], xs, -torch.inf).amax(1)
+    centre = (xs * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
+    spread = torch.where(real, ((xs - centre[:, None]) ** 2).sum(2), torch.inf)
+    rep = idx.gather(1, spread.argmin(1, keepdim=True)).squeeze(1)    # (k,), -1: empty leaf
+    frame = torch.where(real, frames[idx.clamp_min(0)], 0)
+    score = torch.where(real, landing[frame].float(), torch.inf)
+    rep_frame = frames[rep.clamp_min(0)]
+    return {
+        "leaf_feat": features[frame].float().reshape(k, m * d),      # leaf-contiguous copy
+        "leaf_score": score, "leaf_frame": frame, "leaf_lo": lo, "leaf_hi": hi,
+        "group_lo": lo.reshape(k // group, group, d).amin(1),
+        "group_hi": hi.reshape(k // group, group, d).amax(1),
+        "rep_feat": features[rep_frame].float(),
+        "rep_score": torch.where(rep >= 0, landing[rep_frame].float(), torch.inf),
+        "score_max": landing[frames].float().max().reshape(1),
+    }
+
+
+def box_distance(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Squared distance from points ``q [..., D]`` to boxes ``[lo, hi] [..., D]`` (broadcast):
+    a lower bound of ``|q − f|²`` for every ``f`` in the box (+inf for an empty box)."""
+    gap = torch.maximum(lo - q, q - hi).clamp_min(0.0)
+    return (gap * gap).sum(-1)
+
+
+def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The leaves that may hold the nearest frame of each query, with their frames' scores:
+    ``body [P]``, ``frame [P, M]``, ``score [P, M]`` (``|f|² − 2 q·f``, unrounded), a
+    superset of the frames whose cost is within ``slack`` of the best (module docstring)."""
+    k, d = tree["leaf_lo"].shape
+    group = k // tree["group_lo"].shape[0]
+    m = tree["leaf_frame"].shape[1]
+    qq = (q * q).sum(1)                                                      # (B,)
+    ub = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0).amin(1)
+    # float32 sums |f|² − 2 q·f + |q|² lose ~1e-7 of |q|² + |f|² to cancellation: allow 1e-5
+    ub = ub + qq + slack + 1e-5 * (qq + tree["score_max"])                   # (B,)
+    near = box_distance(q[:, None], tree["group_lo"][None], tree["group_hi"][None])
+    pb, pg = (near <= ub[:, None]).nonzero(as_tuple=True)                    # (P1,) pairs
+    leaves = pg[:, None] * group + torch.arange(group, device=q.device)      # (P1, group)
+    near = box_distance(q[pb][:, None], tree["leaf_lo"][leaves], tree["leaf_hi"][leaves])
+    i, j = (near <= ub[pb][:, None]).nonzero(as_tuple=True)                 # (P,)
+    body, leaf = pb[i], leaves[i, j]
+    feat = tree["leaf_feat"][leaf].reshape(-1, m, d)                         # (P, M, D)
+    dot = torch.bmm(feat, q[body][:, :, None]).squeeze(2)                    # (P, M)
+    return body, tree["leaf_frame"][leaf], tree["leaf_score"][leaf] - 2.0 * dot
+
+
+def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
+            noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+            noise_max: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best frame of each query ``q [B, D]`` and its score ``|f|² − 2 q·f`` on the
+    ``1 / scale`` grid: the smallest score (plus ``noise(frame [P, M], body [P])`` in
+    ``[0, noise_max)`` where given), the first frame on ties; what a brute-force ``argmin``
+    over all frames in index order gives. Returns ``(frame [B], score [B])``."""
+    big = 2**62  # beyond every frame index (and exact as a double, as ONNX export needs)
+    body, frame, score = candidates(q, tree, slack=2.0 / scale + noise_max)
+    score = torch.round(score * scale) / scale
+    key = score if noise is None else score + noise(frame, body)
+    row = key.amin(1)                                                        # (P,)
+    row_frame = torch.where(key == row[:, None], frame, big).amin(1)
+    row_score = torch.where(frame == row_frame[:, None], score, torch.inf).amin(1)
+    # A sentinel row that every body owns (frame 0, score NO_FRAME): a body with no candidate
+    # (a non-finite query) gets frame 0 and that score, and no reduction is ever empty.
+    inf = torch.full((1,), NO_FRAME, dtype=score.dtype, device=q.device)
+    row = torch.cat([row, inf])                                              # (P + 1,)
+    row_frame = torch.cat([row_frame, torch.zeros(1, dtype=frame.dtype, device=q.device)])
+    row_score = torch.cat([row_score, inf])
+    bodies = torch.cumsum(torch.ones_like(q[:, 0], dtype=torch.int64), 0) - 1  # (B,): 0..B-1
+    mine = torch.cat([body[None] == bodies[:, None], (bodies >= 0)[:, None]], 1)  # (B, P + 1)
+    best = torch.where(mine, row[None], torch.inf).amin(1)                   # (B,)
+    win = mine & (row[None] == best[:, None])
+    best_frame = torch.where(win, row_frame[None], big).amin(1)
+    best_score = torch.where(win & (row_frame[None] == best_frame[:, None]), row_score[None],
+                             torch.inf).amin(1)
+    return best_frame, best_score

@@ -1,0 +1,248 @@
+"""The box tree finds exactly the frame brute force finds (the 1e-3 grid, the first index on
+ties, tie jitter), in PyTorch and through ONNX Runtime, for any number of bodies; motion
+matching with the tree publishes what it published by brute force."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamtmr.models import box_tree
+from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
+from streamtmr.models.motion_match import MotionMatching, _tie_noise, build_database
+from streamtmr.models.registry import build_model
+
+SCALE = 1e3
+UTKINECT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "utkinect"
+
+
+def brute(q, features, landing, jitter=0.0, t=None):
+    """The reference: every frame's score on the grid, argmin = the first index on ties."""
+    score = torch.addmm(landing[None], q, features.T, alpha=-2.0)
+    score = torch.round(score * SCALE) / SCALE
+    key = score
+    if jitter > 0:
+        key = score + _tie_noise(torch.arange(len(features))[None], t[:, None], jitter)
+    best = key.argmin(1)
+    return best, score.gather(1, best[:, None]).squeeze(1)
+
+
+def motion_like(n=6000, d=12, seed=0):
+    """Features with the structure of a motion database: smooth clips (consecutive frames
+    nearly equal), held poses (exact repeats, so ties on the grid), some frames not
+    searchable (+inf landing)."""
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.randn(n, d, generator=g) * 0.05
+    steps[torch.rand(n, generator=g) < 0.2] = 0.0                           # holds
+    walk = steps.cumsum(0)
+    start = torch.rand(n, generator=g) < 0.02                               # clip starts
+    start[0] = True
+    clip = start.cumsum(0) - 1
+    first = start.nonzero().squeeze(1)
+    # each clip: a random start pose, then small steps (standardised scale, as the database)
+    features = torch.randn(len(first), d, generator=g)[clip] + walk - walk[first][clip]
+    landing = (features**2).sum(1)
+    landing[torch.rand(n, generator=g) < 0.1] = torch.inf
+    return features, landing
+
+
+def queries(features, b=300, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    near = features[torch.randint(len(features), (b // 2,), generator=g)]
+    near = near + 0.03 * torch.randn(near.shape, generator=g)
+    exact = features[torch.randint(len(features), (b // 4,), generator=g)]   # on a frame
+    far = 5.0 * torch.randn(b - len(near) - len(exact), features.shape[1], generator=g)
+    return torch.cat([near, exact, far])
+
+
+def search(q, tree, jitter=0.0, t=None):
+    noise = None
+    if jitter > 0:
+        def noise(frame, body):
+            return _tie_noise(frame, t[body][:, None], jitter)
+    return box_tree.nearest(q, tree, SCALE, noise, jitter)
+
+
+@pytest.mark.parametrize("leaf", [1, 7, 24])
+def test_nearest_is_the_brute_force_frame(leaf):
+    features, landing = motion_like()
+    tree = box_tree.build(features, landing, leaf=leaf, group=4)
+    q = queries(features)
+    for b in (1, 5):  # bodies searched together
+        for i in range(0, len(q), b):
+            frame, score = search(q[i : i + b], tree)
+            ref, ref_score = brute(q[i : i + b], features, landing)
+            assert torch.equal(frame, ref), i
+            # the same cost; its float sum may run in another order (bmm against addmm)
+            torch.testing.assert_close(score, ref_score, rtol=1e-6, atol=1e-3)
+    assert torch.isfinite(landing[search(q, tree)[0][:50]]).all()   # never a non-landing frame
+
+
+def test_ties_take_the_first_frame_and_jitter_matches_brute_force():
+    features, landing = motion_like(seed=2)
+    features = torch.round(features * 4) / 4           # coarse values: many exact ties
+    landing = torch.where(torch.isfinite(landing), (features**2).sum(1), landing)
+    tree = box_tree.build(features, landing, leaf=16, group=8)
+    q = queries(features, seed=3)
+    t = torch.randint(0, 1000, (len(q),))
+    tied = 0
+    for i in range(0, len(q), 3):
+        frame, _ = search(q[i : i + 3], tree)
+        ref, ref_score = brute(q[i : i + 3], features, landing)
+        assert torch.equal(frame, ref)
+        score = torch.round(torch.addmm(landing[None], q[i : i + 3], features.T, alpha=-2.0)
+                            * SCALE) / SCALE
+        tied += int(((score == ref_score[:, None]).sum(1) > 1).sum())
+        frame, score = search(q[i : i + 3], tree, 2.0, t[i : i + 3])
+        ref, ref_score = brute(q[i : i + 3], features, landing, 2.0, t[i : i + 3])
+        assert torch.equal(frame, ref)
+        torch.testing.assert_close(score, ref_score, rtol=1e-6, atol=1e-3)
+    assert tied > 20   # the ties were there to be broken
+
+
+def test_no_body_and_a_non_finite_query():
+    features, landing = motion_like(n=500)
+    tree = box_tree.build(features, landing, leaf=8, group=4)
+    frame, score = search(features[:0], tree)
+    assert frame.shape == (0,) and score.shape == (0,)
+    q = torch.stack([features[3], torch.full_like(features[0], torch.nan)])
+    frame, score = search(q, tree)
+    assert frame[0] == brute(q[:1], features, landing)[0][0]
+    assert frame[1] == 0 and score[1] >= box_tree.NO_FRAME   # no candidate: frame 0, no jump
+
+
+def test_build_refuses_what_it_cannot_index():
+    features, landing = motion_like(n=100)
+    with pytest.raises(ValueError, match="power of two"):
+        box_tree.build(features, landing, group=3)
+    with pytest.raises(ValueError, match="no searchable frame"):
+        box_tree.build(features, torch.full_like(landing, torch.inf))
+
+
+def test_the_tree_reads_a_small_share_of_a_motion_database():
+    """The point of the tree: on clip-structured data a query's candidate leaves hold a few
+    percent of the frames (brute force: all of them)."""
+    features, landing = motion_like(n=40000, d=24, seed=4)
+    tree = box_tree.build(features, landing)
+    q = queries(features, b=100, seed=5)[:50]          # queries near the database
+    share = [box_tree.candidates(q[i : i + 1], tree, 2e-3)[1].numel() / len(features)
+             for i in range(len(q))]
+    assert np.median(share) < 0.15
+
+
+class Nearest(torch.nn.Module):
+    def __init__(self, tree, jitter):
+        super().__init__()
+        for k, v in tree.items():
+            self.register_buffer(k, v)
+        self.jitter = jitter
+
+    def forward(self, q, t):
+        tree = {k: getattr(self, k) for k in box_tree.TREE_KEYS}
+        return search(q, tree, self.jitter, t.long())
+
+
+@pytest.mark.parametrize("jitter", [0.0, 2.0])
+def test_onnx_runtime_finds_the_same_frames(jitter):
+    ort = pytest.importorskip("onnxruntime")
+    features, landing = motion_like(n=3000)
+    tree = box_tree.build(features, landing, leaf=12, group=8)
+    module = Nearest(tree, jitter)
+    q = queries(features, b=40)
+    t = torch.arange(40.0)
+    buf = io.BytesIO()
+    torch.onnx.export(module, (q[:2], t[:2]), buf, dynamo=False, opset_version=17,
+                      input_names=["q", "t"], output_names=["frame", "score"],
+                      dynamic_axes={"q": {0: "b"}, "t": {0: "b"}})
+    session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    for i, b in ((0, 0), (0, 1), (1, 6), (7, 3), (20, 20)):
+        feeds = {"q": q[i : i + b].numpy(), "t": t[i : i + b].numpy()}
+        feeds = {x.name: feeds[x.name] for x in session.get_inputs()}   # no jitter: no t
+        frame, score = session.run(None, feeds)
+        ref, ref_score = module(q[i : i + b], t[i : i + b])
+        np.testing.assert_array_equal(frame, ref.numpy())
+        np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-6, atol=1e-3)
+
+
+# ---- in motion matching ----------------------------------------------------------------------
+
+def brute_twin(model):
+    """The same model searching by brute force (``search_leaf: 0``)."""
+    if model.method == "cascade":
+        cfg = copy.deepcopy(model.config)
+        for stage in cfg["stages"]:
+            if stage["method"] == "motion_match":
+                stage["search_leaf"] = 0
+    else:
+        cfg = {**model.config, "search_leaf": 0}
+    twin = build_model(cfg)
+    twin.load_state_dict(model.state_dict())
+    if any(k.startswith("tree_") for k, _ in twin.named_buffers()):
+        raise AssertionError("the brute-force twin built a tree")
+    return twin.eval()
+
+
+@pytest.mark.parametrize("jitter", [0.0, 1.0])
+def test_motion_matching_publishes_what_brute_force_published(jitter):
+    tiny = MotionMatching.presets["tiny"]
+    model = MotionMatching({**tiny, "tie_jitter": jitter}).eval()
+    assert model.has_tree
+    twin = brute_twin(model)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.as_tensor(model.config["dummy_lengths"])
+    x = load_source(model, g)
+    with torch.no_grad():
+        a = model.retarget(x, lengths[None])
+        b = twin.retarget(x, lengths[None])
+    assert torch.equal(a, b)
+    assert (a - x).abs().max() > 0.05          # a real retarget, not the input played back
+
+
+def load_source(model, g):
+    """Two bodies: newly rendered instances of the database's motions, with sensor noise."""
+    from streamtmr.models.motion_match import rendered_clips
+
+    clips = rendered_clips(model.config["dummy_lengths"], ["wave", "squat", "walk_towards"],
+                           seed=11, clips=2)
+    t = min(len(c) for c in clips)
+    x = torch.as_tensor(np.stack([c[:t] for c in clips]))
+    return x + 0.01 * torch.randn(x.shape, generator=g)
+
+
+def test_the_tree_is_rebuilt_on_load_and_never_stored(tmp_path):
+    """A store-built database is stored in the checkpoint; its tree is derived at load."""
+    from streamtmr.data.store import SkeletonStore
+    from streamtmr.data.synth import generate
+
+    root = generate(tmp_path / "s", n_subjects=4, n_actions=2, views=(0,), reps=1, seed=5,
+                    progress=False)
+    model = build_database(SkeletonStore(root), views=(0,), reps=None)
+    assert model.has_tree
+    assert not any(k.startswith("tree_") for k in model.state_dict())
+    path = save_checkpoint(tmp_path / "mm.safetensors", model)
+    loaded = load_checkpoint(path)
+    assert loaded.has_tree
+    for k in box_tree.TREE_KEYS:
+        assert torch.equal(getattr(loaded, "tree_" + k), getattr(model, "tree_" + k))
+
+
+@pytest.mark.skipif(not UTKINECT.is_dir(), reason=f"{UTKINECT} absent (real recordings "
+                    "live in ../shared/data, outside a fresh clone)")
+def test_the_shipped_matcher_on_real_people_is_unchanged_by_the_tree():
+    """UTKinect segments (real people, the sensor's clock) through the shipped matcher: the
+    tree's output equals brute force's to the bit."""
+    from streamtmr.data.utkinect import on_sensor_clock, read_utkinect
+    from streamtmr.models.checkpoint import resolve_model
+
+    model = resolve_model("matcher").eval()
+    twin = brute_twin(model)
+    lengths = torch.as_tensor(model.stages[-1].config["dummy_lengths"])[None]
+    for seg in read_utkinect(UTKINECT)[::20]:
+        x = torch.nan_to_num(torch.as_tensor(on_sensor_clock(seg.joints, seg.frame_ids)))[None]
+        with torch.no_grad():
+            assert torch.equal(model.retarget(x, lengths), twin.retarget(x, lengths))
