@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 
 DEFAULT_LEAF = 24  # frames per leaf (the leaves: a power of two near N / 24)
-POWER_STEPS = 3  # power-iteration steps per split
+POWER_STEPS = 8  # power-iteration steps per split
 SPLIT_DIMS = 16  # leading PCA coordinates that choose the splits
 NO_FRAME = 1e18  # the score of "no frame": above any real one (finite: ONNX export needs it)
 TREE_KEYS = ("leaf_feat", "leaf_score", "leaf_frame", "leaf_lo", "leaf_hi", "group_lo",
@@ -75,10 +75,13 @@ def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = 24, group: 
         cnt = real.sum(1).clamp_min(1)
         mean = (yg * real).sum(1) / cnt
         c = (yg - mean[:, None]) * real                               # (g, s, S), centred
-        # the node's principal direction: power iteration from its widest PCA axis
-        v = torch.nn.functional.one_hot((c * c).sum(1).argmax(1), y.shape[1]).float()[..., None]
+        # the node's principal direction: power iteration on its covariance, from its widest
+        # PCA axis
+        cov = c.transpose(1, 2) @ c                                   # (g, S, S)
+        v = torch.nn.functional.one_hot(cov.diagonal(dim1=1, dim2=2).argmax(1),
+                                        y.shape[1]).float()[..., None]
         for _ in range(POWER_STEPS):
-            v = c.transpose(1, 2) @ (c @ v)
+            v = cov @ v
             v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)      # (g, S, 1)
         key = (c @ v).squeeze(2)                                      # (g, s)
         key = torch.where(idx >= 0, key, torch.inf)                   # padding sorts last
