@@ -31,9 +31,11 @@ def _seconds(fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(spec: str, engine: str = "onnxruntime", repeats: int = 3) -> dict[str, Any]:
+def measure(spec: str, engine: str = "onnxruntime", repeats: int = 3,
+            allow_unevaluated: bool = False) -> dict[str, Any]:
     """Seconds to build ``spec`` and to open it cold (empty cache) and warm, ``repeats``
-    times each; a fresh temporary engine cache per cold open."""
+    times each; a fresh temporary engine cache per cold open. ``allow_unevaluated`` opens a
+    model without a privacy card (a variant measured for its cost only; the row says so)."""
     from engines.select import open_engine
     from streamtmr.models.checkpoint import load_checkpoint, model_path
 
@@ -46,8 +48,10 @@ def measure(spec: str, engine: str = "onnxruntime", repeats: int = 3) -> dict[st
             build.append(_seconds(lambda: load_checkpoint(path)))
             with tempfile.TemporaryDirectory() as cache:
                 os.environ["STREAMTMR_CACHE"] = cache
-                cold.append(_seconds(lambda: open_engine(engine, model=spec).close()))
-                warm.append(_seconds(lambda: open_engine(engine, model=spec).close()))
+                def open_close():
+                    open_engine(engine, model=spec, allow_unevaluated=allow_unevaluated).close()
+                cold.append(_seconds(open_close))
+                warm.append(_seconds(open_close))
     finally:
         if before is None:
             os.environ.pop("STREAMTMR_CACHE", None)
@@ -57,8 +61,11 @@ def measure(spec: str, engine: str = "onnxruntime", repeats: int = 3) -> dict[st
     def summary(xs: list[float]) -> dict[str, float]:
         return {"median_s": round(float(np.median(xs)), 2), "max_s": round(max(xs), 2)}
 
-    return {"model": model.ident, "engine": engine, "repeats": repeats,
-            "build": summary(build), "open_cold": summary(cold), "open_warm": summary(warm)}
+    row = {"model": model.ident, "engine": engine, "repeats": repeats,
+           "build": summary(build), "open_cold": summary(cold), "open_warm": summary(warm)}
+    if allow_unevaluated:
+        row["allow_unevaluated"] = True
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default="onnxruntime")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", required=True)
+    p.add_argument("--allow-unevaluated", action="store_true",
+                   help="open models without a privacy card (variants measured for cost)")
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error("--repeats must be >= 1")
     load_before = load_average()
     rows = []
     for spec in a.models:
-        rows.append(measure(spec, a.engine, a.repeats))
+        rows.append(measure(spec, a.engine, a.repeats, a.allow_unevaluated))
         r = rows[-1]
         print(f"{r['model']}: build {r['build']['median_s']} s, open cold "
               f"{r['open_cold']['median_s']} s, warm {r['open_warm']['median_s']} s", flush=True)

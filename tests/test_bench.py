@@ -348,3 +348,19 @@ def test_load_time_times_build_and_cold_and_warm_opens():
     # timings are recorded, not judged here (speed targets live in the records)
     assert all(row[k]["max_s"] >= row[k]["median_s"] >= 0
                for k in ("build", "open_cold", "open_warm"))
+
+
+def test_load_time_opens_an_uncarded_variant_only_when_told(tmp_path):
+    """A variant measured for its cost (no privacy card) is refused like everywhere else,
+    unless --allow-unevaluated, which the row records."""
+    from bench.load_time import measure
+    from engines.select import ModelRefused
+    from streamtmr.models.checkpoint import save_checkpoint
+    from streamtmr.models.motion_match import MotionMatching
+
+    path = save_checkpoint(tmp_path / "mm.safetensors",
+                           MotionMatching(MotionMatching.presets["tiny"]))
+    with pytest.raises(ModelRefused, match="no privacy card"):
+        measure(str(path), repeats=1)
+    row = measure(str(path), repeats=1, allow_unevaluated=True)
+    assert row["allow_unevaluated"] is True and row["open_warm"]["median_s"] >= 0
