@@ -35,6 +35,7 @@ from collections.abc import Callable
 import torch
 
 DEFAULT_LEAF = 24  # frames per leaf (the leaves: a power of two near N / 24)
+DEFAULT_GROUP = 32  # leaves per group
 POWER_STEPS = 8  # power-iteration steps per split
 SPLIT_DIMS = 16  # leading PCA coordinates that choose the splits
 NO_FRAME = 1e18  # the score of "no frame": above any real one (finite: ONNX export needs it)
@@ -43,8 +44,8 @@ TREE_KEYS = ("leaf_feat", "leaf_score", "leaf_frame", "leaf_lo", "leaf_hi", "gro
 
 
 @torch.no_grad()
-def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = 24, group: int = 32
-          ) -> dict[str, torch.Tensor]:
+def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = DEFAULT_LEAF,
+          group: int = DEFAULT_GROUP) -> dict[str, torch.Tensor]:
     """The tree over the frames of ``features [N, D]`` whose ``landing [N]`` (``|f|²``) is finite.
 
     ``leaf``: the aimed frames per leaf; ``group``: leaves per group (a power of two).
@@ -63,29 +64,7 @@ def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = 24, group: 
     k = 2**depth
     m = -(-n // k)                                                    # frames per leaf
     pad = k * m - n
-    # Split keys: the leading PCA coordinates (only the choice of splits reads them).
-    y = x - x.mean(0)
-    basis = torch.linalg.svd(y[:: max(1, n // 20000)], full_matrices=False).Vh[:SPLIT_DIMS]
-    y = torch.cat([y @ basis.T, torch.zeros(pad, len(basis))])        # (n + pad, S)
-    idx = torch.cat([torch.arange(n), torch.full((pad,), -1)])[None]  # (1, n + pad)
-    for _ in range(depth):  # halve every node along its widest principal axis
-        g, s = idx.shape
-        real = (idx >= 0).unsqueeze(2)
-        yg = y[idx.clamp_min(0)]                                      # (g, s, D)
-        cnt = real.sum(1).clamp_min(1)
-        mean = (yg * real).sum(1) / cnt
-        c = (yg - mean[:, None]) * real                               # (g, s, S), centred
-        # the node's principal direction: power iteration on its covariance, from its widest
-        # PCA axis
-        cov = c.transpose(1, 2) @ c                                   # (g, S, S)
-        v = torch.nn.functional.one_hot(cov.diagonal(dim1=1, dim2=2).argmax(1),
-                                        y.shape[1]).float()[..., None]
-        for _ in range(POWER_STEPS):
-            v = cov @ v
-            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)      # (g, S, 1)
-        key = (c @ v).squeeze(2)                                      # (g, s)
-        key = torch.where(idx >= 0, key, torch.inf)                   # padding sorts last
-        idx = idx.gather(1, key.argsort(dim=1, stable=True)).reshape(2 * g, s // 2)
+    idx = _leaves(x, depth, pad)                                      # (k, m), -1: pad
     real = idx >= 0                                                   # (k, m)
     xs = x[idx.clamp_min(0)]                                          # (k, m, D)
     lo = torch.where(real[..., None], xs, torch.inf).amin(1)
@@ -105,6 +84,37 @@ def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = 24, group: 
         "rep_score": torch.where(rep >= 0, landing[rep_frame].float(), torch.inf),
         "score_max": landing[frames].float().max().reshape(1),
     }
+
+
+def _leaves(x: torch.Tensor, depth: int, pad: int) -> torch.Tensor:
+    """The rows of ``x [n, D]`` in ``2^depth`` leaves of equal size ``[2^depth, m]``, ``-1``
+    where a leaf is padded (``pad`` slots, sorted to the right): every node halved along its
+    principal direction, ``depth`` times."""
+    n = len(x)
+    # Split keys: the leading PCA coordinates (only the choice of splits reads them).
+    y = x - x.mean(0)
+    basis = torch.linalg.svd(y[:: max(1, n // 20000)], full_matrices=False).Vh[:SPLIT_DIMS]
+    y = torch.cat([y @ basis.T, torch.zeros(pad, len(basis))])        # (n + pad, S)
+    idx = torch.cat([torch.arange(n), torch.full((pad,), -1)])[None]  # (1, n + pad)
+    for _ in range(depth):  # halve every node along its principal direction
+        g, s = idx.shape
+        real = (idx >= 0).unsqueeze(2)
+        yg = y[idx.clamp_min(0)]                                      # (g, s, S)
+        cnt = real.sum(1).clamp_min(1)
+        mean = (yg * real).sum(1) / cnt
+        c = (yg - mean[:, None]) * real                               # (g, s, S), centred
+        # the node's principal direction: power iteration on its covariance, from its widest
+        # PCA axis
+        cov = c.transpose(1, 2) @ c                                   # (g, S, S)
+        v = torch.nn.functional.one_hot(cov.diagonal(dim1=1, dim2=2).argmax(1),
+                                        y.shape[1]).float()[..., None]
+        for _ in range(POWER_STEPS):
+            v = cov @ v
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)      # (g, S, 1)
+        key = (c @ v).squeeze(2)                                      # (g, s)
+        key = torch.where(idx >= 0, key, torch.inf)                   # padding sorts last
+        idx = idx.gather(1, key.argsort(dim=1, stable=True)).reshape(2 * g, s // 2)
+    return idx
 
 
 def box_distance(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
