@@ -116,6 +116,12 @@ def test_no_body_and_a_non_finite_query():
     assert frame[1] == 0 and score[1] >= box_tree.NO_FRAME   # no candidate: frame 0, no jump
 
 
+@pytest.mark.parametrize("leaf", [-1, 2.5, "24", True])
+def test_a_bad_search_leaf_is_refused_by_name(leaf):
+    with pytest.raises(ValueError, match="search_leaf must be an integer >= 0"):
+        MotionMatching({**MotionMatching.presets["tiny"], "search_leaf": leaf})
+
+
 def test_build_refuses_what_it_cannot_index():
     features, landing = motion_like(n=100)
     with pytest.raises(ValueError, match="power of two"):

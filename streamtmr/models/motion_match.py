@@ -263,6 +263,10 @@ class MotionMatching(Anonymizer):
         if not (float(cfg["leash_m"]) > 0 and 0 < float(cfg["leash_deg"]) <= 180):
             raise ValueError(f"motion_match: leash_m must be > 0 and leash_deg in (0, 180], got "
                              f"{cfg['leash_m']!r} and {cfg['leash_deg']!r}")
+        leaf = cfg["search_leaf"]
+        if isinstance(leaf, bool) or not isinstance(leaf, int) or leaf < 0:
+            raise ValueError(f"motion_match: search_leaf must be an integer >= 0 (frames per "
+                             f"leaf of the search tree; 0: brute force), got {leaf!r}")
         cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
         db = None
         # A rendered database is part of the model's definition: rendered again from its recipe
@@ -311,7 +315,7 @@ class MotionMatching(Anonymizer):
         """(Re)build the search's box tree from the database buffers (non-persistent buffers
         ``tree_*``: derived data, never in a checkpoint); ``search_leaf: 0`` searches by brute
         force instead."""
-        leaf = int(self.config.get("search_leaf") or 0)
+        leaf = int(self.config["search_leaf"])
         s = int(self.config.get("search_frames") or len(self.features))
         self.has_tree = leaf > 0 and bool(torch.isfinite(self.landing[:s]).any())
         if self.has_tree:
