@@ -252,3 +252,32 @@ def test_the_shipped_matcher_on_real_people_is_unchanged_by_the_tree():
         x = torch.nan_to_num(torch.as_tensor(on_sensor_clock(seg.joints, seg.frame_ids)))[None]
         with torch.no_grad():
             assert torch.equal(model.retarget(x, lengths), twin.retarget(x, lengths))
+
+
+def test_the_step_graph_searches_any_number_of_bodies_and_holds_one_copy():
+    """Through ONNX Runtime the tree's step equals PyTorch's for batches other than the one
+    it was traced with, and the graph holds the features once (the tree's leaf-ordered copy;
+    the cost of continuing a clip reads it too)."""
+    import onnx
+
+    from engines import create_engine
+
+    model = MotionMatching(MotionMatching.presets["tiny"]).eval()
+    assert model.features_in_tree
+    g = torch.Generator().manual_seed(1)
+    x = load_source(model, g)
+    x = torch.cat([x, x.flip(0) + 0.02, x[:1] - 0.01])[:, :30]              # 5 bodies
+    engine = create_engine("onnxruntime", model=model, window=None)
+    for b in (1, 5):
+        state, ref_state = engine.init_state(b), model.init_state(b)
+        lengths = torch.as_tensor(model.config["dummy_lengths"])[None].expand(b, -1)
+        for t in range(x.shape[1]):
+            y, state = engine.step(x[:b, t].numpy(), state)
+            with torch.no_grad():
+                ref, ref_state = model.step(x[:b, t], ref_state, lengths)
+            np.testing.assert_allclose(y, ref.numpy(), atol=1e-4)
+    graph = onnx.load(str(engine.source.onnx_file()))
+    shapes = [list(n.attribute[0].t.dims) for n in graph.graph.node if n.op_type == "Constant"]
+    shapes += [list(i.dims) for i in graph.graph.initializer]
+    assert list(model.features.shape) not in shapes
+    engine.close()

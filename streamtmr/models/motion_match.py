@@ -295,7 +295,7 @@ class MotionMatching(Anonymizer):
         if cfg["root_motion"] == "leash":  # the database's root motion (only this mode reads it)
             buffer("root_step", torch.zeros(n, 3))
             buffer("turn", torch.zeros(n))
-        self.has_tree = False
+        self.has_tree = self.features_in_tree = False
         if db is not None:
             self.set_database(db)
         else:  # a stored database arrives by load_state_dict
@@ -318,11 +318,29 @@ class MotionMatching(Anonymizer):
         leaf = int(self.config["search_leaf"])
         s = int(self.config.get("search_frames") or len(self.features))
         self.has_tree = leaf > 0 and bool(torch.isfinite(self.landing[:s]).any())
+        # Where every landing frame is in the tree, the cost of continuing a clip reads the
+        # tree's copy of the features too, and the step graph holds one copy, not two.
+        self.features_in_tree = self.has_tree and not bool(torch.isfinite(self.landing[s:]).any())
         if self.has_tree:
             tree = box_tree.build(self.features[:s].cpu(), self.landing[:s].cpu(), leaf)
+            flat = tree["leaf_frame"].reshape(-1)
+            real = torch.isfinite(tree["leaf_score"].reshape(-1))
+            slot = torch.full((len(self.features),), -1, dtype=torch.int64)
+            slot[flat[real]] = torch.arange(len(flat))[real]   # frame → row of the copy
+            tree["slot"] = slot
             for name, value in tree.items():
                 self.register_buffer("tree_" + name, value.to(self.features.device),
                                      persistent=False)
+
+    def _frame_features(self, idx: torch.Tensor) -> torch.Tensor:
+        """The features of database frames ``idx [B]``: from the search tree's copy where it
+        holds every landing frame (any other frame's cost is +inf where it is read)."""
+        if not self.features_in_tree:
+            return self.features[idx]
+        m = self.tree_leaf_frame.shape[1]
+        slot = self.tree_slot[idx].clamp_min(0)
+        leaf = self.tree_leaf_feat[slot // m].reshape(-1, m, self.features.shape[1])  # B, M, D
+        return leaf.gather(1, (slot % m)[:, None, None].expand(-1, 1, leaf.shape[2]))[:, 0]
 
     # ---- streaming interface ---------------------------------------------------------------
 
@@ -450,7 +468,7 @@ class MotionMatching(Anonymizer):
         ended = self.next[cur0] < 0
         need = fresh | ended | (since >= self.config["search_every"])
         best, best_cost = self._search(query, need, state["t"])
-        cont = ((query - self.features[cur_next]) ** 2).sum(1)
+        cont = ((query - self._frame_features(cur_next)) ** 2).sum(1)
         # A clip about to end before the next search (no landing allowed there) must be left
         # now, so that no clip runs out between searches.
         cont = torch.where(ended | torch.isinf(self.landing[cur_next]), torch.inf, cont)
