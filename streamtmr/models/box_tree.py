@@ -163,10 +163,10 @@ def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
     row_score = torch.where(frame == row_frame[:, None], score, torch.inf).amin(1)
     # A sentinel row that every body owns (frame 0, score NO_FRAME): a body with no candidate
     # (a non-finite query) gets frame 0 and that score, and no reduction is ever empty.
-    inf = torch.full((1,), NO_FRAME, dtype=score.dtype, device=q.device)
-    row = torch.cat([row, inf])                                              # (P + 1,)
+    none = torch.full((1,), NO_FRAME, dtype=score.dtype, device=q.device)
+    row = torch.cat([row, none])                                             # (P + 1,)
     row_frame = torch.cat([row_frame, torch.zeros(1, dtype=frame.dtype, device=q.device)])
-    row_score = torch.cat([row_score, inf])
+    row_score = torch.cat([row_score, none])
     bodies = torch.cumsum(torch.ones_like(q[:, 0], dtype=torch.int64), 0) - 1  # (B,): 0..B-1
     mine = torch.cat([body[None] == bodies[:, None], (bodies >= 0)[:, None]], 1)  # (B, P + 1)
     best = torch.where(mine, row[None], torch.inf).amin(1)                   # (B,)
