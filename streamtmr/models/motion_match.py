@@ -98,9 +98,10 @@ DEFAULTS: dict[str, Any] = {
     # The tree finds the same frame as brute force while reading a few percent of the
     # database; it is rebuilt from the database whenever the model is built or loaded.
     "search_leaf": box_tree.DEFAULT_LEAF,
-    # Search only every k-th landing frame of each clip (1: all). The search is one matrix
-    # product over the searched frames, so k divides its cost; a jump lands at most k − 1
-    # frames from the best frame of its clip. The database is ordered searched frames first.
+    # Search only every k-th landing frame of each clip (1: all). By brute force the search
+    # is one matrix product over the searched frames, so k divides its cost; a jump lands at
+    # most k − 1 frames from the best frame of its clip (unlike the tree, this changes the
+    # output). The database is ordered searched frames first.
     "search_stride": 1,
     # Dead band of the published facing, in degrees (0: off). The output's facing is held
     # until the body's smoothed facing leaves ± this band, then dragged along at the band's
