@@ -54,27 +54,33 @@ def state_sha256(model: nn.Module, config: dict[str, Any]) -> str:
 
 
 def code_fingerprint(module: nn.Module | None) -> str:
-    """Hash of the source files that define ``module`` and its submodules, and of the
-    project's modules those files use (geometry, the search tree): an export made by other
-    code (a changed step, a new state entry) is not reused under the same version."""
+    """Hash of :func:`source_files`: an export made by other code (a changed step, a new
+    state entry, a changed search) is not reused under the same version."""
+    h = hashlib.sha256()
+    for f in sorted(source_files(module)):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def source_files(module: nn.Module | None) -> set[str]:
+    """The source files that define ``module`` and its submodules, and the project's modules
+    those files use (geometry, the search tree)."""
     ours = (Path(streamtmr.__file__).resolve().parent, Path(__file__).resolve().parent)
     files = set()
-    for m in module.modules() if module is not None else ():
+    defining = {type(m).__module__ for m in module.modules()} if module is not None else set()
+    for name in defining:  # each defining module once (a model has hundreds of submodules)
         try:
-            files.add(inspect.getsourcefile(type(m)))
-        except TypeError:  # a built-in class
+            files.add(inspect.getsourcefile(sys.modules[name]))
+        except TypeError:  # a built-in module
             continue
-        for used in vars(sys.modules[type(m).__module__]).values():
+        for used in vars(sys.modules[name]).values():
             try:
                 f = inspect.getsourcefile(used)
             except TypeError:  # a constant, a built-in
                 continue
             if f and any(Path(f).resolve().is_relative_to(p) for p in ours):
                 files.add(f)
-    h = hashlib.sha256()
-    for f in sorted(f for f in files if f):
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()
+    return {f for f in files if f}
 
 
 def as_dummy(dummy: Dummy | str | Path | np.ndarray | None) -> Dummy:

@@ -364,3 +364,28 @@ def test_load_time_opens_an_uncarded_variant_only_when_told(tmp_path):
         measure(str(path), repeats=1)
     row = measure(str(path), repeats=1, allow_unevaluated=True)
     assert row["allow_unevaluated"] is True and row["open_warm"]["median_s"] >= 0
+
+
+UTK = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "utkinect"
+
+
+@pytest.mark.skipif(not UTK.is_dir(), reason=f"{UTK} absent (real recordings live in "
+                    "../shared/data, outside a fresh clone)")
+def test_box_tree_pruning_records_the_share_each_search_reads(tmp_path):
+    """bench.box_tree_pruning: the real searches of a matcher, each reading a share in (0, 1]
+    of the searchable frames, and the tree's build time, for the model it names."""
+    import json
+
+    from bench.box_tree_pruning import main
+    from streamtmr.models.checkpoint import save_checkpoint
+    from streamtmr.models.motion_match import MotionMatching
+
+    path = save_checkpoint(tmp_path / "mm.safetensors",
+                           MotionMatching(MotionMatching.presets["tiny"]))
+    out = tmp_path / "rec.json"
+    assert main(["--model", str(path), "--utkinect", str(UTK), "--every", "40",
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["model"].startswith("mm.safetensors sha256:") and rec["searches"] > 20
+    share = rec["share_read"]
+    assert 0 < share["p50"] <= share["p90"] <= share["p99"] <= share["max"] <= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -174,6 +175,10 @@ def test_export_key_follows_the_code_and_the_state_not_only_the_version(tmp_path
     (pkg / "net.py").write_text("from torch import nn\nclass Net(nn.Module):\n    k = 2\n")
     assert code_fingerprint(net.Net()) != before          # read from the file, not cached
     del sys.modules["fp_pkg.net"], sys.modules["fp_pkg"]
+    # the project's modules a model file uses count too: a changed search re-exports
+    from engines.source import source_files
+    names = {os.path.basename(f) for f in source_files(tiny("motion_match"))}
+    assert {"motion_match.py", "box_tree.py", "skeleton.py"} <= names
 
     source = resolve_source(tiny("motion_match"), window=None)
     key = source.graph_key
