@@ -1,4 +1,5 @@
-"""What a benchmark ran on: CPU, cores, memory, GPU, OS, library versions and the load.
+"""What a benchmark ran on: CPU, cores, memory, GPU, OS, library versions, the load, and the
+streamtmr code itself (its version and git commit).
 
 Recorded with every result, because a figure means nothing without its machine — and on a
 shared machine nothing without the load average at the time.
@@ -79,6 +80,29 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def code_revision(root: str | Path | None = None) -> dict[str, Any]:
+    """The streamtmr code that ran: its installed version and, from a git checkout (``root``,
+    default: the one streamtmr is imported from), the commit and whether tracked files differ
+    from it (``None`` where git cannot tell). Two runs of the same model file through different
+    code (a faster search, say) are told apart by this."""
+    import streamtmr
+
+    root = Path(root) if root else Path(streamtmr.__file__).resolve().parents[1]
+    out: dict[str, Any] = {"version": getattr(streamtmr, "__version__", None), "commit": None,
+                           "dirty": None}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        out["commit"] = git("rev-parse", "HEAD")
+        out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
 def gpus() -> list[dict[str, Any]]:
     """Every GPU torch or ``nvidia-smi`` sees: name, memory (GiB), driver/CUDA when known."""
     found: list[dict[str, Any]] = []
@@ -146,6 +170,7 @@ def describe_machine() -> dict[str, Any]:
         "libraries": library_versions(),
         "torch_threads": torch_threads,
         "load_average": load_average(),
+        "streamtmr": code_revision(),
     }
     machine["host_kind"] = host_kind(machine)
     return machine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.machine import describe_machine, host_kind
+import streamtmr
+from bench.machine import code_revision, describe_machine, host_kind
 from bench.node import late_frames
 from bench.report import write_readme
 from bench.stats import summarize_ns
@@ -73,6 +75,32 @@ def test_machine_description_has_the_keys():
     assert m["load_average"] is None or len(m["load_average"]) == 3
     json.dumps(m)  # JSON-ready
     assert host_kind({"cores_available": 2, "gpus": []}) == "cpu-2c"
+    assert set(m["streamtmr"]) == {"version", "commit", "dirty"}
+
+
+def test_the_code_revision_names_the_commit_and_local_changes(tmp_path):
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    assert code_revision(tmp_path) == {"version": streamtmr.__version__, "commit": None,
+                                       "dirty": None}            # not a checkout
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def run(*args):
+        return subprocess.run([git, "-C", str(tmp_path), *args], env=env, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    run("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    run("add", "a.py")
+    run("commit", "-qm", "a")
+    assert code_revision(tmp_path)["commit"] == run("rev-parse", "HEAD")
+    assert code_revision(tmp_path)["dirty"] is False
+    (tmp_path / "new.py").write_text("")                       # untracked: still clean
+    assert code_revision(tmp_path)["dirty"] is False
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_revision(tmp_path)["dirty"] is True
     assert host_kind({"cores_available": 16, "gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}) == \
         "nvidia-h100-80gb-hbm3-16c"
 

@@ -71,7 +71,7 @@ def search(q, tree, jitter=0.0, t=None):
 @pytest.mark.parametrize("leaf", [1, 7, 24])
 def test_nearest_is_the_brute_force_frame(leaf):
     features, landing = motion_like()
-    tree = box_tree.build(features, landing, leaf=leaf, group=4)
+    tree = box_tree.build(features, landing, leaf=leaf)
     q = queries(features)
     for b in (1, 5):  # bodies searched together
         for i in range(0, len(q), b):
@@ -87,7 +87,7 @@ def test_ties_take_the_first_frame_and_jitter_matches_brute_force():
     features, landing = motion_like(seed=2)
     features = torch.round(features * 4) / 4           # coarse values: many exact ties
     landing = torch.where(torch.isfinite(landing), (features**2).sum(1), landing)
-    tree = box_tree.build(features, landing, leaf=16, group=8)
+    tree = box_tree.build(features, landing, leaf=16)
     q = queries(features, seed=3)
     t = torch.randint(0, 1000, (len(q),))
     tied = 0
@@ -107,7 +107,7 @@ def test_ties_take_the_first_frame_and_jitter_matches_brute_force():
 
 def test_no_body_and_a_non_finite_query():
     features, landing = motion_like(n=500)
-    tree = box_tree.build(features, landing, leaf=8, group=4)
+    tree = box_tree.build(features, landing, leaf=8)
     frame, score = search(features[:0], tree)
     assert frame.shape == (0,) and score.shape == (0,)
     q = torch.stack([features[3], torch.full_like(features[0], torch.nan)])
@@ -124,8 +124,8 @@ def test_a_bad_search_leaf_is_refused_by_name(leaf):
 
 def test_build_refuses_what_it_cannot_index():
     features, landing = motion_like(n=100)
-    with pytest.raises(ValueError, match="power of two"):
-        box_tree.build(features, landing, group=3)
+    with pytest.raises(ValueError, match="leaf must be >= 1"):
+        box_tree.build(features, landing, leaf=0)
     with pytest.raises(ValueError, match="no searchable frame"):
         box_tree.build(features, torch.full_like(landing, torch.inf))
 
@@ -139,6 +139,21 @@ def test_the_tree_reads_a_small_share_of_a_motion_database():
     share = [box_tree.candidates(q[i : i + 1], tree, 2e-3)[1].numel() / len(features)
              for i in range(len(q))]
     assert np.median(share) < 0.15
+
+
+def test_every_member_lies_in_its_leaf_sphere_and_box():
+    """The two lower bounds hold by construction: each leaf's frames lie within its radius of
+    its representative and inside its box (padding excepted)."""
+    features, landing = motion_like(n=3000, seed=6)
+    tree = box_tree.build(features, landing, leaf=10)
+    k, d = tree["leaf_lo"].shape
+    feat = tree["leaf_feat"].reshape(k, -1, d)
+    real = torch.isfinite(tree["leaf_score"])
+    reach = ((feat - tree["rep_feat"][:, None]) ** 2).sum(2).sqrt()
+    assert (reach[real] <= tree["leaf_radius"][:, None].expand_as(reach)[real]).all()
+    assert ((feat >= tree["leaf_lo"][:, None]) & (feat <= tree["leaf_hi"][:, None]))[real].all()
+    assert torch.equal(torch.sort(tree["leaf_frame"][real]).values,
+                       torch.isfinite(landing).nonzero().squeeze(1))   # each frame once
 
 
 class Nearest(torch.nn.Module):
@@ -157,7 +172,7 @@ class Nearest(torch.nn.Module):
 def test_onnx_runtime_finds_the_same_frames(jitter):
     ort = pytest.importorskip("onnxruntime")
     features, landing = motion_like(n=3000)
-    tree = box_tree.build(features, landing, leaf=12, group=8)
+    tree = box_tree.build(features, landing, leaf=12)
     module = Nearest(tree, jitter)
     q = queries(features, b=40)
     t = torch.arange(40.0)

@@ -1,4 +1,4 @@
-"""Exact nearest-frame search over a motion database, pruned by a two-level tree of boxes.
+"""Exact nearest-frame search over a motion database, pruned by leaf spheres and boxes.
 
 Motion matching compares a query ``q [B, D]`` with every searchable database frame ``f``: the
 cost ``|q − f|²``, kept as ``score = |f|² − 2 q·f`` (``|q|²`` is the same for every frame),
@@ -8,14 +8,16 @@ bandwidth sets the step's latency. The tree reads a few percent of it and return
 frame:
 
 1. **Leaves.** The searchable frames are split in halves along their principal direction
-   again and again (a balanced PCA tree) into ``2^d`` leaves of ``M`` frames, ``group``
-   consecutive leaves forming a group. Each leaf and each group keeps its bounding box; each
-   leaf keeps one representative frame (the member nearest its mean).
-2. **An upper bound.** The exact cost of the best representative bounds the best cost from
-   above (``ub``).
-3. **Lower bounds.** The squared distance from ``q`` to a box bounds the cost of every frame in
-   it from below. Groups whose box is farther than ``ub`` (plus ``slack``) are dropped, then
-   leaves of the groups left.
+   again and again (a balanced PCA tree) into ``2^d`` leaves of ``M`` frames. Each leaf keeps
+   one representative frame (the member nearest its mean), the radius of the sphere around it
+   that holds every member, and its bounding box.
+2. **An upper bound.** One product of the query with the representatives gives each
+   representative's exact cost; the best of them bounds the best cost from above (``ub``).
+3. **Lower bounds, from the same product.** A leaf whose representative lies at distance
+   ``r`` holds no frame nearer than ``r − radius`` (the triangle inequality): leaves whose
+   sphere is farther than ``ub`` (plus ``slack``) are dropped at no extra cost. The leaves left
+   are checked against their box (the squared distance from ``q`` to a box bounds every member
+   from below), which is tighter but costs a read of the box.
 4. **Exact costs** of the frames in the leaves left, per body; the caller takes the minimum.
 
 A frame that can win has a cost within ``slack`` of the best representative's (the caller
@@ -36,32 +38,29 @@ from collections.abc import Callable
 import torch
 
 DEFAULT_LEAF = 24  # frames per leaf (the leaves: a power of two near N / 24)
-DEFAULT_GROUP = 32  # leaves per group
 POWER_STEPS = 8  # power-iteration steps per split
 SPLIT_DIMS = 16  # leading PCA coordinates that choose the splits
 NO_FRAME = 1e18  # the score of "no frame": above any real one (finite: ONNX export needs it)
-TREE_KEYS = ("leaf_feat", "leaf_score", "leaf_frame", "leaf_lo", "leaf_hi", "group_lo",
-             "group_hi", "rep_feat", "rep_score", "score_max")
+TREE_KEYS = ("leaf_feat", "leaf_score", "leaf_frame", "leaf_lo", "leaf_hi", "leaf_radius",
+             "rep_feat", "rep_score", "score_max")
 
 
 @torch.no_grad()
-def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = DEFAULT_LEAF,
-          group: int = DEFAULT_GROUP) -> dict[str, torch.Tensor]:
+def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = DEFAULT_LEAF
+          ) -> dict[str, torch.Tensor]:
     """The tree over the frames of ``features [N, D]`` whose ``landing [N]`` (``|f|²``) is finite.
 
-    ``leaf``: the aimed frames per leaf; ``group``: leaves per group (a power of two).
-    Returns tensors named by :data:`TREE_KEYS`; a frame's ``*_score`` is its ``landing``
-    (padding: +inf, never chosen).
+    ``leaf``: the aimed frames per leaf. Returns tensors named by :data:`TREE_KEYS`; a frame's
+    ``*_score`` is its ``landing`` (padding: +inf, never chosen).
     """
-    if leaf < 1 or group < 1 or group & (group - 1):
-        raise ValueError(f"box_tree: leaf must be >= 1 and group a power of two, got "
-                         f"{leaf} and {group}")
+    if leaf < 1:
+        raise ValueError(f"box_tree: leaf must be >= 1, got {leaf}")
     frames = torch.isfinite(landing).nonzero().squeeze(1)
     if len(frames) == 0:
         raise ValueError("box_tree: no searchable frame (every landing is +inf)")
     x = features[frames].float()                                      # (n, D)
     n, d = x.shape
-    depth = max(int(math.log2(group)), round(math.log2(max(n / leaf, 1.0))))
+    depth = round(math.log2(max(n / leaf, 1.0)))
     k = 2**depth
     m = -(-n // k)                                                    # frames per leaf
     pad = k * m - n
@@ -76,11 +75,13 @@ def build(features: torch.Tensor, landing: torch.Tensor, leaf: int = DEFAULT_LEA
     frame = torch.where(real, frames[idx.clamp_min(0)], 0)
     score = torch.where(real, landing[frame].float(), torch.inf)
     rep_frame = frames[rep.clamp_min(0)]
+    reach = torch.where(real, ((xs - x[rep.clamp_min(0)][:, None]) ** 2).sum(2), 0.0)
+    # widened by a float margin: the sphere must hold its members after rounding too
+    radius = reach.amax(1).sqrt() * (1 + 1e-6) + 1e-6
     return {
         "leaf_feat": features[frame].float().reshape(k, m * d),      # leaf-contiguous copy
         "leaf_score": score, "leaf_frame": frame, "leaf_lo": lo, "leaf_hi": hi,
-        "group_lo": lo.reshape(k // group, group, d).amin(1),
-        "group_hi": hi.reshape(k // group, group, d).amax(1),
+        "leaf_radius": radius,
         "rep_feat": features[rep_frame].float(),
         "rep_score": torch.where(rep >= 0, landing[rep_frame].float(), torch.inf),
         "score_max": landing[frames].float().max().reshape(1),
@@ -130,19 +131,19 @@ def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
     """The leaves that may hold the nearest frame of each query, with their frames' scores:
     ``body [P]``, ``frame [P, M]``, ``score [P, M]`` (``|f|² − 2 q·f``, unrounded), a
     superset of the frames whose cost is within ``slack`` of the best (module docstring)."""
-    k, d = tree["leaf_lo"].shape
-    group = k // tree["group_lo"].shape[0]
+    d = tree["leaf_lo"].shape[1]
     m = tree["leaf_frame"].shape[1]
     qq = (q * q).sum(1)                                                      # (B,)
-    ub = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0).amin(1)
     # float32 sums |f|² − 2 q·f + |q|² lose ~1e-7 of |q|² + |f|² to cancellation: allow 1e-5
-    ub = ub + qq + slack + 1e-5 * (qq + tree["score_max"])                   # (B,)
-    near = box_distance(q[:, None], tree["group_lo"][None], tree["group_hi"][None])
-    pb, pg = (near <= ub[:, None]).nonzero(as_tuple=True)                    # (P1,) pairs
-    leaves = pg[:, None] * group + torch.arange(group, device=q.device)      # (P1, group)
-    near = box_distance(q[pb][:, None], tree["leaf_lo"][leaves], tree["leaf_hi"][leaves])
-    i, j = (near <= ub[pb][:, None]).nonzero(as_tuple=True)                 # (P,)
-    body, leaf = pb[i], leaves[i, j]
+    margin = 1e-5 * (qq + tree["score_max"])                                 # (B,)
+    rep = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0)  # (B, K)
+    ub = rep.amin(1) + qq + slack + margin                                   # (B,)
+    reach = (rep + (qq - margin)[:, None]).clamp_min(0.0).sqrt()             # ≤ |q − rep|
+    sphere = (reach - tree["leaf_radius"]).clamp_min(0.0) ** 2               # (B, K)
+    pb, pl = (sphere <= ub[:, None]).nonzero(as_tuple=True)                 # (P1,) pairs
+    near = box_distance(q[pb], tree["leaf_lo"][pl], tree["leaf_hi"][pl])      # (P1,)
+    keep = (near <= ub[pb]).nonzero().squeeze(1)                             # (P,)
+    body, leaf = pb[keep], pl[keep]
     feat = tree["leaf_feat"][leaf].reshape(-1, m, d)                         # (P, M, D)
     dot = torch.bmm(feat, q[body][:, :, None]).squeeze(2)                    # (P, M)
     return body, tree["leaf_frame"][leaf], tree["leaf_score"][leaf] - 2.0 * dot
