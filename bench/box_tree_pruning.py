@@ -4,7 +4,9 @@ long the tree takes to build.
 UTKinect segments (real people, the sensor's clock) are played through the model; every query
 its motion-matching stage searches is kept, and for each the share of searchable frames in
 the leaves left after pruning (:func:`streamtmr.models.box_tree.candidates`) is recorded:
-brute force reads all of them. The tree's build is timed on the same database.
+brute force reads all of them; so is the share of leaves whose box is read, those left by the
+sphere test (:func:`~streamtmr.models.box_tree.sphere_leaves`). The tree's build is timed on
+the same database.
 
     python -m bench.box_tree_pruning --model matcher \\
         --utkinect /work/shared/data/real/utkinect --out bench/results/box-tree-<date>-<host>.json
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     q = searched_queries(model, a.utkinect, a.every)
     share = np.array([box_tree.candidates(q[i : i + 1], tree, 2e-3)[1].numel() / searchable
                       for i in range(len(q))])
+    leaves = len(tree["leaf_frame"])
+    boxes = np.array([len(box_tree.sphere_leaves(q[i : i + 1], tree, 2e-3)[1]) / leaves
+                      for i in range(len(q))])
     record = {
         "kind": "box_tree_pruning", "date": _dt.date.today().isoformat(),
         "command": "python -m bench.box_tree_pruning " + " ".join(sys.argv[1:] if argv is None
@@ -100,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
             ("mean", share.mean()), ("p50", np.percentile(share, 50)),
             ("p90", np.percentile(share, 90)), ("p99", np.percentile(share, 99)),
             ("max", share.max()))},
+        "boxes_read": {k: round(float(np.percentile(boxes, p)), 4) for k, p in (
+            ("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} | {
+            "mean": round(float(boxes.mean()), 4)},
     }
     Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
     print(f"{record['model']}: {len(q)} searches, share read mean {share.mean():.4f} p99 "
-          f"{np.percentile(share, 99):.4f}; build {record['build_s']['median']} s; "
+          f"{np.percentile(share, 99):.4f}; boxes read mean {boxes.mean():.4f}; build {record['build_s']['median']} s; "
           f"wrote {a.out}")
     return 0
 

@@ -415,5 +415,9 @@ def test_box_tree_pruning_records_the_share_each_search_reads(tmp_path):
                  "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["model"].startswith("mm.safetensors sha256:") and rec["searches"] > 20
-    share = rec["share_read"]
+    share, boxes = rec["share_read"], rec["boxes_read"]
     assert 0 < share["p50"] <= share["p90"] <= share["p99"] <= share["max"] <= 1
+    assert 0 < boxes["p50"] <= boxes["p90"] <= boxes["p99"] <= boxes["max"] <= 1
+    # a leaf whose frames are read passed the box test, so its box was read
+    assert boxes["mean"] * rec["leaves"][0] * rec["leaves"][1] >= share["mean"] * \
+        rec["searchable_frames"]

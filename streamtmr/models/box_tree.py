@@ -126,13 +126,10 @@ def box_distance(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.T
     return (gap * gap).sum(-1)
 
 
-def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The leaves that may hold the nearest frame of each query, with their frames' scores:
-    ``body [P]``, ``frame [P, M]``, ``score [P, M]`` (``|f|² − 2 q·f``, unrounded), a
-    superset of the frames whose cost is within ``slack`` of the best (module docstring)."""
-    d = tree["leaf_lo"].shape[1]
-    m = tree["leaf_frame"].shape[1]
+def sphere_leaves(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 2 and 3a: each query's upper bound ``ub [B]`` and the ``(body, leaf)`` pairs
+    ``[P1]`` whose sphere lies within it, from one product with the representatives."""
     qq = (q * q).sum(1)                                                      # (B,)
     # float32 sums |f|² − 2 q·f + |q|² lose ~1e-7 of |q|² + |f|² to cancellation: allow 1e-5
     margin = 1e-5 * (qq + tree["score_max"])                                 # (B,)
@@ -140,7 +137,18 @@ def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
     ub = rep.amin(1) + qq + slack + margin                                   # (B,)
     reach = (rep + (qq - margin)[:, None]).clamp_min(0.0).sqrt()             # ≤ |q − rep|
     sphere = (reach - tree["leaf_radius"]).clamp_min(0.0) ** 2               # (B, K)
-    pb, pl = (sphere <= ub[:, None]).nonzero(as_tuple=True)                 # (P1,) pairs
+    body, leaf = (sphere <= ub[:, None]).nonzero(as_tuple=True)
+    return body, leaf, ub
+
+
+def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The leaves that may hold the nearest frame of each query, with their frames' scores:
+    ``body [P]``, ``frame [P, M]``, ``score [P, M]`` (``|f|² − 2 q·f``, unrounded), a
+    superset of the frames whose cost is within ``slack`` of the best (module docstring)."""
+    d = tree["leaf_lo"].shape[1]
+    m = tree["leaf_frame"].shape[1]
+    pb, pl, ub = sphere_leaves(q, tree, slack)                               # (P1,) pairs
     near = box_distance(q[pb], tree["leaf_lo"][pl], tree["leaf_hi"][pl])      # (P1,)
     keep = (near <= ub[pb]).nonzero().squeeze(1)                             # (P,)
     body, leaf = pb[keep], pl[keep]
