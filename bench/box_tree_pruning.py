@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(a.out).write_text(json.dumps(record, indent=1) + "\n")
     print(f"{record['model']}: {len(q)} searches, share read mean {share.mean():.4f} p99 "
-          f"{np.percentile(share, 99):.4f}; boxes read mean {boxes.mean():.4f}; build {record['build_s']['median']} s; "
-          f"wrote {a.out}")
+          f"{np.percentile(share, 99):.4f}; boxes read mean {boxes.mean():.4f}; "
+          f"build {record['build_s']['median']} s; wrote {a.out}")
     return 0
 
 

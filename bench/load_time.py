@@ -1,7 +1,8 @@
-"""How long a model takes to start: building it from its checkpoint (the shipped ``matcher``
-renders its database here), and opening it through ``engines.open_engine`` the way ``streamtmr
-run`` does (card, engine, warm-up, leak guard), first with an empty engine cache (the ONNX
-export included) and then with the cache the first open filled.
+"""How long a model takes to start: building it from its checkpoint, with an empty cache (the
+shipped ``matcher`` renders its database and builds its search tree here) and again with the
+cache that build filled (``build_cached``), and opening it through ``engines.open_engine`` the
+way ``streamtmr run`` does (card, engine, warm-up, leak guard), first with an empty cache (the
+ONNX export included) and then with the cache the first open filled.
 
     python -m bench.load_time --models matcher default --repeats 3 \\
         --out bench/results/load-time-<date>-<host>.json
@@ -33,23 +34,29 @@ def _seconds(fn) -> float:
 
 def measure(spec: str, engine: str = "onnxruntime", repeats: int = 3,
             allow_unevaluated: bool = False) -> dict[str, Any]:
-    """Seconds to build ``spec`` and to open it cold (empty cache) and warm, ``repeats``
-    times each; a fresh temporary engine cache per cold open. ``allow_unevaluated`` opens a
-    model without a privacy card (a variant measured for its cost only; the row says so)."""
+    """Seconds to build ``spec`` and to open it, each with an empty cache and then with the
+    cache the first call filled, ``repeats`` times each (a fresh temporary cache for every
+    first call). ``allow_unevaluated`` opens a model without a privacy card (a variant
+    measured for its cost only; the row says so)."""
     from engines.select import open_engine
     from streamtmr.models.checkpoint import load_checkpoint, model_path
 
     model = resolve_model_spec(spec)
     path = model_path(spec)
-    build, cold, warm = [], [], []
+    build, built, cold, warm = [], [], [], []
     before = os.environ.get("STREAMTMR_CACHE")
+
+    def open_close():
+        open_engine(engine, model=spec, allow_unevaluated=allow_unevaluated).close()
+
     try:
         for _ in range(repeats):
-            build.append(_seconds(lambda: load_checkpoint(path)))
             with tempfile.TemporaryDirectory() as cache:
                 os.environ["STREAMTMR_CACHE"] = cache
-                def open_close():
-                    open_engine(engine, model=spec, allow_unevaluated=allow_unevaluated).close()
+                build.append(_seconds(lambda: load_checkpoint(path)))
+                built.append(_seconds(lambda: load_checkpoint(path)))
+            with tempfile.TemporaryDirectory() as cache:
+                os.environ["STREAMTMR_CACHE"] = cache
                 cold.append(_seconds(open_close))
                 warm.append(_seconds(open_close))
     finally:
@@ -62,7 +69,8 @@ def measure(spec: str, engine: str = "onnxruntime", repeats: int = 3,
         return {"median_s": round(float(np.median(xs)), 2), "max_s": round(max(xs), 2)}
 
     row = {"model": model.ident, "engine": engine, "repeats": repeats,
-           "build": summary(build), "open_cold": summary(cold), "open_warm": summary(warm)}
+           "build": summary(build), "build_cached": summary(built), "open_cold": summary(cold),
+           "open_warm": summary(warm)}
     if allow_unevaluated:
         row["allow_unevaluated"] = True
     return row
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in a.models:
         rows.append(measure(spec, a.engine, a.repeats, a.allow_unevaluated))
         r = rows[-1]
-        print(f"{r['model']}: build {r['build']['median_s']} s, open cold "
+        print(f"{r['model']}: build {r['build']['median_s']} s (cached "
+              f"{r['build_cached']['median_s']} s), open cold "
               f"{r['open_cold']['median_s']} s, warm {r['open_warm']['median_s']} s", flush=True)
     record = {"kind": "load_time", "date": _dt.date.today().isoformat(),
               "command": "python -m bench.load_time " + " ".join(

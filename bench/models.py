@@ -108,7 +108,8 @@ def resolve_model_spec(spec: str) -> BenchModel:
             return m
     from streamtmr.models.checkpoint import shipped_path
     if shipped_path(spec) is not None:
-        from streamtmr.models.checkpoint import file_sha256, resolve_model
+        from streamtmr.cache import file_sha256
+        from streamtmr.models.checkpoint import resolve_model
         model, path = resolve_model(spec), shipped_path(spec)
         return BenchModel(spec, spec, f"the shipped {model.method} model "
                           f"({path.name})", model.method, None, "trained",
@@ -120,7 +121,7 @@ def resolve_model_spec(spec: str) -> BenchModel:
         if spec.lower().endswith(".safetensors"):
             from streamtmr.models.checkpoint import load_checkpoint
             model = load_checkpoint(path)
-            from streamtmr.models.checkpoint import file_sha256
+            from streamtmr.cache import file_sha256
             return BenchModel(spec, path.name, f"{model.method} checkpoint {path}",
                               model.method, None, "file", model.window, _params(model),
                               str(path), file_sha256(path))

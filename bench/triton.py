@@ -317,7 +317,7 @@ def stream_part(opts: argparse.Namespace) -> dict[str, Any]:
         server.wait(60)
         local.close()
         workspace.cleanup()
-    from streamtmr.models.checkpoint import file_sha256
+    from streamtmr.cache import file_sha256
     return {"model": str(opts.stream_model), "sha256": file_sha256(opts.stream_model),
             "method": local.source.method, "state_dtype": opts.state_dtype,
             "state_bytes_per_body": nbytes, "bodies": len(x), "frames": int(x.shape[1]),

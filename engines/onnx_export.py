@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 import torch
 
-from engines.cache import atomic_write
 from streamtmr import __version__
+from streamtmr.cache import atomic_write
 
 if TYPE_CHECKING:  # engines.source calls this module to export; the type is for readers only
     from engines.source import ModelSource

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from engines.base import BackendUnavailable, Engine, EngineError, default_cpu_threads
-from engines.cache import cache_dir, cache_key, verify, write_sidecar
 from engines.onnx_export import FRAMES, INPUT, OUTPUT, STATE_IN, STATE_OUT
 from engines.source import ModelSource
+from streamtmr.cache import cache_dir, cache_key, verify, write_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,12 @@ import torch
 from torch import nn
 
 import streamtmr
-from engines.cache import cache_dir, verify, write_sidecar
 from streamtmr import __version__
+from streamtmr.cache import cache_dir, file_sha256, verify, write_sidecar
 from streamtmr.dummy import Dummy, resolve_dummy
 from streamtmr.models.base import Anonymizer
 from streamtmr.models.checkpoint import (
     CheckpointError,
-    file_sha256,
     load_checkpoint,
     resolve_model,
     shipped_path,

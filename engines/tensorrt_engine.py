@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from engines.base import BackendUnavailable, Engine, EngineError
-from engines.cache import atomic_write, cache_dir, cache_key, verify, write_sidecar
 from engines.onnx_export import FRAMES, INPUT, OUTPUT, STATE_IN, STATE_OUT
 from engines.source import ModelSource
 from streamtmr import skeleton
+from streamtmr.cache import atomic_write, cache_dir, cache_key, verify, write_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -357,7 +357,8 @@ def open_triton(url: str, model: Any = None, dummy: Any = None, window: int | No
 
 def _check_matches(engine: TritonEngine, model: Any, dummy: Any, window: int | None) -> None:
     from engines.source import as_dummy
-    from streamtmr.models.checkpoint import file_sha256, model_path
+    from streamtmr.cache import file_sha256
+    from streamtmr.models.checkpoint import model_path
     where = f"triton {engine.target.address}"
     if isinstance(model, str | Path) and str(model) != "default":
         path = model_path(model)  # a shipped model's name is checked like its file

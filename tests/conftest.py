@@ -6,6 +6,16 @@ import torch
 from streamtmr.models.registry import model_class
 
 
+@pytest.fixture(autouse=True, scope="session")
+def session_cache(tmp_path_factory):
+    """Whatever the tests derive (exported graphs, rendered databases) lands in a cache of this
+    session, never the user's."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STREAMTMR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
     """Engines write exported/optimised models to a per-test cache; one torch thread."""

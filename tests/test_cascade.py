@@ -72,7 +72,8 @@ def test_a_windowed_stage_is_refused_by_name(tmp_path, capsys):
 
 
 def test_chain_cli_takes_the_shipped_default_as_a_stage(stages, tmp_path):
-    from streamtmr.models.checkpoint import default_checkpoint_path, file_sha256
+    from streamtmr.cache import file_sha256
+    from streamtmr.models.checkpoint import default_checkpoint_path
 
     _, _, _, b = stages
     out = tmp_path / "c.safetensors"

@@ -13,10 +13,10 @@ import torch
 from conftest import tiny
 
 from engines import BackendUnavailable, EngineError, create_engine, resolve_source
-from engines.cache import sidecar, verify, write_sidecar
 from engines.onnx_export import export_onnx
 from engines.tensorrt_engine import load_verified_plan, plan_facts, plan_path
 from streamtmr import skeleton
+from streamtmr.cache import sidecar, verify, write_sidecar
 from streamtmr.dummy import Dummy, default_dummy
 from streamtmr.models.checkpoint import CheckpointError, default_checkpoint_path
 from streamtmr.models.registry import available, model_class

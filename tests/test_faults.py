@@ -23,9 +23,9 @@ import zmq
 
 from bench.soak import rss_mb
 from engines import create_engine
-from engines.cache import verify
 from sensors.zmq_source import ZmqSource
 from streamtmr import skeleton
+from streamtmr.cache import verify
 from streamtmr.cli import main
 from streamtmr.dummy import default_dummy
 from streamtmr.models.registry import build_model
@@ -338,7 +338,7 @@ def test_corrupt_onnx_refused(tmp_path, capsys):
 
 
 def test_tampered_tensorrt_plan_refused(tmp_path, capsys):
-    from engines.cache import write_sidecar
+    from streamtmr.cache import write_sidecar
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"serialised plan")
     write_sidecar(plan, {"method": "naive", "window": 16, "graph_sha256": "ab" * 32,

@@ -230,7 +230,7 @@ def test_tampered_cache_with_rewritten_checksum_reports_the_graph_that_runs(tmp_
     """Issue 11: with a tampered engine cache plus its rewritten checksum file, the stats
     reported the shipped checkpoint's SHA-256. Now they report the hash of the bytes ONNX
     Runtime loaded, so the swap shows (and the leak guard still refuses a pass-through)."""
-    from engines.cache import verify, write_sidecar
+    from streamtmr.cache import verify, write_sidecar
 
     monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "cache"))
     honest = open_engine("onnxruntime", model=carded, window=16)

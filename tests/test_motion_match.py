@@ -420,7 +420,8 @@ def test_leash_moves_by_the_database_and_stays_within_reach_of_the_body(source):
     np.testing.assert_allclose(onnx_steps(leash, xs), y.numpy(), atol=1e-4)
 
 
-def test_a_rendered_database_is_rebuilt_from_its_recipe_and_never_stored(source, tmp_path):
+def test_a_rendered_database_is_rebuilt_from_its_recipe_and_never_stored(source, tmp_path,
+                                                                         monkeypatch):
     """``build_rendered``: no store, no person; the checkpoint holds only the recipe, and
     loading it renders the very same database again."""
     from safetensors import safe_open
@@ -435,11 +436,42 @@ def test_a_rendered_database_is_rebuilt_from_its_recipe_and_never_stored(source,
     with safe_open(str(path), framework="pt") as f:
         assert list(f.keys()) == []  # nothing but the recipe in the metadata
     assert path.stat().st_size < 64 * 1024
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "empty"))   # rendered, not read back
     loaded = load_checkpoint(path)
+    assert list((tmp_path / "empty").rglob("*.safetensors"))   # and cached there
     for name in ("features", "feat_scale", "directions", "next", "landing", "root_step"):
         assert torch.equal(getattr(model, name), getattr(loaded, name)), name
     torch.testing.assert_close(loaded.retarget(source, dummy(model)[None]),
                                model.retarget(source, dummy(model)[None]), atol=0, rtol=0)
+
+
+def test_a_rendered_database_is_cached_as_safetensors_and_read_back(tmp_path, monkeypatch):
+    """The database, its search frames and its tree are derived data: rendered once per
+    recipe and code, then read back (the same buffers, bit for bit); another setting is
+    another entry, and a damaged entry is rendered again, never read."""
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path / "c"))
+    rendered, real = [], mm.recipe_clips
+    monkeypatch.setattr(mm, "recipe_clips", lambda *a: rendered.append(a) or real(*a))
+    tiny = MotionMatching.presets["tiny"]
+    first, again = MotionMatching(tiny), MotionMatching(tiny)
+    assert len(rendered) == 1
+    buffers = dict(again.named_buffers())
+    assert {k for k in buffers if k.startswith("tree_")} and first.features_in_tree
+    for name, value in first.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+    assert again.config == first.config
+    entries = list((tmp_path / "c" / "motion_match").glob("*.safetensors"))
+    assert len(entries) == 1
+    MotionMatching({**tiny, "search_leaf": 8})           # another tree: another entry
+    assert len(rendered) == 2
+    entries[0].write_bytes(entries[0].read_bytes()[:-100])   # truncated: rendered again
+    third = MotionMatching(tiny)
+    assert len(rendered) == 3 and torch.equal(third.tree_leaf_feat, first.tree_leaf_feat)
+    x = torch.as_tensor(np.stack(mm.rendered_clips(first.config["dummy_lengths"], ["squat"],
+                                                   seed=3)))        # the clip and its mirror
+    with torch.no_grad():
+        torch.testing.assert_close(third.retarget(x, dummy(first)[None]),
+                                   first.retarget(x, dummy(first)[None]), atol=0, rtol=0)
 
 
 def test_a_database_that_renders_differently_is_refused_by_name(tmp_path):

@@ -145,8 +145,8 @@ def save_chain(checkpoints: list[str | Path], out: str | Path) -> Path:
     """Chain ``checkpoints`` (first → last) and save the cascade at ``out``. Its training
     record is the union of the stages': the cascade saw every person any stage saw (the
     evaluation refuses it on those people)."""
+    from streamtmr.cache import file_sha256
     from streamtmr.models.checkpoint import (
-        file_sha256,
         read_metadata,
         save_checkpoint,
         shipped_path,

@@ -5,7 +5,6 @@ Loading never unpickles: tensors come from safetensors, the config from JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -111,10 +110,3 @@ def resolve_model(spec: str | Path | None) -> Anonymizer:
         return load_checkpoint(path)
     return load_checkpoint(spec)
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -275,7 +275,7 @@ class MotionMatching(Anonymizer):
         # recorded when it was first built, and never stored in a checkpoint.
         rendered = bool(cfg.get("render"))
         if rendered:
-            db = database(recipe_clips(cfg["dummy_lengths"], cfg["render"]), cfg)
+            db = rendered_database(cfg)
             cfg["frames"] = len(db["features"])
             cfg["search_frames"] = int(db.pop("search_frames"))
             cfg["database_check"] = check_rendered(db, cfg.get("database_check"))
@@ -304,33 +304,33 @@ class MotionMatching(Anonymizer):
 
     def set_database(self, db: dict[str, torch.Tensor]) -> None:
         """Copy a :func:`database` into the buffers (sizes must match ``config["frames"]``);
-        the root motion only where this mode has buffers for it."""
+        the root motion only where this mode has buffers for it. Its search tree is built,
+        unless ``db`` brings it (``tree_*``, as :func:`search_tree` made it from this
+        database)."""
+        tree = {k[len("tree_"):]: v for k, v in db.items() if k.startswith("tree_")}
         for name, value in db.items():
-            if name in ("root_step", "turn") and name not in self._buffers:
+            if name.startswith("tree_") or (name in ("root_step", "turn")
+                                            and name not in self._buffers):
                 continue  # the database's root motion: only "leash" keeps it
             getattr(self, name).copy_(value)
-        self.build_tree()
+        self.build_tree(tree or None)
 
     @torch.no_grad()
-    def build_tree(self) -> None:
+    def build_tree(self, tree: dict[str, torch.Tensor] | None = None) -> None:
         """(Re)build the search's box tree from the database buffers (non-persistent buffers
-        ``tree_*``: derived data, never in a checkpoint); ``search_leaf: 0`` searches by brute
-        force instead."""
+        ``tree_*``: derived data, never in a checkpoint), or take ``tree``, made from them by
+        :func:`search_tree`; ``search_leaf: 0`` searches by brute force instead."""
         leaf = int(self.config["search_leaf"])
         s = int(self.config.get("search_frames") or len(self.features))
-        self.has_tree = leaf > 0 and bool(torch.isfinite(self.landing[:s]).any())
+        self.has_tree = has_search_tree(self.landing, s, leaf)
         # Where every landing frame is in the tree, the cost of continuing a clip reads the
         # tree's copy of the features too, and the step graph holds one copy, not two.
         self.features_in_tree = self.has_tree and not bool(torch.isfinite(self.landing[s:]).any())
         if self.has_tree:
-            tree = box_tree.build(self.features[:s].cpu(), self.landing[:s].cpu(), leaf)
-            flat = tree["leaf_frame"].reshape(-1)
-            real = torch.isfinite(tree["leaf_score"].reshape(-1))
-            slot = torch.full((len(self.features),), -1, dtype=torch.int64)
-            slot[flat[real]] = torch.arange(len(flat))[real]   # frame → row of the copy
-            tree["slot"] = slot
-            for name, value in tree.items():
-                self.register_buffer("tree_" + name, value.to(self.features.device),
+            if tree is None:
+                tree = search_tree(self.features, self.landing, s, leaf)
+            for name in (*box_tree.TREE_KEYS, "slot"):
+                self.register_buffer("tree_" + name, tree[name].to(self.features.device),
                                      persistent=False)
 
     def _frame_features(self, idx: torch.Tensor) -> torch.Tensor:
@@ -684,6 +684,46 @@ def recipe_clips(dummy_lengths: Sequence[float], recipe: dict[str, Any]) -> list
     if recipe.get("actions"):
         clips += rendered_clips(dummy_lengths, mirror=False, **recipe)
     return clips + [skeleton.mirror(c) for c in clips] if mirror else clips
+
+
+def has_search_tree(landing: torch.Tensor, search_frames: int, leaf: int) -> bool:
+    """Whether a database searches by a tree: ``search_leaf`` > 0 and a searchable frame."""
+    return leaf > 0 and bool(torch.isfinite(landing[:search_frames]).any())
+
+
+@torch.no_grad()
+def search_tree(features: torch.Tensor, landing: torch.Tensor, search_frames: int, leaf: int
+                ) -> dict[str, torch.Tensor]:
+    """The search tree over the first ``search_frames`` frames (:func:`box_tree.build`), with
+    ``slot [N]``: each frame's row in the tree's leaf-ordered copy of the features (-1: not
+    in it)."""
+    tree = box_tree.build(features[:search_frames].cpu(), landing[:search_frames].cpu(), leaf)
+    flat = tree["leaf_frame"].reshape(-1)
+    real = torch.isfinite(tree["leaf_score"].reshape(-1))
+    slot = torch.full((len(features),), -1, dtype=torch.int64)
+    slot[flat[real]] = torch.arange(len(flat))[real]   # frame → row of the copy
+    return {**tree, "slot": slot}
+
+
+def rendered_database(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The :func:`database` of ``cfg``'s recipe (``render``) with ``search_frames`` and its
+    search tree (``tree_*``): rendered, featurised and indexed the first time (seconds for the
+    shipped ``matcher``), then read back from the cache (:func:`streamtmr.cache.cached_tensors`:
+    keyed by the config, this package's code and the numpy and torch versions)."""
+    from streamtmr.cache import cached_tensors
+
+    def render() -> dict[str, torch.Tensor]:
+        db = database(recipe_clips(cfg["dummy_lengths"], cfg["render"]), cfg)
+        s, leaf = int(db["search_frames"]), int(cfg["search_leaf"])
+        db["search_frames"] = torch.tensor(s)
+        if has_search_tree(db["landing"], s, leaf):
+            db.update({"tree_" + k: v for k, v in
+                       search_tree(db["features"], db["landing"], s, leaf).items()})
+        return db
+
+    facts = {k: v for k, v in cfg.items() if k not in ("frames", "search_frames",
+                                                       "database_check")}
+    return cached_tensors("motion_match", facts, render)
 
 
 def check_rendered(db: dict[str, torch.Tensor], recorded: dict[str, Any] | None,
