@@ -111,9 +111,10 @@ def cached_tensors(kind: str, facts: dict[str, Any],
     cache that cannot be written costs the time, never the result."""
     import numpy as np
 
-    record = {"kind": kind, "facts": facts, "code_sha256": code_sha256(),
-              "numpy": np.__version__, "torch": torch.__version__}
-    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    text = json.dumps({"kind": kind, "facts": facts, "code_sha256": code_sha256(),
+                       "numpy": np.__version__, "torch": torch.__version__},
+                      sort_keys=True, default=str)               # numpy scalars and the like
+    record, key = json.loads(text), hashlib.sha256(text.encode()).hexdigest()
     expect = {"facts_sha256": key}
     try:
         path = cache_dir(kind) / f"{key[:32]}.safetensors"

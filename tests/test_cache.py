@@ -37,6 +37,17 @@ def test_built_once_per_facts_then_read_back(tmp_path, monkeypatch):
     assert record["code_sha256"] == cache.code_sha256() and record["kind"] == "demo"
 
 
+def test_facts_with_numpy_values_key_an_entry(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
+    calls: list = []
+    facts = {"lengths": np.float32(0.25), "shape": (2, 3)}
+    cache.cached_tensors("demo", facts, builder(calls))
+    cache.cached_tensors("demo", dict(facts), builder(calls))
+    assert calls == [1.0]
+
+
 def test_a_damaged_entry_is_built_again_not_read(tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
     calls: list = []
