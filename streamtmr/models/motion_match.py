@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from streamtmr import skeleton
+from streamtmr.cache import cached_tensors
 from streamtmr.data.store import SkeletonStore
 from streamtmr.dummy import default_dummy
 from streamtmr.models import box_tree
@@ -311,7 +312,7 @@ class MotionMatching(Anonymizer):
         for name, value in db.items():
             if name.startswith("tree_") or (name in ("root_step", "turn")
                                             and name not in self._buffers):
-                continue  # the database's root motion: only "leash" keeps it
+                continue  # the tree: below; the database's root motion: only "leash" keeps it
             getattr(self, name).copy_(value)
         self.build_tree(tree or None)
 
@@ -710,8 +711,6 @@ def rendered_database(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     search tree (``tree_*``): rendered, featurised and indexed the first time (seconds for the
     shipped ``matcher``), then read back from the cache (:func:`streamtmr.cache.cached_tensors`:
     keyed by the config, this package's code and the numpy and torch versions)."""
-    from streamtmr.cache import cached_tensors
-
     def render() -> dict[str, torch.Tensor]:
         db = database(recipe_clips(cfg["dummy_lengths"], cfg["render"]), cfg)
         s, leaf = int(db["search_frames"]), int(cfg["search_leaf"])
