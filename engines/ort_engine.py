@@ -27,7 +27,7 @@ import numpy as np
 from engines.base import BackendUnavailable, Engine, EngineError, default_cpu_threads
 from engines.onnx_export import FRAMES, INPUT, OUTPUT, STATE_IN, STATE_OUT
 from engines.source import ModelSource
-from streamtmr.cache import cache_dir, cache_key, verify, write_sidecar
+from streamtmr.cache import cache_dir, cache_key, partial_prefix, verify, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class OrtEngine(Engine):
             except Exception as e:  # a stale or foreign optimised graph: rebuild it
                 log.warning("cached optimised model %s unusable (%s); rebuilding", cached, e)
         so = options(full)
-        tmp = cached.with_name(cached.name + ".tmp")
+        tmp = cached.with_name(partial_prefix(cached) + "onnx")  # ORT picks the format by suffix
         so.optimized_model_filepath = str(tmp)
         session = self._load(ort, onnx_path, so, providers)
         try:

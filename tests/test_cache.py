@@ -86,3 +86,102 @@ def test_the_source_hash_changes_with_any_python_file(tmp_path):
     (tmp_path / "pkg" / "sub" / "b.py").rename(tmp_path / "pkg" / "sub" / "c.py")
     assert cache.source_sha256(tmp_path / "pkg") not in (base, changed)   # a rename counts
     assert cache.code_sha256() == cache.source_sha256(Path(cache.__file__).parent)
+
+
+# ---- the bound: least recently used entries go first, and only what the cache wrote --------
+
+def _age(path: Path, seconds: float) -> None:
+    import os
+    import time
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def _entry(kind: str, x: int) -> Path:
+    cache.cached_tensors(kind, {"x": x}, lambda: {"a": torch.zeros(1000)})   # 4 kB of data
+    (path,) = [e.path for e in cache.entries() if e.record["facts"] == {"x": x}]
+    return path
+
+
+def test_a_write_drops_the_least_recently_used_entries_to_fit_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "0")                    # no bound while filling
+    a, b, c = (_entry("demo", x) for x in (1, 2, 3))
+    for i, path in enumerate((a, b, c)):
+        _age(cache.sidecar(path), 300 - 100 * i)                    # written a, then b, then c
+    size = cache.entries()[0].size
+    assert cache.verify(a) is not None                              # a read: used now
+    assert [e.path for e in cache.entries()] == [b, c, a]           # least recently used first
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, str(3 * size + size // 2))
+    d = _entry("other", 4)                                          # a fourth: one must go
+    assert sorted(e.path for e in cache.entries()) == sorted([c, a, d])
+    assert not b.exists() and not cache.sidecar(b).exists()
+    calls: list = []
+    cache.cached_tensors("demo", {"x": 2}, builder(calls))          # b is built again
+    assert calls == [1.0]
+
+
+def test_the_entry_just_written_stays_even_above_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "100")                   # smaller than any entry
+    a = _entry("demo", 1)
+    b = _entry("demo", 2)
+    assert [e.path for e in cache.entries()] == [b] and not a.exists()
+
+
+def test_only_what_the_cache_wrote_is_ever_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "0")
+    kept = _entry("demo", 1)
+    folder = kept.parent
+    crashed = folder / (cache.partial_prefix(folder / "k.safetensors") + "x1")  # a crash
+    writing = folder / (cache.partial_prefix(folder / "m.safetensors") + "x2")  # in progress
+    orphan = folder / "gone.safetensors.json"                       # its file was deleted
+    unsealed = folder / "nosidecar.safetensors"                     # crashed before the sidecar
+    for path in (crashed, writing, unsealed):
+        path.write_bytes(b"\0" * 10)
+    orphan.write_text(json.dumps({"file": "gone.safetensors", "sha256": "0" * 64}))
+    mine = {tmp_path / "notes" / "a.json": '{"file": "x"}', tmp_path / "notes" / ".partial-x": "",
+            folder / "readme.txt": "user's", folder / "other.json": "{}"}
+    for path, text in mine.items():                                 # not written by the cache
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    for path in (crashed, orphan, unsealed, *mine):
+        _age(path, 2 * cache.STRAY_AFTER_S)
+    assert sorted(cache.strays()) == sorted([crashed, orphan, unsealed])
+    cache.trim(0)
+    assert not crashed.exists() and not orphan.exists() and not unsealed.exists()
+    assert writing.exists() and kept.exists() and all(p.exists() for p in mine)
+    assert [e.path for e in cache.entries()] == [kept]
+
+
+def test_a_bad_bound_names_the_variable(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
+    assert cache.parse_size("5G") == 5 * 10**9 and cache.parse_size("1.5GiB") == 3 << 29
+    assert cache.parse_size("2048") == 2048 and cache.parse_size("0") == 0
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "lots")
+    with pytest.raises(ValueError, match="STREAMTMR_CACHE_MAX_SIZE: 'lots' is not a size"):
+        cache.cached_tensors("demo", {"x": 1}, builder([]))
+
+
+def test_the_cache_command_shows_prunes_and_clears(tmp_path, monkeypatch, capsys):
+    from streamtmr.cli import main
+
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "0")
+    paths = [_entry("demo", x) for x in (1, 2, 3)]
+    for i, path in enumerate(paths):
+        _age(cache.sidecar(path), 300 - 100 * i)
+    size = cache.entries()[0].size
+    assert main(["cache", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "3 entries" in out and "no bound" in out and all(p.name in out for p in paths)
+    assert main(["cache", "prune", "--max-size", str(2 * size)]) == 0
+    assert "removed 1 entries" in capsys.readouterr().out
+    assert [e.path for e in cache.entries()] == paths[1:]           # the oldest went
+    assert main(["cache", "prune", "--max-size", "many"]) == 2
+    assert "--max-size: 'many' is not a size" in capsys.readouterr().err
+    assert main(["cache", "clear"]) == 0
+    assert cache.entries() == [] and "removed 2 entries" in capsys.readouterr().out
