@@ -130,6 +130,12 @@ class Engine(abc.ABC):
         """Back end of :meth:`step` (validated input, ``1 <= B``)."""
         raise EngineError(f"{self.name}: no step() for this back end")
 
+    @property
+    def stagger(self) -> tuple[str, int] | None:
+        """(state name, period) whose fresh value phases a periodic cost of the step (a
+        motion matcher's search), or None; see :class:`streamtmr.stream.state.StateSlots`."""
+        return self.source.stagger
+
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Per-body state: name → (shape, dtype). Only for streaming models."""
         if self.source.state_spec is None:

@@ -99,6 +99,8 @@ def export_onnx(source: ModelSource, path: str | Path, opset: int = OPSET,
     if source.streaming:
         meta.update(streaming="1", state_spec=json.dumps(
             {k: list(v) for k, v in source.state_spec.items()}))
+        if source.stagger is not None:
+            meta["stagger"] = json.dumps(list(source.stagger))
     del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()
@@ -172,6 +174,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         if props.get("streaming") == "1":
             meta["state_spec"] = {k: tuple(int(n) for n in v)
                                   for k, v in json.loads(props["state_spec"]).items()}
+        if "stagger" in props:
+            name, period = json.loads(props["stagger"])
+            meta["stagger"] = (str(name), int(period))
         return meta
     except (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: malformed streamtmr metadata ({e})") from None

@@ -107,6 +107,10 @@ class ModelSource:
     #: Streaming model (``step(frame, state)``): per-body state shapes, name → shape (float32);
     #: None for a windowed model.
     state_spec: dict[str, tuple[int, ...]] | None = None
+    #: (state name, period): a fresh state's value of that name is the phase of a periodic
+    #: step cost (a motion matcher's search), which the node staggers across bodies that
+    #: start together; None: nothing to stagger.
+    stagger: tuple[str, int] | None = None
     _exported: Path | None = field(default=None, repr=False)
 
     @property
@@ -187,7 +191,12 @@ def resolve_source(model: Anonymizer | str | Path | None = None,
     return ModelSource(name=name, method=anonymizer.method, config=dict(anonymizer.config),
                        window=w, dummy=d, sha256=sha, module=module,
                        deterministic="stochastic" not in type(anonymizer).traits,
-                       state_spec=_state_spec(module))
+                       state_spec=_state_spec(module), stagger=_stagger(module))
+
+
+def _stagger(module: nn.Module) -> tuple[str, int] | None:
+    st = getattr(module, "stagger", None)
+    return None if st is None else (str(st[0]), int(st[1]))
 
 
 def _state_spec(module: nn.Module) -> dict[str, tuple[int, ...]] | None:
@@ -227,7 +236,7 @@ def _onnx_source(path: Path, dummy: Any, window: int | None) -> ModelSource:
     return ModelSource(name=str(path), method=meta["method"], config=meta["config"],
                        window=int(meta["window"]), dummy=baked, sha256=file_sha256(path),
                        onnx_path=path, deterministic=_deterministic(meta["method"]),
-                       state_spec=meta.get("state_spec"))
+                       state_spec=meta.get("state_spec"), stagger=meta.get("stagger"))
 
 
 def _plan_source(path: Path, dummy: Any, window: int | None) -> ModelSource:
@@ -243,4 +252,5 @@ def _plan_source(path: Path, dummy: Any, window: int | None) -> ModelSource:
                        sha256=record["graph_sha256"], plan_path=path,
                        state_spec={k: tuple(v) for k, v in record["state_spec"].items()}
                        if "state_spec" in record else None,
+                       stagger=tuple(record["stagger"]) if record.get("stagger") else None,
                        deterministic=_deterministic(record["method"]))

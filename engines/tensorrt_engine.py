@@ -339,6 +339,8 @@ def export_plan(source: ModelSource, out: str | Path, max_batch: int = 8, fp16: 
                        source.window)
     if source.streaming:
         facts["state_spec"] = {k: list(v) for k, v in source.state_spec.items()}
+        if source.stagger is not None:
+            facts["stagger"] = list(source.stagger)
     return write_sidecar(out, {**facts, "method": source.method, "model": source.name,
                                "config": source.config, "dummy": {
                                    "name": source.dummy.name,

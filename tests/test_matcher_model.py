@@ -85,6 +85,15 @@ def test_the_first_stage_is_the_shipped_default(matcher):
         assert torch.equal(matcher.stages[0].state_dict()[k], v), k
 
 
+def test_the_matcher_staggers_its_search_across_bodies(matcher):
+    """The node phases bodies that start together by the matcher stage's search counter."""
+    import torch
+
+    mod = matcher.for_dummy(torch.tensor(np.array(default_dummy().lengths, np.float32)))
+    assert mod.stagger == ("s1.since_search", matcher.config["stages"][1]["search_every"])
+    assert mod.stagger[0] in mod.state_spec()
+
+
 def test_the_matcher_has_a_card_bound_to_its_weights():
     card = find_card(MATCHER)
     assert card is not None and card["sha256"] == file_sha256(MATCHER)

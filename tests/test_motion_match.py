@@ -554,3 +554,109 @@ def test_a_recipe_asking_for_too_much_work_is_refused_before_rendering(tmp_path)
     path = save_checkpoint(tmp_path / "greedy.safetensors", model)
     with pytest.raises(CheckpointError, match="greedy.safetensors.*more than 20000"):
         load_checkpoint(path)
+
+
+def test_a_fresh_since_search_is_the_phase_of_the_bodys_searches(model, source):
+    """A fresh state's since_search p: the first frame searches, the next search comes
+    search_every − p frames later; p = 0 is the zero state's (evaluated) schedule, bit for bit."""
+    every = model.config["search_every"]
+    x = source[:1].expand(every, -1, -1, -1)[:, :3 * every]      # one track, every phase
+    state = model.init_state(every)
+    state["since_search"] = torch.arange(every, dtype=torch.float32)
+    searched, outs = [], []
+    for t in range(x.shape[1]):
+        y, state = model.step(x[:, t], state, dummy(model))
+        outs.append(y)
+        searched.append(state["since_search"] == 1)    # reset to 0 this frame, then + 1
+    searched = torch.stack(searched, 1)[:, 1:]         # after the first frame (since = p + 1)
+    first = searched.float().argmax(1) + 1
+    assert first.tolist() == [every - p for p in range(every)]
+    ref, _ = run_steps(model, x[:1])
+    assert torch.equal(torch.stack(outs, 1)[:1], ref)
+    mod = model.for_dummy(dummy(model))
+    assert mod.stagger == ("since_search", every)
+
+
+def test_the_node_staggers_bodies_that_enter_together(model, source):
+    """Through the node, five bodies that enter on the same frame search on five different
+    frames, not all on one; a body alone is stepped from the zero state, so it publishes the
+    evaluated output (offline path) exactly."""
+    from engines import create_engine
+    from streamtmr.offline import publish_tracks
+    from streamtmr.stream.frame import Body, Frame
+    from streamtmr.stream.node import Node, NodeConfig
+
+    eng = create_engine("torch", model=model, window=None)
+    every = model.config["search_every"]
+    assert eng.stagger == ("since_search", every)
+    cfg = NodeConfig(budget_ms=1e6, smoothing="none", leak_guard=False)
+    track = source[0, :4 * every].numpy()
+    st = np.full(25, 2, np.uint8)
+    node = Node(eng, config=cfg)
+    searching = []
+    for t, joints in enumerate(track):
+        node.step(Frame(t, int(t * 1e9 / 30), [Body(i, joints + [i, 0, 0], st)
+                                                for i in range(every)], "s"))
+        since = node.states.arrays["since_search"][:every]
+        if t >= 1:
+            searching.append(int((since == 1).sum()))
+    node.close()
+    assert max(searching[every:]) == 1                 # one body searches per frame, not five
+    alone = Node(eng, config=cfg)
+    got = np.stack([alone.step(Frame(t, int(t * 1e9 / 30), [Body(7, j, st)], "s"))[0]
+                    .bodies[0].joints for t, j in enumerate(track)])
+    alone.close()
+    (ref,) = publish_tracks(eng, [track], cfg)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_the_phase_state_travels_with_exported_graphs_and_cascades(model, tmp_path):
+    from engines.onnx_export import export_onnx
+    from engines.source import resolve_source
+    from streamtmr.models.cascade import CascadeDummy
+
+    src = resolve_source(model, window=None)
+    assert src.stagger == ("since_search", model.config["search_every"])
+    export_onnx(src, tmp_path / "mm.onnx")
+    assert resolve_source(tmp_path / "mm.onnx", window=None).stagger == src.stagger
+    tiny = model_class("tmr-stream").from_preset("tiny")
+    chained = CascadeDummy([tiny.for_dummy(dummy(model)), model.for_dummy(dummy(model))])
+    assert chained.stagger == ("s1.since_search", model.config["search_every"])
+    assert chained.stagger[0] in chained.state_spec()
+    assert resolve_source(tiny, window=None).stagger is None
+
+
+def test_state_slots_put_fresh_bodies_on_the_least_used_search_frames():
+    from streamtmr.stream.state import StateSlots
+
+    class Engine:
+        stagger = ("phase", 5)
+
+        def state_spec(self):
+            return {"phase": ((), np.float32), "x": ((2,), np.float32)}
+
+        def init_state(self, n):
+            return {"phase": np.zeros(n, np.float32), "x": np.zeros((n, 2), np.float32)}
+
+    def residues(slots, starts):                       # search frames ≡ start − phase
+        return [(f - int(slots.arrays["phase"][i])) % 5 for i, f in enumerate(starts)]
+
+    slots = StateSlots(Engine(), 8)
+    state = slots.gather([0], [0])                     # alone: the zero state, phase 0
+    assert state["phase"].tolist() == [0.0]
+    slots = StateSlots(Engine(), 8)
+    state = slots.gather(list(range(6)), [0] * 6)      # six enter together on frame 0
+    assert state["phase"][0] == 0
+    assert np.bincount(residues(slots, [0] * 6), minlength=5).tolist() == [2, 1, 1, 1, 1]
+    for _ in (1, 2):
+        slots.gather(list(range(6)), [0] * 6)          # the same six, nothing fresh
+    state = slots.gather([*range(6), 6], [0] * 7)      # a seventh on frame 3: residue 3 is
+    assert state["phase"][6] == 0                      # among the least used, so phase 0
+    assert residues(slots, [0] * 6 + [3]) == [0, 1, 2, 3, 4, 0, 3]
+    slots.reset([0, 5])                                # both on residue 0 restart on frame 4:
+    state = slots.gather([*range(7)], [0] * 7)         # 0 is now unused, so the first goes
+    assert state["phase"][[0, 5]].tolist() == [4, 0]   # there; the second is alone on 4
+    assert residues(slots, [4, 0, 0, 0, 0, 4, 3]) == [0, 1, 2, 3, 4, 4, 3]
+    with pytest.raises(ValueError, match="stagger"):
+        Engine.stagger = ("x", 5)                      # not a scalar entry
+        StateSlots(Engine(), 2)

@@ -85,6 +85,10 @@ class CascadeDummy(nn.Module):
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self._keys = list(self.state_spec())  # the state's order, fixed once (hot path)
+        # the search phase of the last stage that has one (a motion matcher's)
+        staggers = [(f"s{i}.{st[0]}", st[1]) for i, s in enumerate(stages)
+                    if (st := getattr(s, "stagger", None)) is not None]
+        self.stagger = staggers[-1] if staggers else None
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         spec = {}

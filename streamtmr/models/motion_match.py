@@ -479,7 +479,9 @@ class MotionMatching(Anonymizer):
         old = torch.where(jump, torch.where(fresh, best, cur_next), old)
         full = torch.full_like(blend, int(self.config["blend_frames"]))
         blend = torch.where(jump, torch.where(fresh, full, torch.zeros_like(full)), blend)
-        since = torch.where(need, torch.zeros_like(since), since)
+        # A fresh state's since_search is the phase of the body's searches (0 on a zero state;
+        # the node staggers bodies that start together: ``MotionMatchingDummy.stagger``).
+        since = torch.where(need, torch.where(fresh, since, torch.zeros_like(since)), since)
         return cur, old, blend, since
 
     # ---- window interface ------------------------------------------------------------------
@@ -504,6 +506,12 @@ class MotionMatchingDummy(nn.Module):
     ``forward(x [B, T, 25, 3])`` (each sequence a track from its first frame) and
     ``step(frame [B, 25, 3], state) -> (out [B, 25, 3], state)`` compute the same function;
     ``init_state(batch)`` is a fresh track, ``state_spec()`` the per-body state shapes.
+
+    ``stagger``: a fresh state's ``since_search`` ``p`` (0 … ``search_every`` − 1) moves the
+    body's searches ``p`` frames earlier (the first frame still searches; the next search
+    comes ``search_every − p`` frames later, then every ``search_every``). A zero state is the
+    evaluated schedule; the node gives bodies that start on the same frame different phases,
+    so that they do not all search on the same frames (:class:`streamtmr.stream.state.StateSlots`).
     """
 
     streaming = True
@@ -516,6 +524,7 @@ class MotionMatchingDummy(nn.Module):
                              f"{tuple(lengths.shape)}")
         self.model = model
         self.register_buffer("lengths", lengths.clone())
+        self.stagger = ("since_search", int(model.config["search_every"]))
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return self.model.state_spec()

@@ -9,6 +9,14 @@ of that body failed a check. The live bodies' states are gathered into one batch
 ``max_bodies`` slots of the shapes in ``engine.state_spec()``. A step that finishes after its
 deadline still hands its states back (to slots still on the same track); the frames that came
 in while it ran were overruns and are not in the state (as if the sensor had skipped them).
+
+Staggering: a model with a periodic cost (a motion matcher searches its database every few
+frames) names the state entry whose fresh value is the phase of that cost
+(``engine.stagger = (name, period)``). A body that starts fresh gets the phase that puts its
+costly frames on the residue (frame count modulo period) fewest live bodies use, so bodies that
+enter together do not all search on the same frame. Alone, a body gets phase 0: the zero
+state, the schedule the evaluation measures. Any phase is the same schedule started at another
+frame of the person's motion.
 """
 
 from __future__ import annotations
@@ -34,6 +42,14 @@ class StateSlots:
                              f"state_spec {sorted(self.arrays)}")
         self._fresh = {n: np.asarray(a)[0] for n, a in fresh.items()}
         self._gen = np.full(max_bodies, -1, np.int64)  # the window generation a slot holds
+        self.stagger = getattr(engine, "stagger", None)
+        if self.stagger is not None:
+            name, period = self.stagger
+            if name not in self.arrays or self.arrays[name].shape[1:] != () or int(period) < 1:
+                raise ValueError(f"streaming engine: stagger {self.stagger!r} must name a "
+                                 f"scalar state entry and a period >= 1")
+        self._frames = 0                               # gather calls: the node's frame count
+        self._residue = np.full(max_bodies, -1, np.int64)  # each slot's costly-frame residue
 
     def reset(self, slots: list[int]) -> None:
         """Forget the state of ``slots`` (they restart fresh on their next step)."""
@@ -46,8 +62,26 @@ class StateSlots:
         stale = idx[self._gen[idx] != np.asarray(generations, np.int64)]
         for name, arr in self.arrays.items():
             arr[stale] = self._fresh[name]
+        if self.stagger is not None and len(stale):
+            self._stagger(idx, stale)
+        self._frames += 1
         self._gen[idx] = generations
         return {name: np.ascontiguousarray(arr[idx]) for name, arr in self.arrays.items()}
+
+    def _stagger(self, live: np.ndarray, stale: np.ndarray) -> None:
+        """Phase each fresh slot onto the residue the fewest other live slots use (phase 0,
+        the evaluated schedule, wherever it is among them)."""
+        name, period = self.stagger[0], int(self.stagger[1])
+        keep = live[~np.isin(live, stale)]
+        used = np.bincount(self._residue[keep][self._residue[keep] >= 0] % period,
+                           minlength=period)
+        now = self._frames % period                    # the residue of phase 0
+        for slot in stale:
+            r = now if used[now] == used.min() else int(np.argmin(used))
+            phase = (self._frames - r) % period        # its search frames ≡ r (mod period)
+            self.arrays[name][slot] = phase
+            self._residue[slot] = r
+            used[r] += 1
 
     def accept(self, call: Any, result: Any) -> tuple[np.ndarray | None, BaseException | None]:
         """Validate one ``step`` result for ``call`` (its slots and generations), scatter the new
