@@ -335,8 +335,19 @@ def _parse_info(info: dict[str, Any]) -> tuple[ModelSource, dict, dict]:
                          config=dict(info["config"]), window=int(info["window"]),
                          dummy=Dummy(str(info["dummy"]["name"]), lengths),
                          sha256=str(info["model_sha256"]),
-                         state_spec={n: shape for n, (shape, _) in spec.items()} or None)
+                         state_spec={n: shape for n, (shape, _) in spec.items()} or None,
+                         stagger=_stagger(info.get("stagger"), spec))
     return source, spec, init
+
+
+def _stagger(value: Any, spec: dict) -> tuple[str, int] | None:
+    """The served model's search phase entry (``stagger``), checked against its state."""
+    if value is None:
+        return None
+    name, period = value
+    if name not in spec or spec[name][0] != () or int(period) < 1:
+        raise ValueError(f"stagger {value!r}: not a scalar state entry with a period >= 1")
+    return str(name), int(period)
 
 
 def open_triton(url: str, model: Any = None, dummy: Any = None, window: int | None = None,

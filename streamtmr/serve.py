@@ -172,6 +172,8 @@ def model_info(engine: Any, state_dtype: str, max_batch: int) -> dict[str, Any]:
                                 "init": base64.b64encode(np.ascontiguousarray(
                                     init[name][0], dt).tobytes()).decode()}
                          for name, (shape, dt) in wire.items()}
+        if getattr(engine, "stagger", None) is not None:
+            info["stagger"] = list(engine.stagger)     # the client's node phases fresh bodies
     return info
 
 

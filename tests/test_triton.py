@@ -324,6 +324,23 @@ def test_wire_sends_rings_as_fp16_and_counters_exactly():
         serve.wire_spec(spec, "int8")
 
 
+def test_a_served_matcher_tells_the_node_its_search_phase():
+    """The node behind a Triton server staggers a matcher's bodies as an in-process one does:
+    the served info names the phase entry, and the client's source takes it (checked)."""
+    from engines.triton_engine import _parse_info
+    from streamtmr.models.registry import model_class
+
+    eng = create_engine("torch", model=model_class("motion_match").from_preset("tiny"),
+                        window=None)
+    info = json.loads(json.dumps(serve.model_info(eng, "fp32", 8)))   # as it travels
+    assert info["stagger"] == ["since_search", eng.stagger[1]]
+    source, _, _ = _parse_info(info)
+    assert source.stagger == eng.stagger
+    info["stagger"] = ["anchor", 5]                                      # not a scalar
+    with pytest.raises(ValueError, match="stagger"):
+        _parse_info(info)
+
+
 def test_streaming_step_through_triton_equals_in_process(stream_server, stream_model):
     client = stream_server.wait_ready()
     local = create_engine("onnxruntime", model=stream_model, window=None)
