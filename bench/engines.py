@@ -226,12 +226,25 @@ def step_inputs(clips: list[np.ndarray], bodies: int, frames: int = STEP_FRAMES)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def fresh_states(engine, bodies: int, staggered: bool = True) -> dict[str, np.ndarray]:
+    """The states of ``bodies`` tracks that start on the same frame: as the node hands them to
+    the engine (:class:`~streamtmr.stream.state.StateSlots`, which staggers a matcher's search
+    phases across them), or all zero (``staggered=False``: every body searches on the same
+    frames, the worst case)."""
+    if not staggered:
+        return engine.init_state(bodies)
+    from streamtmr.stream.state import StateSlots
+    return StateSlots(engine, bodies).gather(list(range(bodies)), [0] * bodies)
+
+
 def time_steps(engine, frames: np.ndarray, cell_s: float, min_iters: int,
-               max_s: float | None = None, max_iters: int = 100_000) -> np.ndarray:
+               max_s: float | None = None, max_iters: int = 100_000,
+               staggered: bool = True) -> np.ndarray:
     """Latencies (ns) of ``engine.step`` on consecutive frames ``[F, B, 25, 3]`` of ``B``
-    tracks, the state carried from call to call (a fresh track per body at the start): until
-    ``cell_s`` seconds and ``min_iters`` calls, or ``max_s`` seconds and at least one call."""
-    state = engine.init_state(frames.shape[1])
+    tracks, the state carried from call to call (a fresh track per body at the start,
+    :func:`fresh_states`): until ``cell_s`` seconds and ``min_iters`` calls, or ``max_s``
+    seconds and at least one call."""
+    state = fresh_states(engine, frames.shape[1], staggered)
     for k in range(2):  # warm-up: allocations, first-call costs
         _, state = engine.step(frames[k], state)
     samples = []
@@ -254,6 +267,7 @@ def time_steps(engine, frames: np.ndarray, cell_s: float, min_iters: int,
 def bench_steps(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[int],
                 clips: list[np.ndarray], cell_s: float, min_iters: int, pair_budget_s: float,
                 torch_threads: int, log: Callable[[str], None] = lambda s: None,
+                staggered: bool = True,
                 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str, int], np.ndarray]]:
     """Time ``engine.step`` of every streaming ``(model, spec, engine)`` pair at every number
     of bodies per call. Rows carry the latency summary per call and bodies (frames) per
@@ -261,7 +275,8 @@ def bench_steps(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[i
     inputs = {b: step_inputs(clips, b) for b in batches}
 
     def timer(engine, b: int, max_s: float) -> np.ndarray:
-        return time_steps(engine, inputs[b], cell_s, min_iters, max_s=max_s)
+        return time_steps(engine, inputs[b], cell_s, min_iters, max_s=max_s,
+                          staggered=staggered)
 
     rows: list[dict[str, Any]] = []
     samples: dict[tuple[str, str, int], np.ndarray] = {}
@@ -270,6 +285,7 @@ def bench_steps(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[i
         if s is None:
             continue
         b = row["bodies"]
+        row["states"] = "staggered as the node starts them" if staggered else "all in phase"
         row["bodies_per_s"] = round(b * len(s) / (s.sum() / 1e9), 1)
         samples[(row["model"], row["engine"], b)] = s
         log(f"step {row['model']} / {row['engine']} {b} bodies: p50 {row['p50_ms']:.3f} ms, "

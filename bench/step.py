@@ -5,8 +5,10 @@
 
 For every model × engine × number of bodies: at least ``--min-calls`` (default 600, so that
 p99 means something) consecutive steps of real SynthKinect motion, the state carried from call
-to call, after two warm-up calls. The JSON records the machine and its load, every model by
-label and SHA-256, and the latency summary of each cell (p50/p90/p99/max, bodies per second).
+to call, after two warm-up calls. The bodies start together with the states the node gives
+them (a matcher's search phases staggered; ``--in-phase``: all from the zero state). The JSON
+records the machine and its load, every model by label and SHA-256, and the latency summary of
+each cell (p50/p90/p99/max, bodies per second).
 ``streamtmr bench`` runs the same cells (``bench.engines.bench_steps``) inside its suite; this
 module is the stand-alone form for the streaming model's own record.
 """
@@ -32,7 +34,8 @@ PAIR_BUDGET_S = 600.0
 
 
 def run(models: list[str], engines: list[str], bodies: list[int], min_calls: int,
-        cell_s: float, torch_threads: int = 1, log=print) -> dict[str, Any]:
+        cell_s: float, torch_threads: int = 1, log=print, staggered: bool = True
+        ) -> dict[str, Any]:
     """Time every cell; returns the JSON-ready record."""
     specs, skipped = parse_engine_specs(engines)
     resolved = [resolve_model_spec(m) for m in models]
@@ -46,7 +49,8 @@ def run(models: list[str], engines: list[str], bodies: list[int], min_calls: int
     clips = motion_clips(8, seed=0)
     load_before = load_average()
     rows, _ = bench_steps(pairs, sorted(bodies), clips, cell_s, min_calls,
-                          pair_budget_s=PAIR_BUDGET_S, torch_threads=torch_threads, log=log)
+                          pair_budget_s=PAIR_BUDGET_S, torch_threads=torch_threads, log=log,
+                          staggered=staggered)
     idents = {m.label: m.ident for m in resolved}
     for row in rows:
         row["model"] = idents[row["model"]]
@@ -67,10 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-s", type=float, default=1.0, help="least seconds per cell")
     p.add_argument("--out", type=Path, default=None, help="JSON (default: bench/results/"
                    "step-DATE-HOST.json)")
+    p.add_argument("--in-phase", action="store_true",
+                   help="start every body from the zero state, so that a matcher's bodies all "
+                        "search on the same frames (the worst case); default: the states the "
+                        "node starts bodies with, search phases staggered")
     a = p.parse_args(argv)
     if a.min_calls < MIN_P99_SAMPLES:
         p.error(f"--min-calls must be >= {MIN_P99_SAMPLES} for a p99")
-    record = run(a.models, a.engines, a.bodies, a.min_calls, a.cell_s)
+    record = run(a.models, a.engines, a.bodies, a.min_calls, a.cell_s,
+                 staggered=not a.in_phase)
     out = a.out or Path("bench/results") / (
         f"step-{record['date'][:10]}-{host_kind(record['machine'])}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

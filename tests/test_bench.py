@@ -421,3 +421,23 @@ def test_box_tree_pruning_records_the_share_each_search_reads(tmp_path):
     # a leaf whose frames are read passed the box test, so its box was read
     assert boxes["mean"] * rec["leaves"][0] * rec["leaves"][1] >= share["mean"] * \
         rec["searchable_frames"]
+
+
+def test_step_cells_start_bodies_as_the_node_does():
+    """A step cell's bodies start with the states the node gives bodies that enter together: a
+    matcher's search phases staggered (``--in-phase``: all zero); a model without a search
+    starts from its zero state either way."""
+    from bench.engines import fresh_states
+    from engines import create_engine
+    from streamtmr.models.registry import model_class
+
+    mm = create_engine("torch", model=model_class("motion_match").from_preset("tiny"),
+                       window=None)
+    every = mm.stagger[1]
+    staggered = fresh_states(mm, 6)["since_search"]
+    assert sorted(staggered.tolist()) == sorted(float(i % every) for i in range(6))
+    assert not fresh_states(mm, 6, staggered=False)["since_search"].any()
+    tmr = create_engine("torch", model=model_class("tmr-stream").from_preset("tiny"),
+                        window=None)
+    a, b = fresh_states(tmr, 3), fresh_states(tmr, 3, staggered=False)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
