@@ -25,9 +25,10 @@ avatar moves by the database's own steps and turns, and the body's root and faci
 it back when it strays past ``leash_m`` / ``leash_deg``.
 
 The model is stateful and causal: :meth:`MotionMatching.init_state` / :meth:`MotionMatching.step`
-follow ``/work/notes/STREAMING_API.md`` (one state slot per body), and :meth:`retarget` over a
-window is stepping from a fresh state. The database lives in registered buffers, so a built
-database is an ordinary streamtmr checkpoint (``save_checkpoint`` / ``load_checkpoint``).
+follow the engines' streaming contract (:class:`engines.base.Engine`: one state per body),
+and :meth:`retarget` over a window is stepping from a fresh state. The database lives in
+registered buffers, so a built database is an ordinary streamtmr checkpoint
+(``save_checkpoint`` / ``load_checkpoint``).
 
 Build: :func:`build_database` from a SynthKinect store (``configs/motion_match.yaml``)::
 

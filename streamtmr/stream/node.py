@@ -204,9 +204,9 @@ class Node:
 
     ``engine`` provides ``dummy_lengths`` and ``describe()`` and either ``window`` and
     ``run_latest(windows, k)`` (windowed models) or, with ``streaming = True``,
-    ``init_state(n)`` and ``step(frames, state)`` (see :mod:`engines` and
-    ``notes/STREAMING_API.md``). Use :meth:`step` for one frame (returns what was published)
-    or :meth:`run` to drain a source; :meth:`close` ends it.
+    ``init_state(n)`` and ``step(frames, state)`` (see :class:`engines.base.Engine`). Use
+    :meth:`step` for one frame (returns what was published) or :meth:`run` to drain a source;
+    :meth:`close` ends it.
     """
 
     def __init__(self, engine: Any, sinks: Iterable[Sink] = (),

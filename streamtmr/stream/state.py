@@ -1,4 +1,4 @@
-"""Per-body state slots of a streaming model (``engine.streaming``; notes/STREAMING_API.md).
+"""Per-body state slots of a streaming model (``engine.streaming``; :class:`engines.base.Engine`).
 
 One slot per tracked body holds the model's state tensors (causal conv caches, recurrent state,
 the key/value ring of the last W frames, the per-track reference). A slot starts fresh
