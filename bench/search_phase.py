@@ -10,7 +10,7 @@ through the node's path and attacked on UTKinect's real people by
 attacker seed. Phase 0 is the published, evaluated schedule (the control).
 
     python -m bench.search_phase --utkinect /work/shared/data/real/utkinect --model matcher \\
-        --phases 0,2,4 --seeds 0,1,2 --out bench/results/search-phase-....json
+        --phases=-2,0,2 --seeds 0,1,2 --out bench/results/search-phase-....json
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def phased(model, phase: int):
     if not matchers:
         raise ValueError(f"{model.method}: no motion-matching stage to phase")
     mm = matchers[-1]
-    if not 0 <= phase < int(mm.config["search_every"]):
-        raise ValueError(f"phase {phase}: must be in [0, {mm.config['search_every']})")
+    half = int(mm.config["search_every"]) // 2
+    if abs(phase) > half:                              # StateSlots centres its phases
+        raise ValueError(f"phase {phase}: must be in [-{half}, {half}]")
     base = type(mm).init_state
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--utkinect", required=True)
     p.add_argument("--model", default="matcher", help="a matcher checkpoint or shipped name")
-    p.add_argument("--phases", default="0,2,4")
+    p.add_argument("--phases", default="-2,0,2", help="fresh since_search values, each in "
+                   "[-search_every // 2, search_every // 2]: write --phases=-2,0,2")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--width", type=int, default=48)

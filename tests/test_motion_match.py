@@ -560,19 +560,21 @@ def test_a_fresh_since_search_is_the_phase_of_the_bodys_searches(model, source):
     """A fresh state's since_search p: the first frame searches, the next search comes
     search_every − p frames later; p = 0 is the zero state's (evaluated) schedule, bit for bit."""
     every = model.config["search_every"]
+    phases = torch.arange(every, dtype=torch.float32) - every // 2   # −2 … 2 for 5
     x = source[:1].expand(every, -1, -1, -1)[:, :3 * every]      # one track, every phase
     state = model.init_state(every)
-    state["since_search"] = torch.arange(every, dtype=torch.float32)
+    state["since_search"] = phases.clone()
     searched, outs = [], []
     for t in range(x.shape[1]):
+        before = state["since_search"]
         y, state = model.step(x[:, t], state, dummy(model))
-        outs.append(y)
-        searched.append(state["since_search"] == 1)    # reset to 0 this frame, then + 1
+        outs.append(y)                                 # a search resets it to 0, then + 1
+        searched.append((state["since_search"] == 1) & (before != 0))
     searched = torch.stack(searched, 1)[:, 1:]         # after the first frame (since = p + 1)
     first = searched.float().argmax(1) + 1
-    assert first.tolist() == [every - p for p in range(every)]
+    assert first.tolist() == [every - int(p) for p in phases]
     ref, _ = run_steps(model, x[:1])
-    assert torch.equal(torch.stack(outs, 1)[:1], ref)
+    assert torch.equal(torch.stack(outs, 1)[every // 2], ref[0])   # phase 0: the zero state
     mod = model.for_dummy(dummy(model))
     assert mod.stagger == ("since_search", every)
 
@@ -594,12 +596,14 @@ def test_the_node_staggers_bodies_that_enter_together(model, source):
     st = np.full(25, 2, np.uint8)
     node = Node(eng, config=cfg)
     searching = []
+    before = np.zeros(every, np.float32)
     for t, joints in enumerate(track):
         node.step(Frame(t, int(t * 1e9 / 30), [Body(i, joints + [i, 0, 0], st)
                                                 for i in range(every)], "s"))
-        since = node.states.arrays["since_search"][:every]
-        if t >= 1:
-            searching.append(int((since == 1).sum()))
+        since = node.states.arrays["since_search"][:every].copy()
+        if t >= 1:                                     # a search resets it to 0, then + 1
+            searching.append(int(((since == 1) & (before != 0)).sum()))
+        before = since
     node.close()
     assert max(searching[every:]) == 1                 # one body searches per frame, not five
     alone = Node(eng, config=cfg)
@@ -655,7 +659,8 @@ def test_state_slots_put_fresh_bodies_on_the_least_used_search_frames():
     assert residues(slots, [0] * 6 + [3]) == [0, 1, 2, 3, 4, 0, 3]
     slots.reset([0, 5])                                # both on residue 0 restart on frame 4:
     state = slots.gather([*range(7)], [0] * 7)         # 0 is now unused, so the first goes
-    assert state["phase"][[0, 5]].tolist() == [4, 0]   # there; the second is alone on 4
+    assert state["phase"][[0, 5]].tolist() == [-1, 0]  # there (phase 4 = −1: centred); the
+    #                                                    second is alone on 4
     assert residues(slots, [4, 0, 0, 0, 0, 4, 3]) == [0, 1, 2, 3, 4, 4, 3]
     with pytest.raises(ValueError, match="stagger"):
         Engine.stagger = ("x", 5)                      # not a scalar entry

@@ -508,8 +508,8 @@ class MotionMatchingDummy(nn.Module):
     ``step(frame [B, 25, 3], state) -> (out [B, 25, 3], state)`` compute the same function;
     ``init_state(batch)`` is a fresh track, ``state_spec()`` the per-body state shapes.
 
-    ``stagger``: a fresh state's ``since_search`` ``p`` (0 … ``search_every`` − 1) moves the
-    body's searches ``p`` frames earlier (the first frame still searches; the next search
+    ``stagger``: a fresh state's ``since_search`` ``p`` (−2 … 2 for ``search_every`` 5) moves
+    the body's searches ``p`` frames earlier (the first frame still searches; the next search
     comes ``search_every − p`` frames later, then every ``search_every``). A zero state is the
     evaluated schedule; the node gives bodies that start on the same frame different phases,
     so that they do not all search on the same frames (:class:`streamtmr.stream.state.StateSlots`).

@@ -14,9 +14,10 @@ Staggering: a model with a periodic cost (a motion matcher searches its database
 frames) names the state entry whose fresh value is the phase of that cost
 (``engine.stagger = (name, period)``). A body that starts fresh gets the phase that puts its
 costly frames on the residue (frame count modulo period) fewest live bodies use, so bodies that
-enter together do not all search on the same frame. Alone, a body gets phase 0: the zero
-state, the schedule the evaluation measures. Any phase is the same schedule started at another
-frame of the person's motion.
+enter together do not all search on the same frame. The phase is centred (−2 … 2 for a period
+of 5): a matcher's first search after the track's first frame comes 3 to 7 frames later instead
+of 5, then every 5 frames, as evaluated. Alone, a body gets phase 0: the zero state, exactly
+the schedule the evaluation measures (``bench/search_phase.py`` measures the others).
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ class StateSlots:
         now = self._frames % period                    # the residue of phase 0
         for slot in stale:
             r = now if used[now] == used.min() else int(np.argmin(used))
-            phase = (self._frames - r) % period        # its search frames ≡ r (mod period)
+            phase = (self._frames - r) % period        # its search frames ≡ r (mod period),
+            if phase > period // 2:                    # the first one at most period // 2
+                phase -= period                        # frames off the evaluated schedule
             self.arrays[name][slot] = phase
             self._residue[slot] = r
             used[r] += 1
