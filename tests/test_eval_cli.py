@@ -84,3 +84,22 @@ def test_visualize_bad_input_is_a_user_error(tmp_path, capsys):
     np.save(bad, np.zeros((5, 20, 3), np.float32))
     assert main(["visualize", str(bad), "--out", str(tmp_path / "x.gif")]) == 2
     assert "[T, 25, 3]" in capsys.readouterr().err
+
+
+def test_the_recorded_command_pastes_back_into_a_shell():
+    """A method name with spaces and parentheses is quoted in the command a report records."""
+    import argparse
+    import shlex
+
+    from streamtmr.commands import evaluate
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    evaluate.register(sub)
+    parser = sub.choices["evaluate"]
+    argv = ["--data", "data/synthkinect", "--methods", "ground truth (own tempo)", "--seeds",
+            "0,1,2", "--all"]
+    args = parser.parse_args(argv)
+    line = evaluate._command(args)
+    again = parser.parse_args(shlex.split(line)[2:])
+    assert again.methods == "ground truth (own tempo)" and again.seeds == args.seeds
+    assert vars(again) == vars(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -98,8 +99,8 @@ def _command(args: argparse.Namespace) -> str:
             continue
         flag = "--" + key.replace("_", "-")
         for v in value if isinstance(value, list) else [value]:
-            parts.append(flag if v is True else f"{flag} {v}")
-    return " ".join(parts)
+            parts.append(flag if v is True else f"{flag} {shlex.quote(str(v))}")
+    return " ".join(parts)                             # pastes back into a shell
 
 
 def _sigmas(text: str) -> tuple[float, ...]:
