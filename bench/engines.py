@@ -226,20 +226,19 @@ def step_inputs(clips: list[np.ndarray], bodies: int, frames: int = STEP_FRAMES)
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def fresh_states(engine, bodies: int, staggered: bool = True) -> dict[str, np.ndarray]:
-    """The states of ``bodies`` tracks that start on the same frame: as the node hands them to
-    the engine (:class:`~streamtmr.stream.state.StateSlots`, which staggers a matcher's search
-    phases across them), or all zero (``staggered=False``: every body searches on the same
-    frames, the worst case)."""
-    if not staggered:
-        return engine.init_state(bodies)
+def fresh_states(engine, bodies: int, staggered: bool = False) -> dict[str, np.ndarray]:
+    """The states the node hands the engine for ``bodies`` tracks that start on the same frame
+    (:class:`~streamtmr.stream.state.StateSlots`): all zero (a matcher's bodies then all
+    search on the same frames, the worst case), or with ``staggered`` (the node's
+    ``stagger_search``) their search phases spread."""
     from streamtmr.stream.state import StateSlots
-    return StateSlots(engine, bodies).gather(list(range(bodies)), [0] * bodies)
+    slots = StateSlots(engine, bodies, stagger=staggered)
+    return slots.gather(list(range(bodies)), [0] * bodies)
 
 
 def time_steps(engine, frames: np.ndarray, cell_s: float, min_iters: int,
                max_s: float | None = None, max_iters: int = 100_000,
-               staggered: bool = True) -> np.ndarray:
+               staggered: bool = False) -> np.ndarray:
     """Latencies (ns) of ``engine.step`` on consecutive frames ``[F, B, 25, 3]`` of ``B``
     tracks, the state carried from call to call (a fresh track per body at the start,
     :func:`fresh_states`): until ``cell_s`` seconds and ``min_iters`` calls, or ``max_s``
@@ -267,7 +266,7 @@ def time_steps(engine, frames: np.ndarray, cell_s: float, min_iters: int,
 def bench_steps(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[int],
                 clips: list[np.ndarray], cell_s: float, min_iters: int, pair_budget_s: float,
                 torch_threads: int, log: Callable[[str], None] = lambda s: None,
-                staggered: bool = True,
+                staggered: bool = False,
                 ) -> tuple[list[dict[str, Any]], dict[tuple[str, str, int], np.ndarray]]:
     """Time ``engine.step`` of every streaming ``(model, spec, engine)`` pair at every number
     of bodies per call. Rows carry the latency summary per call and bodies (frames) per
@@ -285,7 +284,7 @@ def bench_steps(pairs: list[tuple[BenchModel, EngineSpec, Any]], batches: list[i
         if s is None:
             continue
         b = row["bodies"]
-        row["states"] = "staggered as the node starts them" if staggered else "all in phase"
+        row["states"] = "search phases staggered" if staggered else "all in phase"
         row["bodies_per_s"] = round(b * len(s) / (s.sum() / 1e9), 1)
         samples[(row["model"], row["engine"], b)] = s
         log(f"step {row['model']} / {row['engine']} {b} bodies: p50 {row['p50_ms']:.3f} ms, "

@@ -378,7 +378,7 @@ def scenario_row(bodies: int, mode: str, rate_hz: float | None, result: dict[str
 
 def bench_node(engine, clips: list[np.ndarray], bodies: list[int], rate_hz: float,
                frames: int, max_s: float, warmup_s: float, budget_ms: float = 10.0,
-               log: Callable[[str], None] = lambda s: None,
+               log: Callable[[str], None] = lambda s: None, stagger_search: bool = False,
                ) -> tuple[dict[str, Any], dict[tuple[int, str], np.ndarray]]:
     """Every body count at ``rate_hz`` and closed loop, ``frames`` measured frames each (closed
     loop: at most ``max_s`` seconds). Returns the JSON section and the raw end-to-end samples
@@ -389,7 +389,7 @@ def bench_node(engine, clips: list[np.ndarray], bodies: list[int], rate_hz: floa
     if len(clips) < n_max:
         raise ValueError(f"need {n_max} motion clips, got {len(clips)}")
     config = NodeConfig(budget_ms=budget_ms, max_bodies=max(n_max, 1),
-                        stats_interval_s=1e9).validate()
+                        stats_interval_s=1e9, stagger_search=stagger_search).validate()
     closed = replace(config, budget_ms=max(budget_ms, MAX_MODE_BUDGET_MS))
     plan = [(n, f"{rate_hz:g}Hz", rate_hz, frames / rate_hz + RATE_SLACK_S, config)
             for n in bodies] + [(n, "max", None, max_s, closed) for n in bodies]

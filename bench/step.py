@@ -5,8 +5,9 @@
 
 For every model × engine × number of bodies: at least ``--min-calls`` (default 600, so that
 p99 means something) consecutive steps of real SynthKinect motion, the state carried from call
-to call, after two warm-up calls. The bodies start together with the states the node gives
-them (a matcher's search phases staggered; ``--in-phase``: all from the zero state). The JSON
+to call, after two warm-up calls. The bodies start together from the zero state (a matcher's
+then all search on the same frames; ``--stagger-search``: phases spread as the node's option
+spreads them). The JSON
 records the machine and its load, every model by label and SHA-256, and the latency summary of
 each cell (p50/p90/p99/max, bodies per second).
 ``streamtmr bench`` runs the same cells (``bench.engines.bench_steps``) inside its suite; this
@@ -34,7 +35,7 @@ PAIR_BUDGET_S = 600.0
 
 
 def run(models: list[str], engines: list[str], bodies: list[int], min_calls: int,
-        cell_s: float, torch_threads: int = 1, log=print, staggered: bool = True
+        cell_s: float, torch_threads: int = 1, log=print, staggered: bool = False
         ) -> dict[str, Any]:
     """Time every cell; returns the JSON-ready record."""
     specs, skipped = parse_engine_specs(engines)
@@ -59,7 +60,8 @@ def run(models: list[str], engines: list[str], bodies: list[int], min_calls: int
             "command": "python -m bench.step " + " ".join(sys.argv[1:]),
             "machine": describe_machine(), "load_before": load_before,
             "load_after": load_average(), "models": [m.describe() for m in resolved],
-            "engines_skipped": skipped, "min_calls": min_calls, "rows": rows}
+            "engines_skipped": skipped, "min_calls": min_calls, "stagger_search": staggered,
+            "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,15 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-s", type=float, default=1.0, help="least seconds per cell")
     p.add_argument("--out", type=Path, default=None, help="JSON (default: bench/results/"
                    "step-DATE-HOST.json)")
-    p.add_argument("--in-phase", action="store_true",
-                   help="start every body from the zero state, so that a matcher's bodies all "
-                        "search on the same frames (the worst case); default: the states the "
-                        "node starts bodies with, search phases staggered")
+    p.add_argument("--stagger-search", action="store_true",
+                   help="start the bodies with staggered search phases, as the node's "
+                        "--stagger-search does; default: all from the zero state (a matcher's "
+                        "bodies then all search on the same frames, the worst case)")
     a = p.parse_args(argv)
     if a.min_calls < MIN_P99_SAMPLES:
         p.error(f"--min-calls must be >= {MIN_P99_SAMPLES} for a p99")
     record = run(a.models, a.engines, a.bodies, a.min_calls, a.cell_s,
-                 staggered=not a.in_phase)
+                 staggered=a.stagger_search)
     out = a.out or Path("bench/results") / (
         f"step-{record['date'][:10]}-{host_kind(record['machine'])}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

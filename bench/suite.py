@@ -70,6 +70,7 @@ class BenchOptions:
     node_models: list[str] | None = None     # None: the first of ``models``
     parts: list[str] = field(default_factory=lambda: list(PARTS))
     budget_ms: float = 10.0
+    stagger_search: bool = False             # the node's and the step cells' (NodeConfig)
     quick: bool = False
 
     def validate(self) -> BenchOptions:
@@ -210,7 +211,7 @@ def run_step_part(run: _Run, samples: dict[str, Any]) -> dict[str, Any]:
         rows, samples["step"] = bench_steps(
             streaming, batches, run.clips, cell_s=0.5 * opts.duration, min_iters=min_iters,
             pair_budget_s=30.0 * opts.duration * len(batches), torch_threads=run.torch_threads,
-            log=run.log)
+            log=run.log, staggered=opts.stagger_search)
     finally:
         for _, _, e in streaming:
             e.close()
@@ -233,7 +234,8 @@ def run_node_part(run: _Run, samples: dict[str, Any]) -> dict[str, Any]:
                                     frames=opts.node_frames,
                                     max_s=30 * opts.duration,
                                     warmup_s=0.1 if opts.quick else 0.3,
-                                    budget_ms=opts.budget_ms, log=run.log)
+                                    budget_ms=opts.budget_ms, log=run.log,
+                                    stagger_search=opts.stagger_search)
         finally:
             engine.close()
             set_torch_threads(run.torch_threads)

@@ -424,9 +424,9 @@ def test_box_tree_pruning_records_the_share_each_search_reads(tmp_path):
 
 
 def test_step_cells_start_bodies_as_the_node_does():
-    """A step cell's bodies start with the states the node gives bodies that enter together: a
-    matcher's search phases staggered (``--in-phase``: all zero); a model without a search
-    starts from its zero state either way."""
+    """A step cell's bodies start with the states the node gives bodies that enter together:
+    all zero by default, a matcher's search phases spread with ``--stagger-search``; a model
+    without a search starts from its zero state either way."""
     from bench.engines import fresh_states
     from engines import create_engine
     from streamtmr.models.registry import model_class
@@ -434,11 +434,11 @@ def test_step_cells_start_bodies_as_the_node_does():
     mm = create_engine("torch", model=model_class("motion_match").from_preset("tiny"),
                        window=None)
     every = mm.stagger[1]
-    staggered = fresh_states(mm, 6)["since_search"]
+    staggered = fresh_states(mm, 6, staggered=True)["since_search"]
     assert sorted(int(-p) % every for p in staggered) == sorted(i % every for i in range(6))
     assert np.abs(staggered).max() <= every // 2       # centred on the evaluated schedule
-    assert not fresh_states(mm, 6, staggered=False)["since_search"].any()
+    assert not fresh_states(mm, 6)["since_search"].any()       # the node's default
     tmr = create_engine("torch", model=model_class("tmr-stream").from_preset("tiny"),
                         window=None)
-    a, b = fresh_states(tmr, 3), fresh_states(tmr, 3, staggered=False)
+    a, b = fresh_states(tmr, 3, staggered=True), fresh_states(tmr, 3)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -579,10 +579,12 @@ def test_a_fresh_since_search_is_the_phase_of_the_bodys_searches(model, source):
     assert mod.stagger == ("since_search", every)
 
 
-def test_the_node_staggers_bodies_that_enter_together(model, source):
-    """Through the node, five bodies that enter on the same frame search on five different
-    frames, not all on one; a body alone is stepped from the zero state, so it publishes the
-    evaluated output (offline path) exactly."""
+def test_the_node_staggers_bodies_that_enter_together_when_asked(model, source):
+    """With ``stagger_search``, bodies that enter on the same frame search on different frames,
+    not all on one; a body alone is stepped from the zero state, so it publishes the evaluated
+    output (offline path) exactly. By default every body does, in company too."""
+    from dataclasses import replace
+
     from engines import create_engine
     from streamtmr.offline import publish_tracks
     from streamtmr.stream.frame import Body, Frame
@@ -594,24 +596,33 @@ def test_the_node_staggers_bodies_that_enter_together(model, source):
     cfg = NodeConfig(budget_ms=1e6, smoothing="none", leak_guard=False)
     track = source[0, :4 * every].numpy()
     st = np.full(25, 2, np.uint8)
-    node = Node(eng, config=cfg)
-    searching = []
-    before = np.zeros(every, np.float32)
-    for t, joints in enumerate(track):
-        node.step(Frame(t, int(t * 1e9 / 30), [Body(i, joints + [i, 0, 0], st)
-                                                for i in range(every)], "s"))
-        since = node.states.arrays["since_search"][:every].copy()
-        if t >= 1:                                     # a search resets it to 0, then + 1
-            searching.append(int(((since == 1) & (before != 0)).sum()))
-        before = since
-    node.close()
-    assert max(searching[every:]) == 1                 # one body searches per frame, not five
+
+    def together(config):
+        node, searching, published = Node(eng, config=config), [], []
+        before = np.zeros(every, np.float32)
+        for t, joints in enumerate(track):
+            out = node.step(Frame(t, int(t * 1e9 / 30), [Body(i, joints + [i, 0, 0], st)
+                                                         for i in range(every)], "s"))
+            published.append({b.id: b.joints for b in out[0].bodies})
+            since = node.states.arrays["since_search"][:every].copy()
+            if t >= 1:                                 # a search resets it to 0, then + 1
+                searching.append(int(((since == 1) & (before != 0)).sum()))
+            before = since
+        node.close()
+        return searching, published
+
+    spread, _ = together(replace(cfg, stagger_search=True))
+    assert max(spread[every:]) == 1                    # one body searches per frame, not five
+    in_phase, published = together(cfg)
+    assert max(in_phase[every:]) == every              # by default: all on the same frames
     alone = Node(eng, config=cfg)
     got = np.stack([alone.step(Frame(t, int(t * 1e9 / 30), [Body(7, j, st)], "s"))[0]
                     .bodies[0].joints for t, j in enumerate(track)])
     alone.close()
     (ref,) = publish_tracks(eng, [track], cfg)
     np.testing.assert_array_equal(got, ref)
+    shifted = np.stack([p[1] for p in published]) - [1, 0, 0]   # body 1 in company, by default
+    np.testing.assert_allclose(shifted, ref, atol=1e-5)
 
 
 def test_the_phase_state_travels_with_exported_graphs_and_cascades(model, tmp_path):
@@ -645,10 +656,12 @@ def test_state_slots_put_fresh_bodies_on_the_least_used_search_frames():
     def residues(slots, starts):                       # search frames ≡ start − phase
         return [(f - int(slots.arrays["phase"][i])) % 5 for i, f in enumerate(starts)]
 
-    slots = StateSlots(Engine(), 8)
+    off = StateSlots(Engine(), 8)                      # the node's default: no staggering
+    assert not off.gather(list(range(6)), [0] * 6)["phase"].any()
+    slots = StateSlots(Engine(), 8, stagger=True)
     state = slots.gather([0], [0])                     # alone: the zero state, phase 0
     assert state["phase"].tolist() == [0.0]
-    slots = StateSlots(Engine(), 8)
+    slots = StateSlots(Engine(), 8, stagger=True)
     state = slots.gather(list(range(6)), [0] * 6)      # six enter together on frame 0
     assert state["phase"][0] == 0
     assert np.bincount(residues(slots, [0] * 6), minlength=5).tolist() == [2, 1, 1, 1, 1]
@@ -664,4 +677,4 @@ def test_state_slots_put_fresh_bodies_on_the_least_used_search_frames():
     assert residues(slots, [4, 0, 0, 0, 0, 4, 3]) == [0, 1, 2, 3, 4, 4, 3]
     with pytest.raises(ValueError, match="stagger"):
         Engine.stagger = ("x", 5)                      # not a scalar entry
-        StateSlots(Engine(), 2)
+        StateSlots(Engine(), 2, stagger=True)

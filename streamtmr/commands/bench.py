@@ -80,6 +80,9 @@ def register(subparsers: Any) -> None:
                    help="sensor frame rate for the node benchmark [30]")
     p.add_argument("--budget-ms", type=positive, default=10.0,
                    help="the node's latency budget per frame [10]")
+    p.add_argument("--stagger-search", action="store_true",
+                   help="bodies that start together get staggered search phases, as "
+                        "`streamtmr run --stagger-search` gives them (step and node parts)")
     p.add_argument("--duration", type=positive, default=None, metavar="S",
                    help="time scale: engine cells 0.3×S s, step cells ≥ 0.5×S s, closed-loop "
                         "node scenarios ≤ 30×S s, offline 1.5×S s per model × engine "
@@ -113,7 +116,7 @@ def options_from_args(args: argparse.Namespace):
         rate_hz=args.rate, duration=args.duration or (0.15 if quick else 1.0),
         node_frames=args.node_frames or (20 if quick else 600),
         node_models=args.node_models, parts=args.parts, budget_ms=args.budget_ms,
-        quick=quick)
+        stagger_search=args.stagger_search, quick=quick)
 
 
 def run(args: argparse.Namespace) -> int:

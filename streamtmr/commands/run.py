@@ -63,6 +63,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fill-dropped", type=int, default=7, metavar="K",
                    help="step a streaming model through up to K sensor frames the source "
                         "dropped (interpolated, not published); 0: off [7]")
+    p.add_argument("--stagger-search", action="store_true",
+                   help="a motion matcher's bodies that enter on the same frame search on "
+                        "different frames (lower tail latency with several people; their "
+                        "first search comes up to 2 frames off the evaluated schedule)")
     p.add_argument("--duration", type=_positive(float, "--duration"), default=None,
                    metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=_positive(int, "--max-frames"), default=None,
@@ -171,6 +175,7 @@ def _node_config(args: argparse.Namespace):
         config = NodeConfig(hop=args.hop, budget_ms=args.budget_ms, overrun=args.overrun,
                             max_bodies=args.max_bodies, gap_ms=args.gap_ms,
                             fill_dropped=args.fill_dropped,
+                            stagger_search=args.stagger_search,
                             smoothing=args.smoothing, stats_interval_s=args.stats_interval,
                             stats_json=args.stats_json).validate()
     except ValueError as e:

@@ -79,6 +79,10 @@ class NodeConfig:
     # 0: off. Only while at most half the frame's budget is spent; windowed models: no effect.
     fill_dropped: int = 7
     frame_ms: float = 1000.0 / 30.0  # the sensor's frame period (Kinect v2: 30 Hz)
+    # Bodies that start on the same frame get different search phases (a motion matcher's:
+    # ``engine.stagger``; StateSlots), so that they do not all search on one frame. Off: every
+    # body runs the evaluated schedule (docs/motion_matching.md, "Bodies that start together").
+    stagger_search: bool = False
 
     def validate(self) -> NodeConfig:
         if self.hop < 1:
@@ -231,7 +235,8 @@ class Node:
         self.window = WindowBuffer(T, cfg.max_bodies, cfg.gap_ms, min_frames=min(cfg.min_frames, T))
         if cfg.hop > T:
             raise ValueError(f"hop ({cfg.hop}) must not exceed the window ({T})")
-        self.states = StateSlots(engine, cfg.max_bodies) if self.streaming else None
+        self.states = (StateSlots(engine, cfg.max_bodies, stagger=cfg.stagger_search)
+                       if self.streaming else None)
         self.smoother = Smoother(self.lengths, cfg.max_bodies, cfg.smoothing)
         self.gate = OutputGate(self.lengths, cfg.max_bodies, cfg.bone_tol, cfg.leak_guard,
                                cfg.leak_margin_deg)

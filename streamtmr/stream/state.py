@@ -10,9 +10,10 @@ of that body failed a check. The live bodies' states are gathered into one batch
 deadline still hands its states back (to slots still on the same track); the frames that came
 in while it ran were overruns and are not in the state (as if the sensor had skipped them).
 
-Staggering: a model with a periodic cost (a motion matcher searches its database every few
-frames) names the state entry whose fresh value is the phase of that cost
-(``engine.stagger = (name, period)``). A body that starts fresh gets the phase that puts its
+Staggering (``stagger=True``, the node's ``stagger_search``; off by default): a model with a
+periodic cost (a motion matcher searches its database every few frames) names the state entry
+whose fresh value is the phase of that cost (``engine.stagger = (name, period)``). A body that
+starts fresh gets the phase that puts its
 costly frames on the residue (frame count modulo period) fewest live bodies use, so bodies that
 enter together do not all search on the same frame. The phase is centred (−2 … 2 for a period
 of 5): a matcher's first search after the track's first frame comes 3 to 7 frames later instead
@@ -32,7 +33,7 @@ from streamtmr.skeleton import NUM_JOINTS
 class StateSlots:
     """The state of every body slot of one streaming engine."""
 
-    def __init__(self, engine: Any, max_bodies: int):
+    def __init__(self, engine: Any, max_bodies: int, stagger: bool = False):
         self.engine = engine
         spec = engine.state_spec()
         self.arrays = {name: np.zeros((max_bodies, *shape), dtype)
@@ -43,7 +44,7 @@ class StateSlots:
                              f"state_spec {sorted(self.arrays)}")
         self._fresh = {n: np.asarray(a)[0] for n, a in fresh.items()}
         self._gen = np.full(max_bodies, -1, np.int64)  # the window generation a slot holds
-        self.stagger = getattr(engine, "stagger", None)
+        self.stagger = getattr(engine, "stagger", None) if stagger else None
         if self.stagger is not None:
             name, period = self.stagger
             if name not in self.arrays or self.arrays[name].shape[1:] != () or int(period) < 1:
