@@ -307,7 +307,8 @@ def summary_row(name: str, r: dict[str, Any]) -> list[str]:
     load = m.get("load_average") or ["-"]
     return [
         f"[{r['started'][:16]}]({name})", m["host_kind"], m["cpu"][:40], str(load[0]),
-        first.get("ident", label),
+        first.get("ident", label) + (" (search phases staggered)" if (r.get("options") or {})
+                                     .get("stagger_search") else ""),
         f"{eng['engine']} {eng['p50_ms']:.2f} / {_p99(eng)}" if eng else "-",
         f"{first_engine} " + " / ".join(_p99(steps.get(n)) for n in (1, 6)) if steps else "-",
         f"{_p99(one['latency'])} ({one['sent']})" if one else "-",
