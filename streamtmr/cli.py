@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:                            # `streamtmr ... | head`: reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)     # (no second error when Python flushes
+        os.dup2(devnull, sys.stdout.fileno())          # stdout at exit)
+        return 141                                     # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":

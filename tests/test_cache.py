@@ -185,3 +185,27 @@ def test_the_cache_command_shows_prunes_and_clears(tmp_path, monkeypatch, capsys
     assert "--max-size: 'many' is not a size" in capsys.readouterr().err
     assert main(["cache", "clear"]) == 0
     assert cache.entries() == [] and "removed 2 entries" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
+    """`streamtmr cache --list | head -1`: a closed pipe ends the command with 141 (128 +
+    SIGPIPE, as a shell reports it), not a traceback."""
+    import io
+    import os
+    import sys
+
+    from streamtmr.cli import main
+
+    monkeypatch.setenv("STREAMTMR_CACHE", str(tmp_path))
+    _entry("demo", 1)
+    read, write = os.pipe()
+    os.close(read)                                     # the reader is gone
+    out = io.TextIOWrapper(os.fdopen(write, "wb", buffering=0), write_through=True)
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        assert main(["cache", "--list"]) == 141
+        print("after")                                 # stdout now goes nowhere, quietly
+    finally:
+        monkeypatch.undo()
+        out.close()
+    assert "Traceback" not in capsys.readouterr().err
