@@ -442,3 +442,30 @@ def test_step_cells_start_bodies_as_the_node_does():
                         window=None)
     a, b = fresh_states(tmr, 3, staggered=True), fresh_states(tmr, 3)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_the_gpu_lease_script_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
+    """bench/gpu_session_stream.sh (a lent GPU's one script) on the CPU: step records, the
+    calibration, the training sized from it, and the trained model packed into $OUT."""
+    import tarfile
+
+    from streamtmr.data.synth import generate
+
+    store = generate(tmp_path / "store", n_subjects=8, n_actions=3, progress=False)
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "MODELS": "default", "PRESET": "tiny",
+           "CAL_ITERS": "18", "DATA": str(store), "OUT": str(out), "RUNS": str(tmp_path / "runs"),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "STREAMTMR_CACHE": str(tmp_path / "cache")}
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(["bash", str(root / "bench/gpu_session_stream.sh"), "60"], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=600)
+    log = (out / "log.txt").read_text()
+    assert res.returncode == 0 and "calibration failed" not in log, log[-3000:]
+    step = json.loads((out / "bench" / "step-stream-cpu.json").read_text())
+    assert {(r["bodies"], "p99_ms" in r) for r in step["rows"]} == {(1, True), (6, True)}
+    cost = json.loads(next(x for x in log.splitlines() if x.startswith("{")))
+    assert set(cost["seconds_per_iteration"]) == {"encoders", "decoder", "end_to_end"}
+    with tarfile.open(out / "tmr_stream_paper_lease.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("tmr_stream_paper_lease/model.safetensors") for n in names)

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# One GPU lease (15 minutes, of which about 10 are left once the machine is up) for the
+# streaming models, as one script:
+#   1. GPU parity of the shipped `default` and `matcher` against PyTorch CPU float32
+#      (bench.gpu_parity: torch-cuda eager and CUDA graphs, ONNX Runtime CUDA where installed);
+#   2. their step latency on torch-cuda, onnxruntime-cuda and ONNX Runtime CPU
+#      (bench.step, 1 / 6 / 32 / 256 bodies per call, >= 600 calls a cell);
+#   3. the paper-size StreamTMR (configs/tmr_stream_paper.yaml) trained on the GPU, its three
+#      stages scaled to the time left in the design's 20k / 15k / 15k proportions: a short
+#      calibration run measures each stage's seconds per iteration first.
+# Everything lands in $OUT: the JSON records, the logs, and the trained model with its config
+# and logs (evaluate it on any machine with `streamtmr evaluate --models ...`).
+#
+#   OUT=/tmp/out bash bench/gpu_session_stream.sh [TOTAL_SECONDS]
+#
+# DEVICE=cpu runs the same steps on the CPU with ONNX Runtime only: a dry run of the script.
+# tests/test_bench.py runs it so with MODELS=default PRESET=tiny on a tiny store (DATA=...).
+set -u
+TOTAL=${1:-540}
+OUT=${OUT:-/tmp/streamtmr-gpu}
+DEVICE=${DEVICE:-cuda}
+DATA=${DATA:-data/synthkinect}
+MODELS=${MODELS:-default matcher}
+PRESET=${PRESET:-paper}                 # the model preset trained (tiny: the dry run)
+CONFIG=configs/tmr_stream_paper.yaml
+RUNS=${RUNS:-runs}                      # where the calibration and the trained run go
+PY=${PYTHON:-python3}
+mkdir -p "$OUT/bench"
+T0=$(date +%s)
+el() { echo $(( $(date +%s) - T0 )); }
+log() { echo "[$(el) s] $*" | tee -a "$OUT/log.txt"; }
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+# Wheels for what the device's image lacks (pyzmq, python-osc, ...) are read from .whl/ when
+# present (as bench/gpu_session.sh does); the repository itself is on the path.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$OUT/log.txt"
+  ENGINES="torch-cuda onnxruntime-cuda onnxruntime@1"; BODIES="1 6 32 256"
+else
+  ENGINES="onnxruntime@1"; BODIES="1 6"
+fi
+$PY -c "import torch, onnxruntime as o; print('torch', torch.__version__, torch.version.cuda,
+'| onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tee -a "$OUT/log.txt"
+
+# The training store, generated while the benchmarks run.
+SYNTH=""
+if [ ! -f "$DATA/meta.json" ]; then
+  $PY -m streamtmr data synth --out "$DATA" --no-progress ${SYNTH_ARGS:-} >"$OUT/synth.log" 2>&1 &
+  SYNTH=$!
+fi
+
+if [ "$DEVICE" = cuda ]; then
+  log "gpu parity + latency: $MODELS"
+  timeout 150 $PY -m bench.gpu_parity --cell-s 0.3 --models "${MODELS// /,}" \
+    --out "$OUT/bench/gpu-parity-stream.json" 2>&1 | tail -n 30 | tee -a "$OUT/log.txt"
+fi
+log "step latency: $MODELS on $ENGINES"
+timeout 180 $PY -m bench.step --models $MODELS --engines $ENGINES --bodies $BODIES \
+  --cell-s 0.3 --out "$OUT/bench/step-stream-$DEVICE.json" 2>&1 | grep -v Warn \
+  | tail -n 20 | tee -a "$OUT/log.txt"
+
+[ -n "$SYNTH" ] && wait "$SYNTH"; log "store: $(ls "$DATA" | tr '\n' ' ')"
+
+# Training: calibrate each stage's cost, then fill the time left.
+CAL=${CAL_ITERS:-60}
+RUN=$RUNS/tmr_stream_paper_lease
+log "calibration: $CAL iterations per stage"
+rm -rf $RUNS/calibration
+timeout 150 $PY -m streamtmr train --config $CONFIG --data "$DATA" --device "$DEVICE" \
+  --out $RUNS/calibration --set model.preset=$PRESET \
+  --set "train.stages[0].iterations=$CAL" --set "train.stages[1].iterations=$CAL" \
+  --set "train.stages[2].iterations=$CAL" --set train.log_every=$(( CAL >= 12 ? CAL / 6 : 2 )) \
+  --set train.val_every=100000 --set data.max_val_windows=64 >"$OUT/calibration.log" 2>&1
+LEFT=$(( TOTAL - $(el) - ${MARGIN_S:-60} ))
+ITERS=$($PY - "$LEFT" $RUNS/calibration/metrics.jsonl 2>>"$OUT/log.txt" <<'EOF'
+import json, sys
+left, path = float(sys.argv[1]), sys.argv[2]
+rows = [json.loads(x) for x in open(path) if '"split"' not in x]
+cost = {}                                  # seconds per iteration, per stage, warm-up excluded
+for name in ("encoders", "decoder", "end_to_end"):
+    r = [x for x in rows if x.get("stage") == name and "time" in x]
+    if len(r) < 3:
+        sys.exit(f"calibration: stage {name} logged {len(r)} rows")
+    cost[name] = (r[-1]["time"] - r[1]["time"]) / (r[-1]["step"] - r[1]["step"])
+share = {"encoders": 20, "decoder": 15, "end_to_end": 15}   # the design's 20k / 15k / 15k
+unit = left / sum(share[k] * cost[k] for k in share)
+print(" ".join(str(max(10, int(unit * share[k]))) for k in share))
+print(json.dumps({"seconds_per_iteration": cost, "budget_s": left}), file=sys.stderr)
+EOF
+) || { log "calibration failed"; tail -n 30 "$OUT/calibration.log" | tee -a "$OUT/log.txt"; ITERS=""; }
+if [ -n "$ITERS" ]; then
+  set -- $ITERS
+  log "training $RUN: $1 / $2 / $3 iterations in about $LEFT s"
+  rm -rf "$RUN"
+  timeout $(( LEFT > 0 ? LEFT + 30 : 60 )) $PY -m streamtmr train --config $CONFIG \
+    --data "$DATA" --device "$DEVICE" --out "$RUN" --set model.preset=$PRESET \
+    --set "train.stages[0].iterations=$1" --set "train.stages[1].iterations=$2" \
+    --set "train.stages[2].iterations=$3" --set train.val_every=100000 \
+    >"$OUT/train.log" 2>&1
+  log "training exit $?: $(tail -n 1 "$OUT/train.log")"
+  files=()
+  for f in model.safetensors config.yaml metrics.jsonl; do
+    [ -f "$RUN/$f" ] && files+=("$RUN/$f")
+  done
+  [ -f "$RUN/model.safetensors" ] || files+=("$RUN"/checkpoints/last*)
+  [ ${#files[@]} -gt 0 ] && tar czf "$OUT/tmr_stream_paper_lease.tar.gz" "${files[@]}"
+fi
+ls -la "$OUT" "$OUT/bench" | tee -a "$OUT/log.txt"
+log "done"
