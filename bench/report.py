@@ -384,7 +384,8 @@ def write_readme(results_dir: str | Path = RESULTS_DIR) -> Path:
     if others:
         text += ("\nOther recorded checks (soak: `python -m bench.soak`; fuzzing: "
                  "`python -m bench.fuzz_wire`; GPU parity: `python -m bench.gpu_parity`; "
-                 "the GPU session script: `bench/gpu_session.sh`):\n\n"
+                 "the GPU session scripts: `bench/gpu_session.sh`, "
+                 "`bench/gpu_session_stream.sh`):\n\n"
                  + "".join(f"* [{n}]({n})\n" for n in others))
     path = d / "README.md"
     path.write_text(text)
