@@ -66,8 +66,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--stagger-search", action="store_true",
                    help="a motion matcher's bodies that enter on the same frame search on "
                         "different frames: lower tail latency with several people, but their "
-                        "first search comes up to 2 frames off the evaluated schedule, which "
-                        "cost 3-4 points of action on real people (docs/motion_matching.md)")
+                        "first search comes up to 2 frames off the schedule its privacy card "
+                        "measured (docs/motion_matching.md)")
     p.add_argument("--duration", type=_positive(float, "--duration"), default=None,
                    metavar="S", help="stop after S seconds")
     p.add_argument("--max-frames", type=_positive(int, "--max-frames"), default=None,
