@@ -511,8 +511,9 @@ class MotionMatchingDummy(nn.Module):
     ``stagger``: a fresh state's ``since_search`` ``p`` (−2 … 2 for ``search_every`` 5) moves
     the body's searches ``p`` frames earlier (the first frame still searches; the next search
     comes ``search_every − p`` frames later, then every ``search_every``). A zero state is the
-    evaluated schedule; the node gives bodies that start on the same frame different phases,
-    so that they do not all search on the same frames (:class:`streamtmr.stream.state.StateSlots`).
+    evaluated schedule; with ``stagger_search`` the node gives bodies that start on the same
+    frame different phases, so that they do not all search on the same frames
+    (:class:`streamtmr.stream.state.StateSlots`).
     """
 
     streaming = True

@@ -13,9 +13,9 @@ in while it ran were overruns and are not in the state (as if the sensor had ski
 Staggering (``stagger=True``, the node's ``stagger_search``; off by default): a model with a
 periodic cost (a motion matcher searches its database every few frames) names the state entry
 whose fresh value is the phase of that cost (``engine.stagger = (name, period)``). A body that
-starts fresh gets the phase that puts its
-costly frames on the residue (frame count modulo period) fewest live bodies use, so bodies that
-enter together do not all search on the same frame. The phase is centred (−2 … 2 for a period
+starts fresh gets the phase that puts its costly frames on the residue (frame count modulo
+period) fewest live bodies use, so bodies that enter together do not all search on the same
+frame. The phase is centred (−2 … 2 for a period
 of 5): a matcher's first search after the track's first frame comes 3 to 7 frames later instead
 of 5, then every 5 frames, as evaluated. Alone, a body gets phase 0: the zero state, exactly
 the schedule the evaluation measures (``bench/search_phase.py`` measures the others).
