@@ -244,7 +244,10 @@ def trim(limit: int, keep: Iterable[Path] = (), root: Path | None = None) -> lis
     bytes (0: no bound), never one in ``keep``. Returns the entries removed."""
     root = cache_dir() if root is None else Path(root)
     for path in strays(root):
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:                         # trimming never fails a write
+            log.warning("cache: could not remove %s (%s)", path, err)
     if limit <= 0:
         return []
     keep = {Path(p).resolve() for p in keep}
