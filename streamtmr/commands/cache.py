@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 
@@ -50,9 +51,18 @@ def run(args: argparse.Namespace) -> int:
     before = cache.entries(root)
     strays = cache.strays(root)
     if args.action == "clear":
-        removed = [e for e in before if cache.remove(e)]
-        for path in strays:
-            path.unlink(missing_ok=True)
+        removed, failed = [], []
+        for item in [*before, *strays]:
+            try:
+                if isinstance(item, cache.Entry):
+                    if cache.remove(item):
+                        removed.append(item)
+                else:
+                    item.unlink(missing_ok=True)
+            except OSError as e:                       # read-only, in use, ...
+                failed.append(f"{getattr(item, 'path', item)}: {e.strerror or e}")
+        if failed:
+            print(f"could not remove {len(failed)}: " + "; ".join(failed[:5]), file=sys.stderr)
     else:
         if limit <= 0:
             raise UserError("prune: no bound to prune to (give --max-size, or set "
