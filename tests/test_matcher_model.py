@@ -112,7 +112,7 @@ def test_the_matcher_runs_by_name_and_publishes_only_the_dummy(tmp_path):
     rec = tmp_path / "m.stmr"
     assert main(["run", "--model", "matcher", "--engine", "torch", "--source", "synthetic",
                  "--fast", "--max-frames", "40", "--sink", f"zmq://127.0.0.1:{port}",
-                 "--budget-ms", "5000", "--record", str(rec)]) == 0
+                 "--budget-ms", "5000", "--record", str(rec), "--stagger-search"]) == 0
     bodies = [b for f in ReplaySource(rec, realtime=False) for b in f.bodies]
     assert len(bodies) >= 40
     lengths = default_dummy().lengths
