@@ -469,3 +469,21 @@ def test_the_gpu_lease_script_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     with tarfile.open(out / "tmr_stream_paper_lease.tar.gz") as tar:
         names = tar.getnames()
     assert any(n.endswith("tmr_stream_paper_lease/model.safetensors") for n in names)
+
+
+def test_search_phase_starts_the_matchers_searches_at_the_given_phase():
+    """bench.search_phase evaluates the matcher as the node's --stagger-search phases a body:
+    its fresh since_search set to p, checked against the matcher's period."""
+    import torch
+
+    from bench.search_phase import phased
+    from streamtmr.models.registry import model_class
+
+    mm = model_class("motion_match").from_preset("tiny")
+    half = int(mm.config["search_every"]) // 2
+    zero = mm.init_state(3)["since_search"]
+    assert torch.equal(phased(mm, -half).init_state(3)["since_search"], zero - half)
+    with pytest.raises(ValueError, match="phase"):
+        phased(model_class("motion_match").from_preset("tiny"), half + 1)
+    with pytest.raises(ValueError, match="no motion-matching stage"):
+        phased(model_class("tmr-stream").from_preset("tiny"), 0)
