@@ -7,9 +7,8 @@ For every model × engine × number of bodies: at least ``--min-calls`` (default
 p99 means something) consecutive steps of real SynthKinect motion, the state carried from call
 to call, after two warm-up calls. The bodies start together from the zero state (a matcher's
 then all search on the same frames; ``--stagger-search``: phases spread as the node's option
-spreads them). The JSON
-records the machine and its load, every model by label and SHA-256, and the latency summary of
-each cell (p50/p90/p99/max, bodies per second).
+spreads them). The JSON records the machine and its load, every model by label and SHA-256,
+and the latency summary of each cell (p50/p90/p99/max, bodies per second).
 ``streamtmr bench`` runs the same cells (``bench.engines.bench_steps``) inside its suite; this
 module is the stand-alone form for the streaming model's own record.
 """

@@ -158,11 +158,14 @@ def max_size() -> int:
 
 
 def format_size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    """Bytes as B, kB, MB or GB (powers of 1000, as :func:`parse_size` reads them)."""
+    if abs(n) < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB"):
         n /= 1000
-    return f"{n:.1f} GB"
+        if abs(n) < 1000 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def _record(side: Path) -> dict[str, Any] | None:

@@ -52,15 +52,17 @@ def run(args: argparse.Namespace) -> int:
     strays = cache.strays(root)
     if args.action == "clear":
         removed, failed = [], []
-        for item in [*before, *strays]:
+        for entry in before:
             try:
-                if isinstance(item, cache.Entry):
-                    if cache.remove(item):
-                        removed.append(item)
-                else:
-                    item.unlink(missing_ok=True)
+                if cache.remove(entry):
+                    removed.append(entry)
             except OSError as e:                       # read-only, in use, ...
-                failed.append(f"{getattr(item, 'path', item)}: {e.strerror or e}")
+                failed.append(f"{entry.path}: {e.strerror or e}")
+        for path in strays:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                failed.append(f"{path}: {e.strerror or e}")
         if failed:
             print(f"could not remove {len(failed)}: " + "; ".join(failed[:5]), file=sys.stderr)
     else:
