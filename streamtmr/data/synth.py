@@ -19,6 +19,7 @@ style removed) from the same camera. See ``docs/synthkinect.md``.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -574,6 +575,34 @@ def neutral_performances(subjects: Sequence[int], *, n_subjects: int = 60, seed:
             content, cameras, _ = plan_performance(people[int(s)], a, int(rep), views, seed)
             out.append(cameras[int(view)].project(world_motion(content, body)).astype(np.float32))
     return out
+
+
+def performances(subjects: Sequence[int], actions: Sequence[str], *, n_subjects: int = 60,
+                 seed: int = 0, views: Sequence[float] = (-45, 0, 45), reps: int = 2
+                 ) -> tuple[list[np.ndarray], list[str]]:
+    """People of the population ``(n_subjects, seed)`` performing named actions, recorded as
+    :func:`generate` records a performance (acting side by handedness, an NTU-like camera rig,
+    sensor noise), including motions the store's classes lack (``carry``, ...): observed
+    joints ``float32 [T, 25, 3]`` of every subject, action, repetition and camera, and each
+    clip's action name. Each performance depends only on ``(seed, subject, action, rep)``."""
+    people = {p.subject: p for p in sample_population(n_subjects, seed)}
+    unknown = sorted(set(int(s) for s in subjects) - set(people))
+    if unknown:
+        raise ValueError(f"subjects {unknown} are not in a population of {n_subjects}")
+    clips, names = [], []
+    for s in subjects:
+        person = people[int(s)]
+        for action in actions:
+            for rep in range(int(reps)):
+                rng = np.random.default_rng([seed, person.subject, zlib.crc32(action.encode()),
+                                             rep, 2])
+                left = person.left_handed == (rng.random() < 0.9)
+                content = sample_content(action, rng, side="left" if left else "right")
+                motion = world_motion(content, person)
+                for cam in sample_cameras(views, rng, content.action):
+                    clips.append(sensor_model(cam.project(motion), rng, cam.view_deg)[0])
+                    names.append(action)
+    return clips, names
 
 
 def generate(out_dir: str | Path, n_subjects: int = 60, n_actions: int | None = None,

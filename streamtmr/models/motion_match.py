@@ -62,6 +62,7 @@ from streamtmr.cache import cached_tensors
 from streamtmr.data.store import SkeletonStore
 from streamtmr.dummy import default_dummy
 from streamtmr.models import box_tree
+from streamtmr.models.action_prior import PRIOR_DEFAULTS, ActionPrior, class_codes
 from streamtmr.models.base import Anonymizer
 from streamtmr.models.registry import register
 
@@ -125,6 +126,9 @@ DEFAULTS: dict[str, Any] = {
     "root_motion": "full",
     "leash_m": 0.5,
     "leash_deg": 30.0,
+    # A causal recognizer of the input's kind of motion whose class posterior joins the query
+    # (streamtmr.models.action_prior; None: off). Its settings: action_prior.PRIOR_DEFAULTS.
+    "action_prior": None,
 }
 ROOT_MOTIONS = ("full", "in_place", "leash")
 
@@ -271,6 +275,11 @@ class MotionMatching(Anonymizer):
             raise ValueError(f"motion_match: search_leaf must be an integer >= 0 (frames per "
                              f"leaf of the search tree; 0: brute force), got {leaf!r}")
         cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
+        if cfg.get("action_prior"):
+            cfg["action_prior"] = {**PRIOR_DEFAULTS, **cfg["action_prior"]}
+            if not cfg["action_prior"]["classes"]:
+                raise ValueError("motion_match: action_prior.classes must name the actions "
+                                 "the prior tells apart")
         db = None
         # A rendered database is part of the model's definition: rendered again from its recipe
         # whenever the model is built (a few seconds for 2,000 clips), checked against what was
@@ -284,11 +293,15 @@ class MotionMatching(Anonymizer):
         super().__init__(cfg)
         n, f = int(cfg["frames"]), sum(size for _, size in groups(cfg))
         self.k = len(_joints(cfg))
+        prior = cfg.get("action_prior")
+        self.prior = (ActionPrior(f, len(prior["classes"]), int(prior["hidden"]))
+                      if prior else None)
+        codes = len(prior["classes"]) if prior else 0   # the database's class code columns
 
         def buffer(name: str, value: torch.Tensor) -> None:
             self.register_buffer(name, value, persistent=not rendered)
 
-        buffer("features", torch.zeros(n, f))
+        buffer("features", torch.zeros(n, f + codes))
         buffer("feat_mean", torch.zeros(f))
         buffer("feat_scale", torch.ones(f))
         buffer("directions", torch.zeros(n, skeleton.NUM_JOINTS, 3))
@@ -354,6 +367,9 @@ class MotionMatching(Anonymizer):
         for k in MATCH_STATE:
             spec[k] = ((), torch.float32)
         spec["anchor"] = ((3,), torch.float32)
+        if self.prior is not None:  # the action prior's LSTM state
+            hidden = self.prior.head.in_features
+            spec["prior_h"] = spec["prior_c"] = ((hidden,), torch.float32)
         return spec
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -362,6 +378,10 @@ class MotionMatching(Anonymizer):
         for k in MATCH_STATE:
             state[k] = torch.zeros(batch, device=dev)
         state["anchor"] = torch.zeros(batch, 3, device=dev)
+        if self.prior is not None:
+            hidden = self.prior.head.in_features
+            state["prior_h"] = torch.zeros(batch, hidden, device=dev)
+            state["prior_c"] = torch.zeros(batch, hidden, device=dev)
         return state
 
     def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor],
@@ -380,6 +400,11 @@ class MotionMatching(Anonymizer):
         feat, rot, fs = feature_step(frame, fs, self.config)
         mode = self.config["root_motion"]
         query = (feat - self.feat_mean) * self.feat_scale
+        prior_state = {}
+        if self.prior is not None:  # the kind of motion joins the query: w·p against w·code
+            p, h, c = self.prior.step(query, state["prior_h"], state["prior_c"], first)
+            query = torch.cat([query, float(self.config["action_prior"]["weight"]) * p], 1)
+            prior_state = {"prior_h": h, "prior_c": c}
         cur, old, blend, since = self._match(query, state)
         w = ((blend + 1).to(frame.dtype) / (self.config["blend_frames"] + 1)).clamp(max=1.0)
         dirs = _nlerp(self.directions[old], self.directions[cur], w)
@@ -408,7 +433,8 @@ class MotionMatching(Anonymizer):
         out = skeleton.forward_kinematics(root, dirs, target_lengths)
         new = {**fs, "cur": cur.to(frame.dtype), "old": old.to(frame.dtype), "facing": facing,
                "anchor": anchor,
-               "blend": (blend + 1).to(frame.dtype), "since_search": (since + 1).to(frame.dtype)}
+               "blend": (blend + 1).to(frame.dtype), "since_search": (since + 1).to(frame.dtype),
+               **prior_state}
         return out, new
 
     def _advance(self, idx: torch.Tensor) -> torch.Tensor:
@@ -600,13 +626,38 @@ def _featurise(clips: list[np.ndarray], cfg: dict[str, Any]):
             torch.cat(steps), torch.cat(turns))
 
 
-def database(clips: list[np.ndarray], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+def query_features(matcher: MotionMatching, clips: list[np.ndarray]) -> list[torch.Tensor]:
+    """The standardised query ``[T_i, F]`` the matcher computes at every frame of each clip
+    (each a track from its first frame; without the action prior's columns)."""
+    out = []
+    for i in range(0, len(clips), 256):
+        part = [np.asarray(c, np.float32) for c in clips[i:i + 256]]
+        T = max(len(c) for c in part)
+        x = torch.as_tensor(np.stack([np.concatenate([c, np.repeat(c[-1:], T - len(c), 0)])
+                                      for c in part]))
+        fs = _fstate(len(part), matcher.k)
+        feats = []
+        for t in range(T):
+            f, _, fs = feature_step(x[:, t], fs, matcher.config)
+            feats.append((f - matcher.feat_mean) * matcher.feat_scale)
+        f_all = torch.stack(feats, 1)
+        out += [f_all[k, :len(c)] for k, c in enumerate(part)]
+    return out
+
+
+def database(clips: list[np.ndarray], cfg: dict[str, Any],
+             actions: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """The buffers of a :class:`MotionMatching` model from the dummy's clips ``[T_i, 25, 3]``
     (camera space, any facing): standardised weighted features and their standardisation,
     heading-frame bone directions, root heights above each clip's floor, next-frame links, and
-    the root motion into each frame (horizontal step in its heading frame, turn in radians)."""
+    the root motion into each frame (horizontal step in its heading frame, turn in radians).
+    With an ``action_prior`` the features end in ``w·code``, each frame's one-hot action among
+    the prior's classes (``actions``: each clip's action name)."""
     if not clips or min(len(c) for c in clips) < 2:
         raise ValueError("motion matching needs at least one clip of >= 2 frames")
+    prior = cfg.get("action_prior")
+    if prior and (actions is None or len(actions) != len(clips)):
+        raise ValueError("motion_match: an action prior needs each database clip's action")
     feats, dirs, heights, nexts, steps, turns = _featurise(
         [np.asarray(c, np.float32) for c in clips], cfg)
     # One scale per feature group (its RMS spread), not per feature: a per-feature z-score
@@ -620,6 +671,10 @@ def database(clips: list[np.ndarray], cfg: dict[str, Any]) -> dict[str, torch.Te
         weight[i : i + n] = (float(weights[g]) / n) ** 0.5   # every group counts as a whole
         i += n
     features = (feats - mean) * (weight / std)
+    if prior:  # the prior's columns: w·one-hot of each frame's action (0 for an unknown one)
+        names = [a for a, c in zip(actions, clips, strict=True) for _ in range(len(c))]
+        codes = class_codes(names, {**PRIOR_DEFAULTS, **prior}["classes"])
+        features = torch.cat([features, float({**PRIOR_DEFAULTS, **prior}["weight"]) * codes], 1)
     # A jump may land only where the clip runs on past the next search and cross-fade.
     ends = torch.nonzero(nexts < 0).squeeze(1)
     left = ends[torch.searchsorted(ends, torch.arange(len(nexts)))] - torch.arange(len(nexts))
@@ -698,6 +753,21 @@ def recipe_clips(dummy_lengths: Sequence[float], recipe: dict[str, Any]) -> list
     return clips + [skeleton.mirror(c) for c in clips] if mirror else clips
 
 
+def recipe_actions(recipe: dict[str, Any]) -> list[str]:
+    """Each clip's action name, in :func:`recipe_clips`'s order."""
+    from streamtmr.data.synth import ACTIONS
+
+    population = recipe.get("population")
+    names = []
+    if population:
+        n_actions = int(population.get("n_actions") or len(ACTIONS))
+        names += [ACTIONS[a] for _ in population.get("subjects", ()) for a in range(n_actions)]
+    views = len(recipe.get("views") or (0.0,))
+    names += [a for a in recipe.get("actions") or () for _ in range(int(recipe.get("clips", 1))
+                                                                     * views)]
+    return names + names if bool(recipe.get("mirror", True)) else names
+
+
 def has_search_tree(landing: torch.Tensor, search_frames: int, leaf: int) -> bool:
     """Whether a database searches by a tree: ``search_leaf`` > 0 and a searchable frame."""
     return leaf > 0 and bool(torch.isfinite(landing[:search_frames]).any())
@@ -723,7 +793,8 @@ def rendered_database(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
     shipped ``matcher``), then read back from the cache (:func:`streamtmr.cache.cached_tensors`:
     keyed by the config, this package's code and the numpy and torch versions)."""
     def render() -> dict[str, torch.Tensor]:
-        db = database(recipe_clips(cfg["dummy_lengths"], cfg["render"]), cfg)
+        db = database(recipe_clips(cfg["dummy_lengths"], cfg["render"]), cfg,
+                      recipe_actions(cfg["render"]))
         s, leaf = int(db["search_frames"]), int(cfg["search_leaf"])
         db["search_frames"] = torch.tensor(s)
         if has_search_tree(db["landing"], s, leaf):
@@ -733,6 +804,8 @@ def rendered_database(cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
 
     facts = {k: v for k, v in cfg.items() if k not in ("frames", "search_frames",
                                                        "database_check")}
+    if cfg.get("action_prior"):  # the database reads the prior's classes and weight only
+        facts["action_prior"] = {k: cfg["action_prior"][k] for k in ("classes", "weight")}
     return cached_tensors("motion_match", facts, render)
 
 
@@ -788,15 +861,20 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     rows = _clip_rows(store, subjects, views, reps)
     if not rows:
         raise ValueError(f"{store.root}: no sequences for views {list(views)}, reps {reps}")
+    from streamtmr.data.synth import ACTIONS
+
     clips = [np.array(store[k].arrays[array], np.float32) for k in rows]
+    actions = [ACTIONS[int(store.rows[k]["action"])] for k in rows]
     lengths = (store.meta.get("dummy") or {}).get("lengths", default_dummy().lengths)
-    clips += rendered_clips(lengths, [a for a in interactions for _ in range(interaction_clips)],
-                            seed=interaction_seed, mirror=False)
+    extra = [a for a in interactions for _ in range(interaction_clips)]
+    clips += rendered_clips(lengths, extra, seed=interaction_seed, mirror=False)
+    actions += extra
     if mirror:
         clips += [skeleton.mirror(c) for c in clips]
+        actions += actions
     cfg = {**DEFAULTS, **(config or {})}
     cfg.pop("render", None)
-    db = database(clips, cfg)
+    db = database(clips, cfg, actions)
     cfg.update(frames=len(db["features"]), search_frames=int(db.pop("search_frames")),
                dummy_lengths=[float(v) for v in lengths],
                database={"store": str(store.root), "array": array, "sequences": len(rows),
@@ -895,6 +973,47 @@ def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def train_action_prior(model: MotionMatching, data: str | Path | None) -> None:
+    """Train ``model``'s action prior (:mod:`streamtmr.models.action_prior`) on the store
+    ``data``: the ``anonymizer_train`` people's recordings (every camera and repetition)
+    through the prior's ``stage`` (a model spec, e.g. ``default``: the cascade's first stage,
+    whose output the matcher will read; ``None``: the recordings themselves). The stage's
+    name, its file's SHA-256 and the training accuracy are recorded in the config."""
+    from streamtmr.cache import file_sha256
+    from streamtmr.data.synth import ACTIONS
+    from streamtmr.models.action_prior import fit_prior
+    from streamtmr.models.checkpoint import model_path, resolve_model
+
+    cfg = model.config["action_prior"]
+    if data is None:
+        raise ValueError("motion_match: training the action prior needs a SynthKinect store "
+                         "(--data)")
+    store = SkeletonStore(data)
+    rows = _clip_rows(store, None, sorted({int(r["view"]) for r in store.rows}), None)
+    clips = [np.array(store[k].joints, np.float32) for k in rows]
+    actions = [ACTIONS[int(store.rows[k]["action"])] for k in rows]
+    others = [a for a in cfg["classes"] if a not in ACTIONS]
+    if others:  # motions the store lacks: the same people performing them, recorded alike
+        from streamtmr.data.synth import performances
+
+        info = store.meta.get("info") or {}
+        more, names = performances(
+            store.meta["splits"]["anonymizer_train"], others,
+            n_subjects=int(info.get("subjects", 60)), seed=int(info.get("seed", 0)),
+            views=store.meta.get("views_deg", (-45, 0, 45)), reps=int(info.get("reps", 2)))
+        clips += more
+        actions += names
+    stage = None
+    if cfg.get("stage"):
+        spec = cfg["stage"]["model"] if isinstance(cfg["stage"], dict) else cfg["stage"]
+        first = resolve_model(spec).eval()
+        stage = first.for_dummy(torch.as_tensor(model.config["dummy_lengths"])).eval()
+        cfg["stage"] = {"model": str(spec), "sha256": file_sha256(model_path(spec))}
+    report = fit_prior(model, clips, actions, stage)
+    cfg["trained"] = {"store": str(store.root), **report}
+    log.info("action prior: %s", report)
+
+
 def build_from_config(config: str | Path, data: str | Path | None, out: str | Path,
                       settings: dict[str, Any] | None = None) -> Path:
     """Build the database described by a YAML file (``configs/motion_match.yaml``), its
@@ -923,6 +1042,8 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
                                interactions=db.get("interactions", ()),
                                mirror=db.get("mirror", True), population=db.get("population"))
         people = (model.config["render"].get("population") or {}).get("subjects", [])
+        if model.prior is not None:
+            train_action_prior(model, data)
         return save_checkpoint(out, model, {"data": {"store": None, "train_subjects": people,
                                                      "real_subjects": []}})
     if data is None:
@@ -933,6 +1054,8 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
         raise ValueError(f"{config}: database: unknown keys {unknown}; expected some of "
                          f"{list(DATABASE_KEYS)}")
     model = build_database(data, config=model_cfg, **db)
+    if model.prior is not None:
+        train_action_prior(model, data)
     store = SkeletonStore(data)
     extra = {"data": {"store": str(store.root),
                       "train_subjects": sorted({int(store.rows[i]["subject"]) for i in

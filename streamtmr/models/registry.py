@@ -23,6 +23,8 @@ An unknown name is a :class:`KeyError` naming the close matches and every known 
 
 from __future__ import annotations
 
+import inspect
+
 import difflib
 import importlib
 import importlib.metadata
@@ -87,11 +89,13 @@ def _validate(cls: type[Anonymizer]) -> MethodEntry:
 
 def register(cls: type[Anonymizer]) -> type[Anonymizer]:
     """Class decorator: enter ``cls`` under ``cls.method`` (a second class of the same name is
-    an error; re-registering the same class, e.g. on a module reload, replaces it)."""
+    an error; re-registering the same class, e.g. on a module reload or when a module run
+    as ``python -m`` is imported by its name too, replaces it)."""
     entry = _validate(cls)
     old = _REGISTRY.get(entry.name)
-    same = old is not None and (old.model.__module__, old.model.__qualname__) == (
-        cls.__module__, cls.__qualname__)
+    same = old is not None and old.model.__qualname__ == cls.__qualname__ and (
+        old.model.__module__ == cls.__module__
+        or inspect.getsourcefile(old.model) == inspect.getsourcefile(cls))
     if old is not None and not same:
         raise ValueError(f"method {entry.name!r} is registered twice: "
                          f"{old.model.__module__}.{old.model.__qualname__} and "

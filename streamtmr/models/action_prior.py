@@ -1,0 +1,156 @@
+"""An action prior for motion matching: which kind of motion the input performs, causally.
+
+Motion matching picks the database frame nearest to a few features of the input: key joints
+relative to the root and their velocities. Where two kinds of motion share a posture for a
+moment (clapping and eating both bring the hands before the chest; brushing one's hair and
+saluting both raise the right hand to the head), the nearest frame may come from the wrong
+kind, and the output then performs another action than the person. The matcher's own features
+over the last seconds tell the kinds apart: a small recurrent recognizer reads them frame by
+frame and gives a class posterior ``p``; every database frame carries the one-hot code of the
+action it was rendered from (zero for a motion the recognizer does not know), and the search
+adds ``w²·|p − code|²`` to its cost. Written as ``w·p`` appended to the query and ``w·code`` to
+the database features, this is the same nearest-neighbour search in a few more dimensions, so
+the exact search tree serves it unchanged.
+
+The recognizer reads only the features the matcher computes from its input anyway: in a
+cascade, the first stage's output. It is trained on what it will read: the first stage's
+output for the store's ``anonymizer_train`` people (every camera and repetition), never an
+evaluated person.
+
+    ActionPrior(features, classes, hidden)   LSTM → linear → softmax, one step per frame
+    fit_prior(matcher, store, stage)         train it on a stage's output of a store
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamtmr.models.tmr_stream import lstm_cell
+
+log = logging.getLogger(__name__)
+
+#: Settings of a matcher's ``action_prior`` (``None`` or absent: no prior).
+PRIOR_DEFAULTS: dict[str, Any] = {
+    "classes": [],      # action names the recognizer tells apart (database frames of others: 0)
+    "weight": 1.0,      # w: a confident wrong class costs 2·w² (standardised cost units)
+    "hidden": 64,       # LSTM width
+    "epochs": 20,
+    "seed": 0,
+    "stage": None,      # what the recognizer was trained on: the first stage's name and sha256
+}
+
+
+class ActionPrior(nn.Module):
+    """Causal recognizer: matcher features ``[B, T, F]`` → class logits ``[B, T, C]``."""
+
+    def __init__(self, features: int, classes: int, hidden: int = 64):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(seq)[0])
+
+    def step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, first: torch.Tensor):
+        """One frame ``x [B, F]`` → (posterior ``[B, C]``, h, c); ``first [B]`` restarts a
+        track (its state zeroed)."""
+        keep = (~first)[:, None].to(x.dtype)
+        h, c = lstm_cell(self.lstm, x, h * keep, c * keep)
+        return torch.softmax(self.head(h), -1), h, c
+
+
+def class_codes(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
+    """One-hot ``[N, C]`` of each frame's action among ``classes`` (all zero for another)."""
+    index = {name: i for i, name in enumerate(classes)}
+    codes = torch.zeros(len(labels), len(classes))
+    for n, name in enumerate(labels):
+        if name in index:
+            codes[n, index[name]] = 1.0
+    return codes
+
+
+def train_prior(seqs: list[torch.Tensor], labels: Sequence[int], classes: int, hidden: int = 64,
+                epochs: int = 20, seed: int = 0, batch: int = 64, lr: float = 3e-3
+                ) -> ActionPrior:
+    """Fit an :class:`ActionPrior` to sequences of matcher features ``[T_i, F]``, every frame
+    labelled with its sequence's class (cross-entropy over every frame: the posterior must be
+    right as early as the motion allows, since the matcher reads it at every frame)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    prior = ActionPrior(seqs[0].shape[1], classes, hidden)
+    lengths = torch.tensor([len(s) for s in seqs])
+    x = nn.utils.rnn.pad_sequence(seqs, batch_first=True)               # [N, T, F]
+    valid = torch.arange(x.shape[1])[None] < lengths[:, None]            # [N, T]
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    opt = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(seqs) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
+    t0 = time.time()
+    for epoch in range(epochs):
+        total, frames = 0.0, 0
+        for idx in torch.randperm(len(seqs), generator=gen).split(batch):
+            logits = prior(x[idx])
+            m = valid[idx]
+            loss = F.cross_entropy(logits[m], y[idx][:, None].expand_as(m)[m])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * int(m.sum())
+            frames += int(m.sum())
+        log.info("action prior epoch %d: loss %.3f (%.0f s)", epoch + 1, total / frames,
+                 time.time() - t0)
+    return prior.eval()
+
+
+@torch.no_grad()
+def stage_outputs(stage: torch.nn.Module, clips: list[np.ndarray], batch: int = 64
+                  ) -> list[np.ndarray]:
+    """A streaming stage's output for each clip (a track from its first frame; clips of a
+    batch are end-padded with their last frame, which a causal stage never reads early)."""
+    out = []
+    for i in range(0, len(clips), batch):
+        part = clips[i:i + batch]
+        T = max(len(c) for c in part)
+        x = torch.as_tensor(np.stack([np.concatenate([c, np.repeat(c[-1:], T - len(c), 0)])
+                                      for c in part]))
+        y = stage(x).numpy()
+        out += [y[k, :len(c)] for k, c in enumerate(part)]
+    return out
+
+
+def fit_prior(matcher, clips: list[np.ndarray], actions: Sequence[str],
+              stage: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Train ``matcher``'s action prior (``matcher.prior``) on ``clips`` (sources, camera space)
+    labelled with ``actions``: the clips through ``stage`` (the cascade's first stage; ``None``:
+    the clips themselves), featurised as the matcher featurises its input, standardised with
+    its database's standardisation. Returns what was measured (training accuracy by frame)."""
+    from streamtmr.models.motion_match import query_features
+
+    cfg = matcher.config["action_prior"]
+    classes = list(cfg["classes"])
+    keep = [i for i, a in enumerate(actions) if a in classes]
+    inputs = [clips[i] for i in keep]
+    if stage is not None:
+        inputs = stage_outputs(stage, inputs)
+    seqs = query_features(matcher, inputs)
+    labels = [classes.index(actions[i]) for i in keep]
+    prior = train_prior(seqs, labels, len(classes), int(cfg["hidden"]), int(cfg["epochs"]),
+                        int(cfg["seed"]))
+    matcher.prior.load_state_dict(prior.state_dict())
+    with torch.no_grad():
+        hits = [(prior(s[None])[0].argmax(-1) == y).float().mean()
+                for s, y in zip(seqs, labels, strict=True)]
+    return {"sequences": len(seqs), "train_frame_accuracy": float(torch.stack(hits).mean())}
+
+
+__all__ = ["ActionPrior", "PRIOR_DEFAULTS", "class_codes", "fit_prior", "stage_outputs",
+           "train_prior"]
