@@ -147,3 +147,29 @@ def test_a_toy_method_is_trained_exported_and_evaluated(toy, store, tmp_path, is
     assert toy_result["quality"]["bone_var_mm2"] < 1e-3
     assert 0.0 <= toy_result["adaptive"]["reid_top1"] <= 1.0
     assert (tmp_path / "eval" / "results.json").is_file()
+
+
+def test_a_module_run_as_main_and_imported_by_name_registers_once(monkeypatch):
+    """``python -m streamtmr.models.motion_match`` defines its class in ``__main__``; the
+    registry importing the module by name then finds the same class from the same file, not a
+    second method (``tests/test_action_prior.py`` runs the command itself). A class of the
+    same name from another file is still refused."""
+    import sys
+    import types
+
+    import streamtmr.models.motion_match as mm
+
+    registry.model_class("motion_match")      # every in-package method registered
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    main = types.ModuleType("__main__")
+    main.__file__ = mm.__file__
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    as_main = type("MotionMatching", (mm.MotionMatching,),
+                   {"__module__": "__main__", "__qualname__": "MotionMatching"})
+    registry.register(as_main)
+    assert registry.model_class("motion_match") is as_main
+    registry.register(mm.MotionMatching)
+    assert registry.model_class("motion_match") is mm.MotionMatching
+    main.__file__ = __file__                   # the same name, another file
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register(as_main)

@@ -45,7 +45,34 @@ PRIOR_DEFAULTS: dict[str, Any] = {
     "epochs": 20,
     "seed": 0,
     "stage": None,      # what the recognizer was trained on: the first stage's name and sha256
+    # Train on a second copy of every clip replayed as real streams differ from the store's:
+    # at another speed (0.7–1.4×) and with frames the sensor dropped and the player
+    # interpolated (keeping one frame in 1–6), so that the posterior does not hinge on the
+    # store's exact timing.
+    "augment": False,
 }
+
+
+def resample(clip: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """``clip [T, ...]`` linearly interpolated at fractional frame ``times`` (in [0, T−1])."""
+    i0 = np.clip(np.floor(times).astype(np.int64), 0, len(clip) - 1)
+    i1 = np.minimum(i0 + 1, len(clip) - 1)
+    w = (times - i0).reshape(-1, *[1] * (clip.ndim - 1)).astype(clip.dtype)
+    return (1 - w) * clip[i0] + w * clip[i1]
+
+
+def replayed(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``clip`` at a random speed (0.7–1.4×), then with a random share of its frames dropped
+    and interpolated back (one frame kept in k = 1…6, from a random first frame)."""
+    speed = float(rng.uniform(0.7, 1.4))
+    n = max(2, int(round((len(clip) - 1) / speed)) + 1)
+    clip = resample(clip, np.linspace(0, len(clip) - 1, n))
+    k = int(rng.integers(1, 7))
+    kept = np.arange(int(rng.integers(0, k)), n, k)
+    if len(kept) < 2:
+        return clip
+    t = np.arange(kept[0], kept[-1] + 1, dtype=np.float64)
+    return resample(clip[kept], (t - kept[0]) / k)
 
 
 class ActionPrior(nn.Module):
@@ -139,6 +166,10 @@ def fit_prior(matcher, clips: list[np.ndarray], actions: Sequence[str],
     classes = list(cfg["classes"])
     keep = [i for i, a in enumerate(actions) if a in classes]
     inputs = [clips[i] for i in keep]
+    if cfg.get("augment"):
+        rng = np.random.default_rng([int(cfg["seed"]), 0xA6])
+        inputs += [replayed(c, rng) for c in inputs]
+        keep += keep
     if stage is not None:
         inputs = stage_outputs(stage, inputs)
     seqs = query_features(matcher, inputs)

@@ -87,6 +87,13 @@ def _validate(cls: type[Anonymizer]) -> MethodEntry:
     return MethodEntry(name, cls, traits, trainer)
 
 
+def _source_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except (TypeError, OSError):  # defined in an interactive session: no file
+        return None
+
+
 def register(cls: type[Anonymizer]) -> type[Anonymizer]:
     """Class decorator: enter ``cls`` under ``cls.method`` (a second class of the same name is
     an error; re-registering the same class, e.g. on a module reload or when a module run
@@ -95,7 +102,7 @@ def register(cls: type[Anonymizer]) -> type[Anonymizer]:
     old = _REGISTRY.get(entry.name)
     same = old is not None and old.model.__qualname__ == cls.__qualname__ and (
         old.model.__module__ == cls.__module__
-        or inspect.getsourcefile(old.model) == inspect.getsourcefile(cls))
+        or _source_file(old.model) == _source_file(cls) is not None)
     if old is not None and not same:
         raise ValueError(f"method {entry.name!r} is registered twice: "
                          f"{old.model.__module__}.{old.model.__qualname__} and "
