@@ -209,8 +209,8 @@ def test_the_build_command_trains_the_prior_on_a_named_stage(store, tmp_path):
     command module and the registry's import of it are one method, the stage is recorded by
     name and SHA-256."""
     out = tmp_path / "stage.safetensors"
-    setting = ("action_prior={classes: [%s], hidden: 8, epochs: 1, stage: default}"
-               % ", ".join(CLASSES))
+    setting = ("action_prior={classes: [" + ", ".join(CLASSES)
+               + "], hidden: 8, epochs: 1, stage: default}")
     subprocess.run([sys.executable, "-m", "streamtmr.models.motion_match",
                     "--config", "configs/motion_match.yaml", "--data", str(store.root),
                     "--set", "database.views=[0]", "--set", "database.reps=null",

@@ -23,11 +23,10 @@ An unknown name is a :class:`KeyError` naming the close matches and every known 
 
 from __future__ import annotations
 
-import inspect
-
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import pkgutil
 from dataclasses import dataclass
 from typing import Any
