@@ -241,6 +241,10 @@ def test_motions_the_store_lacks_are_performed_by_its_training_people(store):
     assert all(c.dtype == np.float32 and c.shape[1:] == (25, 3) for c in clips)
     with pytest.raises(ValueError, match="not in a population"):
         performances([999], ["carry"], **kw)
+    odd = mm.build_database(store, views=(0,), reps=None,
+                            config=prior_settings(classes=CLASSES + ["juggle"]))
+    with pytest.raises(ValueError, match=r"\['juggle'\] are neither"):
+        mm.train_action_prior(odd, store.root)
     m = mm.build_database(store, views=(0,), reps=None, interactions=["carry"],
                           interaction_clips=2, config=prior_settings(classes=CLASSES + ["carry"]))
     mm.train_action_prior(m, store.root)

@@ -992,7 +992,14 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> None:
     rows = _clip_rows(store, None, sorted({int(r["view"]) for r in store.rows}), None)
     clips = [np.array(store[k].joints, np.float32) for k in rows]
     actions = [ACTIONS[int(store.rows[k]["action"])] for k in rows]
+    from streamtmr.data.synth_motion import INTERACTION_SPECS
+
     others = [a for a in cfg["classes"] if a not in ACTIONS]
+    unknown = sorted(set(others) - set(INTERACTION_SPECS))
+    if unknown:
+        raise ValueError(f"motion_match: action_prior.classes: {unknown} are neither the "
+                         f"store's actions nor motions SynthKinect renders "
+                         f"({sorted(INTERACTION_SPECS)})")
     if others:  # motions the store lacks: the same people performing them, recorded alike
         from streamtmr.data.synth import performances
 
