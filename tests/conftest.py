@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +42,44 @@ def model_ckpt(tmp_path_factory):
     shutil.copyfile(default_checkpoint_path(), d / "model.safetensors")
     write_card(d / "model.safetensors", {"command": "a test card"})
     return d / "model.safetensors"
+
+
+@pytest.fixture(scope="session")
+def matcher_store(tmp_path_factory):
+    """A small SynthKinect store for the motion-matching tests: 6 people, 3 actions, two
+    cameras, one repetition."""
+    from streamtmr.data.store import SkeletonStore
+    from streamtmr.data.synth import generate
+
+    torch.set_num_threads(1)
+    root = generate(tmp_path_factory.mktemp("mm") / "synth", n_subjects=6, n_actions=3,
+                    views=(0, 45), reps=1, seed=3, progress=False)
+    return SkeletonStore(root)
+
+
+@pytest.fixture(scope="session")
+def matcher_source(matcher_store) -> torch.Tensor:
+    """Two observed (sensor-noise) sequences of ``matcher_store``'s evaluation people, camera
+    2, cut to equal length: ``[2, T, 25, 3]``."""
+    store = matcher_store
+    ev = set(store.meta["splits"]["eval"])
+    rows = [i for i, r in enumerate(store.rows) if r["subject"] in ev and r["view"] == 1][:2]
+    seqs = [np.array(store[i].joints) for i in rows]
+    T = min(len(s) for s in seqs)
+    return torch.as_tensor(np.stack([s[:T] for s in seqs]))
+
+
+def onnx_steps(model, x: torch.Tensor) -> np.ndarray:
+    """Step ``x [B, T, 25, 3]`` frame by frame on ONNX Runtime: outputs ``[B, T, 25, 3]``."""
+    from engines import create_engine
+
+    engine = create_engine("onnxruntime", model=model, window=None)
+    state = engine.init_state(x.shape[0])
+    outs = []
+    for t in range(x.shape[1]):
+        y, state = engine.step(x[:, t].numpy(), state)
+        outs.append(y)
+    return np.stack(outs, 1)
 
 
 def utk_folder(root, rng, subjects=(1, 2)):

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import onnx_steps
 
 from streamtmr import skeleton
 from streamtmr.data.store import SkeletonStore
-from streamtmr.data.synth import ACTIONS, generate
+from streamtmr.data.synth import ACTIONS
 from streamtmr.dummy import default_dummy
 from streamtmr.models import motion_match as mm
 from streamtmr.models.action_prior import class_codes, stage_outputs, train_prior
@@ -31,11 +32,8 @@ def prior_settings(weight: float = 1.0, classes=CLASSES) -> dict:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> SkeletonStore:
-    torch.set_num_threads(1)
-    root = generate(tmp_path_factory.mktemp("prior") / "synth", n_subjects=6, n_actions=3,
-                    views=(0, 45), reps=1, seed=3, progress=False)
-    return SkeletonStore(root)
+def store(matcher_store) -> SkeletonStore:
+    return matcher_store
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +44,9 @@ def model(store) -> mm.MotionMatching:
 
 
 @pytest.fixture(scope="module")
-def source(store) -> torch.Tensor:
-    ev = set(store.meta["splits"]["eval"])
-    rows = [i for i, r in enumerate(store.rows) if r["subject"] in ev and r["view"] == 1][:2]
-    seqs = [np.array(store[i].joints) for i in rows]
-    T = min(len(s) for s in seqs)
-    return torch.as_tensor(np.stack([s[:T] for s in seqs]))
+def source(matcher_source) -> torch.Tensor:
+    """Two observed (sensor-noise) sequences of evaluation subjects, cut to equal length."""
+    return matcher_source
 
 
 def lengths(model) -> torch.Tensor:
@@ -152,7 +147,6 @@ def test_the_prior_exports_to_onnx_and_survives_a_checkpoint(source, tmp_path):
     """A rendered database (the tiny preset's motions) with a prior trained on its own clips:
     ONNX Runtime steps as PyTorch does, and the checkpoint keeps the prior's weights (and
     only them: the database is rendered again)."""
-    from engines import create_engine
     from streamtmr.models.action_prior import fit_prior
 
     tiny = mm.MotionMatching.presets["tiny"]
@@ -171,13 +165,7 @@ def test_the_prior_exports_to_onnx_and_survives_a_checkpoint(source, tmp_path):
     with torch.no_grad():
         np.testing.assert_array_equal(loaded.retarget(source, lengths(model)[None]).numpy(),
                                       want)
-    engine = create_engine("onnxruntime", model=loaded, window=None)
-    state = engine.init_state(source.shape[0])
-    outs = []
-    for t in range(source.shape[1]):
-        y, state = engine.step(source[:, t].numpy(), state)
-        outs.append(y)
-    np.testing.assert_allclose(np.stack(outs, 1), want, atol=1e-4)
+    np.testing.assert_allclose(onnx_steps(loaded, source), want, atol=1e-4)
 
 
 def test_a_rendered_database_labels_its_clips_in_render_order():

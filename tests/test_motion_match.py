@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import onnx_steps
 
 from streamtmr import skeleton
 from streamtmr.data.store import SkeletonStore
-from streamtmr.data.synth import generate
 from streamtmr.dummy import default_dummy
 from streamtmr.models import motion_match as mm
 from streamtmr.models.checkpoint import (
@@ -27,11 +27,8 @@ SETTINGS = {"search_every": 4, "blend_frames": 3, "margin": 0.05}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> SkeletonStore:
-    torch.set_num_threads(1)
-    root = generate(tmp_path_factory.mktemp("mm") / "synth", n_subjects=6, n_actions=3,
-                    views=(0, 45), reps=1, seed=3, progress=False)
-    return SkeletonStore(root)
+def store(matcher_store) -> SkeletonStore:
+    return matcher_store
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +37,9 @@ def model(store) -> MotionMatching:
 
 
 @pytest.fixture(scope="module")
-def source(store) -> torch.Tensor:
+def source(matcher_source) -> torch.Tensor:
     """Two observed (sensor-noise) sequences of evaluation subjects, cut to equal length."""
-    ev = set(store.meta["splits"]["eval"])
-    rows = [i for i, r in enumerate(store.rows) if r["subject"] in ev and r["view"] == 1][:2]
-    seqs = [np.array(store[i].joints) for i in rows]
-    T = min(len(s) for s in seqs)
-    return torch.as_tensor(np.stack([s[:T] for s in seqs]))
+    return matcher_source
 
 
 def dummy(model: MotionMatching) -> torch.Tensor:
@@ -62,19 +55,6 @@ def run_steps(model, x):
         outs.append(y)
         states.append(state)
     return torch.stack(outs, 1), states
-
-
-def onnx_steps(model, x: torch.Tensor) -> np.ndarray:
-    """Step ``x [B, T, 25, 3]`` frame by frame on ONNX Runtime: outputs ``[B, T, 25, 3]``."""
-    from engines import create_engine
-
-    engine = create_engine("onnxruntime", model=model, window=None)
-    state = engine.init_state(x.shape[0])
-    outs = []
-    for t in range(x.shape[1]):
-        y, state = engine.step(x[:, t].numpy(), state)
-        outs.append(y)
-    return np.stack(outs, 1)
 
 
 def facing_aligned(pose: torch.Tensor) -> torch.Tensor:
