@@ -18,7 +18,7 @@ from streamtmr.data.synth import ACTIONS
 from streamtmr.dummy import default_dummy
 from streamtmr.models import motion_match as mm
 from streamtmr.models.action_prior import class_codes, stage_outputs, train_prior
-from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
+from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from streamtmr.models.registry import model_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +205,8 @@ def test_the_build_command_trains_the_prior_on_a_named_stage(store, tmp_path):
                     "--set", "database.interactions=[]", "--set", setting, "--out", str(out)],
                    check=True, capture_output=True, text=True, timeout=300, cwd=ROOT)
     loaded = load_checkpoint(out)
+    _, extra = read_metadata(out)
+    assert extra["data"]["train_subjects"] == store.meta["splits"]["anonymizer_train"]
     stage = loaded.config["action_prior"]["stage"]
     assert stage["model"] == "default" and len(stage["sha256"]) == 64
     assert loaded.prior is not None

@@ -672,9 +672,10 @@ def database(clips: list[np.ndarray], cfg: dict[str, Any],
         i += n
     features = (feats - mean) * (weight / std)
     if prior:  # the prior's columns: w·one-hot of each frame's action (0 for an unknown one)
+        prior = {**PRIOR_DEFAULTS, **prior}
         names = [a for a, c in zip(actions, clips, strict=True) for _ in range(len(c))]
-        codes = class_codes(names, {**PRIOR_DEFAULTS, **prior}["classes"])
-        features = torch.cat([features, float({**PRIOR_DEFAULTS, **prior}["weight"]) * codes], 1)
+        codes = class_codes(names, prior["classes"])
+        features = torch.cat([features, float(prior["weight"]) * codes], 1)
     # A jump may land only where the clip runs on past the next search and cross-fade.
     ends = torch.nonzero(nexts < 0).squeeze(1)
     left = ends[torch.searchsorted(ends, torch.arange(len(nexts)))] - torch.arange(len(nexts))
@@ -847,6 +848,7 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     clip's left↔right mirror image. Save the result with
     :func:`streamtmr.models.checkpoint.save_checkpoint`.
     """
+    from streamtmr.data.synth import ACTIONS
     from streamtmr.data.synth_motion import INTERACTION_SPECS
 
     unknown = sorted(set(interactions) - set(INTERACTION_SPECS))
@@ -861,8 +863,6 @@ def build_database(store: SkeletonStore | str | Path, subjects: Sequence[int] | 
     rows = _clip_rows(store, subjects, views, reps)
     if not rows:
         raise ValueError(f"{store.root}: no sequences for views {list(views)}, reps {reps}")
-    from streamtmr.data.synth import ACTIONS
-
     clips = [np.array(store[k].arrays[array], np.float32) for k in rows]
     actions = [ACTIONS[int(store.rows[k]["action"])] for k in rows]
     lengths = (store.meta.get("dummy") or {}).get("lengths", default_dummy().lengths)
@@ -973,18 +973,26 @@ def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def train_action_prior(model: MotionMatching, data: str | Path | None) -> None:
+def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[int]:
     """Train ``model``'s action prior (:mod:`streamtmr.models.action_prior`) on the store
     ``data``: the ``anonymizer_train`` people's recordings (every camera and repetition)
     through the prior's ``stage`` (a model spec, e.g. ``default``: the cascade's first stage,
     whose output the matcher will read; ``None``: the recordings themselves). The stage's
-    name, its file's SHA-256 and the training accuracy are recorded in the config."""
+    name, its file's SHA-256 and the training accuracy are recorded in the config. Returns
+    the people it was trained on (none of them may be evaluated)."""
     from streamtmr.cache import file_sha256
-    from streamtmr.data.synth import ACTIONS
+    from streamtmr.data.synth import ACTIONS, performances
+    from streamtmr.data.synth_motion import INTERACTION_SPECS
     from streamtmr.models.action_prior import fit_prior
     from streamtmr.models.checkpoint import model_path, resolve_model
 
     cfg = model.config["action_prior"]
+    others = [a for a in cfg["classes"] if a not in ACTIONS]
+    unknown = sorted(set(others) - set(INTERACTION_SPECS))
+    if unknown:
+        raise ValueError(f"motion_match: action_prior.classes: {unknown} are neither the "
+                         f"store's actions nor motions SynthKinect renders "
+                         f"({sorted(INTERACTION_SPECS)})")
     if data is None:
         raise ValueError("motion_match: training the action prior needs a SynthKinect store "
                          "(--data)")
@@ -992,17 +1000,7 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> None:
     rows = _clip_rows(store, None, sorted({int(r["view"]) for r in store.rows}), None)
     clips = [np.array(store[k].joints, np.float32) for k in rows]
     actions = [ACTIONS[int(store.rows[k]["action"])] for k in rows]
-    from streamtmr.data.synth_motion import INTERACTION_SPECS
-
-    others = [a for a in cfg["classes"] if a not in ACTIONS]
-    unknown = sorted(set(others) - set(INTERACTION_SPECS))
-    if unknown:
-        raise ValueError(f"motion_match: action_prior.classes: {unknown} are neither the "
-                         f"store's actions nor motions SynthKinect renders "
-                         f"({sorted(INTERACTION_SPECS)})")
     if others:  # motions the store lacks: the same people performing them, recorded alike
-        from streamtmr.data.synth import performances
-
         info = store.meta.get("info") or {}
         more, names = performances(
             store.meta["splits"]["anonymizer_train"], others,
@@ -1019,6 +1017,7 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> None:
     report = fit_prior(model, clips, actions, stage)
     cfg["trained"] = {"store": str(store.root), **report}
     log.info("action prior: %s", report)
+    return sorted(int(s) for s in store.meta["splits"]["anonymizer_train"])
 
 
 def build_from_config(config: str | Path, data: str | Path | None, out: str | Path,
@@ -1050,7 +1049,7 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
                                mirror=db.get("mirror", True), population=db.get("population"))
         people = (model.config["render"].get("population") or {}).get("subjects", [])
         if model.prior is not None:
-            train_action_prior(model, data)
+            people = sorted(set(people) | set(train_action_prior(model, data)))
         return save_checkpoint(out, model, {"data": {"store": None, "train_subjects": people,
                                                      "real_subjects": []}})
     if data is None:
@@ -1061,14 +1060,11 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
         raise ValueError(f"{config}: database: unknown keys {unknown}; expected some of "
                          f"{list(DATABASE_KEYS)}")
     model = build_database(data, config=model_cfg, **db)
-    if model.prior is not None:
-        train_action_prior(model, data)
+    people = set(train_action_prior(model, data)) if model.prior is not None else set()
     store = SkeletonStore(data)
-    extra = {"data": {"store": str(store.root),
-                      "train_subjects": sorted({int(store.rows[i]["subject"]) for i in
-                                                _clip_rows(store, db.get("subjects"),
-                                                           db.get("views", (1,)),
-                                                           db.get("reps", (0,)))})}}
+    people |= {int(store.rows[i]["subject"]) for i in
+               _clip_rows(store, db.get("subjects"), db.get("views", (1,)), db.get("reps", (0,)))}
+    extra = {"data": {"store": str(store.root), "train_subjects": sorted(people)}}
     return save_checkpoint(out, model, extra)
 
 
