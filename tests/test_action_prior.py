@@ -147,14 +147,12 @@ def test_the_prior_exports_to_onnx_and_survives_a_checkpoint(source, tmp_path):
     """A rendered database (the tiny preset's motions) with a prior trained on its own clips:
     ONNX Runtime steps as PyTorch does, and the checkpoint keeps the prior's weights (and
     only them: the database is rendered again)."""
-    from streamtmr.models.action_prior import fit_prior
-
     tiny = mm.MotionMatching.presets["tiny"]
     classes = tiny["render"]["actions"]
     model = mm.MotionMatching({**tiny, "action_prior": {"classes": classes, "hidden": 8,
                                                          "epochs": 3}})
     recipe = model.config["render"]
-    fit_prior(model, mm.recipe_clips(model.config["dummy_lengths"], recipe),
+    mm.fit_action_prior(model, mm.recipe_clips(model.config["dummy_lengths"], recipe),
               mm.recipe_actions(recipe))
     with torch.no_grad():
         want = model.retarget(source, lengths(model)[None]).numpy()

@@ -18,7 +18,9 @@ output for the store's ``anonymizer_train`` people (every camera and repetition)
 evaluated person.
 
     ActionPrior(features, classes, hidden)   LSTM → linear → softmax, one step per frame
-    fit_prior(matcher, store, stage)         train it on a stage's output of a store
+    train_prior(seqs, labels, classes)       fit one to labelled sequences of matcher features
+
+The matcher trains its own (:func:`streamtmr.models.motion_match.fit_action_prior`).
 """
 
 from __future__ import annotations
@@ -154,34 +156,5 @@ def stage_outputs(stage: torch.nn.Module, clips: list[np.ndarray], batch: int = 
     return out
 
 
-def fit_prior(matcher, clips: list[np.ndarray], actions: Sequence[str],
-              stage: torch.nn.Module | None = None) -> dict[str, Any]:
-    """Train ``matcher``'s action prior (``matcher.prior``) on ``clips`` (sources, camera space)
-    labelled with ``actions``: the clips through ``stage`` (the cascade's first stage; ``None``:
-    the clips themselves), featurised as the matcher featurises its input, standardised with
-    its database's standardisation. Returns what was measured (training accuracy by frame)."""
-    from streamtmr.models.motion_match import query_features
-
-    cfg = matcher.config["action_prior"]
-    classes = list(cfg["classes"])
-    keep = [i for i, a in enumerate(actions) if a in classes]
-    inputs = [clips[i] for i in keep]
-    if cfg.get("augment"):
-        rng = np.random.default_rng([int(cfg["seed"]), 0xA6])
-        inputs += [replayed(c, rng) for c in inputs]
-        keep += keep
-    if stage is not None:
-        inputs = stage_outputs(stage, inputs)
-    seqs = query_features(matcher, inputs)
-    labels = [classes.index(actions[i]) for i in keep]
-    prior = train_prior(seqs, labels, len(classes), int(cfg["hidden"]), int(cfg["epochs"]),
-                        int(cfg["seed"]))
-    matcher.prior.load_state_dict(prior.state_dict())
-    with torch.no_grad():
-        hits = [(prior(s[None])[0].argmax(-1) == y).float().mean()
-                for s, y in zip(seqs, labels, strict=True)]
-    return {"sequences": len(seqs), "train_frame_accuracy": float(torch.stack(hits).mean())}
-
-
-__all__ = ["ActionPrior", "PRIOR_DEFAULTS", "class_codes", "fit_prior", "stage_outputs",
-           "train_prior"]
+__all__ = ["ActionPrior", "PRIOR_DEFAULTS", "class_codes", "replayed", "resample",
+           "stage_outputs", "train_prior"]

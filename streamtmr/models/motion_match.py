@@ -973,6 +973,36 @@ def parse_settings(assignments: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def fit_action_prior(model: MotionMatching, clips: list[np.ndarray], actions: Sequence[str],
+                     stage: nn.Module | None = None) -> dict[str, Any]:
+    """Train ``model``'s action prior on ``clips`` (sources, camera space) labelled with
+    ``actions`` (clips of other actions are left out): the clips through ``stage`` (the
+    cascade's first stage; ``None``: the clips themselves), with replayed copies where the
+    prior's ``augment`` asks, featurised as the matcher featurises its input. Returns what was
+    measured (the training sequences' frame accuracy)."""
+    from streamtmr.models.action_prior import replayed, stage_outputs, train_prior
+
+    cfg = model.config["action_prior"]
+    classes = list(cfg["classes"])
+    keep = [i for i, a in enumerate(actions) if a in classes]
+    inputs = [clips[i] for i in keep]
+    if cfg.get("augment"):
+        rng = np.random.default_rng([int(cfg["seed"]), 0xA6])
+        inputs += [replayed(c, rng) for c in inputs]
+        keep += keep
+    if stage is not None:
+        inputs = stage_outputs(stage, inputs)
+    seqs = query_features(model, inputs)
+    labels = [classes.index(actions[i]) for i in keep]
+    prior = train_prior(seqs, labels, len(classes), int(cfg["hidden"]), int(cfg["epochs"]),
+                        int(cfg["seed"]))
+    model.prior.load_state_dict(prior.state_dict())
+    with torch.no_grad():
+        hits = [(prior(s[None])[0].argmax(-1) == y).float().mean()
+                for s, y in zip(seqs, labels, strict=True)]
+    return {"sequences": len(seqs), "train_frame_accuracy": float(torch.stack(hits).mean())}
+
+
 def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[int]:
     """Train ``model``'s action prior (:mod:`streamtmr.models.action_prior`) on the store
     ``data``: the ``anonymizer_train`` people's recordings (every camera and repetition)
@@ -983,7 +1013,6 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[i
     from streamtmr.cache import file_sha256
     from streamtmr.data.synth import ACTIONS, performances
     from streamtmr.data.synth_motion import INTERACTION_SPECS
-    from streamtmr.models.action_prior import fit_prior
     from streamtmr.models.checkpoint import model_path, resolve_model
 
     cfg = model.config["action_prior"]
@@ -1014,7 +1043,7 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[i
         first = resolve_model(spec).eval()
         stage = first.for_dummy(torch.as_tensor(model.config["dummy_lengths"])).eval()
         cfg["stage"] = {"model": str(spec), "sha256": file_sha256(model_path(spec))}
-    report = fit_prior(model, clips, actions, stage)
+    report = fit_action_prior(model, clips, actions, stage)
     cfg["trained"] = {"store": str(store.root), **report}
     log.info("action prior: %s", report)
     return sorted(int(s) for s in store.meta["splits"]["anonymizer_train"])
