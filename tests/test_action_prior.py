@@ -205,6 +205,7 @@ def test_the_build_command_trains_the_prior_on_a_named_stage(store, tmp_path):
     loaded = load_checkpoint(out)
     _, extra = read_metadata(out)
     assert extra["data"]["train_subjects"] == store.meta["splits"]["anonymizer_train"]
+    assert extra["data"]["store"] == str(store.root)    # the evaluation checks them against it
     stage = loaded.config["action_prior"]["stage"]
     assert stage["model"] == "default" and len(stage["sha256"]) == 64
     assert loaded.prior is not None
@@ -239,3 +240,19 @@ def test_motions_the_store_lacks_are_performed_by_its_training_people(store):
     rows = mm._clip_rows(store, None, (0, 1), None)
     assert m.config["action_prior"]["trained"]["sequences"] == len(rows) + per_action
     assert int(m.features[:, -1].sum()) > 0               # the rendered carry clips' code
+
+
+def test_a_rendered_database_records_the_store_its_prior_trained_on(store, tmp_path):
+    """A rendered database reads no store, but its prior trains on one: the checkpoint names
+    that store and its training people, so that an evaluation refuses to attack them."""
+    import yaml
+
+    config = tmp_path / "rendered.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {**prior_settings(), "window": 16},
+        "database": {"render_clips": 1, "interactions": [], "mirror": False}}))
+    out = mm.build_from_config(config, store.root, tmp_path / "r.safetensors")
+    _, extra = read_metadata(out)
+    assert extra["data"]["store"] == str(store.root)
+    assert extra["data"]["train_subjects"] == store.meta["splits"]["anonymizer_train"]
+    assert load_checkpoint(out).config["action_prior"]["trained"]["sequences"] > 0

@@ -1077,9 +1077,11 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
                                interactions=db.get("interactions", ()),
                                mirror=db.get("mirror", True), population=db.get("population"))
         people = (model.config["render"].get("population") or {}).get("subjects", [])
+        store = None  # a rendered database reads no store; its action prior trains on one
         if model.prior is not None:
             people = sorted(set(people) | set(train_action_prior(model, data)))
-        return save_checkpoint(out, model, {"data": {"store": None, "train_subjects": people,
+            store = str(SkeletonStore(data).root)
+        return save_checkpoint(out, model, {"data": {"store": store, "train_subjects": people,
                                                      "real_subjects": []}})
     if data is None:
         raise ValueError(f"{config}: a database from a store needs --data (or set "
