@@ -256,3 +256,21 @@ def test_a_rendered_database_records_the_store_its_prior_trained_on(store, tmp_p
     assert extra["data"]["store"] == str(store.root)
     assert extra["data"]["train_subjects"] == store.meta["splits"]["anonymizer_train"]
     assert load_checkpoint(out).config["action_prior"]["trained"]["sequences"] > 0
+
+
+def test_replayed_copies_change_speed_and_drop_frames_without_inventing_motion():
+    """A clip moving at constant velocity stays on its line when replayed: the copy is
+    resampled (speed 0.7–1.4×, so its length changes accordingly) and the dropped frames are
+    interpolated between kept ones; integer times give the frames back exactly."""
+    from streamtmr.models.action_prior import replayed, resample
+
+    t = np.arange(90, dtype=np.float32)
+    clip = np.zeros((90, 25, 3), np.float32) + t[:, None, None] * np.float32(0.01)
+    np.testing.assert_array_equal(resample(clip, np.arange(90.0)), clip)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        copy = replayed(clip, rng)
+        assert 89 / 1.4 - 10 <= len(copy) <= 89 / 0.7 + 2 and copy.shape[1:] == (25, 3)
+        step = np.diff(copy[:, 0, 0])
+        np.testing.assert_allclose(step, step[0], atol=1e-5)       # constant speed
+        assert 0.01 * 0.7 * 0.99 <= step[0] <= 0.01 * 1.4 * 1.01  # the speed, per frame
