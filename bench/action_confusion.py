@@ -16,6 +16,11 @@ Two diagnostics behind docs/motion_matching.md ("An action prior"):
     python -m bench.action_confusion --data data/synthkinect --models matcher
     python -m bench.action_confusion --utkinect /work/shared/data/real/utkinect \
         --models runs/prior/matcher_w1ia.safetensors
+    python -m bench.action_confusion --data data/synthkinect --played clap walk_away \
+        --models runs/prior/matcher_w1ia.safetensors
+
+``--played`` (with ``--data``): which database classes a prior-conditioned matcher plays on
+the unseen people's recordings of some actions, by the code of the frame playing.
 """
 
 from __future__ import annotations
@@ -114,11 +119,59 @@ def utkinect(root: str, models: list[str], skip: int = 10) -> dict:
     return out
 
 
+@torch.no_grad()
+def played(data: str, models: list[str], actions: list[str]) -> dict:
+    """For each of ``actions``: which database classes a matcher with an action prior plays
+    (share of the frames after the tenth, by the code of the frame playing) on the unseen
+    people's test recordings (camera 1, repetition 1), and the share of frames that are not
+    the next frame of the one before (jumps)."""
+    from streamtmr.data.store import SkeletonStore
+    from streamtmr.data.synth import ACTIONS
+
+    store = SkeletonStore(data)
+    ev = set(store.meta["splits"]["eval"])
+    out = {}
+    for spec in models:
+        earlier, mm = matcher_stages(spec)
+        model = resolve(spec)
+        module = model.for_dummy(torch.as_tensor(mm.config["dummy_lengths"])).eval()
+        key = f"s{len(earlier)}.cur" if earlier else "cur"
+        classes = list(mm.config["action_prior"]["classes"])
+        out[spec] = {}
+        for act in actions:
+            rows = [i for i, r in enumerate(store.rows) if r["subject"] in ev and r["view"] == 0
+                    and r["rep"] == 0 and ACTIONS[int(r["action"])] == act]
+            share, jumps = np.zeros(len(classes)), []
+            for i in rows:
+                x = torch.as_tensor(np.array(store[i].joints, np.float32))
+                state, cur = module.init_state(1), []
+                for t in range(len(x)):
+                    _, state = module.step(x[t:t + 1], state)
+                    cur.append(int(state[key][0]))
+                codes = mm.features[torch.tensor(cur[10:]), -len(classes):].argmax(-1)
+                share += np.bincount(codes.numpy(), minlength=len(classes))
+                jumps.append(float(np.mean(np.diff(cur) != 1)))
+            share /= share.sum()
+            out[spec][act] = {"recordings": len(rows), "jump_share": float(np.mean(jumps)),
+                              "played": {classes[t]: round(float(share[t]), 3)
+                                         for t in np.argsort(-share)[:3]}}
+    return out
+
+
+def resolve(spec: str):
+    from streamtmr.models.checkpoint import resolve_model
+
+    return resolve_model(spec).eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--data", help="SynthKinect store: per-class frozen action accuracy")
     p.add_argument("--utkinect", help="UTKinect folder: what each model's action prior reads")
+    p.add_argument("--played", nargs="+", default=None, metavar="ACTION",
+                   help="with --data: which database classes a prior-conditioned matcher "
+                        "plays on these actions' test recordings")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
@@ -134,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"machine": machine(), "models": args.models,
                     "sha256": {m: file_sha256(model_path(m)) for m in args.models},
                     "command": "python -m bench.action_confusion " + " ".join(argv or [])}
-    if args.data:
+    if args.data and args.played:
+        record["played"] = res = played(args.data, args.models, args.played)
+        for name, r in res.items():
+            print(f"== {name}: database classes played")
+            for a, v in r.items():
+                what = ", ".join(f"{k} {x:.2f}" for k, x in v["played"].items())
+                print(f"  {a:>12s} {what}; jumps on {100 * v['jump_share']:.0f} % of frames")
+    elif args.data:
         record["synthkinect"] = res = synthkinect(args.data, args.models, args.epochs,
                                                   args.width)
         for name, r in res.items():
