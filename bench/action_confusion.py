@@ -80,7 +80,7 @@ def synthkinect(data: str, models: list[str], epochs: int, width: int) -> dict:
 
 
 def matcher_stages(spec: str):
-    """(earlier stages, the motion-matching stage) of a model spec."""
+    """(the model, its earlier stages, its motion-matching stage) of a model spec."""
     from streamtmr.models.checkpoint import resolve_model
 
     model = resolve_model(spec).eval()
@@ -88,7 +88,7 @@ def matcher_stages(spec: str):
     last = stages[-1]
     if last.method != "motion_match" or last.prior is None:
         raise SystemExit(f"{spec}: its last stage is not a matcher with an action prior")
-    return stages[:-1], last
+    return model, stages[:-1], last
 
 
 @torch.no_grad()
@@ -100,7 +100,7 @@ def utkinect(root: str, models: list[str], skip: int = 10) -> dict:
     segments = read_utkinect(root)
     out = {}
     for spec in models:
-        earlier, mm = matcher_stages(spec)
+        _, earlier, mm = matcher_stages(spec)
         lengths = torch.as_tensor(mm.config["dummy_lengths"])
         clips = [on_sensor_clock(s.joints, s.frame_ids) for s in segments]
         for stage in earlier:
@@ -132,8 +132,7 @@ def played(data: str, models: list[str], actions: list[str]) -> dict:
     ev = set(store.meta["splits"]["eval"])
     out = {}
     for spec in models:
-        earlier, mm = matcher_stages(spec)
-        model = resolve(spec)
+        model, earlier, mm = matcher_stages(spec)
         module = model.for_dummy(torch.as_tensor(mm.config["dummy_lengths"])).eval()
         key = f"s{len(earlier)}.cur" if earlier else "cur"
         classes = list(mm.config["action_prior"]["classes"])
@@ -158,10 +157,12 @@ def played(data: str, models: list[str], actions: list[str]) -> dict:
     return out
 
 
-def resolve(spec: str):
-    from streamtmr.models.checkpoint import resolve_model
-
-    return resolve_model(spec).eval()
+def show(title: str, res: dict, line) -> None:
+    """Print each model's block: ``title`` with the model's name, then ``line(key, value)``."""
+    for name, r in res.items():
+        print(f"== {name}: {title}")
+        for key, value in r.items():
+            print("  " + line(key, value))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,26 +190,21 @@ def main(argv: list[str] | None = None) -> int:
                     "command": "python -m bench.action_confusion " + " ".join(argv or [])}
     if args.data and args.played:
         record["played"] = res = played(args.data, args.models, args.played)
-        for name, r in res.items():
-            print(f"== {name}: database classes played")
-            for a, v in r.items():
-                what = ", ".join(f"{k} {x:.2f}" for k, x in v["played"].items())
-                print(f"  {a:>12s} {what}; jumps on {100 * v['jump_share']:.0f} % of frames")
+        show("database classes played", res, lambda a, v: (
+            f"{a:>12s} " + ", ".join(f"{k} {x:.2f}" for k, x in v["played"].items())
+            + f"; jumps on {100 * v['jump_share']:.0f} % of frames"))
     elif args.data:
         record["synthkinect"] = res = synthkinect(args.data, args.models, args.epochs,
                                                   args.width)
         for name, r in res.items():
-            print(f"== {name}: frozen action top-1 {100 * r['top1']:.1f} %")
-            for c, v in r["classes"].items():
-                wrong = ", ".join(f"{k} {n}" for k, n in v["taken_for"].items())
-                print(f"  {c:>14s} {100 * v['top1']:5.1f} %  {wrong}")
+            show(f"frozen action top-1 {100 * r['top1']:.1f} %", {name: r["classes"]},
+                 lambda c, v: f"{c:>14s} {100 * v['top1']:5.1f} %  " + ", ".join(
+                     f"{k} {n}" for k, n in v["taken_for"].items()))
     if args.utkinect:
         record["utkinect_prior"] = res = utkinect(args.utkinect, args.models)
-        for name, r in res.items():
-            print(f"== {name}: the action prior on UTKinect")
-            for a, v in r.items():
-                read = ", ".join(f"{k} {x:.2f}" for k, x in v["read_as"].items())
-                print(f"  {a:>10s} confidence {v['confidence']:.2f}: {read}")
+        show("the action prior on UTKinect", res, lambda a, v: (
+            f"{a:>10s} confidence {v['confidence']:.2f}: "
+            + ", ".join(f"{k} {x:.2f}" for k, x in v["read_as"].items())))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1))

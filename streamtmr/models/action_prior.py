@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamtmr.data.windows import pad_to
 from streamtmr.models.tmr_stream import lstm_cell
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,8 @@ class ActionPrior(nn.Module):
 def class_codes(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
     """One-hot ``[N, C]`` of each frame's action among ``classes`` (all zero for another)."""
     index = {name: i for i, name in enumerate(classes)}
-    codes = torch.zeros(len(labels), len(classes))
-    for n, name in enumerate(labels):
-        if name in index:
-            codes[n, index[name]] = 1.0
-    return codes
+    idx = torch.tensor([index.get(name, len(classes)) for name in labels], dtype=torch.int64)
+    return F.one_hot(idx, len(classes) + 1)[:, :-1].to(torch.float32)   # unknown: all zero
 
 
 def train_prior(seqs: list[torch.Tensor], labels: Sequence[int], classes: int, hidden: int = 64,
@@ -141,6 +139,21 @@ def train_prior(seqs: list[torch.Tensor], labels: Sequence[int], classes: int, h
 
 
 @torch.no_grad()
+def frame_accuracy(prior: ActionPrior, seqs: list[torch.Tensor], labels: Sequence[int],
+                   batch: int = 256) -> float:
+    """Share of all frames of ``seqs`` whose posterior's top class is the sequence's label."""
+    hits = frames = 0
+    for i in range(0, len(seqs), batch):
+        part = seqs[i:i + batch]
+        pred = prior(nn.utils.rnn.pad_sequence(part, batch_first=True)).argmax(-1)
+        valid = torch.arange(pred.shape[1])[None] < torch.tensor([len(s) for s in part])[:, None]
+        y = torch.as_tensor(np.asarray(labels[i:i + batch]), dtype=torch.int64)[:, None]
+        hits += int(((pred == y) & valid).sum())
+        frames += int(valid.sum())
+    return hits / frames
+
+
+@torch.no_grad()
 def stage_outputs(stage: torch.nn.Module, clips: list[np.ndarray], batch: int = 64
                   ) -> list[np.ndarray]:
     """A streaming stage's output for each clip (a track from its first frame; clips of a
@@ -149,12 +162,10 @@ def stage_outputs(stage: torch.nn.Module, clips: list[np.ndarray], batch: int = 
     for i in range(0, len(clips), batch):
         part = clips[i:i + batch]
         T = max(len(c) for c in part)
-        x = torch.as_tensor(np.stack([np.concatenate([c, np.repeat(c[-1:], T - len(c), 0)])
-                                      for c in part]))
-        y = stage(x).numpy()
+        y = stage(torch.as_tensor(np.stack([pad_to(c, T) for c in part]))).numpy()
         out += [y[k, :len(c)] for k, c in enumerate(part)]
     return out
 
 
-__all__ = ["ActionPrior", "PRIOR_DEFAULTS", "class_codes", "replayed", "resample",
-           "stage_outputs", "train_prior"]
+__all__ = ["ActionPrior", "PRIOR_DEFAULTS", "class_codes", "frame_accuracy", "replayed",
+           "resample", "stage_outputs", "train_prior"]

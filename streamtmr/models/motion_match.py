@@ -60,6 +60,7 @@ from torch import nn
 from streamtmr import skeleton
 from streamtmr.cache import cached_tensors
 from streamtmr.data.store import SkeletonStore
+from streamtmr.data.windows import pad_to
 from streamtmr.dummy import default_dummy
 from streamtmr.models import box_tree
 from streamtmr.models.action_prior import PRIOR_DEFAULTS, ActionPrior, class_codes
@@ -592,8 +593,7 @@ def _featurise(clips: list[np.ndarray], cfg: dict[str, Any]):
     """Features, heading-frame bone directions and root heights of every clip frame."""
     lengths = [len(c) for c in clips]
     T = max(lengths)
-    x = torch.as_tensor(np.stack([np.concatenate([c, np.repeat(c[-1:], T - len(c), 0)])
-                                  for c in clips]))           # [C, T, 25, 3], end-padded
+    x = torch.as_tensor(np.stack([pad_to(c, T) for c in clips]))   # [C, T, 25, 3], end-padded
     fs = _fstate(len(clips), len(_joints(cfg)))
     f_all, d_all, s_all, a_all = [], [], [], []
     root = x[:, :, skeleton.ROOT] * torch.tensor([1.0, 0.0, 1.0])
@@ -632,12 +632,10 @@ def query_features(matcher: MotionMatching, clips: list[np.ndarray]) -> list[tor
     out = []
     for i in range(0, len(clips), 256):
         part = [np.asarray(c, np.float32) for c in clips[i:i + 256]]
-        T = max(len(c) for c in part)
-        x = torch.as_tensor(np.stack([np.concatenate([c, np.repeat(c[-1:], T - len(c), 0)])
-                                      for c in part]))
+        x = torch.as_tensor(np.stack([pad_to(c, max(len(c) for c in part)) for c in part]))
         fs = _fstate(len(part), matcher.k)
         feats = []
-        for t in range(T):
+        for t in range(x.shape[1]):
             f, _, fs = feature_step(x[:, t], fs, matcher.config)
             feats.append((f - matcher.feat_mean) * matcher.feat_scale)
         f_all = torch.stack(feats, 1)
@@ -980,7 +978,12 @@ def fit_action_prior(model: MotionMatching, clips: list[np.ndarray], actions: Se
     cascade's first stage; ``None``: the clips themselves), with replayed copies where the
     prior's ``augment`` asks, featurised as the matcher featurises its input. Returns what was
     measured (the training sequences' frame accuracy)."""
-    from streamtmr.models.action_prior import replayed, stage_outputs, train_prior
+    from streamtmr.models.action_prior import (
+        frame_accuracy,
+        replayed,
+        stage_outputs,
+        train_prior,
+    )
 
     cfg = model.config["action_prior"]
     classes = list(cfg["classes"])
@@ -997,10 +1000,7 @@ def fit_action_prior(model: MotionMatching, clips: list[np.ndarray], actions: Se
     prior = train_prior(seqs, labels, len(classes), int(cfg["hidden"]), int(cfg["epochs"]),
                         int(cfg["seed"]))
     model.prior.load_state_dict(prior.state_dict())
-    with torch.no_grad():
-        hits = [(prior(s[None])[0].argmax(-1) == y).float().mean()
-                for s, y in zip(seqs, labels, strict=True)]
-    return {"sequences": len(seqs), "train_frame_accuracy": float(torch.stack(hits).mean())}
+    return {"sequences": len(seqs), "train_frame_accuracy": frame_accuracy(prior, seqs, labels)}
 
 
 def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[int]:
