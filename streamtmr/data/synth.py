@@ -578,18 +578,26 @@ def neutral_performances(subjects: Sequence[int], *, n_subjects: int = 60, seed:
 
 
 def performances(subjects: Sequence[int], actions: Sequence[str], *, n_subjects: int = 60,
-                 seed: int = 0, views: Sequence[float] = (-45, 0, 45), reps: int = 2
-                 ) -> tuple[list[np.ndarray], list[str]]:
+                 seed: int = 0, views: Sequence[float] = (-45, 0, 45), reps: int = 2,
+                 target_lengths: Sequence[float] | None = None
+                 ) -> tuple[list[np.ndarray], list[str]] | tuple[list[np.ndarray], list[str],
+                                                                list[np.ndarray]]:
     """People of the population ``(n_subjects, seed)`` performing named actions, recorded as
     :func:`generate` records a performance (acting side by handedness, an NTU-like camera rig,
     sensor noise), including motions the store's classes lack (``carry``, ...): observed
     joints ``float32 [T, 25, 3]`` of every subject, action, repetition and camera, and each
-    clip's action name. Each performance depends only on ``(seed, subject, action, rep)``."""
+    clip's action name. Each performance depends only on ``(seed, subject, action, rep)``.
+
+    With ``target_lengths`` (a dummy's bone lengths) also each clip's own-tempo neutral
+    performance, as a store's ``target_sync``: the same content by that dummy, neutral style,
+    the person's tempo, seen by the same camera without noise, frame-aligned with the clip."""
     people = {p.subject: p for p in sample_population(n_subjects, seed)}
     unknown = sorted(set(int(s) for s in subjects) - set(people))
     if unknown:
         raise ValueError(f"subjects {unknown} are not in a population of {n_subjects}")
-    clips, names = [], []
+    body = (None if target_lengths is None else
+            neutral_identity(np.asarray(target_lengths, np.float32)))
+    clips, names, targets = [], [], []
     for s in subjects:
         person = people[int(s)]
         for action in actions:
@@ -599,10 +607,14 @@ def performances(subjects: Sequence[int], actions: Sequence[str], *, n_subjects:
                 left = person.left_handed == (rng.random() < 0.9)
                 content = sample_content(action, rng, side="left" if left else "right")
                 motion = world_motion(content, person)
+                sync = (None if body is None else
+                        world_motion(content, replace(body, tempo=person.tempo)))
                 for cam in sample_cameras(views, rng, content.action):
                     clips.append(sensor_model(cam.project(motion), rng, cam.view_deg)[0])
                     names.append(action)
-    return clips, names
+                    if sync is not None:
+                        targets.append(cam.project(sync).astype(np.float32))
+    return (clips, names) if body is None else (clips, names, targets)
 
 
 def generate(out_dir: str | Path, n_subjects: int = 60, n_actions: int | None = None,

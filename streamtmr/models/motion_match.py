@@ -65,6 +65,7 @@ from streamtmr.dummy import default_dummy
 from streamtmr.models import box_tree
 from streamtmr.models.action_prior import PRIOR_DEFAULTS, ActionPrior, class_codes
 from streamtmr.models.base import Anonymizer
+from streamtmr.models.neutral_query import QUERY_DEFAULTS, NeutralQuery
 from streamtmr.models.registry import register
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,10 @@ DEFAULTS: dict[str, Any] = {
     # A causal recognizer of the input's kind of motion whose class posterior joins the query
     # (streamtmr.models.action_prior; None: off). Its settings: action_prior.PRIOR_DEFAULTS.
     "action_prior": None,
+    # A neutral query (streamtmr.models.neutral_query; None: off): a causal regressor turns the
+    # query into the query of the dummy's own-tempo neutral performance of the same motion, and
+    # the matcher searches with that. Its settings: neutral_query.QUERY_DEFAULTS.
+    "neutral_query": None,
 }
 ROOT_MOTIONS = ("full", "in_place", "leash")
 
@@ -281,6 +286,8 @@ class MotionMatching(Anonymizer):
             if not cfg["action_prior"]["classes"]:
                 raise ValueError("motion_match: action_prior.classes must name the actions "
                                  "the prior tells apart")
+        if cfg.get("neutral_query"):
+            cfg["neutral_query"] = {**QUERY_DEFAULTS, **cfg["neutral_query"]}
         db = None
         # A rendered database is part of the model's definition: rendered again from its recipe
         # whenever the model is built (a few seconds for 2,000 clips), checked against what was
@@ -298,6 +305,8 @@ class MotionMatching(Anonymizer):
         self.prior = (ActionPrior(f, len(prior["classes"]), int(prior["hidden"]))
                       if prior else None)
         codes = len(prior["classes"]) if prior else 0   # the database's class code columns
+        neutral = cfg.get("neutral_query")
+        self.neutral = NeutralQuery(f, int(neutral["hidden"])) if neutral else None
 
         def buffer(name: str, value: torch.Tensor) -> None:
             self.register_buffer(name, value, persistent=not rendered)
@@ -371,6 +380,9 @@ class MotionMatching(Anonymizer):
         if self.prior is not None:  # the action prior's LSTM state
             hidden = self.prior.head.in_features
             spec["prior_h"] = spec["prior_c"] = ((hidden,), torch.float32)
+        if self.neutral is not None:  # the neutral query's LSTM state
+            hidden = self.neutral.lstm.hidden_size
+            spec["query_h"] = spec["query_c"] = ((hidden,), torch.float32)
         return spec
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -383,6 +395,10 @@ class MotionMatching(Anonymizer):
             hidden = self.prior.head.in_features
             state["prior_h"] = torch.zeros(batch, hidden, device=dev)
             state["prior_c"] = torch.zeros(batch, hidden, device=dev)
+        if self.neutral is not None:
+            hidden = self.neutral.lstm.hidden_size
+            state["query_h"] = torch.zeros(batch, hidden, device=dev)
+            state["query_c"] = torch.zeros(batch, hidden, device=dev)
         return state
 
     def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor],
@@ -401,11 +417,16 @@ class MotionMatching(Anonymizer):
         feat, rot, fs = feature_step(frame, fs, self.config)
         mode = self.config["root_motion"]
         query = (feat - self.feat_mean) * self.feat_scale
-        prior_state = {}
-        if self.prior is not None:  # the kind of motion joins the query: w·p against w·code
+        learned = {}  # the learned parts' states
+        if self.prior is not None:  # the kind of motion: w·p, to be searched against w·code
             p, h, c = self.prior.step(query, state["prior_h"], state["prior_c"], first)
-            query = torch.cat([query, float(self.config["action_prior"]["weight"]) * p], 1)
-            prior_state = {"prior_h": h, "prior_c": c}
+            code = float(self.config["action_prior"]["weight"]) * p
+            learned.update(prior_h=h, prior_c=c)
+        if self.neutral is not None:  # search with the own-tempo neutral performance's query
+            query, h, c = self.neutral.step(query, state["query_h"], state["query_c"], first)
+            learned.update(query_h=h, query_c=c)
+        if self.prior is not None:
+            query = torch.cat([query, code], 1)
         cur, old, blend, since = self._match(query, state)
         w = ((blend + 1).to(frame.dtype) / (self.config["blend_frames"] + 1)).clamp(max=1.0)
         dirs = _nlerp(self.directions[old], self.directions[cur], w)
@@ -435,7 +456,7 @@ class MotionMatching(Anonymizer):
         new = {**fs, "cur": cur.to(frame.dtype), "old": old.to(frame.dtype), "facing": facing,
                "anchor": anchor,
                "blend": (blend + 1).to(frame.dtype), "since_search": (since + 1).to(frame.dtype),
-               **prior_state}
+               **learned}
         return out, new
 
     def _advance(self, idx: torch.Tensor) -> torch.Tensor:
@@ -1010,10 +1031,8 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[i
     whose output the matcher will read; ``None``: the recordings themselves). The stage's
     name, its file's SHA-256 and the training accuracy are recorded in the config. Returns
     the people it was trained on (none of them may be evaluated)."""
-    from streamtmr.cache import file_sha256
-    from streamtmr.data.synth import ACTIONS, performances
+    from streamtmr.data.synth import ACTIONS
     from streamtmr.data.synth_motion import INTERACTION_SPECS
-    from streamtmr.models.checkpoint import model_path, resolve_model
 
     cfg = model.config["action_prior"]
     others = [a for a in cfg["classes"] if a not in ACTIONS]
@@ -1030,22 +1049,104 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[i
     clips = [np.array(store[k].joints, np.float32) for k in rows]
     actions = [ACTIONS[int(store.rows[k]["action"])] for k in rows]
     if others:  # motions the store lacks: the same people performing them, recorded alike
-        info = store.meta.get("info") or {}
-        more, names = performances(
-            store.meta["splits"]["anonymizer_train"], others,
-            n_subjects=int(info.get("subjects", 60)), seed=int(info.get("seed", 0)),
-            views=store.meta.get("views_deg", (-45, 0, 45)), reps=int(info.get("reps", 2)))
+        more, names = _performances(store, others)
         clips += more
         actions += names
-    stage = None
-    if cfg.get("stage"):
-        spec = cfg["stage"]["model"] if isinstance(cfg["stage"], dict) else cfg["stage"]
-        first = resolve_model(spec).eval()
-        stage = first.for_dummy(torch.as_tensor(model.config["dummy_lengths"])).eval()
-        cfg["stage"] = {"model": str(spec), "sha256": file_sha256(model_path(spec))}
+    stage, cfg["stage"] = first_stage(model, cfg.get("stage"))
     report = fit_action_prior(model, clips, actions, stage)
     cfg["trained"] = {"store": str(store.root), **report}
     log.info("action prior: %s", report)
+    return sorted(int(s) for s in store.meta["splits"]["anonymizer_train"])
+
+
+def _performances(store: SkeletonStore, actions: Sequence[str], **kw):
+    """The store's ``anonymizer_train`` people performing ``actions`` (motions SynthKinect
+    renders, e.g. ones the store lacks), recorded as the store records them
+    (:func:`streamtmr.data.synth.performances`; ``kw``: its ``target_lengths``)."""
+    from streamtmr.data.synth import performances
+    from streamtmr.data.synth_motion import INTERACTION_SPECS
+
+    unknown = sorted(set(actions) - set(INTERACTION_SPECS))
+    if unknown:
+        raise ValueError(f"motion_match: {unknown} are not motions SynthKinect renders beyond "
+                         f"the store's ({sorted(INTERACTION_SPECS)})")
+    info = store.meta.get("info") or {}
+    return performances(store.meta["splits"]["anonymizer_train"], actions,
+                        n_subjects=int(info.get("subjects", 60)), seed=int(info.get("seed", 0)),
+                        views=store.meta.get("views_deg", (-45, 0, 45)),
+                        reps=int(info.get("reps", 2)), **kw)
+
+
+def first_stage(model: MotionMatching, spec: str | dict | None
+                ) -> tuple[nn.Module | None, dict[str, str] | None]:
+    """The cascade's first stage a learned part of ``model`` is trained behind (a model spec,
+    e.g. ``default``, or the record this function made of it; ``None``: none), stepping for the
+    matcher's dummy, and its record: the spec and its file's SHA-256."""
+    from streamtmr.cache import file_sha256
+    from streamtmr.models.checkpoint import model_path, resolve_model
+
+    if not spec:
+        return None, None
+    spec = spec["model"] if isinstance(spec, dict) else spec
+    stage = resolve_model(spec).eval().for_dummy(
+        torch.as_tensor(model.config["dummy_lengths"])).eval()
+    return stage, {"model": str(spec), "sha256": file_sha256(model_path(spec))}
+
+
+def fit_neutral_query(model: MotionMatching, clips: list[np.ndarray],
+                      targets: list[np.ndarray], stage: nn.Module | None = None
+                      ) -> dict[str, Any]:
+    """Train ``model``'s neutral query on ``clips`` (sources, camera space) and ``targets``
+    (each one's own-tempo neutral performance by the dummy, frame-aligned): the clips through
+    ``stage`` (the cascade's first stage; ``None``: the clips themselves), both featurised as
+    the matcher featurises its input. Returns the training sequences' errors (per frame, in
+    standardised feature units) before and after."""
+    from streamtmr.models.action_prior import replayed, stage_outputs
+    from streamtmr.models.neutral_query import query_error, train_neutral_query
+
+    cfg = model.config["neutral_query"]
+    if cfg.get("augment"):  # replayed copies: each pair at one speed, the same frames dropped
+        rng = np.random.default_rng([int(cfg["seed"]), 0xA6])
+        pairs = [replayed(np.concatenate([c, t], 1), rng) for c, t in zip(clips, targets,
+                                                                          strict=True)]
+        clips = clips + [p[:, :skeleton.NUM_JOINTS] for p in pairs]
+        targets = targets + [p[:, skeleton.NUM_JOINTS:] for p in pairs]
+    inputs = stage_outputs(stage, clips) if stage is not None else clips
+    src, tgt = query_features(model, inputs), query_features(model, targets)
+    fitted = train_neutral_query(src, tgt, int(cfg["hidden"]), int(cfg["epochs"]),
+                                 int(cfg["seed"]))
+    model.neutral.load_state_dict(fitted.state_dict())
+    return {"sequences": len(src), "train_error": query_error(fitted, src, tgt)}
+
+
+def train_query(model: MotionMatching, data: str | Path | None) -> list[int]:
+    """Train ``model``'s neutral query (:mod:`streamtmr.models.neutral_query`) on the store
+    ``data``: the ``anonymizer_train`` people's recordings (every camera and repetition)
+    through the query's ``stage`` (a model spec, e.g. ``default``: the cascade's first stage;
+    ``None``: the recordings themselves), against their ``target_sync`` (the dummy's neutral
+    performance at the person's own tempo). The stage's name, its file's SHA-256 and the
+    errors are recorded in the config. Returns the people it was trained on."""
+    cfg = model.config["neutral_query"]
+    if data is None:
+        raise ValueError("motion_match: training the neutral query needs a SynthKinect store "
+                         "(--data)")
+    store = SkeletonStore(data)
+    if "target_sync" not in store.array_names:
+        raise ValueError(f"{store.root}: no target_sync array (the own-tempo neutral "
+                         "performance the neutral query learns); regenerate it with "
+                         "`streamtmr data synth`")
+    rows = _clip_rows(store, None, sorted({int(r["view"]) for r in store.rows}), None)
+    clips = [np.array(store[k].joints, np.float32) for k in rows]
+    targets = [np.array(store[k].arrays["target_sync"], np.float32) for k in rows]
+    if cfg.get("interactions"):  # motions the store lacks: its training people perform them
+        more, _, sync = _performances(store, cfg["interactions"], target_lengths=store.meta[
+            "dummy"]["lengths"])
+        clips += more
+        targets += sync
+    stage, cfg["stage"] = first_stage(model, cfg.get("stage"))
+    report = fit_neutral_query(model, clips, targets, stage)
+    cfg["trained"] = {"store": str(store.root), **report}
+    log.info("neutral query: %s", report)
     return sorted(int(s) for s in store.meta["splits"]["anonymizer_train"])
 
 
@@ -1081,6 +1182,9 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
         if model.prior is not None:
             people = sorted(set(people) | set(train_action_prior(model, data)))
             store = str(SkeletonStore(data).root)
+        if model.neutral is not None:
+            people = sorted(set(people) | set(train_query(model, data)))
+            store = str(SkeletonStore(data).root)
         return save_checkpoint(out, model, {"data": {"store": store, "train_subjects": people,
                                                      "real_subjects": []}})
     if data is None:
@@ -1092,6 +1196,8 @@ def build_from_config(config: str | Path, data: str | Path | None, out: str | Pa
                          f"{list(DATABASE_KEYS)}")
     model = build_database(data, config=model_cfg, **db)
     people = set(train_action_prior(model, data)) if model.prior is not None else set()
+    if model.neutral is not None:
+        people |= set(train_query(model, data))
     store = SkeletonStore(data)
     people |= {int(store.rows[i]["subject"]) for i in
                _clip_rows(store, db.get("subjects"), db.get("views", (1,)), db.get("reps", (0,)))}
