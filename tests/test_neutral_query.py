@@ -146,7 +146,7 @@ def test_the_training_people_perform_what_the_store_lacks_with_their_neutral_per
         store):
     """``interactions``: the store's training people perform carry, each clip with its own-tempo
     neutral performance (the dummy's bones, frame-aligned, the same clips as without), and the
-    neutral query trains on those pairs too."""
+    neutral query trains on those pairs too; ``augment`` adds a replayed copy of every pair."""
     from streamtmr.data.synth import performances
 
     info, dummy = store.meta["info"], store.meta["dummy"]["lengths"]
@@ -166,6 +166,11 @@ def test_the_training_people_perform_what_the_store_lacks_with_their_neutral_per
     mm.train_query(m, store.root)
     trained = m.config["neutral_query"]["trained"]["sequences"]
     assert trained == len(mm._clip_rows(store, None, (0, 1), None)) + len(clips)
+    replay = mm.build_database(store, views=(0,), reps=None, config={
+        **SETTINGS, "neutral_query": {**QUERY, "epochs": 1, "augment": True}})
+    mm.train_query(replay, store.root)        # a replayed copy of every pair, source and target
+    assert replay.config["neutral_query"]["trained"]["sequences"] == 2 * len(
+        mm._clip_rows(store, None, (0, 1), None))
     odd = mm.build_database(store, views=(0,), reps=None, config={
         **SETTINGS, "neutral_query": {**QUERY, "interactions": ["juggle"]}})
     with pytest.raises(ValueError, match=r"\['juggle'\] are not motions"):
