@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,38 +104,53 @@ def class_codes(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
     return F.one_hot(idx, len(classes) + 1)[:, :-1].to(torch.float32)   # unknown: all zero
 
 
-def train_prior(seqs: list[torch.Tensor], labels: Sequence[int], classes: int, hidden: int = 64,
-                epochs: int = 20, seed: int = 0, batch: int = 64, lr: float = 3e-3
-                ) -> ActionPrior:
-    """Fit an :class:`ActionPrior` to sequences of matcher features ``[T_i, F]``, every frame
-    labelled with its sequence's class (cross-entropy over every frame: the posterior must be
-    right as early as the motion allows, since the matcher reads it at every frame)."""
+def fit_per_frame(model: nn.Module, x: torch.Tensor, valid: torch.Tensor,
+                  frame_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                  epochs: int, seed: int, batch: int, lr: float, name: str) -> nn.Module:
+    """Train a causal sequence model on end-padded sequences ``x [N, T, F]`` whose frames
+    ``valid [N, T]`` are real: AdamW under a one-cycle schedule, shuffled batches of ``batch``
+    sequences, ``frame_loss(output, idx, mask)`` the mean loss over the valid frames ``mask`` of
+    the sequences ``idx`` (every frame counts: the matcher reads the model at every one).
+    Logs the frame-weighted loss of every epoch under ``name``; returns the model in eval
+    mode."""
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    prior = ActionPrior(seqs[0].shape[1], classes, hidden)
-    lengths = torch.tensor([len(s) for s in seqs])
-    x = nn.utils.rnn.pad_sequence(seqs, batch_first=True)               # [N, T, F]
-    valid = torch.arange(x.shape[1])[None] < lengths[:, None]            # [N, T]
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    opt = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(seqs) + batch - 1) // batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
     t0 = time.time()
     for epoch in range(epochs):
         total, frames = 0.0, 0
-        for idx in torch.randperm(len(seqs), generator=gen).split(batch):
-            logits = prior(x[idx])
+        for idx in torch.randperm(len(x), generator=gen).split(batch):
             m = valid[idx]
-            loss = F.cross_entropy(logits[m], y[idx][:, None].expand_as(m)[m])
+            loss = frame_loss(model(x[idx]), idx, m)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * int(m.sum())
             frames += int(m.sum())
-        log.info("action prior epoch %d: loss %.3f (%.0f s)", epoch + 1, total / frames,
+        log.info("%s epoch %d: loss %.3f (%.0f s)", name, epoch + 1, total / frames,
                  time.time() - t0)
-    return prior.eval()
+    return model.eval()
+
+
+def train_prior(seqs: list[torch.Tensor], labels: Sequence[int], classes: int, hidden: int = 64,
+                epochs: int = 20, seed: int = 0, batch: int = 64, lr: float = 3e-3
+                ) -> ActionPrior:
+    """Fit an :class:`ActionPrior` to sequences of matcher features ``[T_i, F]``, every frame
+    labelled with its sequence's class (cross-entropy over every frame: the posterior must be
+    right as early as the motion allows, since the matcher reads it at every frame)."""
+    torch.manual_seed(seed)
+    prior = ActionPrior(seqs[0].shape[1], classes, hidden)
+    lengths = torch.tensor([len(s) for s in seqs])
+    x = nn.utils.rnn.pad_sequence(seqs, batch_first=True)               # [N, T, F]
+    valid = torch.arange(x.shape[1])[None] < lengths[:, None]            # [N, T]
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+
+    def loss(logits: torch.Tensor, idx: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits[m], y[idx][:, None].expand_as(m)[m])
+
+    return fit_per_frame(prior, x, valid, loss, epochs, seed, batch, lr, "action prior")
 
 
 @torch.no_grad()
@@ -167,5 +182,5 @@ def stage_outputs(stage: torch.nn.Module, clips: list[np.ndarray], batch: int = 
     return out
 
 
-__all__ = ["ActionPrior", "PRIOR_DEFAULTS", "class_codes", "frame_accuracy", "replayed",
-           "resample", "stage_outputs", "train_prior"]
+__all__ = ["ActionPrior", "PRIOR_DEFAULTS", "class_codes", "fit_per_frame", "frame_accuracy",
+           "replayed", "resample", "stage_outputs", "train_prior"]

@@ -49,7 +49,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1045,17 +1045,31 @@ def train_action_prior(model: MotionMatching, data: str | Path | None) -> list[i
         raise ValueError("motion_match: training the action prior needs a SynthKinect store "
                          "(--data)")
     store = SkeletonStore(data)
-    rows = _clip_rows(store, None, sorted({int(r["view"]) for r in store.rows}), None)
-    clips = [np.array(store[k].joints, np.float32) for k in rows]
+    rows, clips = _training_recordings(store)
     actions = [ACTIONS[int(store.rows[k]["action"])] for k in rows]
     if others:  # motions the store lacks: the same people performing them, recorded alike
         more, names = _performances(store, others)
         clips += more
         actions += names
+    return _fit_behind_stage(model, cfg, store, fit_action_prior, clips, actions)
+
+
+def _training_recordings(store: SkeletonStore) -> tuple[list[int], list[np.ndarray]]:
+    """The store's ``anonymizer_train`` people's recordings, every camera and repetition:
+    their rows and observed joints."""
+    rows = _clip_rows(store, None, sorted({int(r["view"]) for r in store.rows}), None)
+    return rows, [np.array(store[k].joints, np.float32) for k in rows]
+
+
+def _fit_behind_stage(model: MotionMatching, cfg: dict[str, Any], store: SkeletonStore,
+                      fit: Callable[..., dict[str, Any]], *data: list) -> list[int]:
+    """Fit a learned part of ``model`` (its settings ``cfg``) with ``fit(model, *data,
+    stage)`` behind the first stage ``cfg["stage"]`` names, and record in ``cfg`` the stage
+    (name, SHA-256), the store and what ``fit`` measured. Returns the people it trained on."""
     stage, cfg["stage"] = first_stage(model, cfg.get("stage"))
-    report = fit_action_prior(model, clips, actions, stage)
+    report = fit(model, *data, stage)
     cfg["trained"] = {"store": str(store.root), **report}
-    log.info("action prior: %s", report)
+    log.info("%s: %s", fit.__name__, report)
     return sorted(int(s) for s in store.meta["splits"]["anonymizer_train"])
 
 
@@ -1135,19 +1149,14 @@ def train_query(model: MotionMatching, data: str | Path | None) -> list[int]:
         raise ValueError(f"{store.root}: no target_sync array (the own-tempo neutral "
                          "performance the neutral query learns); regenerate it with "
                          "`streamtmr data synth`")
-    rows = _clip_rows(store, None, sorted({int(r["view"]) for r in store.rows}), None)
-    clips = [np.array(store[k].joints, np.float32) for k in rows]
+    rows, clips = _training_recordings(store)
     targets = [np.array(store[k].arrays["target_sync"], np.float32) for k in rows]
     if cfg.get("interactions"):  # motions the store lacks: its training people perform them
         more, _, sync = _performances(store, cfg["interactions"], target_lengths=store.meta[
             "dummy"]["lengths"])
         clips += more
         targets += sync
-    stage, cfg["stage"] = first_stage(model, cfg.get("stage"))
-    report = fit_neutral_query(model, clips, targets, stage)
-    cfg["trained"] = {"store": str(store.root), **report}
-    log.info("neutral query: %s", report)
-    return sorted(int(s) for s in store.meta["splits"]["anonymizer_train"])
+    return _fit_behind_stage(model, cfg, store, fit_neutral_query, clips, targets)
 
 
 def build_from_config(config: str | Path, data: str | Path | None, out: str | Path,

@@ -23,17 +23,14 @@ matcher trains its own (:func:`streamtmr.models.motion_match.fit_neutral_query`)
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from streamtmr.models.action_prior import fit_per_frame
 from streamtmr.models.tmr_stream import lstm_cell
-
-log = logging.getLogger(__name__)
 
 #: Settings of a matcher's ``neutral_query`` (``None`` or absent: the query as computed).
 QUERY_DEFAULTS: dict[str, Any] = {
@@ -103,29 +100,14 @@ def train_neutral_query(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor]
     """Fit a :class:`NeutralQuery` to pairs of query sequences ``[T_i, F]``: the matcher's query
     of its input (``src``) and of the own-tempo neutral performance (``tgt``), frame-aligned.
     Squared error over every frame (the matcher searches with the prediction at every one)."""
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, y, valid = _padded(src, tgt)
     model = NeutralQuery(x.shape[2], hidden)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(src) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    t0 = time.time()
-    for epoch in range(epochs):
-        total, frames = 0.0, 0
-        for idx in torch.randperm(len(src), generator=gen).split(batch):
-            m = valid[idx]
-            err = ((model(x[idx]) - y[idx]) ** 2).sum(-1)[m]
-            loss = err.mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(err.detach().sum())
-            frames += int(m.sum())
-        log.info("neutral query epoch %d: error %.3f (%.0f s)", epoch + 1, total / frames,
-                 time.time() - t0)
-    return model.eval()
+
+    def loss(pred: torch.Tensor, idx: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return ((pred - y[idx]) ** 2).sum(-1)[m].mean()
+
+    return fit_per_frame(model, x, valid, loss, epochs, seed, batch, lr, "neutral query")
 
 
 __all__ = ["NeutralQuery", "QUERY_DEFAULTS", "query_error", "train_neutral_query"]
