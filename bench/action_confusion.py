@@ -70,18 +70,13 @@ def synthkinect(data: str, models: list[str], epochs: int, width: int) -> dict:
     rec = SkeletonClassifier(cfg.attacker).fit(ev.train["joints"],
                                                {"action": ev.train["action"]})
     y = ev.test["action"]
-    out = {name: per_class(rec.scores(x)["action"], y, names)
-           for name, x in (("original", ev.test["joints"]),
-                           ("target_sync", ev.test["target_sync"]))}
-    for name in out:
-        out[name]["pose_mpjpe_sync_mm"] = metrics.pose_mpjpe_mm(ev.test[name.replace(
-            "original", "joints")], ev.test["target_sync"])
+    outputs = {"original": ev.test["joints"], "target_sync": ev.test["target_sync"]}
     for spec in models:
         method = method_from_model(spec, resolve_model(spec), ev.dummy)
-        x = published_windows(method, ev, cfg)["test"]
-        out[spec] = per_class(rec.scores(x)["action"], y, names)
-        out[spec]["pose_mpjpe_sync_mm"] = metrics.pose_mpjpe_mm(x, ev.test["target_sync"])
-    return out
+        outputs[spec] = published_windows(method, ev, cfg)["test"]
+    return {name: {**per_class(rec.scores(x)["action"], y, names),
+                   "pose_mpjpe_sync_mm": metrics.pose_mpjpe_mm(x, ev.test["target_sync"])}
+            for name, x in outputs.items()}
 
 
 def matcher_stages(spec: str):
@@ -132,6 +127,7 @@ def played(data: str, models: list[str], actions: list[str]) -> dict:
     the next frame of the one before (jumps)."""
     from streamtmr.data.store import SkeletonStore
     from streamtmr.data.synth import ACTIONS
+    from streamtmr.models.cascade import last_stage_key
 
     store = SkeletonStore(data)
     ev = set(store.meta["splits"]["eval"])
@@ -139,7 +135,7 @@ def played(data: str, models: list[str], actions: list[str]) -> dict:
     for spec in models:
         model, earlier, mm = matcher_stages(spec)
         module = model.for_dummy(torch.as_tensor(mm.config["dummy_lengths"])).eval()
-        key = f"s{len(earlier)}.cur" if earlier else "cur"
+        key = last_stage_key(model, "cur")
         classes = list(mm.config["action_prior"]["classes"])
         out[spec] = {}
         for act in actions:

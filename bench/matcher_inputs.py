@@ -32,6 +32,7 @@ def screen(data: str, spec: str, inputs: list[str], last: bool, every: int) -> d
     from streamtmr.data.store import SkeletonStore
     from streamtmr.data.windows import pad_to
     from streamtmr.eval import metrics
+    from streamtmr.models.cascade import last_stage_key
     from streamtmr.models.checkpoint import resolve_model
 
     store = SkeletonStore(data)
@@ -44,7 +45,7 @@ def screen(data: str, spec: str, inputs: list[str], last: bool, every: int) -> d
         model, stages = stages[-1], stages[-1:]
     if stages[-1].method != "motion_match":
         raise SystemExit(f"{spec}: its last stage is not motion matching")
-    key = f"s{len(stages) - 1}.cur" if len(stages) > 1 else "cur"
+    key = last_stage_key(model, "cur")
     module = model.for_dummy(torch.as_tensor(stages[-1].config["dummy_lengths"])).eval()
     refs = [np.array(store[i].arrays["target_sync"], np.float32) for i in rows]
     out = {"recordings": len(rows)}

@@ -8,7 +8,7 @@ import torch
 
 from streamtmr.cli import main
 from streamtmr.dummy import default_dummy
-from streamtmr.models.cascade import Cascade, save_chain
+from streamtmr.models.cascade import Cascade, last_stage_key, save_chain
 from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from streamtmr.models.registry import model_class
 
@@ -51,6 +51,10 @@ def test_a_cascade_is_its_stages_in_series_and_steps_like_it_runs(stages, tmp_pa
             y, state = module.step(x[:, t], state)
             outs.append(y)
         torch.testing.assert_close(torch.stack(outs, 1), module(x), atol=1e-5, rtol=0)
+        # the matcher's playing frame, by its key in the cascade's state and in its own
+        assert last_stage_key(cascade, "cur") == "s1.cur" and "s1.cur" in state
+        assert last_stage_key(second, "cur") == "cur"
+        assert "cur" in second.for_dummy(lengths).init_state(1)
     # the record: every person any stage saw
     data = read_metadata(path)[1]["data"]
     assert data["train_subjects"] == [1, 2, 3] and data["real_subjects"] == ["utkinect:s01"]

@@ -76,6 +76,18 @@ class Cascade(Anonymizer):
         return CascadeDummy([s.for_dummy(dummy_lengths) for s in self.stages])
 
 
+def stage_key(i: int, name: str) -> str:
+    """The key of stage ``i``'s state entry ``name`` in a cascade's state."""
+    return f"s{i}.{name}"
+
+
+def last_stage_key(model: nn.Module, name: str) -> str:
+    """The key of the last stage's state entry ``name`` in ``model``'s state: prefixed in a
+    cascade (:class:`Cascade`), ``name`` itself in a single model."""
+    stages = getattr(model, "stages", None)
+    return name if stages is None else stage_key(len(stages) - 1, name)
+
+
 class CascadeDummy(nn.Module):
     """The cascade for one fixed dummy: what engines run and export (streaming)."""
 
@@ -86,19 +98,20 @@ class CascadeDummy(nn.Module):
         self.stages = nn.ModuleList(stages)
         self._keys = list(self.state_spec())  # the state's order, fixed once (hot path)
         # the search phase of the last stage that has one (a motion matcher's)
-        staggers = [(f"s{i}.{st[0]}", st[1]) for i, s in enumerate(stages)
+        staggers = [(stage_key(i, st[0]), st[1]) for i, s in enumerate(stages)
                     if (st := getattr(s, "stagger", None)) is not None]
         self.stagger = staggers[-1] if staggers else None
 
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         spec = {}
         for i, s in enumerate(self.stages):
-            spec.update({f"s{i}.{k}": v for k, v in s.state_spec().items()})
+            spec.update({stage_key(i, k): v for k, v in s.state_spec().items()})
         # "t" (frames of the track so far) is the engines' contract: the first stage's
-        return {"t": spec["s0.t"], **{k: v for k, v in spec.items() if k != "s0.t"}}
+        t = stage_key(0, "t")
+        return {"t": spec[t], **{k: v for k, v in spec.items() if k != t}}
 
     def _split(self, state: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-        prefix = f"s{i}."
+        prefix = stage_key(i, "")
         own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if i == 0:
             own["t"] = state["t"]
@@ -107,8 +120,8 @@ class CascadeDummy(nn.Module):
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
         state = {}
         for i, s in enumerate(self.stages):
-            state.update({f"s{i}.{k}": v for k, v in s.init_state(batch).items()})
-        state["t"] = state.pop("s0.t")
+            state.update({stage_key(i, k): v for k, v in s.init_state(batch).items()})
+        state["t"] = state.pop(stage_key(0, "t"))
         return {k: state[k] for k in self._keys}
 
     def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor]):
@@ -116,8 +129,8 @@ class CascadeDummy(nn.Module):
         x = frame
         for i, s in enumerate(self.stages):
             x, st = s.step(x, self._split(state, i))
-            new.update({f"s{i}.{k}": v for k, v in st.items()})
-        new["t"] = new.pop("s0.t")
+            new.update({stage_key(i, k): v for k, v in st.items()})
+        new["t"] = new.pop(stage_key(0, "t"))
         return x, {k: new[k] for k in self._keys}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
