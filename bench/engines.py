@@ -34,17 +34,25 @@ class EngineSpecError(ValueError):
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """A back end, optionally with its CPU thread count (``onnxruntime@1``)."""
+    """A back end, optionally with its CPU thread count (``onnxruntime@1``); ONNX Runtime's
+    ``/general`` runs one body per call on the general session too, not the batch-1 one
+    (``onnxruntime@1/general``: the engine's ``single=False``)."""
 
     backend: str
     threads: int | None = None
+    general: bool = False
 
     @property
     def label(self) -> str:
-        return self.backend if self.threads is None else f"{self.backend}@{self.threads}"
+        label = self.backend if self.threads is None else f"{self.backend}@{self.threads}"
+        return label + GENERAL if self.general else label
 
     def options(self) -> dict[str, Any]:
-        return {} if self.threads is None else {"threads": self.threads}
+        options: dict[str, Any] = {} if self.threads is None else {"threads": self.threads}
+        return {**options, "single": False} if self.general else options
+
+
+GENERAL = "/general"
 
 
 def present_backends() -> tuple[list[str], dict[str, str]]:
@@ -61,14 +69,18 @@ def present_backends() -> tuple[list[str], dict[str, str]]:
 
 
 def parse_engine_specs(items: list[str] | None) -> tuple[list[EngineSpec], dict[str, str]]:
-    """``--engines`` entries (``NAME`` or ``NAME@THREADS``; None or ``all``: every present back
-    end) → specs, plus the back ends skipped because they cannot run here."""
+    """``--engines`` entries (``NAME`` or ``NAME@THREADS``, ONNX Runtime's optionally with
+    ``/general``; None or ``all``: every present back end) → specs, plus the back ends skipped
+    because they cannot run here."""
     present, skipped = present_backends()
     if not items or items == ["all"]:
         return [EngineSpec(b) for b in present], skipped
     specs = []
     for item in items:
-        name, _, threads = item.partition("@")
+        general = item.endswith(GENERAL)
+        name, _, threads = item.removesuffix(GENERAL).partition("@")
+        if general and not name.startswith("onnxruntime"):
+            raise EngineSpecError(f"--engines {item}: {GENERAL} is an ONNX Runtime option")
         if name not in ORDER:
             raise EngineSpecError(f"--engines {item}: unknown back end (choose from "
                                   f"{', '.join(ORDER)}, optionally @THREADS)")
@@ -76,7 +88,7 @@ def parse_engine_specs(items: list[str] | None) -> tuple[list[EngineSpec], dict[
             raise EngineSpecError(f"--engines {item}: threads must be a positive integer")
         if name not in present:
             raise EngineSpecError(f"--engines {item}: {skipped[name]}")
-        specs.append(EngineSpec(name, int(threads) if threads else None))
+        specs.append(EngineSpec(name, int(threads) if threads else None, general))
     return specs, {k: v for k, v in skipped.items() if k not in {s.backend for s in specs}}
 
 

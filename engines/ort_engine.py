@@ -6,6 +6,14 @@ graph optimisation level ALL. The optimised graph is saved once (``optimized_mod
 under the cache, keyed by the ONNX file's hash, the ONNX Runtime version, the provider and the
 CPU architecture, with a SHA-256 sidecar; later sessions load it with optimisation disabled.
 
+One body (or window) per call, the common case of a single-user VR application, runs a second
+session of the same graph with its batch axis fixed to 1 (``add_free_dimension_override_by_name``,
+on CPU): ONNX Runtime then folds the graph's shape arithmetic (``Shape`` → ``Gather`` →
+``Concat`` chains, a few hundred kernels of a step graph) into constants, about a fifth of a
+small model's step (``bench/results/step-batch1-2026-12-04-cpu-2c.json``). The two sessions
+share every initializer of 1 MiB or more (``add_initializer``), so a motion matcher's database
+is held once.
+
 Hot path: with ``io_binding`` the output of each call is bound straight into the caller's
 (or the engine's preallocated) buffer, so ONNX Runtime allocates no output array per call.
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import platform
 from pathlib import Path
 
@@ -33,6 +42,11 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+#: The exporter's name of the batch axis (``engines.onnx_export``), fixed to 1 in the
+#: single-body session.
+BATCH_AXIS = "batch"
+#: Initializers at least this large are held once and shared by the engine's two sessions.
+SHARED_BYTES = 1 << 20
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -44,12 +58,30 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+def shared_initializers(ort, data: bytes) -> dict:
+    """The initializers of the ONNX graph ``data`` of at least :data:`SHARED_BYTES`, as
+    ``OrtValue`` s (name → value) that sessions take by ``add_initializer`` instead of their own
+    copy. Constants the graph holds as nodes (an exporter's folded buffers) are not among them;
+    ONNX Runtime's optimised graph holds them as initializers."""
+    if len(data) < SHARED_BYTES:
+        return {}
+    import onnx
+    from onnx import helper, numpy_helper
+
+    shared = {}
+    for t in onnx.load_from_string(data).graph.initializer:
+        size = math.prod(t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        if size >= SHARED_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
+            shared[t.name] = ort.OrtValue.ortvalue_from_numpy(numpy_helper.to_array(t))
+    return shared
+
+
 class OrtEngine(Engine):
     """Runs the exported ONNX graph with ONNX Runtime."""
 
     def __init__(self, source: ModelSource, max_batch: int = 8, cuda: bool = False,
                  device_id: int = 0, threads: int | None = None, io_binding: bool | None = None,
-                 cache: bool = True):
+                 cache: bool = True, single: bool | None = None):
         super().__init__(source, max_batch)
         import onnxruntime as ort
         self.name = "onnxruntime-cuda" if cuda else "onnxruntime"
@@ -62,6 +94,11 @@ class OrtEngine(Engine):
         providers: list = [(CUDA, {"device_id": int(device_id)}), CPU] if cuda else [CPU]
         self.device = f"cuda:{int(device_id)}" if cuda else "cpu"
         onnx_path = source.onnx_file()
+        # single: a batch-1 session beside the general one (default on CPU; on CUDA the
+        # device would hold every initializer twice)
+        self._single_wanted = (not cuda) if single is None else bool(single)
+        self.single = None
+        self._shared: dict = {}
         self.session = self._session(ort, onnx_path, providers, cache)
         if cuda and self.session.get_providers()[0] != CUDA:
             raise BackendUnavailable(
@@ -80,8 +117,8 @@ class OrtEngine(Engine):
             self._names = list(source.state_spec)
             self._outputs = [OUTPUT, *(STATE_OUT + k for k in self._names)]
 
-    def _session(self, ort, onnx_path: Path, providers: list, cache: bool):
-        def options(level):
+    def _session(self, ort, onnx_path: Path, providers: list, cache: bool, retry: bool = True):
+        def options(level, shared=None, batch=None):
             so = ort.SessionOptions()
             so.intra_op_num_threads = self.threads
             so.inter_op_num_threads = 1
@@ -89,44 +126,66 @@ class OrtEngine(Engine):
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             so.graph_optimization_level = level
             so.log_severity_level = 3
+            for name, value in (shared or {}).items():
+                so.add_initializer(name, value)
+            if batch is not None:
+                so.add_free_dimension_override_by_name(BATCH_AXIS, batch)
             return so
 
         full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not cache:
-            return self._load(ort, onnx_path, options(full), providers)
+            return self._load(ort, onnx_path, options, full, providers)
         provider = providers[0] if isinstance(providers[0], str) else providers[0][0]
         facts = {"source_sha256": self.source.graph_key, "onnxruntime": ort.__version__,
                  "provider": provider, "machine": platform.machine(), "level": "ALL"}
         cached = cache_dir("ort") / f"{cache_key(*facts.values())}.onnx"
-        if verify(cached, facts) is not None:
+        if verify(cached, facts) is None:
+            so = options(full)
+            tmp = cached.with_name(partial_prefix(cached) + "onnx")  # ORT picks by suffix
+            so.optimized_model_filepath = str(tmp)
+            session = self._load(ort, onnx_path, lambda *a, **k: so, full, providers)
             try:
-                return self._load(ort, cached,
-                                  options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), providers)
-            except Exception as e:  # a stale or foreign optimised graph: rebuild it
-                log.warning("cached optimised model %s unusable (%s); rebuilding", cached, e)
-        so = options(full)
-        tmp = cached.with_name(partial_prefix(cached) + "onnx")  # ORT picks the format by suffix
-        so.optimized_model_filepath = str(tmp)
-        session = self._load(ort, onnx_path, so, providers)
+                tmp.replace(cached)
+                write_sidecar(cached, facts)
+            except OSError as e:
+                log.warning("could not cache the optimised model at %s (%s)", cached, e)
+                return session
+            # open the pair from the optimised graph, where the large constants are
+            # initializers that the two sessions can share
+            self.single = None
+            del session
         try:
-            tmp.replace(cached)
-            write_sidecar(cached, facts)
-        except OSError as e:
-            log.warning("could not cache the optimised model at %s (%s)", cached, e)
+            return self._load(ort, cached, options, ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                              providers)
+        except Exception as e:  # a stale or foreign optimised graph: rebuild it (once)
+            if not retry:
+                raise
+            log.warning("cached optimised model %s unusable (%s); rebuilding", cached, e)
+            cached.unlink(missing_ok=True)
+            return self._session(ort, onnx_path, providers, cache, retry=False)
+
+    def _load(self, ort, path: Path, options, level, providers: list):
+        """The session of the bytes of ``path`` at optimisation ``level`` (hashed as loaded:
+        :attr:`graph_sha256`) and, where wanted, :attr:`single`, the same graph with its batch
+        axis fixed to 1 at level ALL; the two share the graph's large initializers."""
+        data = Path(path).read_bytes()
+        self._shared = shared_initializers(ort, data) if self._single_wanted else {}
+        session = ort.InferenceSession(data, options(level, self._shared), providers=providers)
+        self.graph_sha256 = hashlib.sha256(data).hexdigest()
+        if self._single_wanted:
+            full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.single = ort.InferenceSession(data, options(full, self._shared, batch=1),
+                                               providers=providers)
         return session
 
-    def _load(self, ort, path: Path, so, providers: list):
-        """A session from the bytes of ``path``, hashed as loaded (:attr:`graph_sha256`)."""
-        data = Path(path).read_bytes()
-        session = ort.InferenceSession(data, so, providers=providers)
-        self.graph_sha256 = hashlib.sha256(data).hexdigest()
-        return session
+    def _session_for(self, batch: int):
+        return self.single if batch == 1 and self.single is not None else self.session
 
     def _step(self, frames: np.ndarray, state: dict[str, np.ndarray]
               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         feeds = {FRAMES: frames, **{STATE_IN + k: state[k] for k in self._names}}
         try:
-            res = self.session.run(self._outputs, feeds)
+            res = self._session_for(frames.shape[0]).run(self._outputs, feeds)
         except Exception as e:  # onnxruntime raises its own exception types
             raise EngineError(f"{self.name}: step failed ({e})") from e
         return res[0], dict(zip(self._names, res[1:], strict=True))
@@ -137,7 +196,7 @@ class OrtEngine(Engine):
             return
         try:
             if self._binding is None:
-                out[...] = self.session.run([OUTPUT], {INPUT: x})[0]
+                out[...] = self._session_for(x.shape[0]).run([OUTPUT], {INPUT: x})[0]
                 return
             b = self._binding
             b.bind_cpu_input(INPUT, x)
@@ -159,9 +218,11 @@ class OrtEngine(Engine):
 
     def describe(self) -> dict:
         return {**super().describe(), "threads": self.threads, "io_binding": self.io_binding,
+                "single_session": self.single is not None,
                 "providers": self.session.get_providers()}
 
     def close(self) -> None:
         self._binding = None
         self._device_out.clear()
-        self.session = None
+        self.session = self.single = None
+        self._shared = {}

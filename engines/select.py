@@ -98,7 +98,7 @@ def create_engine(engine: str = "auto",
     engine: "auto" or one of ``BACKENDS``. model: None/"default" (the shipped checkpoint), a
     checkpoint path, an exported ``.onnx`` (or TensorRT plan) file, or an Anonymizer. dummy:
     None/"default", a dummy JSON path or a :class:`~streamtmr.dummy.Dummy`. ``options`` go to
-    the back end (e.g. ``threads`` and ``io_binding`` for ONNX Runtime, ``cuda_graphs`` and
+    the back end (e.g. ``threads``, ``io_binding`` and ``single`` for ONNX Runtime, ``cuda_graphs`` and
     ``compile`` for torch, ``fp16`` for TensorRT). ``triton://HOST:PORT`` connects to a
     ``streamtmr serve`` server (:mod:`engines.triton_engine`). ``tracks``: the engine will
     anonymize whole recorded tracks (``run_tracks``), so "auto" picks, for a streaming model,
@@ -136,8 +136,8 @@ def create_engine(engine: str = "auto",
 
 
 _BACKEND_OPTIONS = {"tensorrt": {"fp16", "cuda_graphs"},
-                    "onnxruntime": {"threads", "io_binding", "cache"},
-                    "onnxruntime-cuda": {"threads", "io_binding", "cache"},
+                    "onnxruntime": {"threads", "io_binding", "cache", "single"},
+                    "onnxruntime-cuda": {"threads", "io_binding", "cache", "single"},
                     "torch": {"compile", "threads"},
                     "torch-cuda": {"compile", "cuda_graphs", "threads"}}
 

@@ -172,6 +172,47 @@ class _SlowEngine:
         return self._engine.step(frames, state)
 
 
+def test_engine_specs_name_threads_and_the_general_session():
+    from bench.engines import EngineSpecError, build_engine, parse_engine_specs
+    from bench.models import resolve_model_spec
+
+    specs, _ = parse_engine_specs(["onnxruntime@1", "onnxruntime@1/general", "torch"])
+    assert [s.label for s in specs] == ["onnxruntime@1", "onnxruntime@1/general", "torch"]
+    assert specs[1].options() == {"threads": 1, "single": False}
+    engine = build_engine(resolve_model_spec("tmr-tiny"), specs[1])
+    try:
+        assert engine.describe()["single_session"] is False
+    finally:
+        engine.close()
+    for bad in ("torch/general", "onnxruntime@0", "tensorflow"):
+        with pytest.raises(EngineSpecError):
+            parse_engine_specs([bad])
+
+
+def test_search_split_tells_the_searching_calls_apart():
+    """A matcher searches on the first frame and every ``search_every``-th one after: the
+    split's share of searching calls is one in five, and a model without a search refuses."""
+    from bench.engines import EngineSpec, build_engine, step_inputs
+    from bench.models import resolve_model_spec
+    from bench.motion import motion_clips
+    from bench.search_split import split_steps
+
+    frames = step_inputs(motion_clips(2), 1, frames=60)
+    engine = build_engine(resolve_model_spec("motion_match-tiny"), EngineSpec("onnxruntime", 1))
+    try:
+        ns, searched = split_steps(engine, frames, 100)
+    finally:
+        engine.close()
+    assert ns.shape == searched.shape == (100,) and (ns > 0).all()
+    assert 0.15 <= searched.mean() <= 0.25, searched.mean()
+    engine = build_engine(resolve_model_spec("tmr-stream-tiny"), EngineSpec("onnxruntime", 1))
+    try:
+        with pytest.raises(ValueError, match="not a motion matcher"):
+            split_steps(engine, frames, 10)
+    finally:
+        engine.close()
+
+
 def test_node_overruns_are_counted_once_over_zeromq():
     """Every frame overruns a 10 ms budget on a 25 ms engine: each is late once (the node's
     held copy is published after the budget, which used to count it a second time)."""

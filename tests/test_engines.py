@@ -98,11 +98,73 @@ def test_bad_input_is_rejected(backend):
 
 def test_io_binding_gives_the_same_result():
     model = tiny("tmr")
-    a = create_engine("onnxruntime", model=model, window=None, io_binding=False)
+    # the same session either way (the batch-1 session is compared in its own test)
+    a = create_engine("onnxruntime", model=model, window=None, io_binding=False, single=False)
     b = create_engine("onnxruntime", model=model, window=None, io_binding=True, threads=1)
     x = windows(9, model.window)
     np.testing.assert_array_equal(a.run(x), b.run(x))
     assert b.describe()["io_binding"] and b.describe()["threads"] == 1
+
+
+@pytest.mark.parametrize("method", ["tmr", "tmr-stream", "motion_match"])
+def test_single_body_calls_run_the_batch_1_session_and_agree_with_the_general_one(method):
+    """On CPU one body (or window) per call runs a session whose batch axis is fixed to 1;
+    it computes what the general session computes, to float rounding, step by step."""
+    model = tiny(method)
+    one = create_engine("onnxruntime", model=model, window=None)
+    general = create_engine("onnxruntime", model=model, window=None, single=False)
+    assert one.describe()["single_session"] and not general.describe()["single_session"]
+    x = windows(2, max(24, model.window), seed=3)
+    name = one.single.get_inputs()[0].name
+    with pytest.raises(Exception, match="(?i)dimension|shape"):  # its batch axis is fixed
+        one.single.run(None, {name: x[:, :model.window] if not one.streaming else x[:, 0],
+                              **({} if not one.streaming else {
+                                  "state_in." + k: v for k, v in one.init_state(2).items()})})
+    if not one.streaming:
+        np.testing.assert_allclose(one.run(x[:1, :model.window]),
+                                   general.run(x[:, :model.window])[:1], atol=1e-5)
+        return
+    a, b = one.init_state(1), general.init_state(2)
+    for t in range(x.shape[1]):  # body 0 alone, and beside another body
+        ya, a = one.step(x[:1, t], a)
+        yb, b = general.step(x[:, t], b)
+        np.testing.assert_allclose(ya, yb[:1], atol=1e-5)
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k][:1], atol=1e-4, err_msg=k)
+
+
+def test_shared_initializers_are_the_large_ones():
+    """The two sessions take the graph's large initializers from one copy; small ones and
+    small graphs are left to each session."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engines.ort_engine import SHARED_BYTES, shared_initializers
+
+    big = np.arange(SHARED_BYTES // 4, dtype=np.float32).reshape(-1, 16)
+    small = np.ones((4, 16), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "small_t"], ["y"]),
+         helper.make_node("Gather", ["big", "i"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("i", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(big, "big"), numpy_helper.from_array(small, "small_t")])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = data.SerializeToString()
+    shared = shared_initializers(ort, data)
+    assert list(shared) == ["big"] and np.array_equal(shared["big"].numpy(), big)
+    graph.initializer.pop(0)  # without the large one: nothing to share
+    small_only = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert shared_initializers(ort, small_only.SerializeToString()) == {}
+    so = ort.SessionOptions()
+    so.add_initializer("big", shared["big"])
+    so.add_free_dimension_override_by_name("batch", 1)
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    y, z = sess.run(None, {"x": np.ones((1, 4), np.float32), "i": np.array([3])})
+    np.testing.assert_array_equal(z, big[3:4])
 
 
 def test_onnx_file_loads_alone(tmp_path):
