@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from bench.engines import build_engine, parse_engine_specs, step_inputs, use_threads
-from bench.machine import describe_machine, host_kind, load_average
+from bench.machine import describe_machine, load_average, write_record
 from bench.models import resolve_model_spec
 from bench.motion import motion_clips
 from bench.stats import MIN_P99_SAMPLES, summarize_ns
@@ -131,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(a.gaps_ms) < 0:
         p.error("--gaps-ms must be >= 0")
     record = run(a.model, a.engine, a.gaps_ms, a.calls)
-    out = a.out or Path("bench/results") / (
-        f"cadence-{record['date'][:10]}-{host_kind(record['machine'])}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    out = write_record(record, a.out, "cadence")
     print(f"wrote {out}")
     return 0
 

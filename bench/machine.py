@@ -174,3 +174,15 @@ def describe_machine() -> dict[str, Any]:
     }
     machine["host_kind"] = host_kind(machine)
     return machine
+
+
+def write_record(record: dict[str, Any], out: str | Path | None, prefix: str) -> Path:
+    """Write a bench record as JSON to ``out``, or by default to
+    ``bench/results/<prefix>-<date>-<host kind>.json``; returns the path."""
+    import json
+
+    path = Path(out) if out else Path("bench/results") / (
+        f"{prefix}-{record['date'][:10]}-{host_kind(record['machine'])}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench.engines import EngineSpec, bench_steps, build_engine, parse_engine_specs
-from bench.machine import describe_machine, host_kind, load_average
+from bench.machine import describe_machine, load_average, write_record
 from bench.models import resolve_model_spec
 from bench.motion import motion_clips
 from bench.stats import MIN_P99_SAMPLES
@@ -81,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--min-calls must be >= {MIN_P99_SAMPLES} for a p99")
     record = run(a.models, a.engines, a.bodies, a.min_calls, a.cell_s,
                  staggered=a.stagger_search)
-    out = a.out or Path("bench/results") / (
-        f"step-{record['date'][:10]}-{host_kind(record['machine'])}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    out = write_record(record, a.out, "step")
     print(f"wrote {out}")
     failed = [r for r in record["rows"] if "skipped" in r]
     for r in failed:

@@ -98,11 +98,12 @@ def create_engine(engine: str = "auto",
     engine: "auto" or one of ``BACKENDS``. model: None/"default" (the shipped checkpoint), a
     checkpoint path, an exported ``.onnx`` (or TensorRT plan) file, or an Anonymizer. dummy:
     None/"default", a dummy JSON path or a :class:`~streamtmr.dummy.Dummy`. ``options`` go to
-    the back end (e.g. ``threads``, ``io_binding`` and ``single`` for ONNX Runtime, ``cuda_graphs`` and
-    ``compile`` for torch, ``fp16`` for TensorRT). ``triton://HOST:PORT`` connects to a
-    ``streamtmr serve`` server (:mod:`engines.triton_engine`). ``tracks``: the engine will
-    anonymize whole recorded tracks (``run_tracks``), so "auto" picks, for a streaming model,
-    a back end with its parallel form (:data:`TRACKS_ORDER`) over a stepping one.
+    the back end (e.g. ``threads``, ``io_binding`` and ``single`` for ONNX Runtime,
+    ``cuda_graphs`` and ``compile`` for torch, ``fp16`` for TensorRT). ``triton://HOST:PORT``
+    connects to a ``streamtmr serve`` server (:mod:`engines.triton_engine`). ``tracks``: the
+    engine will anonymize whole recorded tracks (``run_tracks``), so "auto" picks, for a
+    streaming model, a back end with its parallel form (:data:`TRACKS_ORDER`) over a stepping
+    one.
     """
     if str(engine).startswith(TRITON_SCHEME):
         from engines.triton_engine import open_triton
