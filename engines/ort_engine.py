@@ -139,21 +139,17 @@ class OrtEngine(Engine):
         facts = {"source_sha256": self.source.graph_key, "onnxruntime": ort.__version__,
                  "provider": provider, "machine": platform.machine(), "level": "ALL"}
         cached = cache_dir("ort") / f"{cache_key(*facts.values())}.onnx"
-        if verify(cached, facts) is None:
-            so = options(full)
+        if verify(cached, facts) is None:  # optimise once, write the graph, open the pair
+            so = options(full)        # from it (its large constants are shareable initializers)
             tmp = cached.with_name(partial_prefix(cached) + "onnx")  # ORT picks by suffix
             so.optimized_model_filepath = str(tmp)
-            session = self._load(ort, onnx_path, lambda *a, **k: so, full, providers)
+            ort.InferenceSession(onnx_path.read_bytes(), so, providers=providers)
             try:
                 tmp.replace(cached)
                 write_sidecar(cached, facts)
             except OSError as e:
                 log.warning("could not cache the optimised model at %s (%s)", cached, e)
-                return session
-            # open the pair from the optimised graph, where the large constants are
-            # initializers that the two sessions can share
-            self.single = None
-            del session
+                return self._load(ort, onnx_path, options, full, providers)
         try:
             return self._load(ort, cached, options, ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                               providers)
