@@ -5,8 +5,10 @@ ONNX Runtime CUDA where installed, against PyTorch CPU float32 on the same windo
 
 Parity is the largest absolute difference (mm) of every output joint over a batch of real-motion
 windows (SynthKinect clips), per engine and model; latency is per ``engine.run`` call for
-batch 1 and 8 (p50/p99 ms), measured like ``streamtmr bench``'s engine cells. Needs a CUDA GPU;
-exits with a message otherwise.
+batch 1 and 8 (p50/p99 ms), measured like ``streamtmr bench``'s engine cells. For a streaming
+model, ``step_mm`` is the same difference on the node's path: six bodies stepped frame by frame
+from fresh states (``engine.step``, :func:`step_tracks`). Needs a CUDA GPU; exits with a
+message otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ DEFAULT_MODELS = "default,tmr-paper,pmr-small,dmr-small,moon-resnet-small,moon-a
 #: Largest parity error accepted (mm). CUDA runs float32 with cuDNN's TF32 convolutions (PyTorch's
 #: default), measured at up to 0.14 mm on an H200 — two orders below Kinect v2 joint noise.
 PARITY_LIMIT_MM = 1.0
+#: Frames each body is stepped for the streaming parity (``step_mm``).
+STEP_FRAMES = 120
 
 
 def variants(ort_cuda: bool, compile_: bool) -> list[tuple[str, str, dict[str, Any]]]:
@@ -35,6 +39,16 @@ def variants(ort_cuda: bool, compile_: bool) -> list[tuple[str, str, dict[str, A
     if ort_cuda:
         out.append(("onnxruntime-cuda", "onnxruntime-cuda", {}))
     out.append(("onnxruntime cpu", "onnxruntime", {}))
+    return out
+
+
+def step_tracks(engine: Any, tracks: np.ndarray) -> np.ndarray:
+    """Tracks ``[B, L, 25, 3]`` stepped frame by frame from fresh states through
+    ``engine.step`` (what the node calls) → the published frames ``[B, L, 25, 3]``."""
+    out = np.empty_like(tracks)
+    state = engine.init_state(tracks.shape[0])
+    for t in range(tracks.shape[1]):
+        out[:, t], state = engine.step(np.ascontiguousarray(tracks[:, t]), state)
     return out
 
 
@@ -72,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         ref_engine = create_engine("torch", model=m.for_engine(), window=None, max_batch=8,
                                    threads=1)
         ref = np.concatenate([ref_engine.run(x[i:i + 8]) for i in range(0, len(x), 8)])
+        streaming = ref_engine.source.state_spec is not None
+        if streaming:
+            tracks = np.ascontiguousarray(
+                sample_windows(clips, 6, STEP_FRAMES, seed=2), np.float32)
+            ref_steps = step_tracks(ref_engine, tracks)
         ref_engine.close()
         row: dict[str, Any] = {"model": m.describe()}
         for label, backend, opts in variants(ort_cuda, args.compile):
@@ -83,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 err = float(np.abs(y - ref).max() * 1000.0)
                 cell: dict[str, Any] = {"max_abs_mm": err, "finite": bool(np.isfinite(y).all()),
                                         "build_s": round(time.perf_counter() - t0, 2)}
+                if streaming:
+                    cell["step_mm"] = float(np.abs(step_tracks(eng, tracks) - ref_steps).max()
+                                            * 1000.0)
+                    err = max(err, cell["step_mm"])
                 if eng.describe().get("cuda_graph_error"):
                     cell["cuda_graph_error"] = eng.describe()["cuda_graph_error"]
                 for b in (1, 8):
@@ -100,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                            f"{cell[f'b{b}']['p99_ms']:.3f} ms" for b in (1, 8)
                            if f"b{b}" in cell)
             print(f"{m.label:>22} | {label:<26} | "
-                  + (f"max |Δ| {cell['max_abs_mm']:.2e} mm | {lat}" if "error" not in cell
+                  + (f"max |Δ| {cell['max_abs_mm']:.2e} mm"
+                     + (f" step {cell['step_mm']:.2e} mm" if "step_mm" in cell else "")
+                     + f" | {lat}" if "error" not in cell
                      else cell["error"]), flush=True)
         result["models"][m.label] = row
     result["worst_gpu_mm"] = worst

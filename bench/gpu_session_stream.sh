@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # One GPU lease (15 minutes, of which about 10 are left once the machine is up) for the
 # streaming models, as one script:
+#   0. the CUDA engine tests (tests/test_engines.py -k cuda);
 #   1. GPU parity of the shipped `default` and `matcher` against PyTorch CPU float32
-#      (bench.gpu_parity: torch-cuda eager and CUDA graphs, ONNX Runtime CUDA where installed);
+#      (bench.gpu_parity: torch-cuda eager and CUDA graphs, ONNX Runtime CUDA where installed;
+#      windows through the parallel form, and six bodies stepped frame by frame as the node does);
 #   2. their step latency on torch-cuda, onnxruntime-cuda and ONNX Runtime CPU
 #      (bench.step, 1 / 6 / 32 / 256 bodies per call, >= 600 calls a cell);
-#   3. the paper-size StreamTMR (configs/tmr_stream_paper.yaml) trained on the GPU, its three
-#      stages scaled to the time left in the design's 20k / 15k / 15k proportions: a short
-#      calibration run measures each stage's seconds per iteration first.
+#   3. a paper-size StreamTMR trained on the GPU (CONFIG, by default
+#      configs/tmr_stream_paper_lease.yaml: the shipped default's recipe at the paper preset), its
+#      three stages scaled to the time left in the proportions of the config's own iterations: a
+#      short calibration run measures each stage's seconds per iteration first.
 # Everything lands in $OUT: the JSON records, the logs, and the trained model with its config
 # and logs (evaluate it on any machine with `streamtmr evaluate --models ...`).
 #
@@ -22,7 +25,7 @@ DEVICE=${DEVICE:-cuda}
 DATA=${DATA:-data/synthkinect}
 MODELS=${MODELS:-default matcher}
 PRESET=${PRESET:-paper}                 # the model preset trained (tiny: the dry run)
-CONFIG=configs/tmr_stream_paper.yaml
+CONFIG=${CONFIG:-configs/tmr_stream_paper_lease.yaml}
 RUNS=${RUNS:-runs}                      # where the calibration and the trained run go
 PY=${PYTHON:-python3}
 mkdir -p "$OUT/bench"
@@ -38,6 +41,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 if [ "$DEVICE" = cuda ]; then
+  $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" \
+    || exit 3
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$OUT/log.txt"
   ENGINES="torch-cuda onnxruntime-cuda onnxruntime@1"; BODIES="1 6 32 256"
 else
@@ -54,8 +59,11 @@ if [ ! -f "$DATA/meta.json" ]; then
 fi
 
 if [ "$DEVICE" = cuda ]; then
+  log "CUDA engine tests"
+  timeout 90 $PY -m pytest -q -p no:cacheprovider tests/test_engines.py -k cuda 2>&1 \
+    | tail -n 15 | tee -a "$OUT/log.txt"
   log "gpu parity + latency: $MODELS"
-  timeout 150 $PY -m bench.gpu_parity --cell-s 0.3 --models "${MODELS// /,}" \
+  timeout 120 $PY -m bench.gpu_parity --cell-s 0.3 --models "${MODELS// /,}" \
     --out "$OUT/bench/gpu-parity-stream.json" 2>&1 | tail -n 30 | tee -a "$OUT/log.txt"
 fi
 log "step latency: $MODELS on $ENGINES"
@@ -76,9 +84,10 @@ timeout 150 $PY -m streamtmr train --config $CONFIG --data "$DATA" --device "$DE
   --set "train.stages[2].iterations=$CAL" --set train.log_every=$(( CAL >= 12 ? CAL / 6 : 2 )) \
   --set train.val_every=100000 --set data.max_val_windows=64 >"$OUT/calibration.log" 2>&1
 LEFT=$(( TOTAL - $(el) - ${MARGIN_S:-60} ))
-ITERS=$($PY - "$LEFT" $RUNS/calibration/metrics.jsonl 2>>"$OUT/log.txt" <<'EOF'
+ITERS=$($PY - "$LEFT" $RUNS/calibration/metrics.jsonl "$CONFIG" 2>>"$OUT/log.txt" <<'EOF'
 import json, sys
-left, path = float(sys.argv[1]), sys.argv[2]
+import yaml
+left, path, config = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 rows = [json.loads(x) for x in open(path) if '"split"' not in x]
 cost = {}                                  # seconds per iteration, per stage, warm-up excluded
 for name in ("encoders", "decoder", "end_to_end"):
@@ -86,7 +95,8 @@ for name in ("encoders", "decoder", "end_to_end"):
     if len(r) < 3:
         sys.exit(f"calibration: stage {name} logged {len(r)} rows")
     cost[name] = (r[-1]["time"] - r[1]["time"]) / (r[-1]["step"] - r[1]["step"])
-share = {"encoders": 20, "decoder": 15, "end_to_end": 15}   # the design's 20k / 15k / 15k
+# the config's own schedule, scaled: its stages' iterations are the shares
+share = {st["name"]: st["iterations"] for st in yaml.safe_load(open(config))["train"]["stages"]}
 unit = left / sum(share[k] * cost[k] for k in share)
 print(" ".join(str(max(10, int(unit * share[k]))) for k in share))
 print(json.dumps({"seconds_per_iteration": cost, "budget_s": left}), file=sys.stderr)
@@ -106,8 +116,20 @@ if [ -n "$ITERS" ]; then
   for f in model.safetensors config.yaml metrics.jsonl; do
     [ -f "$RUN/$f" ] && files+=("$RUN/$f")
   done
-  [ -f "$RUN/model.safetensors" ] || files+=("$RUN"/checkpoints/last*)
-  [ ${#files[@]} -gt 0 ] && tar czf "$OUT/tmr_stream_paper_lease.tar.gz" "${files[@]}"
+  # an unfinished run brings back its last weights (not the optimiser: resuming needs the GPU)
+  [ -f "$RUN/model.safetensors" ] || files+=($(ls "$RUN"/checkpoints/last*.json \
+    "$RUN"/checkpoints/last.safetensors 2>/dev/null))
+  # the logs travel inside the tarball: a lease brings back at most 8 files of 16 MiB each
+  for f in synth.log calibration.log train.log; do
+    [ -f "$OUT/$f" ] && mv "$OUT/$f" "$RUN/lease-$f" && files+=("$RUN/lease-$f")
+  done
+  TAR="$OUT/tmr_stream_paper_lease.tar.gz"
+  [ ${#files[@]} -gt 0 ] && tar czf "$TAR" "${files[@]}"
+  # the paper preset's weights (5.6M float32) pass that limit: parts of 15 MiB, joined with
+  # cat tmr_stream_paper_lease.tar.gz.* > tmr_stream_paper_lease.tar.gz
+  if [ -f "$TAR" ] && [ "$(stat -c %s "$TAR")" -gt $(( 15 << 20 )) ]; then
+    split -b 15M -d "$TAR" "$TAR." && rm "$TAR"
+  fi
 fi
 ls -la "$OUT" "$OUT/bench" | tee -a "$OUT/log.txt"
 log "done"

@@ -528,3 +528,22 @@ def test_search_phase_starts_the_matchers_searches_at_the_given_phase():
         phased(model_class("motion_match").from_preset("tiny"), half + 1)
     with pytest.raises(ValueError, match="no motion-matching stage"):
         phased(model_class("tmr-stream").from_preset("tiny"), 0)
+
+
+def test_gpu_parity_steps_tracks_as_the_node_does():
+    """bench.gpu_parity's streaming parity steps tracks frame by frame from fresh states: the
+    same published frames as the engine's whole-track form, for any back end."""
+    from bench.gpu_parity import step_tracks
+    from bench.motion import motion_clips, sample_windows
+    from engines import create_engine
+    from streamtmr.models.registry import model_class
+
+    model = model_class("tmr-stream").from_preset("tiny").eval()
+    tracks = np.ascontiguousarray(sample_windows(motion_clips(2, seed=0), 3, 20, seed=2))
+    torch_eng = create_engine("torch", model=model, window=None, max_batch=4, threads=1)
+    ort_eng = create_engine("onnxruntime", model=model, window=None, max_batch=4, threads=1)
+    ref = torch_eng.run_tracks(tracks)
+    stepped = step_tracks(torch_eng, tracks)
+    assert stepped.shape == tracks.shape and not np.allclose(stepped[:, 1:], stepped[:, :-1])
+    np.testing.assert_allclose(stepped, ref, atol=1e-5)
+    np.testing.assert_allclose(step_tracks(ort_eng, tracks), ref, atol=1e-4)
