@@ -36,10 +36,9 @@ def matching_stage(model):
     return found[-1]
 
 
-def searched_queries(model, utkinect: str | Path, every: int = 3) -> torch.Tensor:
-    """Every query the model's matching stage searches on every ``every``-th UTKinect segment."""
-    from streamtmr.data.utkinect import on_sensor_clock, read_utkinect
-
+def queries_of(model, tracks) -> torch.Tensor:
+    """Every (finite) query the model's matching stage searches while each track
+    ``[L, 25, 3]`` is played through the model from a fresh state: ``[Q, D]``."""
     stage = matching_stage(model)
     search, kept = stage._search, []
 
@@ -50,14 +49,21 @@ def searched_queries(model, utkinect: str | Path, every: int = 3) -> torch.Tenso
     stage._search = keep
     try:
         lengths = torch.as_tensor(stage.config["dummy_lengths"])[None]
-        for seg in read_utkinect(utkinect)[::every]:
-            x = torch.as_tensor(on_sensor_clock(seg.joints, seg.frame_ids))[None]
+        for x in tracks:
             with torch.no_grad():
-                model.retarget(torch.nan_to_num(x), lengths)
+                model.retarget(torch.nan_to_num(torch.as_tensor(x))[None], lengths)
     finally:
         del stage._search
     q = torch.cat(kept)
     return q[torch.isfinite(q).all(1)]
+
+
+def searched_queries(model, utkinect: str | Path, every: int = 3) -> torch.Tensor:
+    """Every query the model's matching stage searches on every ``every``-th UTKinect segment."""
+    from streamtmr.data.utkinect import on_sensor_clock, read_utkinect
+
+    return queries_of(model, [on_sensor_clock(seg.joints, seg.frame_ids)
+                              for seg in read_utkinect(utkinect)[::every]])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -547,3 +547,36 @@ def test_gpu_parity_steps_tracks_as_the_node_does():
     assert stepped.shape == tracks.shape and not np.allclose(stepped[:, 1:], stepped[:, :-1])
     np.testing.assert_allclose(stepped, ref, atol=1e-5)
     np.testing.assert_allclose(step_tracks(ort_eng, tracks), ref, atol=1e-4)
+
+
+def test_teacher_store_writes_the_teachers_pose_on_the_own_tempo_root(tmp_path):
+    """bench.teacher_store: a store that links the original arrays and adds the teacher's
+    published pose for the training people, moved and turned onto target_sync's root and hip
+    facing; NaN for the people training never reads."""
+    from bench.teacher_store import onto, write
+    from streamtmr import skeleton
+    from streamtmr.data.store import SkeletonStore
+    from streamtmr.data.synth import generate
+
+    src = SkeletonStore(generate(tmp_path / "store", n_subjects=8, n_actions=2, progress=False))
+    out = SkeletonStore(write("default", src.root, tmp_path / "teach", "target_t",
+                              progress=False))
+    assert set(out.array_names) == set(src.array_names) | {"target_t"}
+    assert np.array_equal(out.array("joints"), src.array("joints"))
+    train = set(src.meta["splits"]["anonymizer_train"])
+    y, sync = out.array("target_t"), src.array("target_sync")
+    for r in out.rows:
+        s = slice(r["offset"], r["offset"] + r["length"])
+        if r["subject"] not in train:
+            assert np.isnan(y[s]).all()
+            continue
+        np.testing.assert_allclose(y[s][:, skeleton.ROOT], sync[s][:, skeleton.ROOT], atol=1e-6)
+        turn = np.angle(np.exp(1j * (skeleton.facing_angle(y[s])
+                                     - skeleton.facing_angle(sync[s]))))
+        assert np.abs(turn).max() < 1e-4
+        assert np.abs(y[s] - sync[s]).max() > 0.01        # the teacher's pose, not the target
+    with pytest.raises(ValueError, match="already has"):
+        write("default", src.root, tmp_path / "again", "target_sync", progress=False)
+    pose = sync[:5]
+    moved = onto(pose + np.float32([1, 0, 2]), pose)
+    np.testing.assert_allclose(moved, pose, atol=1e-5)

@@ -296,3 +296,81 @@ def test_the_step_graph_searches_any_number_of_bodies_and_holds_one_copy():
     shapes += [list(i.dims) for i in graph.graph.initializer]
     assert list(model.features.shape) not in shapes
     engine.close()
+
+
+# ---- a capped search (search_leaves) -------------------------------------------------------
+
+def test_a_capped_search_over_every_leaf_is_the_exact_search():
+    features, landing = motion_like(seed=4)
+    tree = box_tree.build(features, landing, leaf=12)
+    q = queries(features, seed=5)
+    frame, score = box_tree.capped_nearest(q, tree, SCALE, len(tree["rep_feat"]))
+    ref, ref_score = brute(q, features, landing)
+    assert torch.equal(frame, ref)
+    torch.testing.assert_close(score, ref_score, rtol=1e-6, atol=1e-3)
+
+
+def test_a_capped_search_reads_only_its_leaves_and_never_beats_the_exact_one():
+    features, landing = motion_like(seed=6)
+    tree = box_tree.build(features, landing, leaf=12)
+    q = queries(features, seed=7)
+    ref, ref_score = brute(q, features, landing)
+    k = 4
+    frame, score = box_tree.capped_nearest(q, tree, SCALE, k)
+    # the best of the k leaves whose representatives are nearest, on the same grid
+    rep = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0)
+    leaves = torch.topk(rep, k, dim=1, largest=False).indices
+    for i in range(len(q)):
+        own = tree["leaf_frame"][leaves[i]].reshape(-1)
+        own = own[torch.isfinite(landing[own.clamp_min(0)]) & (own >= 0)]
+        s = torch.round((landing[own] - 2.0 * features[own] @ q[i]) * SCALE) / SCALE
+        best = s.min()
+        assert frame[i] == own[s == best].min(), i
+        assert score[i] >= ref_score[i] - 1e-3
+    same = (frame == ref).float().mean()
+    assert 0.5 < same < 1.0   # mostly the exact frame here, not always: a cap, not a bound
+
+
+def test_a_capped_search_without_a_candidate_and_with_jitter():
+    features, landing = motion_like(n=500)
+    tree = box_tree.build(features, landing, leaf=8)
+    q = torch.stack([features[3], torch.full_like(features[0], torch.nan)])
+    frame, score = box_tree.capped_nearest(q, tree, SCALE, 2)
+    assert frame[0] == brute(q[:1], features, landing)[0][0]
+    assert frame[1] == 0 and score[1] >= box_tree.NO_FRAME
+    t = torch.tensor([5, 9])
+
+    def noise(f, body):
+        return _tie_noise(f, t[body][:, None], 2.0)
+
+    jittered, _ = box_tree.capped_nearest(q[:1].expand(2, -1), tree, SCALE, 2,
+                                          lambda f, b: noise(f, b))
+    assert jittered.shape == (2,) and torch.isfinite(landing[jittered]).all()
+
+
+@pytest.mark.parametrize("cap", [-1, 2.5, "8", True])
+def test_a_bad_search_leaves_is_refused_by_name(cap):
+    with pytest.raises(ValueError, match="search_leaves must be an integer >= 0"):
+        MotionMatching({**MotionMatching.presets["tiny"], "search_leaves": cap})
+
+
+def test_a_capped_matcher_steps_alike_in_pytorch_and_onnx_runtime():
+    pytest.importorskip("onnxruntime")
+    from engines import create_engine
+
+    tiny = MotionMatching.presets["tiny"]
+    model = MotionMatching({**tiny, "search_leaves": 2}).eval()
+    exact = MotionMatching(tiny).eval()
+    exact.load_state_dict(model.state_dict())
+    x = load_source(model, torch.Generator().manual_seed(1)).numpy()
+    outs = {}
+    for name, m in (("capped", model), ("exact", exact)):
+        for backend in ("torch", "onnxruntime"):
+            eng = create_engine(backend, model=m, window=None, threads=1)
+            state, ys = eng.init_state(len(x)), []
+            for t in range(x.shape[1]):
+                y, state = eng.step(np.ascontiguousarray(x[:, t]), state)
+                ys.append(y)
+            outs[name, backend] = np.stack(ys, 1)
+    np.testing.assert_allclose(outs["capped", "onnxruntime"], outs["capped", "torch"], atol=1e-4)
+    assert np.abs(outs["capped", "torch"] - outs["exact", "torch"]).max() > 1e-3  # it capped

@@ -185,3 +185,37 @@ def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
     best_score = torch.where(win & (row_frame[None] == best_frame[:, None]), row_score[None],
                              torch.inf).amin(1)
     return best_frame, best_score
+
+
+
+def capped_nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float, leaves: int,
+                   noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best frame of each query ``q [B, D]`` among the frames of its ``leaves`` leaves with
+    the nearest representatives, on :func:`nearest`'s grid and tie rule: ``(frame [B],
+    score [B])``. Not exact: a fixed amount of reading per query.
+
+    Exact search reads more the farther a query lies from the database (the bounds loosen),
+    and real people's queries lie far: those searches set the tail of the step's latency.
+    This one reads the representatives (step 2) and ``leaves × M`` frames, for any query.
+    Where the best frame lies in another leaf, it returns a frame of nearly the same cost
+    (``bench/capped_search.py`` measures how often, and by how much)."""
+    big = 2**62
+    b, d = q.shape
+    m = tree["leaf_frame"].shape[1]
+    rep = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0)  # (B, K)
+    k = min(int(leaves), rep.shape[1])
+    leaf = torch.topk(rep, k, dim=1, largest=False, sorted=False).indices         # (B, k)
+    feat = tree["leaf_feat"][leaf].reshape(b, k * m, d)                          # (B, k·M, D)
+    frame = tree["leaf_frame"][leaf].reshape(b, k * m)
+    score = tree["leaf_score"][leaf].reshape(b, k * m) \
+        - 2.0 * torch.bmm(feat, q[:, :, None]).squeeze(2)
+    score = torch.round(score * scale) / scale
+    key = score if noise is None else score + noise(frame, torch.arange(b, device=q.device))
+    best = key.amin(1)                                                           # (B,)
+    best_frame = torch.where(key == best[:, None], frame, big).amin(1)
+    best_score = torch.where(frame == best_frame[:, None], score, torch.inf).amin(1)
+    # a non-finite query matches nothing: frame 0 and NO_FRAME, as in nearest()
+    none = best_frame == big
+    return (torch.where(none, torch.zeros_like(best_frame), best_frame),
+            torch.where(none, torch.full_like(best_score, NO_FRAME), best_score))

@@ -103,6 +103,12 @@ DEFAULTS: dict[str, Any] = {
     # The tree finds the same frame as brute force while reading a few percent of the
     # database; it is rebuilt from the database whenever the model is built or loaded.
     "search_leaf": box_tree.DEFAULT_LEAF,
+    # Leaves read per search (0: as many as may hold the best frame, exact). With k > 0 every
+    # search reads the k leaves with the nearest representatives and nothing more, so its cost
+    # no longer grows for queries far from the database (real people's); it returns the best
+    # frame of those leaves, the exact one or one of nearly its cost
+    # (box_tree.capped_nearest; bench/capped_search.py measures the difference).
+    "search_leaves": 0,
     # Search only every k-th landing frame of each clip (1: all). By brute force the search
     # is one matrix product over the searched frames, so k divides its cost; a jump lands at
     # most k − 1 frames from the best frame of its clip (unlike the tree, this changes the
@@ -280,6 +286,10 @@ class MotionMatching(Anonymizer):
         if isinstance(leaf, bool) or not isinstance(leaf, int) or leaf < 0:
             raise ValueError(f"motion_match: search_leaf must be an integer >= 0 (frames per "
                              f"leaf of the search tree; 0: brute force), got {leaf!r}")
+        cap = cfg["search_leaves"]
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ValueError(f"motion_match: search_leaves must be an integer >= 0 (leaves read "
+                             f"per search; 0: exact), got {cap!r}")
         cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
         if cfg.get("action_prior"):
             cfg["action_prior"] = {**PRIOR_DEFAULTS, **cfg["action_prior"]}
@@ -483,7 +493,11 @@ class MotionMatching(Anonymizer):
                 def noise(frame: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
                     return _tie_noise(frame, tq.long()[body][:, None], jitter)
             tree = {k: getattr(self, "tree_" + k) for k in box_tree.TREE_KEYS}
-            best, best_score = box_tree.nearest(q, tree, 1e3, noise, jitter)
+            cap = int(self.config.get("search_leaves", 0))
+            if cap > 0:
+                best, best_score = box_tree.capped_nearest(q, tree, 1e3, cap, noise)
+            else:
+                best, best_score = box_tree.nearest(q, tree, 1e3, noise, jitter)
         else:
             if torch.jit.is_tracing():
                 rows = None
