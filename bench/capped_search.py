@@ -43,7 +43,7 @@ def store_tracks(data: str | Path, count: int) -> list[np.ndarray]:
     people = set(store.meta["splits"]["eval"])
     joints = store.array("joints")
     rows = [r for r in store.rows if r["subject"] in people and r["view"] == 0][:count]
-    return [np.ascontiguousarray(joints[r["offset"]:r["offset"] + r["length"]]) for r in rows]
+    return [np.array(joints[r["offset"]:r["offset"] + r["length"]]) for r in rows]
 
 
 def compare(q: torch.Tensor, tree: dict[str, torch.Tensor], leaves: list[int]) -> dict:

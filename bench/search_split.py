@@ -3,12 +3,14 @@
     python -m bench.search_split --model matcher --engines onnxruntime@1 onnxruntime@1/general \\
         --out bench/results/search-split-<date>-<host>.json
 
-One body per call, ``--calls`` consecutive steps of real SynthKinect motion (the state carried
-from call to call, after two warm-up calls). A call searched when the matcher's frames-since-
-search counter (the engine's ``stagger`` state entry) comes back as 1; the first frame of a
-track and every ``search_every``-th frame after a search do. The record holds the latency
-summary of the calls that searched, of the others and of all, per engine, so that the cost of
-the search itself (and its tail) can be read apart from the rest of the step.
+One body per call, ``--calls`` consecutive steps of real SynthKinect motion, or with
+``--utkinect`` of UTKinect's real people (its segments on the sensor's clock, one after the
+other: real people's queries lie farther from the database, where an exact search reads more),
+the state carried from call to call, after two warm-up calls. A call searched when the
+matcher's frames-since-search counter (the engine's ``stagger`` state entry) comes back as 1;
+the first frame of a track and every ``search_every``-th frame after a search do. The record
+holds the latency summary of the calls that searched, of the others and of all, per engine, so
+that the cost of the search itself (and its tail) can be read apart from the rest of the step.
 """
 
 from __future__ import annotations
@@ -49,10 +51,20 @@ def split_steps(engine, frames: np.ndarray, calls: int) -> tuple[np.ndarray, np.
     return ns, searched
 
 
-def run(model: str, engines: list[str], calls: int, log=print) -> dict[str, Any]:
+def utkinect_frames(root: str | Path) -> np.ndarray:
+    """UTKinect's segments on the sensor's clock, one after the other: ``[F, 1, 25, 3]``."""
+    from streamtmr.data.utkinect import on_sensor_clock, read_utkinect
+
+    tracks = [on_sensor_clock(seg.joints, seg.frame_ids) for seg in read_utkinect(root)]
+    return np.ascontiguousarray(np.concatenate(tracks)[:, None], dtype=np.float32)
+
+
+def run(model: str, engines: list[str], calls: int, log=print,
+        utkinect: str | Path | None = None) -> dict[str, Any]:
     specs, skipped = parse_engine_specs(engines)
     spec_model = resolve_model_spec(model)
-    frames = step_inputs(motion_clips(8, seed=0), 1)
+    frames = (utkinect_frames(utkinect) if utkinect is not None
+              else step_inputs(motion_clips(8, seed=0), 1))
     load_before = load_average()
     rows = []
     for s in specs:
@@ -74,6 +86,7 @@ def run(model: str, engines: list[str], calls: int, log=print) -> dict[str, Any]
             "command": "python -m bench.search_split " + " ".join(sys.argv[1:]),
             "machine": describe_machine(), "load_before": load_before,
             "load_after": load_average(), "model": spec_model.describe(),
+            "input": "utkinect" if utkinect is not None else "synthkinect",
             "engines_skipped": skipped, "calls": calls, "rows": rows}
 
 
@@ -85,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=6000,
                    help="steps per engine (a p99 of the searching calls needs >= "
                         f"{MIN_P99_SAMPLES} of them: 5 x that for search_every 5)")
+    p.add_argument("--utkinect", type=Path, default=None,
+                   help="step UTKinect's real people (this folder) instead of SynthKinect")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.calls < 2 * MIN_P99_SAMPLES:
         p.error(f"--calls must be >= {2 * MIN_P99_SAMPLES}")
-    record = run(a.model, a.engines, a.calls)
+    record = run(a.model, a.engines, a.calls, utkinect=a.utkinect)
     out = write_record(record, a.out, "search-split")
     print(f"wrote {out}")
     return 0

@@ -213,6 +213,23 @@ def test_search_split_tells_the_searching_calls_apart():
         engine.close()
 
 
+UTKINECT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "utkinect"
+
+
+@pytest.mark.skipif(not UTKINECT.is_dir(), reason="needs the real recordings (../shared/data)")
+def test_search_split_steps_real_people_on_the_sensor_clock():
+    """``--utkinect``: every UTKinect segment on the sensor's clock, one after the other, one
+    body: finite frames, more of them than the segments' recorded rows."""
+    from bench.search_split import utkinect_frames
+    from streamtmr.data.utkinect import read_utkinect
+
+    frames = utkinect_frames(UTKINECT)
+    segments = read_utkinect(UTKINECT)
+    assert frames.shape[1:] == (1, 25, 3) and frames.dtype == np.float32
+    assert np.isfinite(frames).all()
+    assert len(frames) >= sum(len(seg.joints) for seg in segments)
+
+
 def test_node_overruns_are_counted_once_over_zeromq():
     """Every frame overruns a 10 ms budget on a 25 ms engine: each is late once (the node's
     held copy is published after the budget, which used to count it a second time)."""
