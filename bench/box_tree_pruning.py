@@ -36,6 +36,21 @@ def matching_stage(model):
     return found[-1]
 
 
+def tree_matcher(name: str):
+    """``(spec, model, matching stage)`` of a model spec whose matcher searches by a tree
+    (SystemExit naming it otherwise)."""
+    spec = resolve_model_spec(name)
+    model = spec.model
+    if isinstance(model, str):                      # a shipped name or a checkpoint path
+        from streamtmr.models.checkpoint import resolve_model
+        model = resolve_model(model)
+    model = model.eval()
+    stage = matching_stage(model)
+    if not stage.has_tree:
+        raise SystemExit(f"{name}: its matching stage searches by brute force (search_leaf 0)")
+    return spec, model, stage
+
+
 def queries_of(model, tracks) -> torch.Tensor:
     """Every (finite) query the model's matching stage searches while each track
     ``[L, 25, 3]`` is played through the model from a fresh state: ``[Q, D]``."""
@@ -76,15 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamtmr.models import box_tree
 
     torch.set_num_threads(1)
-    spec = resolve_model_spec(a.model)
-    model = spec.model
-    if isinstance(model, str):                      # a shipped name or a checkpoint path
-        from streamtmr.models.checkpoint import resolve_model
-        model = resolve_model(model)
-    model = model.eval()
-    stage = matching_stage(model)
-    if not stage.has_tree:
-        raise SystemExit(f"{a.model}: its matching stage searches by brute force (search_leaf 0)")
+    spec, model, stage = tree_matcher(a.model)
     s = int(stage.config.get("search_frames") or len(stage.features))
     builds = []
     for _ in range(3):

@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.box_tree_pruning import matching_stage, queries_of, searched_queries
+from bench.box_tree_pruning import queries_of, searched_queries, tree_matcher
 from bench.machine import describe_machine
-from bench.models import resolve_model_spec
 
 #: The matcher's cost grid (``MotionMatching._search``: costs kept on a 1e-3 grid).
 SCALE = 1e3
@@ -92,16 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 1 for k in a.leaves):
         p.error("--leaves: every cap must be >= 1")
     torch.set_num_threads(1)
-    spec = resolve_model_spec(a.model)
-    model = spec.model
-    if isinstance(model, str):                      # a shipped name or a checkpoint path
-        from streamtmr.models.checkpoint import resolve_model
-        model = resolve_model(model)
-    model = model.eval()
-    stage = matching_stage(model)
-    if not stage.has_tree:
-        print(f"{a.model}: its matcher searches by brute force (no tree)", file=sys.stderr)
-        return 2
+    spec, model, stage = tree_matcher(a.model)
     from streamtmr.models import box_tree
     tree = {k: getattr(stage, "tree_" + k) for k in box_tree.TREE_KEYS}
     sets = {"utkinect": searched_queries(model, a.utkinect, a.every)}

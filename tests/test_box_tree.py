@@ -374,3 +374,18 @@ def test_a_capped_matcher_steps_alike_in_pytorch_and_onnx_runtime():
             outs[name, backend] = np.stack(ys, 1)
     np.testing.assert_allclose(outs["capped", "onnxruntime"], outs["capped", "torch"], atol=1e-4)
     assert np.abs(outs["capped", "torch"] - outs["exact", "torch"]).max() > 1e-3  # it capped
+
+
+def test_the_capped_search_bench_compares_against_the_exact_search():
+    """bench.capped_search's comparison: a cap over every leaf agrees everywhere and reads
+    every representative and leaf; a small cap reads less and agrees less, never better."""
+    from bench.capped_search import compare
+
+    features, landing = motion_like(seed=8)
+    tree = box_tree.build(features, landing, leaf=12)
+    k_all = len(tree["rep_feat"])
+    r = compare(queries(features, seed=9), tree, [2, k_all])
+    full, small = r[f"leaves_{k_all}"], r["leaves_2"]
+    assert full["same_frame"] == full["same_cost"] == 1.0 and full["excess"]["max"] <= 1e-3
+    assert small["same_frame"] < 1.0 and small["excess"]["p50"] >= 0.0
+    assert small["floats_read"] < r["exact_floats_read"]["p99"] <= full["floats_read"]
