@@ -352,6 +352,8 @@ def test_a_capped_search_without_a_candidate_and_with_jitter():
 def test_a_bad_search_leaves_is_refused_by_name(cap):
     with pytest.raises(ValueError, match="search_leaves must be an integer >= 0"):
         MotionMatching({**MotionMatching.presets["tiny"], "search_leaves": cap})
+    with pytest.raises(ValueError, match="needs search_leaf > 0"):
+        MotionMatching({**MotionMatching.presets["tiny"], "search_leaves": 4, "search_leaf": 0})
 
 
 def test_a_capped_matcher_steps_alike_in_pytorch_and_onnx_runtime():

@@ -25,6 +25,9 @@ sizes ``slack`` for its rounding grid and tie jitter), so it is never pruned: th
 exact, not approximate. Every step is a fixed sequence of tensor operations over data-dependent
 sizes (``nonzero``, ``gather``), so it traces to ONNX (opset 17) like the rest of the step.
 
+:func:`capped_nearest` is the same tree read a fixed amount per query instead (step 2, then the
+frames of the nearest representatives' leaves): not exact, for a bounded step cost.
+
 The tree is derived data: built from the database whenever the model is built or loaded
 (``bench/box_tree_pruning.py`` times it and measures the share each search reads), never
 stored in a checkpoint.
@@ -185,7 +188,6 @@ def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
     best_score = torch.where(win & (row_frame[None] == best_frame[:, None]), row_score[None],
                              torch.inf).amin(1)
     return best_frame, best_score
-
 
 
 def capped_nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float, leaves: int,

@@ -290,6 +290,9 @@ class MotionMatching(Anonymizer):
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
             raise ValueError(f"motion_match: search_leaves must be an integer >= 0 (leaves read "
                              f"per search; 0: exact), got {cap!r}")
+        if cap > 0 and leaf == 0:
+            raise ValueError("motion_match: search_leaves reads leaves of the search tree; "
+                             "it needs search_leaf > 0 (search_leaf 0 searches by brute force)")
         cfg.setdefault("dummy_lengths", [float(v) for v in default_dummy().lengths])
         if cfg.get("action_prior"):
             cfg["action_prior"] = {**PRIOR_DEFAULTS, **cfg["action_prior"]}
