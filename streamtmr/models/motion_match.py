@@ -485,7 +485,8 @@ class MotionMatching(Anonymizer):
         (PyTorch, ONNX Runtime) must not pick different ones from float noise. With the box
         tree (``search_leaf`` > 0) only the bodies in ``need`` are searched, eagerly and in the
         traced step alike, and the tree finds the frame brute force would; by brute force a
-        traced step (ONNX) searches every body.
+        traced step (ONNX) searches every body. ``search_leaves`` > 0 reads that many leaves
+        of the tree instead (:func:`box_tree.capped_nearest`: not exact, a bounded cost).
         """
         jitter = float(self.config.get("tie_jitter", 0.0))
         if self.has_tree:
