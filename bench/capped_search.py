@@ -12,15 +12,14 @@ reads (exact: representatives, the boxes the sphere test leaves, the frames the 
 leaves; capped: representatives and ``k`` leaves' frames).
 
     python -m bench.capped_search --model matcher --leaves 8 16 32 64 \\
-        --utkinect /work/shared/data/real/utkinect --data data/synthkinect \\
-        --out bench/results/capped-search-<date>-<host>.json
+        --utkinect /work/shared/data/real/utkinect --data data/synthkinect
+(written to ``bench/results/capped-search-<date>-<host>.json`` unless ``--out`` says where)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from bench.box_tree_pruning import queries_of, searched_queries, tree_matcher
-from bench.machine import describe_machine
+from bench.machine import describe_machine, write_record
 
 #: The matcher's cost grid (``MotionMatching._search``: costs kept on a 1e-3 grid).
 SCALE = 1e3
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="a SynthKinect store: also its unseen people's queries")
     p.add_argument("--recordings", type=int, default=120,
                    help="the store's recordings played [120]")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if any(k < 1 for k in a.leaves):
         p.error("--leaves: every cap must be >= 1")
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.data:
         sets["synthkinect_unseen"] = queries_of(model, store_tracks(a.data, a.recordings))
     record = {"what": "capped against exact box-tree search",
-              "date": _dt.datetime.now().isoformat(timespec="seconds"),
+              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
               "machine": describe_machine(), "model": spec.ident,
               "command": "python -m bench.capped_search " + " ".join(argv or sys.argv[1:]),
               "margin": float(stage.config["margin"]),
@@ -111,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['excess_over_0.01']:.1%} (p99 {c['excess']['p99']:.4f}), floats "
                   f"{c['floats_read']:,} against exact p50 {r['exact_floats_read']['p50']:,.0f} "
                   f"/ p99 {r['exact_floats_read']['p99']:,.0f}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(record, indent=2))
-    print(f"wrote {a.out}")
+    print(f"wrote {write_record(record, a.out, 'capped-search')}")
     return 0
 
 

@@ -310,23 +310,29 @@ def test_a_capped_search_over_every_leaf_is_the_exact_search():
     torch.testing.assert_close(score, ref_score, rtol=1e-6, atol=1e-3)
 
 
+def capped_reference(q, tree, features, landing, k, noise=None):
+    """Per query, by hand: the frames of the k leaves whose representatives are nearest, their
+    scores on the grid (plus ``noise(frames, i)``), the first frame of the smallest."""
+    rep = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0)
+    leaves = torch.topk(rep, k, dim=1, largest=False).indices
+    out = []
+    for i in range(len(q)):
+        own = tree["leaf_frame"][leaves[i]].reshape(-1)
+        own = own[(own >= 0) & torch.isfinite(landing[own.clamp_min(0)])]
+        s = torch.round((landing[own] - 2.0 * features[own] @ q[i]) * SCALE) / SCALE
+        key = s if noise is None else s + noise(own, i)
+        out.append(own[key == key.min()].min())
+    return torch.stack(out)
+
+
 def test_a_capped_search_reads_only_its_leaves_and_never_beats_the_exact_one():
     features, landing = motion_like(seed=6)
     tree = box_tree.build(features, landing, leaf=12)
     q = queries(features, seed=7)
     ref, ref_score = brute(q, features, landing)
-    k = 4
-    frame, score = box_tree.capped_nearest(q, tree, SCALE, k)
-    # the best of the k leaves whose representatives are nearest, on the same grid
-    rep = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0)
-    leaves = torch.topk(rep, k, dim=1, largest=False).indices
-    for i in range(len(q)):
-        own = tree["leaf_frame"][leaves[i]].reshape(-1)
-        own = own[torch.isfinite(landing[own.clamp_min(0)]) & (own >= 0)]
-        s = torch.round((landing[own] - 2.0 * features[own] @ q[i]) * SCALE) / SCALE
-        best = s.min()
-        assert frame[i] == own[s == best].min(), i
-        assert score[i] >= ref_score[i] - 1e-3
+    frame, score = box_tree.capped_nearest(q, tree, SCALE, 4)
+    assert torch.equal(frame, capped_reference(q, tree, features, landing, 4))
+    assert (score >= ref_score - 1e-3).all()
     same = (frame == ref).float().mean()
     assert 0.5 < same < 1.0   # mostly the exact frame here, not always: a cap, not a bound
 
@@ -338,14 +344,21 @@ def test_a_capped_search_without_a_candidate_and_with_jitter():
     frame, score = box_tree.capped_nearest(q, tree, SCALE, 2)
     assert frame[0] == brute(q[:1], features, landing)[0][0]
     assert frame[1] == 0 and score[1] >= box_tree.NO_FRAME
-    t = torch.tensor([5, 9])
+    # near-tie jitter: the same rule on (grid score + the body's hash noise)
+    g = torch.Generator().manual_seed(3)
+    qj = features[torch.randint(len(features), (12,), generator=g)] \
+        + 0.05 * torch.randn(12, features.shape[1], generator=g)
+    t = torch.arange(12) * 7
 
     def noise(f, body):
         return _tie_noise(f, t[body][:, None], 2.0)
 
-    jittered, _ = box_tree.capped_nearest(q[:1].expand(2, -1), tree, SCALE, 2,
-                                          lambda f, b: noise(f, b))
-    assert jittered.shape == (2,) and torch.isfinite(landing[jittered]).all()
+    jittered, _ = box_tree.capped_nearest(qj, tree, SCALE, 3, noise)
+    plain, _ = box_tree.capped_nearest(qj, tree, SCALE, 3)
+    expected = capped_reference(qj, tree, features, landing, 3,
+                                lambda f, i: _tie_noise(f[None], t[i:i + 1, None], 2.0)[0])
+    assert torch.equal(jittered, expected)
+    assert not torch.equal(jittered, plain)       # the jitter chose other frames somewhere
 
 
 @pytest.mark.parametrize("cap", [-1, 2.5, "8", True])
