@@ -49,6 +49,13 @@ BATCH_AXIS = "batch"
 SHARED_BYTES = 1 << 20
 
 
+#: Fusions left out of the optimised graph that is saved: ONNX Runtime (1.32) names the output
+#: of every GatherSliceToSplitFusion ``split_output``, in the main graph and in an ``If``
+#: branch alike (a motion matcher's search), and the saved file then fails to load ("must be
+#: in single static assignment form"). In memory the name clash is harmless.
+UNSAVABLE_FUSIONS = ["GatherSliceToSplitFusion"]
+
+
 def cuda_unavailable_reason() -> str | None:
     """Why the CUDA execution provider cannot be used here (None when it can)."""
     import onnxruntime as ort
@@ -143,7 +150,8 @@ class OrtEngine(Engine):
             so = options(full)        # from it (its large constants are shareable initializers)
             tmp = cached.with_name(partial_prefix(cached) + "onnx")  # ORT picks by suffix
             so.optimized_model_filepath = str(tmp)
-            ort.InferenceSession(onnx_path.read_bytes(), so, providers=providers)
+            ort.InferenceSession(onnx_path.read_bytes(), so, providers=providers,
+                                 disabled_optimizers=UNSAVABLE_FUSIONS)
             try:
                 tmp.replace(cached)
                 write_sidecar(cached, facts)

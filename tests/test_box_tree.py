@@ -14,7 +14,7 @@ import torch
 
 from streamtmr.models import box_tree
 from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
-from streamtmr.models.motion_match import MotionMatching, _tie_noise, build_database
+from streamtmr.models.motion_match import MotionMatching, build_database
 from streamtmr.models.registry import build_model
 
 SCALE = 1e3
@@ -27,7 +27,7 @@ def brute(q, features, landing, jitter=0.0, t=None):
     score = torch.round(score * SCALE) / SCALE
     key = score
     if jitter > 0:
-        key = score + _tie_noise(torch.arange(len(features))[None], t[:, None], jitter)
+        key = score + box_tree.tie_noise(torch.arange(len(features))[None], t[:, None], jitter)
     best = key.argmin(1)
     return best, score.gather(1, best[:, None]).squeeze(1)
 
@@ -61,11 +61,7 @@ def queries(features, b=300, seed=1):
 
 
 def search(q, tree, jitter=0.0, t=None):
-    noise = None
-    if jitter > 0:
-        def noise(frame, body):
-            return _tie_noise(frame, t[body][:, None], jitter)
-    return box_tree.nearest(q, tree, SCALE, noise, jitter)
+    return box_tree.nearest(q, tree, SCALE, jitter, t)
 
 
 @pytest.mark.parametrize("leaf", [1, 7, 24])
@@ -298,6 +294,42 @@ def test_the_step_graph_searches_any_number_of_bodies_and_holds_one_copy():
     engine.close()
 
 
+def test_a_call_without_a_search_runs_none_of_it():
+    """No body needs a search on most calls: the search is skipped eagerly, in its TorchScript
+    form, and in the exported step graph (an ONNX ``If`` holds every use of the tree's
+    representatives)."""
+    import onnx
+
+    from engines import create_engine
+    from streamtmr.models.motion_match import brute_search, tree_search
+
+    q, key = torch.randn(3, 12), torch.arange(3)
+    none = torch.zeros(3, dtype=torch.bool)
+    empty = torch.zeros(0, 12)
+    for search in (tree_search, torch.jit.script(tree_search)):
+        frame, cost = search(q, none, key, {}, 0, 0.0)       # {}: the tree is never read
+        assert frame.tolist() == [0, 0, 0] and torch.isinf(cost).all()
+    frame, cost = brute_search(q, none, key, empty, torch.zeros(0), 0.0)
+    assert frame.tolist() == [0, 0, 0] and torch.isinf(cost).all()
+
+    model = MotionMatching(MotionMatching.presets["tiny"]).eval()
+    engine = create_engine("onnxruntime", model=model, window=None)
+    graph = onnx.load(str(engine.source.onnx_file())).graph
+    engine.close()
+    # the representatives and the leaf boxes ([leaves, D] tables) are read only by the search
+    table = {tuple(model.tree_rep_feat.shape), tuple(model.tree_rep_feat.T.shape)}
+
+    def tables(g):
+        held = [tuple(i.dims) for i in g.initializer]
+        held += [tuple(n.attribute[0].t.dims) for n in g.node if n.op_type == "Constant"]
+        return [d for d in held if d in table]
+
+    branches = {a.name: a.g for n in graph.node if n.op_type == "If" for a in n.attribute}
+    assert set(branches) == {"then_branch", "else_branch"}
+    assert not tables(graph) and not tables(branches["else_branch"])
+    assert len(tables(branches["then_branch"])) >= 3      # representatives, box corners
+
+
 # ---- a capped search (search_leaves) -------------------------------------------------------
 
 def test_a_capped_search_over_every_leaf_is_the_exact_search():
@@ -349,14 +381,10 @@ def test_a_capped_search_without_a_candidate_and_with_jitter():
     qj = features[torch.randint(len(features), (12,), generator=g)] \
         + 0.05 * torch.randn(12, features.shape[1], generator=g)
     t = torch.arange(12) * 7
-
-    def noise(f, body):
-        return _tie_noise(f, t[body][:, None], 2.0)
-
-    jittered, _ = box_tree.capped_nearest(qj, tree, SCALE, 3, noise)
+    jittered, _ = box_tree.capped_nearest(qj, tree, SCALE, 3, 2.0, t)
     plain, _ = box_tree.capped_nearest(qj, tree, SCALE, 3)
     expected = capped_reference(qj, tree, features, landing, 3,
-                                lambda f, i: _tie_noise(f[None], t[i:i + 1, None], 2.0)[0])
+                                lambda f, i: box_tree.tie_noise(f[None], t[i:i + 1, None], 2.0)[0])
     assert torch.equal(jittered, expected)
     assert not torch.equal(jittered, plain)       # the jitter chose other frames somewhere
 

@@ -23,7 +23,9 @@ frame:
 A frame that can win has a cost within ``slack`` of the best representative's (the caller
 sizes ``slack`` for its rounding grid and tie jitter), so it is never pruned: the search is
 exact, not approximate. Every step is a fixed sequence of tensor operations over data-dependent
-sizes (``nonzero``, ``gather``), so it traces to ONNX (opset 17) like the rest of the step.
+sizes (``nonzero``, ``gather``), so it traces to ONNX (opset 17) like the rest of the step, and
+every search function compiles with ``torch.jit.script`` (no globals, no callables), so that a
+caller can put it inside a scripted branch (an ONNX ``If``) that runs only when a body searches.
 
 :func:`capped_nearest` is the same tree read a fixed amount per query instead (step 2, then the
 frames of the nearest representatives' leaves): not exact, for a bounded step cost.
@@ -36,7 +38,6 @@ stored in a checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -44,6 +45,7 @@ DEFAULT_LEAF = 24  # frames per leaf (the leaves: a power of two near N / 24)
 POWER_STEPS = 8  # power-iteration steps per split
 SPLIT_DIMS = 16  # leading PCA coordinates that choose the splits
 NO_FRAME = 1e18  # the score of "no frame": above any real one (finite: ONNX export needs it)
+# (the search functions spell 1e18 and their hash constants out: TorchScript reads no globals)
 TREE_KEYS = ("leaf_feat", "leaf_score", "leaf_frame", "leaf_lo", "leaf_hi", "leaf_radius",
              "rep_feat", "rep_score", "score_max")
 
@@ -122,6 +124,14 @@ def _leaves(x: torch.Tensor, depth: int, pad: int) -> torch.Tensor:
     return idx
 
 
+def tie_noise(frame: torch.Tensor, key: torch.Tensor, jitter: float) -> torch.Tensor:
+    """Near-tie jitter in ``[0, jitter)``: a deterministic hash of (frame index, the query's
+    ``key``), broadcast over ``frame`` and ``key`` (int64). Knuth's multiplicative hash, exact
+    in int64, so that PyTorch and ONNX Runtime draw the same noise."""
+    h = (frame * 2654435761 + key * 40503) % 65536
+    return jitter * h.to(torch.float32) / 65536
+
+
 def box_distance(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Squared distance from points ``q [..., D]`` to boxes ``[lo, hi] [..., D]`` (broadcast):
     a lower bound of ``|q − f|²`` for every ``f`` in the box (+inf for an empty box)."""
@@ -140,8 +150,8 @@ def sphere_leaves(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
     ub = rep.amin(1) + qq + slack + margin                                   # (B,)
     reach = (rep + (qq - margin)[:, None]).clamp_min(0.0).sqrt()             # ≤ |q − rep|
     sphere = (reach - tree["leaf_radius"]).clamp_min(0.0) ** 2               # (B, K)
-    body, leaf = (sphere <= ub[:, None]).nonzero(as_tuple=True)
-    return body, leaf, ub
+    pairs = (sphere <= ub[:, None]).nonzero()                               # (P1, 2)
+    return pairs[:, 0], pairs[:, 1], ub
 
 
 def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
@@ -160,23 +170,26 @@ def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
     return body, tree["leaf_frame"][leaf], tree["leaf_score"][leaf] - 2.0 * dot
 
 
-def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
-            noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-            noise_max: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float, jitter: float = 0.0,
+            key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The best frame of each query ``q [B, D]`` and its score ``|f|² − 2 q·f`` on the
-    ``1 / scale`` grid: the smallest score (plus ``noise(frame [P, M], body [P])`` in
-    ``[0, noise_max)`` where given), the first frame on ties; what a brute-force ``argmin``
+    ``1 / scale`` grid: the smallest score (plus :func:`tie_noise` of the frame and the query's
+    ``key [B]`` where ``jitter`` > 0), the first frame on ties; what a brute-force ``argmin``
     over all frames in index order gives. Returns ``(frame [B], score [B])``."""
-    big = 2**62  # beyond every frame index (and exact as a double, as ONNX export needs)
-    body, frame, score = candidates(q, tree, slack=2.0 / scale + noise_max)
+    # beyond every frame index (exact as a double, as ONNX export needs; a typed tensor, so
+    # that a scripted export keeps the frame indices int64)
+    big = torch.tensor(2**62, dtype=torch.int64, device=q.device)
+    body, frame, score = candidates(q, tree, slack=2.0 / scale + jitter)
     score = torch.round(score * scale) / scale
-    key = score if noise is None else score + noise(frame, body)
-    row = key.amin(1)                                                        # (P,)
-    row_frame = torch.where(key == row[:, None], frame, big).amin(1)
+    cost = score
+    if jitter > 0 and key is not None:
+        cost = score + tie_noise(frame, key[body][:, None], jitter)
+    row = cost.amin(1)                                                       # (P,)
+    row_frame = torch.where(cost == row[:, None], frame, big).amin(1)
     row_score = torch.where(frame == row_frame[:, None], score, torch.inf).amin(1)
     # A sentinel row that every body owns (frame 0, score NO_FRAME): a body with no candidate
     # (a non-finite query) gets frame 0 and that score, and no reduction is ever empty.
-    none = torch.full((1,), NO_FRAME, dtype=score.dtype, device=q.device)
+    none = torch.full((1,), 1e18, dtype=score.dtype, device=q.device)      # NO_FRAME
     row = torch.cat([row, none])                                             # (P + 1,)
     row_frame = torch.cat([row_frame, torch.zeros(1, dtype=frame.dtype, device=q.device)])
     row_score = torch.cat([row_score, none])
@@ -191,7 +204,7 @@ def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
 
 
 def capped_nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float, leaves: int,
-                   noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                   jitter: float = 0.0, key: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best frame of each query ``q [B, D]`` among the frames of its ``leaves`` leaves with
     the nearest representatives, on :func:`nearest`'s grid and tie rule: ``(frame [B],
@@ -202,7 +215,7 @@ def capped_nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
     This one reads the representatives (step 2) and ``leaves × M`` frames, for any query.
     Where the best frame lies in another leaf, it returns a frame of nearly the same cost
     (``bench/capped_search.py`` measures how often, and by how much)."""
-    big = 2**62
+    big = torch.tensor(2**62, dtype=torch.int64, device=q.device)
     b, d = q.shape
     m = tree["leaf_frame"].shape[1]
     rep = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0)  # (B, K)
@@ -213,11 +226,13 @@ def capped_nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
     score = tree["leaf_score"][leaf].reshape(b, k * m) \
         - 2.0 * torch.bmm(feat, q[:, :, None]).squeeze(2)
     score = torch.round(score * scale) / scale
-    key = score if noise is None else score + noise(frame, torch.arange(b, device=q.device))
-    best = key.amin(1)                                                           # (B,)
-    best_frame = torch.where(key == best[:, None], frame, big).amin(1)
+    cost = score
+    if jitter > 0 and key is not None:
+        cost = score + tie_noise(frame, key[:, None], jitter)
+    best = cost.amin(1)                                                          # (B,)
+    best_frame = torch.where(cost == best[:, None], frame, big).amin(1)
     best_score = torch.where(frame == best_frame[:, None], score, torch.inf).amin(1)
     # a non-finite query matches nothing: frame 0 and NO_FRAME, as in nearest()
     none = best_frame == big
     return (torch.where(none, torch.zeros_like(best_frame), best_frame),
-            torch.where(none, torch.full_like(best_score, NO_FRAME), best_score))
+            torch.where(none, torch.full_like(best_score, 1e18), best_score))  # NO_FRAME

@@ -47,6 +47,7 @@ rendered again whenever the model is built, and the checkpoint stores none of it
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -144,18 +145,6 @@ DEFAULTS: dict[str, Any] = {
 }
 ROOT_MOTIONS = ("full", "in_place", "leash")
 
-#: Hash constants of the near-tie jitter (Knuth's multiplicative hash; int64 exact, so PyTorch
-#: and ONNX Runtime draw the same u).
-_HASH_A, _HASH_B, _HASH_M = 2654435761, 40503, 65536
-
-
-def _tie_noise(frame: torch.Tensor, t: torch.Tensor, jitter: float) -> torch.Tensor:
-    """``tie_jitter``'s deterministic noise in [0, jitter): a hash of (frame index, track
-    time), broadcast over ``frame`` and ``t`` (int64)."""
-    h = (frame * _HASH_A + t * _HASH_B) % _HASH_M
-    return jitter * h.to(torch.float32) / _HASH_M
-
-
 def _joints(cfg: dict[str, Any]) -> list[int]:
     names = cfg.get("key_joints") or KEY_JOINTS
     unknown = [n for n in names if n not in skeleton.JOINT]
@@ -248,6 +237,66 @@ def _nlerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     w = w[:, None, None]
     mix = (1.0 - w) * a + w * b
     return mix / mix.norm(dim=-1, keepdim=True).clamp_min(skeleton.EPS)
+
+
+def tree_search(query: torch.Tensor, need: torch.Tensor, key: torch.Tensor,
+                tree: dict[str, torch.Tensor], leaves: int, jitter: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best landing frame and its cost ``|q − f|² [B]`` of each body in ``need`` by the box
+    tree (``leaves`` > 0: :func:`box_tree.capped_nearest`, else the exact
+    :func:`box_tree.nearest`); frame 0 and +inf for the others, and nothing searched when no
+    body needs it. ``key [B]`` (the track time) seeds the near-tie ``jitter``.
+
+    Costs are kept on a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two
+    back ends (PyTorch, ONNX Runtime) must not pick different ones from float noise.
+    TorchScript-compatible (the traced step scripts it, :func:`_traceable`)."""
+    best = torch.zeros_like(query[:, 0], dtype=torch.int64)
+    cost = torch.full_like(query[:, 0], float("inf"))
+    if bool(need.any()):
+        rows = need.nonzero().squeeze(1)
+        q = query[rows]
+        if leaves > 0:
+            frame, score = box_tree.capped_nearest(q, tree, 1e3, leaves, jitter, key[rows])
+        else:
+            frame, score = box_tree.nearest(q, tree, 1e3, jitter, key[rows])
+        best = best.index_copy(0, rows, frame)
+        cost = cost.index_copy(0, rows, score + (q**2).sum(1))
+    return best, cost
+
+
+def brute_search(query: torch.Tensor, need: torch.Tensor, key: torch.Tensor,
+                 features: torch.Tensor, landing: torch.Tensor, jitter: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tree_search` by brute force: ``|q − f|² = |q|² + (|f|² − 2 q·f)`` against every
+    frame of ``features [S, F]``; ``landing [S]`` holds ``|f|²``, +inf where a jump may not
+    land (the last frames of a clip, which would end before the next search)."""
+    best = torch.zeros_like(query[:, 0], dtype=torch.int64)
+    cost = torch.full_like(query[:, 0], float("inf"))
+    if bool(need.any()):
+        rows = need.nonzero().squeeze(1)
+        q = query[rows]
+        score = torch.addmm(landing[None], q, features.T, alpha=-2.0)
+        score = torch.round(score * 1e3) / 1e3
+        if jitter > 0:
+            n = torch.arange(score.shape[1], device=score.device)
+            frame = (score + box_tree.tie_noise(n[None], key[rows][:, None], jitter)).argmin(1)
+            score = score.gather(1, frame[:, None]).squeeze(1)
+        else:
+            score, frame = score.min(1)
+        best = best.index_copy(0, rows, frame)
+        cost = cost.index_copy(0, rows, score + (q**2).sum(1))
+    return best, cost
+
+
+@functools.cache
+def _scripted(fn):
+    return torch.jit.script(fn)
+
+
+def _traceable(fn):
+    """``fn`` itself, or compiled by TorchScript while a step is traced (ONNX export): its
+    data-dependent branch then survives the trace as an ONNX ``If``."""
+    return _scripted(fn) if torch.jit.is_tracing() else fn
 
 
 @register
@@ -477,53 +526,23 @@ class MotionMatching(Anonymizer):
         return torch.where(nxt >= 0, nxt, idx)
 
     def _search(self, query: torch.Tensor, need: torch.Tensor, t: torch.Tensor):
-        """Best landing frame and its cost ``[B]`` for the bodies in ``need`` (others: any).
+        """Best landing frame and its cost ``[B]`` for the bodies in ``need`` (others: frame 0,
+        +inf), by :func:`tree_search` or, with ``search_leaf: 0``, :func:`brute_search`.
 
-        |q − f|² = |q|² + (|f|² − 2 q·f); ``landing`` holds |f|², +inf where a jump may not land
-        (the last frames of a clip, which would end before the next search). Costs are kept on
-        a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two back ends
-        (PyTorch, ONNX Runtime) must not pick different ones from float noise. With the box
-        tree (``search_leaf`` > 0) only the bodies in ``need`` are searched, eagerly and in the
-        traced step alike, and the tree finds the frame brute force would; by brute force a
-        traced step (ONNX) searches every body. ``search_leaves`` > 0 reads that many leaves
-        of the tree instead (:func:`box_tree.capped_nearest`: not exact, a bounded cost).
+        Only the bodies in ``need`` are searched, and nothing is when none is (one in
+        ``search_every`` calls searches): eagerly a Python branch, in a traced step (ONNX) the
+        same function compiled by TorchScript, whose branch exports as an ONNX ``If``.
         """
         jitter = float(self.config.get("tie_jitter", 0.0))
+        key = t.long()
         if self.has_tree:
-            rows = need.nonzero().squeeze(1)
-            q, tq = query[rows], t[rows]
-            noise = None
-            if jitter > 0:
-                def noise(frame: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
-                    return _tie_noise(frame, tq.long()[body][:, None], jitter)
             tree = {k: getattr(self, "tree_" + k) for k in box_tree.TREE_KEYS}
-            cap = int(self.config.get("search_leaves", 0))
-            if cap > 0:
-                best, best_score = box_tree.capped_nearest(q, tree, 1e3, cap, noise)
-            else:
-                best, best_score = box_tree.nearest(q, tree, 1e3, noise, jitter)
-        else:
-            if torch.jit.is_tracing():
-                rows = None
-                q, tq = query, t
-            else:
-                rows = need.nonzero().squeeze(1)
-                q, tq = query[rows], t[rows]
-            s = int(self.config.get("search_frames") or len(self.features))  # searched: first s
-            score = torch.addmm(self.landing[None, :s], q, self.features[:s].T, alpha=-2.0)
-            score = torch.round(score * 1e3) / 1e3
-            if jitter > 0:
-                n = torch.arange(score.shape[1], device=score.device)
-                best = (score + _tie_noise(n[None], tq.long()[:, None], jitter)).argmin(1)
-                best_score = score.gather(1, best[:, None]).squeeze(1)
-            else:
-                best_score, best = score.min(1)
-        best_cost = best_score + (q**2).sum(1)
-        if rows is None:
-            return best, best_cost
-        full_best = torch.zeros_like(query[:, 0], dtype=torch.int64)   # (B,), traced B too
-        full_cost = torch.full_like(query[:, 0], torch.inf)
-        return full_best.index_copy(0, rows, best), full_cost.index_copy(0, rows, best_cost)
+            search = _traceable(tree_search)
+            return search(query, need, key, tree, int(self.config.get("search_leaves", 0)),
+                          jitter)
+        s = int(self.config.get("search_frames") or len(self.features))  # searched: first s
+        return _traceable(brute_search)(query, need, key, self.features[:s],
+                                        self.landing[:s], jitter)
 
     def _match(self, query: torch.Tensor, state: dict[str, torch.Tensor]):
         """Continue the playing clip or jump to the best database frame (per body).
