@@ -75,6 +75,30 @@ def test_registry_and_checkpoint_roundtrip(tmp_path):
     assert load_checkpoint(path).sigma == 0.02
 
 
+def test_a_checkpoint_saves_to_the_same_bytes_in_any_process(tmp_path):
+    """Privacy cards bind to a checkpoint's SHA-256: the same model saved twice, here and in
+    another process, is the same bytes (safetensors alone writes its metadata keys in hash-map
+    order, which differs from save to save), and it loads back to the same tensors."""
+    import subprocess
+    import sys
+
+    from streamtmr.models.checkpoint import default_checkpoint_path
+
+    model = load_checkpoint(default_checkpoint_path())
+    extra = {"note": "x", "stages": ["a", "b"], "sha": "0" * 64}
+    paths = [save_checkpoint(tmp_path / f"m{i}.safetensors", model, extra) for i in range(3)]
+    script = ("import sys\nfrom streamtmr.models.checkpoint import load_checkpoint, "
+              "save_checkpoint, default_checkpoint_path as d\n"
+              f"save_checkpoint(sys.argv[1], load_checkpoint(d()), {extra!r})")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "other.safetensors")],
+                   check=True, timeout=300)
+    data = {p.read_bytes() for p in [*paths, tmp_path / "other.safetensors"]}
+    assert len(data) == 1
+    back = load_checkpoint(paths[0]).state_dict()
+    assert all(torch.equal(v, back[k]) for k, v in model.state_dict().items())
+    assert read_metadata(paths[0])[1] == extra
+
+
 def test_checkpoint_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="junk.safetensors"):

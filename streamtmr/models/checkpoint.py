@@ -1,6 +1,8 @@
 """Checkpoints: safetensors weights with the model config in the file's metadata.
 
-Loading never unpickles: tensors come from safetensors, the config from JSON.
+Loading never unpickles: tensors come from safetensors, the config from JSON. Saving is
+deterministic: the same model and metadata give the same bytes (and SHA-256, which privacy cards
+bind to), whichever process writes them.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from streamtmr.cache import atomic_write
 from streamtmr.models.base import Anonymizer
 from streamtmr.models.registry import build_model
 
@@ -39,8 +42,20 @@ def save_checkpoint(path: str | Path, model: Anonymizer, extra: dict[str, Any] |
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "config": json.dumps(model.config),
             "extra": json.dumps(extra or {})}
-    save_file(tensors, str(path), metadata=meta)
+    atomic_write(path, _sorted_header(save(tensors, metadata=meta)))
     return path
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors bytes with the JSON header's keys sorted. The library writes the metadata in
+    hash-map order, which changes from one save to the next; the tensors' offsets count from the
+    end of the header, so rewriting it (padded with spaces to 8 bytes, as the format allows)
+    moves no data."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"))
+    raw = header.encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
 
 
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
