@@ -316,13 +316,13 @@ def test_a_call_without_a_search_runs_none_of_it():
     from engines import create_engine
     from streamtmr.models.motion_match import brute_search, tree_search
 
-    q, key = torch.randn(3, 12), torch.arange(3)
+    q, t = torch.randn(3, 12), torch.arange(3.0)
     none = torch.zeros(3, dtype=torch.bool)
     empty = torch.zeros(0, 12)
     for search in (tree_search, torch.jit.script(tree_search)):
-        frame, cost = search(q, none, key, {}, 0, 0.0)       # {}: the tree is never read
+        frame, cost = search(q, none, t, {}, 0, 0.0)         # {}: the tree is never read
         assert frame.tolist() == [0, 0, 0] and torch.isinf(cost).all()
-    frame, cost = brute_search(q, none, key, empty, torch.zeros(0), 0.0)
+    frame, cost = brute_search(q, none, t, empty, torch.zeros(0), 0.0)
     assert frame.tolist() == [0, 0, 0] and torch.isinf(cost).all()
 
     model = MotionMatching(MotionMatching.presets["tiny"]).eval()

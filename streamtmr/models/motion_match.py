@@ -239,13 +239,13 @@ def _nlerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return mix / mix.norm(dim=-1, keepdim=True).clamp_min(skeleton.EPS)
 
 
-def tree_search(query: torch.Tensor, need: torch.Tensor, key: torch.Tensor,
+def tree_search(query: torch.Tensor, need: torch.Tensor, t: torch.Tensor,
                 tree: dict[str, torch.Tensor], leaves: int, jitter: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best landing frame and its cost ``|q − f|² [B]`` of each body in ``need`` by the box
     tree (``leaves`` > 0: :func:`box_tree.capped_nearest`, else the exact
     :func:`box_tree.nearest`); frame 0 and +inf for the others, and nothing searched when no
-    body needs it. ``key [B]`` (the track time) seeds the near-tie ``jitter``.
+    body needs it. The track time ``t [B]`` seeds the near-tie ``jitter`` (read only if > 0).
 
     Costs are kept on a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two
     back ends (PyTorch, ONNX Runtime) must not pick different ones from float noise.
@@ -255,16 +255,19 @@ def tree_search(query: torch.Tensor, need: torch.Tensor, key: torch.Tensor,
     if bool(need.any()):
         rows = need.nonzero().squeeze(1)
         q = query[rows]
+        key: torch.Tensor | None = None
+        if jitter > 0:
+            key = t[rows].long()
         if leaves > 0:
-            frame, score = box_tree.capped_nearest(q, tree, 1e3, leaves, jitter, key[rows])
+            frame, score = box_tree.capped_nearest(q, tree, 1e3, leaves, jitter, key)
         else:
-            frame, score = box_tree.nearest(q, tree, 1e3, jitter, key[rows])
+            frame, score = box_tree.nearest(q, tree, 1e3, jitter, key)
         best = best.index_copy(0, rows, frame)
         cost = cost.index_copy(0, rows, score + (q**2).sum(1))
     return best, cost
 
 
-def brute_search(query: torch.Tensor, need: torch.Tensor, key: torch.Tensor,
+def brute_search(query: torch.Tensor, need: torch.Tensor, t: torch.Tensor,
                  features: torch.Tensor, landing: torch.Tensor, jitter: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`tree_search` by brute force: ``|q − f|² = |q|² + (|f|² − 2 q·f)`` against every
@@ -279,7 +282,7 @@ def brute_search(query: torch.Tensor, need: torch.Tensor, key: torch.Tensor,
         score = torch.round(score * 1e3) / 1e3
         if jitter > 0:
             n = torch.arange(score.shape[1], device=score.device)
-            frame = (score + box_tree.tie_noise(n[None], key[rows][:, None], jitter)).argmin(1)
+            frame = (score + box_tree.tie_noise(n[None], t[rows].long()[:, None], jitter)).argmin(1)
             score = score.gather(1, frame[:, None]).squeeze(1)
         else:
             score, frame = score.min(1)
@@ -534,15 +537,13 @@ class MotionMatching(Anonymizer):
         same function compiled by TorchScript, whose branch exports as an ONNX ``If``.
         """
         jitter = float(self.config.get("tie_jitter", 0.0))
-        key = t.long()
         if self.has_tree:
             tree = {k: getattr(self, "tree_" + k) for k in box_tree.TREE_KEYS}
             search = _traceable(tree_search)
-            return search(query, need, key, tree, int(self.config.get("search_leaves", 0)),
-                          jitter)
+            return search(query, need, t, tree, int(self.config.get("search_leaves", 0)), jitter)
         s = int(self.config.get("search_frames") or len(self.features))  # searched: first s
-        return _traceable(brute_search)(query, need, key, self.features[:s],
-                                        self.landing[:s], jitter)
+        return _traceable(brute_search)(query, need, t, self.features[:s], self.landing[:s],
+                                        jitter)
 
     def _match(self, query: torch.Tensor, state: dict[str, torch.Tensor]):
         """Continue the playing clip or jump to the best database frame (per body).
