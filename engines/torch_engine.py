@@ -33,6 +33,16 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+def graph_blocker(module: torch.nn.Module) -> str | None:
+    """Why ``module`` cannot be captured in a CUDA graph (None when it can): a submodule that
+    branches on its data on the host declares so in its ``cuda_graph_blocker`` attribute
+    (a capture would fail at its first synchronisation)."""
+    for m in module.modules():
+        if reason := getattr(m, "cuda_graph_blocker", None):
+            return f"{type(m).__name__}: {reason}"
+    return None
+
+
 class TorchEngine(Engine):
     """Runs ``source.module`` with PyTorch."""
 
@@ -64,6 +74,8 @@ class TorchEngine(Engine):
         self.compiled = bool(compile)
         self.cuda_graphs = dev.type == "cuda" and (cuda_graphs is None or bool(cuda_graphs))
         self.graph_error: str | None = None
+        if self.cuda_graphs and (blocker := graph_blocker(module)):
+            self.cuda_graphs, self.graph_error = False, blocker
         if dev.type == "cuda":
             shape = (self.max_batch, self.window, 25, 3)
             self._h_in = torch.empty(shape, dtype=torch.float32, pin_memory=True)

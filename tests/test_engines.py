@@ -15,6 +15,7 @@ from conftest import tiny
 from engines import BackendUnavailable, EngineError, create_engine, resolve_source
 from engines.onnx_export import export_onnx
 from engines.tensorrt_engine import load_verified_plan, plan_facts, plan_path
+from engines.torch_engine import graph_blocker
 from streamtmr import skeleton
 from streamtmr.cache import sidecar, verify, write_sidecar
 from streamtmr.dummy import Dummy, default_dummy
@@ -417,10 +418,20 @@ def test_torch_cuda_step_matches_cpu(graphs, method):
         np.testing.assert_allclose(y2, y1, atol=1e-4)
     captured = gpu._step_graphs[6].graph is not None  # captured, then replayed
     assert gpu.cuda_graphs == captured
-    if method == "tmr-stream" or not graphs:
-        assert captured == graphs
-    else:
-        assert captured or "cuda_graph_error" in gpu.describe()
+    blocker = graph_blocker(model)
+    assert captured == (graphs and blocker is None)
+    if graphs and blocker:
+        assert gpu.describe()["cuda_graph_error"] == blocker
+
+
+def test_a_step_that_branches_on_the_host_declares_it_cannot_be_captured():
+    """The torch engine leaves CUDA graphs off, up front and with the reason, for a model
+    holding a motion-matching stage (its search runs only when a body searches), and only
+    then."""
+    assert graph_blocker(tiny("tmr-stream")) is None
+    assert graph_blocker(tiny("naive")) is None
+    reason = graph_blocker(tiny("motion_match"))
+    assert reason and reason.startswith("MotionMatching: ")
 
 
 def test_tensorrt_step_plan_binds_every_tensor_of_the_step_graph(tmp_path):

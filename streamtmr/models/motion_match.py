@@ -319,6 +319,9 @@ class MotionMatching(Anonymizer):
     #: it frame by frame with a per-body float32 state (:class:`MotionMatchingDummy`).
     traits = frozenset({"learned", "streaming"})
     trainer = None
+    #: The search runs only when a body searches (:meth:`_search`): a branch on the host, which
+    #: a CUDA graph cannot capture; the torch engine runs it eagerly on CUDA.
+    cuda_graph_blocker = "the search branches on whether a body searches"
     #: tiny: a database rendered on the fly (3 actions of the neutral dummy, for tests). A
     #: full database is rendered from a recipe (:func:`build_rendered`, the shipped ``matcher``)
     #: or read from a SynthKinect store (:func:`build_database`, a checkpoint).
