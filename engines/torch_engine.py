@@ -33,6 +33,17 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+def full_float32() -> None:
+    """Convolutions and matrix products in IEEE float32 on CUDA, not TF32 (PyTorch's default
+    for cuDNN convolutions). TF32's 10-bit mantissa moved the shipped default's output by
+    0.06 mm, and a motion matcher's query enough to pick other database frames: 204 mm from
+    the CPU on an H200, against 0.002 mm in float32, at the same step latency
+    (bench/results/gpu-parity-stream-2026-12-04-h200*.json). Process-wide, as PyTorch's
+    switches are."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def graph_blocker(module: torch.nn.Module) -> str | None:
     """Why ``module`` cannot be captured in a CUDA graph (None when it can): a submodule that
     branches on its data on the host declares so in its ``cuda_graph_blocker`` attribute
@@ -59,6 +70,7 @@ class TorchEngine(Engine):
             if reason := cuda_unavailable_reason():
                 raise BackendUnavailable(f"torch-cuda: {reason}")
             dev = torch.device("cuda", dev.index if dev.index is not None else 0)
+            full_float32()
         elif dev.type != "cpu":
             raise ValueError(f"torch engine: unsupported device {device!r} (cpu or cuda[:N])")
         if dev.type == "cpu":
