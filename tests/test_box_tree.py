@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from streamtmr.models import box_tree
 from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
@@ -341,6 +342,67 @@ def test_a_call_without_a_search_runs_none_of_it():
     assert set(branches) == {"then_branch", "else_branch"}
     assert not tables(graph) and not tables(branches["else_branch"])
     assert len(tables(branches["then_branch"])) >= 3      # representatives, box corners
+
+
+class HostWaits(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device's results (data-dependent
+    shapes, a tensor read as a Python value): a CUDA graph cannot capture them."""
+
+    WAITS = {"aten.nonzero.default", "aten.is_nonzero.default", "aten.item.default",
+             "aten._local_scalar_dense.default", "aten.masked_select.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.WAITS:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("search", [{"search_leaves": 3}, {"search_leaf": 0}, {}],
+                         ids=["capped", "brute", "exact"])
+def test_on_cuda_every_body_is_searched_masked_and_the_host_never_waits(search, monkeypatch):
+    """On CUDA the step searches every body and masks the others (``gate`` off): the same
+    published frames, and, for the capped and the brute-force search, no operation that waits
+    on the host, so the torch engine captures the step as a CUDA graph; the exact tree search
+    prunes to a data-dependent size and says so (``cuda_graph_blocker``). Checked here on the
+    CPU by forcing the CUDA form; tests/test_engines.py captures it on a GPU."""
+    from engines.torch_engine import graph_blocker
+    from streamtmr.models import motion_match
+
+    model = MotionMatching({**MotionMatching.presets["tiny"], **search}).eval()
+    frames = torch.from_numpy(np.random.default_rng(3).normal(0, 0.3, (40, 4, 25, 3))
+                              .astype(np.float32)) + torch.tensor([0.0, 1.0, 2.5])
+
+    def stream(record: bool):
+        state, out, waits = model.init_state(4), [], []
+        with torch.inference_mode():
+            for i, x in enumerate(frames):
+                if i == 7:  # body 2 enters anew: from now on it searches on other frames
+                    state = {k: torch.cat([v[:2], model.init_state(1)[k], v[3:]])
+                             for k, v in state.items()}
+                with HostWaits() as w:
+                    y, state = model.step(x, state)
+                out.append(y)
+                waits += w.seen if record else []
+        return torch.stack(out), waits
+
+    gated, waits = stream(record=True)
+    assert "aten.nonzero.default" in waits            # the CPU form branches on the host
+    def masked(search):
+        return lambda *args, **kwargs: search(*args, **{**kwargs, "gate": False})
+
+    for fn in ("tree_search", "brute_search"):
+        monkeypatch.setattr(motion_match, fn, masked(getattr(motion_match, fn)))
+    masked, waits = stream(record=True)
+    assert torch.equal(masked, gated)
+    blocker = graph_blocker(model)
+    if search.get("search_leaves") or search.get("search_leaf") == 0:
+        assert waits == [] and blocker is None
+    else:
+        assert waits and "exact tree search" in blocker
 
 
 # ---- a capped search (search_leaves) -------------------------------------------------------

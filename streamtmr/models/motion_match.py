@@ -240,55 +240,78 @@ def _nlerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def tree_search(query: torch.Tensor, need: torch.Tensor, t: torch.Tensor,
-                tree: dict[str, torch.Tensor], leaves: int, jitter: float
+                tree: dict[str, torch.Tensor], leaves: int, jitter: float, gate: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best landing frame and its cost ``|q − f|² [B]`` of each body in ``need`` by the box
     tree (``leaves`` > 0: :func:`box_tree.capped_nearest`, else the exact
-    :func:`box_tree.nearest`); frame 0 and +inf for the others, and nothing searched when no
-    body needs it. The track time ``t [B]`` seeds the near-tie ``jitter`` (read only if > 0).
+    :func:`box_tree.nearest`); frame 0 and +inf for the others. The track time ``t [B]`` seeds
+    the near-tie ``jitter`` (read only if > 0).
+
+    ``gate``: only the bodies in ``need`` are searched, and nothing when none is (a branch on
+    the host). Without it (CUDA) every body is searched and the others are masked: fixed shapes
+    and no synchronisation, so that a CUDA graph captures the step (the capped search; the
+    exact one prunes to a data-dependent size). The same frames either way.
 
     Costs are kept on a 1e-3 grid, first index on ties: frames of a hold are near-equal, and two
     back ends (PyTorch, ONNX Runtime) must not pick different ones from float noise.
     TorchScript-compatible (the traced step scripts it, :func:`_traceable`)."""
     best = torch.zeros_like(query[:, 0], dtype=torch.int64)
     cost = torch.full_like(query[:, 0], float("inf"))
+    if not gate:
+        frame, score = _tree_frames(query, t, tree, leaves, jitter)
+        return torch.where(need, frame, best), torch.where(need, score, cost)
     if bool(need.any()):
         rows = need.nonzero().squeeze(1)
-        q = query[rows]
-        key: torch.Tensor | None = None
-        if jitter > 0:
-            key = t[rows].long()
-        if leaves > 0:
-            frame, score = box_tree.capped_nearest(q, tree, 1e3, leaves, jitter, key)
-        else:
-            frame, score = box_tree.nearest(q, tree, 1e3, jitter, key)
+        frame, score = _tree_frames(query[rows], t[rows], tree, leaves, jitter)
         best = best.index_copy(0, rows, frame)
-        cost = cost.index_copy(0, rows, score + (q**2).sum(1))
+        cost = cost.index_copy(0, rows, score)
     return best, cost
 
 
+def _tree_frames(q: torch.Tensor, t: torch.Tensor, tree: dict[str, torch.Tensor], leaves: int,
+                 jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tree_search` of every query ``q [P, F]``: ``(frame [P], |q − f|² [P])``."""
+    key: torch.Tensor | None = None
+    if jitter > 0:
+        key = t.long()
+    if leaves > 0:
+        frame, score = box_tree.capped_nearest(q, tree, 1e3, leaves, jitter, key)
+    else:
+        frame, score = box_tree.nearest(q, tree, 1e3, jitter, key)
+    return frame, score + (q**2).sum(1)
+
+
 def brute_search(query: torch.Tensor, need: torch.Tensor, t: torch.Tensor,
-                 features: torch.Tensor, landing: torch.Tensor, jitter: float
+                 features: torch.Tensor, landing: torch.Tensor, jitter: float, gate: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`tree_search` by brute force: ``|q − f|² = |q|² + (|f|² − 2 q·f)`` against every
     frame of ``features [S, F]``; ``landing [S]`` holds ``|f|²``, +inf where a jump may not
     land (the last frames of a clip, which would end before the next search)."""
     best = torch.zeros_like(query[:, 0], dtype=torch.int64)
     cost = torch.full_like(query[:, 0], float("inf"))
+    if not gate:
+        frame, score = _brute_frames(query, t, features, landing, jitter)
+        return torch.where(need, frame, best), torch.where(need, score, cost)
     if bool(need.any()):
         rows = need.nonzero().squeeze(1)
-        q = query[rows]
-        score = torch.addmm(landing[None], q, features.T, alpha=-2.0)
-        score = torch.round(score * 1e3) / 1e3
-        if jitter > 0:
-            n = torch.arange(score.shape[1], device=score.device)
-            frame = (score + box_tree.tie_noise(n[None], t[rows].long()[:, None], jitter)).argmin(1)
-            score = score.gather(1, frame[:, None]).squeeze(1)
-        else:
-            score, frame = score.min(1)
+        frame, score = _brute_frames(query[rows], t[rows], features, landing, jitter)
         best = best.index_copy(0, rows, frame)
-        cost = cost.index_copy(0, rows, score + (q**2).sum(1))
+        cost = cost.index_copy(0, rows, score)
     return best, cost
+
+
+def _brute_frames(q: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
+                  landing: torch.Tensor, jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`brute_search` of every query ``q [P, F]``: ``(frame [P], |q − f|² [P])``."""
+    score = torch.addmm(landing[None], q, features.T, alpha=-2.0)
+    score = torch.round(score * 1e3) / 1e3
+    if jitter > 0:
+        n = torch.arange(score.shape[1], device=score.device)
+        frame = (score + box_tree.tie_noise(n[None], t.long()[:, None], jitter)).argmin(1)
+        score = score.gather(1, frame[:, None]).squeeze(1)
+    else:
+        score, frame = score.min(1)
+    return frame, score + (q**2).sum(1)
 
 
 @functools.cache
@@ -319,9 +342,6 @@ class MotionMatching(Anonymizer):
     #: it frame by frame with a per-body float32 state (:class:`MotionMatchingDummy`).
     traits = frozenset({"learned", "streaming"})
     trainer = None
-    #: The search runs only when a body searches (:meth:`_search`): a branch on the host, which
-    #: a CUDA graph cannot capture; the torch engine runs it eagerly on CUDA.
-    cuda_graph_blocker = "the search branches on whether a body searches"
     #: tiny: a database rendered on the fly (3 actions of the neutral dummy, for tests). A
     #: full database is rendered from a recipe (:func:`build_rendered`, the shipped ``matcher``)
     #: or read from a SynthKinect store (:func:`build_database`, a checkpoint).
@@ -531,22 +551,36 @@ class MotionMatching(Anonymizer):
         nxt = self.next[idx]
         return torch.where(nxt >= 0, nxt, idx)
 
+    @property
+    def cuda_graph_blocker(self) -> str | None:
+        """Why the torch engine cannot capture this step in a CUDA graph (None: it can). On
+        CUDA the capped and the brute-force search run for every body, masked (no branch on
+        the host); the exact tree search prunes to a data-dependent size."""
+        if self.has_tree and int(self.config.get("search_leaves", 0)) <= 0:
+            return "the exact tree search reads a data-dependent number of frames"
+        return None
+
     def _search(self, query: torch.Tensor, need: torch.Tensor, t: torch.Tensor):
         """Best landing frame and its cost ``[B]`` for the bodies in ``need`` (others: frame 0,
         +inf), by :func:`tree_search` or, with ``search_leaf: 0``, :func:`brute_search`.
 
-        Only the bodies in ``need`` are searched, and nothing is when none is (one in
+        On the CPU only the bodies in ``need`` are searched, and nothing is when none is (one in
         ``search_every`` calls searches): eagerly a Python branch, in a traced step (ONNX) the
-        same function compiled by TorchScript, whose branch exports as an ONNX ``If``.
+        same function compiled by TorchScript, whose branch exports as an ONNX ``If``. On CUDA
+        every body is searched and the others masked, so that the step captures as a CUDA
+        graph (a branch on the host would stop the capture, and eagerly the step costs about
+        9 ms in launches and synchronisations: ``bench/results/step-stream-2026-12-04-h200``).
         """
         jitter = float(self.config.get("tie_jitter", 0.0))
+        gate = not query.is_cuda
         if self.has_tree:
             tree = {k: getattr(self, "tree_" + k) for k in box_tree.TREE_KEYS}
             search = _traceable(tree_search)
-            return search(query, need, t, tree, int(self.config.get("search_leaves", 0)), jitter)
+            return search(query, need, t, tree, int(self.config.get("search_leaves", 0)), jitter,
+                          gate=gate)
         s = int(self.config.get("search_frames") or len(self.features))  # searched: first s
         return _traceable(brute_search)(query, need, t, self.features[:s], self.landing[:s],
-                                        jitter)
+                                        jitter, gate=gate)
 
     def _match(self, query: torch.Tensor, state: dict[str, torch.Tensor]):
         """Continue the playing clip or jump to the best database frame (per body).
