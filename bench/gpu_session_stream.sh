@@ -10,7 +10,10 @@
 #   3. a paper-size StreamTMR trained on the GPU (CONFIG, by default
 #      configs/tmr_stream_paper_lease.yaml: the shipped default's recipe at the paper preset), its
 #      three stages scaled to the time left in the proportions of the config's own iterations: a
-#      short calibration run measures each stage's seconds per iteration first.
+#      short calibration run measures each stage's seconds per iteration first. The run and its
+#      tarball are named after the config. The next lease's candidate:
+#      CONFIG=configs/tmr_stream_paper_ver_lease.yaml (the same with the verifier adversary; the
+#      2026-12-04 lease's model met the utility aims but not the privacy ones, docs/training.md).
 # Everything lands in $OUT: the JSON records, the logs, and the trained model with its config
 # and logs (evaluate it on any machine with `streamtmr evaluate --models ...`).
 #
@@ -88,7 +91,8 @@ timeout 180 $PY -m bench.step --models $MODELS --engines $ENGINES --bodies $BODI
 
 # Training: calibrate each stage's cost, then fill the time left.
 CAL=${CAL_ITERS:-60}
-RUN=$RUNS/tmr_stream_paper_lease
+NAME=$(basename "$CONFIG" .yaml)          # the run, and the tarball that brings it back
+RUN=$RUNS/$NAME
 log "calibration: $CAL iterations per stage"
 rm -rf $RUNS/calibration
 timeout 150 $PY -m streamtmr train --config $CONFIG --data "$DATA" --device "$DEVICE" \
@@ -136,10 +140,10 @@ if [ -n "$ITERS" ]; then
   for f in synth.log calibration.log train.log; do
     [ -f "$OUT/$f" ] && mv "$OUT/$f" "$RUN/lease-$f" && files+=("$RUN/lease-$f")
   done
-  TAR="$OUT/tmr_stream_paper_lease.tar.gz"
+  TAR="$OUT/$NAME.tar.gz"
   [ ${#files[@]} -gt 0 ] && tar czf "$TAR" "${files[@]}"
   # the paper preset's weights (5.6M float32) pass that limit: parts of 15 MiB, joined with
-  # cat tmr_stream_paper_lease.tar.gz.* > tmr_stream_paper_lease.tar.gz
+  # cat NAME.tar.gz.* > NAME.tar.gz
   if [ -f "$TAR" ] && [ "$(stat -c %s "$TAR")" -gt $(( 15 << 20 )) ]; then
     split -b 15M -d "$TAR" "$TAR." && rm "$TAR"
   fi
