@@ -424,6 +424,31 @@ def test_torch_cuda_step_matches_cpu(graphs, method):
         assert gpu.describe()["cuda_graph_error"] == blocker
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("search", [{"search_leaves": 3}, {"search_leaf": 0}],
+                         ids=["capped", "brute"])
+def test_a_matcher_with_a_fixed_size_search_steps_as_a_cuda_graph(search):
+    """On CUDA the capped and the brute-force matcher search every body, masked: the torch
+    engine captures the step, replays it, and publishes the CPU's frames (bodies that search
+    on different frames included)."""
+    from streamtmr.models.motion_match import MotionMatching
+
+    model = MotionMatching({**MotionMatching.presets["tiny"], **search}).eval()
+    cpu = create_engine("torch", model=model, window=None)
+    gpu = create_engine("torch-cuda", model=copy.deepcopy(model), window=None)
+    x = windows(4, 40, seed=3)
+    s1, s2 = cpu.init_state(4), gpu.init_state(4)
+    for t in range(40):
+        if t == 7:  # body 2 enters anew: it searches on other frames from now on
+            fresh = cpu.init_state(1)
+            s1 = {k: np.concatenate([v[:2], fresh[k], v[3:]]) for k, v in s1.items()}
+            s2 = {k: np.concatenate([v[:2], fresh[k], v[3:]]) for k, v in s2.items()}
+        y1, s1 = cpu.step(x[:, t], s1)
+        y2, s2 = gpu.step(x[:, t], s2)
+        np.testing.assert_allclose(y2, y1, atol=1e-4)
+    assert gpu._step_graphs[4].graph is not None and "cuda_graph_error" not in gpu.describe()
+
+
 def test_a_step_that_branches_on_the_host_declares_it_cannot_be_captured():
     """The torch engine leaves CUDA graphs off, up front and with the reason, for a model
     holding a motion-matching stage (its search runs only when a body searches), and only
