@@ -258,22 +258,31 @@ def tree_search(query: torch.Tensor, need: torch.Tensor, t: torch.Tensor,
     best = torch.zeros_like(query[:, 0], dtype=torch.int64)
     cost = torch.full_like(query[:, 0], float("inf"))
     if not gate:
-        frame, score = _tree_frames(query, t, tree, leaves, jitter)
+        frame, score = _tree_frames(query, _tie_key(t, jitter), tree, leaves, jitter)
         return torch.where(need, frame, best), torch.where(need, score, cost)
     if bool(need.any()):
         rows = need.nonzero().squeeze(1)
-        frame, score = _tree_frames(query[rows], t[rows], tree, leaves, jitter)
+        frame, score = _tree_frames(query[rows], _tie_key(t, jitter, rows), tree, leaves, jitter)
         best = best.index_copy(0, rows, frame)
         cost = cost.index_copy(0, rows, score)
     return best, cost
 
 
-def _tree_frames(q: torch.Tensor, t: torch.Tensor, tree: dict[str, torch.Tensor], leaves: int,
-                 jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`tree_search` of every query ``q [P, F]``: ``(frame [P], |q − f|² [P])``."""
-    key: torch.Tensor | None = None
-    if jitter > 0:
-        key = t.long()
+def _tie_key(t: torch.Tensor, jitter: float, rows: torch.Tensor | None = None
+             ) -> torch.Tensor | None:
+    """The near-tie noise's key of each searched body (its track time ``t``, at ``rows``), or
+    None without jitter: nothing is read or cast then."""
+    if jitter <= 0:
+        return None
+    if rows is not None:
+        t = t[rows]
+    return t.long()
+
+
+def _tree_frames(q: torch.Tensor, key: torch.Tensor | None, tree: dict[str, torch.Tensor],
+                 leaves: int, jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`tree_search` of every query ``q [P, F]`` (``key``: :func:`_tie_key`):
+    ``(frame [P], |q − f|² [P])``."""
     if leaves > 0:
         frame, score = box_tree.capped_nearest(q, tree, 1e3, leaves, jitter, key)
     else:
@@ -290,24 +299,26 @@ def brute_search(query: torch.Tensor, need: torch.Tensor, t: torch.Tensor,
     best = torch.zeros_like(query[:, 0], dtype=torch.int64)
     cost = torch.full_like(query[:, 0], float("inf"))
     if not gate:
-        frame, score = _brute_frames(query, t, features, landing, jitter)
+        frame, score = _brute_frames(query, _tie_key(t, jitter), features, landing, jitter)
         return torch.where(need, frame, best), torch.where(need, score, cost)
     if bool(need.any()):
         rows = need.nonzero().squeeze(1)
-        frame, score = _brute_frames(query[rows], t[rows], features, landing, jitter)
+        frame, score = _brute_frames(query[rows], _tie_key(t, jitter, rows), features, landing,
+                                     jitter)
         best = best.index_copy(0, rows, frame)
         cost = cost.index_copy(0, rows, score)
     return best, cost
 
 
-def _brute_frames(q: torch.Tensor, t: torch.Tensor, features: torch.Tensor,
+def _brute_frames(q: torch.Tensor, key: torch.Tensor | None, features: torch.Tensor,
                   landing: torch.Tensor, jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`brute_search` of every query ``q [P, F]``: ``(frame [P], |q − f|² [P])``."""
+    """:func:`brute_search` of every query ``q [P, F]`` (``key``: :func:`_tie_key`):
+    ``(frame [P], |q − f|² [P])``."""
     score = torch.addmm(landing[None], q, features.T, alpha=-2.0)
     score = torch.round(score * 1e3) / 1e3
-    if jitter > 0:
+    if key is not None:
         n = torch.arange(score.shape[1], device=score.device)
-        frame = (score + box_tree.tie_noise(n[None], t.long()[:, None], jitter)).argmin(1)
+        frame = (score + box_tree.tie_noise(n[None], key[:, None], jitter)).argmin(1)
         score = score.gather(1, frame[:, None]).squeeze(1)
     else:
         score, frame = score.min(1)
