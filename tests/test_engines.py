@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from engines import BackendUnavailable, EngineError, create_engine, resolve_source
 from engines.onnx_export import export_onnx
@@ -19,7 +21,12 @@ from engines.torch_engine import graph_blocker
 from streamtmr import skeleton
 from streamtmr.cache import sidecar, verify, write_sidecar
 from streamtmr.dummy import Dummy, default_dummy
-from streamtmr.models.checkpoint import CheckpointError, default_checkpoint_path
+from streamtmr.models.checkpoint import (
+    CheckpointError,
+    default_checkpoint_path,
+    load_checkpoint,
+    shipped_path,
+)
 from streamtmr.models.registry import available, model_class
 
 DETERMINISTIC = [m for m in available() if m != "noise"]
@@ -457,6 +464,71 @@ def test_a_step_that_branches_on_the_host_declares_it_cannot_be_captured():
     assert graph_blocker(tiny("naive")) is None
     reason = graph_blocker(tiny("motion_match"))
     assert reason and reason.startswith("MotionMatching: ")
+
+
+class HostReads(TorchDispatchMode):
+    """The operations of a step on a device that read host memory: a copy from the CPU, or a
+    CPU tensor (not a 0-dim scalar) mixed with device tensors. CUDA-graph capture refuses a
+    copy from pageable host memory. ``torch.tensor(data, device=...)`` copies without passing
+    the dispatcher: :meth:`made` records those (the test wraps ``torch.tensor`` with it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def made(self, fn):
+        def wrapped(*args, **kwargs):
+            t = fn(*args, **kwargs)
+            if t.device.type != "cpu":
+                self.seen.append(f"{fn.__name__} on {t.device.type}")
+            return t
+        return wrapped
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        on_host = [a.device.type == "cpu" and a.dim() > 0 for a in tensors]
+        if (any(on_host) and not all(on_host)) or (
+                func is torch.ops.aten._to_copy.default and tensors[0].device.type == "cpu"
+                and kwargs.get("device", torch.device("cpu")).type != "cpu"):
+            self.seen.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["tmr-stream", "capped", "brute", "matcher"])
+def test_after_its_first_call_a_step_on_a_device_reads_nothing_from_the_host(name, monkeypatch):
+    """What CUDA-graph capture needs of a step, checked without a GPU. On a device that is not
+    the CPU ('meta' here: shapes only, no data, so no host wait can run either), after one
+    warm-up call (constants are copied to the device once, then cached) the step copies
+    nothing from the host: the capture that follows the torch engine's warm-up succeeds. The
+    2026-12-04 lease's matcher capture failed on such a copy (``torch.tensor(2**62,
+    device=...)`` in the search), which only a GPU showed."""
+    from streamtmr.models.motion_match import MotionMatching
+
+    search = {"capped": {"search_leaves": 3}, "brute": {"search_leaf": 0}}
+    if name in search:
+        model = MotionMatching({**MotionMatching.presets["tiny"], **search[name]})
+    elif name == "matcher":
+        model = load_checkpoint(shipped_path("matcher"))
+    else:
+        model = tiny(name)
+    assert graph_blocker(model) is None
+    module = model.eval().for_dummy(
+        torch.tensor(default_dummy().lengths, dtype=torch.float32)).to("meta")
+    state = module.init_state(3)
+    frames = torch.randn(3, 25, 3, device="meta")
+    reads = HostReads()
+    with torch.inference_mode():
+        _, state = module.step(frames, state)                       # the warm-up
+        for fn in ("tensor", "as_tensor"):
+            monkeypatch.setattr(torch, fn, reads.made(getattr(torch, fn)))
+        with reads:
+            y, state = module.step(frames, state)
+    assert reads.seen == [] and y.shape == (3, 25, 3) and y.device.type == "meta"
+    # the detector sees the copy it is for
+    with reads, torch.inference_mode():
+        torch.tensor(2**62, device="meta") + torch.ones(3, device="meta").to(torch.int64)
+    assert reads.seen == ["tensor on meta"]
 
 
 def test_tensorrt_step_plan_binds_every_tensor_of_the_step_graph(tmp_path):

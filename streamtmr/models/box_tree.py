@@ -170,15 +170,20 @@ def candidates(q: torch.Tensor, tree: dict[str, torch.Tensor], slack: float
     return body, tree["leaf_frame"][leaf], tree["leaf_score"][leaf] - 2.0 * dot
 
 
+def _beyond_every_frame(q: torch.Tensor) -> torch.Tensor:
+    """An int64 beyond every frame index, on ``q``'s device: exact as a double, as ONNX export
+    needs; a typed tensor, so that a scripted export keeps the frame indices int64; filled on
+    the device, not copied from the host (a host copy cannot be captured in a CUDA graph)."""
+    return torch.full((), 2**62, dtype=torch.int64, device=q.device)
+
+
 def nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float, jitter: float = 0.0,
             key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The best frame of each query ``q [B, D]`` and its score ``|f|² − 2 q·f`` on the
     ``1 / scale`` grid: the smallest score (plus :func:`tie_noise` of the frame and the query's
     ``key [B]`` where ``jitter`` > 0), the first frame on ties; what a brute-force ``argmin``
     over all frames in index order gives. Returns ``(frame [B], score [B])``."""
-    # beyond every frame index (exact as a double, as ONNX export needs; a typed tensor, so
-    # that a scripted export keeps the frame indices int64)
-    big = torch.tensor(2**62, dtype=torch.int64, device=q.device)
+    big = _beyond_every_frame(q)
     body, frame, score = candidates(q, tree, slack=2.0 / scale + jitter)
     score = torch.round(score * scale) / scale
     cost = score
@@ -215,7 +220,7 @@ def capped_nearest(q: torch.Tensor, tree: dict[str, torch.Tensor], scale: float,
     This one reads the representatives (step 2) and ``leaves × M`` frames, for any query.
     Where the best frame lies in another leaf, it returns a frame of nearly the same cost
     (``bench/capped_search.py`` measures how often, and by how much)."""
-    big = torch.tensor(2**62, dtype=torch.int64, device=q.device)
+    big = _beyond_every_frame(q)
     b, d = q.shape
     m = tree["leaf_frame"].shape[1]
     rep = torch.addmm(tree["rep_score"][None], q, tree["rep_feat"].T, alpha=-2.0)  # (B, K)

@@ -221,12 +221,14 @@ def held_facing(angle: torch.Tensor, held: torch.Tensor, band: float, first: tor
     return torch.where(first, angle, angle - d.clamp(-band, band))
 
 
+_HORIZONTAL = np.array([1.0, 0.0, 1.0], np.float32)   # keeps x and z of a point
+
+
 def leashed(pos: torch.Tensor, target: torch.Tensor, length: float, first: torch.Tensor
             ) -> torch.Tensor:
     """``pos [B, 3]`` pulled horizontally to within ``length`` of ``target [B, 3]`` (kept where
     it is within reach; ``target`` on a fresh track). Height is not constrained."""
-    d = pos - target
-    d = d * torch.tensor([1.0, 0.0, 1.0], dtype=d.dtype, device=d.device)
+    d = (pos - target) * skeleton.device_constant(_HORIZONTAL, pos)
     reach = d.norm(dim=-1, keepdim=True)
     pulled = pos - d * (1.0 - length / reach.clamp_min(skeleton.EPS)).clamp_min(0.0)
     return torch.where(first[:, None], target, pulled)
@@ -417,6 +419,9 @@ class MotionMatching(Anonymizer):
         buffer("height", torch.zeros(n))
         buffer("next", torch.full((n,), -1, dtype=torch.int64))
         buffer("landing", torch.zeros(n))
+        # the dummy's bone lengths that step() uses by default (from the config: never stored)
+        self.register_buffer("dummy_lengths", torch.tensor(cfg["dummy_lengths"],
+                                                           dtype=torch.float32), persistent=False)
         if cfg["root_motion"] == "leash":  # the database's root motion (only this mode reads it)
             buffer("root_step", torch.zeros(n, 3))
             buffer("turn", torch.zeros(n))
@@ -510,7 +515,7 @@ class MotionMatching(Anonymizer):
         if len(self.features) == 0:
             raise RuntimeError("motion_match: empty database (build it with build_database)")
         if target_lengths is None:
-            target_lengths = torch.as_tensor(self.config["dummy_lengths"], dtype=frame.dtype)
+            target_lengths = self.dummy_lengths.to(frame.dtype)
         fs = {k: state[k] for k in _fstate(1, self.k)}
         first = fs["t"] < 0.5
         feat, rot, fs = feature_step(frame, fs, self.config)
@@ -577,13 +582,14 @@ class MotionMatching(Anonymizer):
 
         On the CPU only the bodies in ``need`` are searched, and nothing is when none is (one in
         ``search_every`` calls searches): eagerly a Python branch, in a traced step (ONNX) the
-        same function compiled by TorchScript, whose branch exports as an ONNX ``If``. On CUDA
-        every body is searched and the others masked, so that the step captures as a CUDA
-        graph (a branch on the host would stop the capture, and eagerly the step costs about
-        9 ms in launches and synchronisations: ``bench/results/step-stream-2026-12-04-h200``).
+        same function compiled by TorchScript, whose branch exports as an ONNX ``If``. On any
+        other device (CUDA) every body is searched and the others masked, so that the step
+        captures as a CUDA graph (a branch on the host would stop the capture, and eagerly the
+        step costs about 9 ms in launches and synchronisations:
+        ``bench/results/step-stream-2026-12-04-h200``).
         """
         jitter = float(self.config.get("tie_jitter", 0.0))
-        gate = not query.is_cuda
+        gate = query.device.type == "cpu"
         if self.has_tree:
             tree = {k: getattr(self, "tree_" + k) for k in box_tree.TREE_KEYS}
             search = _traceable(tree_search)
