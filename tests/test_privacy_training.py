@@ -226,6 +226,31 @@ def test_five_steps_with_every_privacy_term(store, tmp_path):
     assert not any("verif" in k for k in saved)
 
 
+def test_pairs_are_rendered_only_for_a_stage_with_a_pair_loss(store, tmp_path):
+    """Fresh people's pairs cost about 0.1 s a batch to render: a stage without a pair loss
+    gets none (in the 2026-12-04 lease they slowed every stage of a paper-size run fivefold),
+    and the step's other random draws stay what they were."""
+    import dataclasses
+
+    trainer = Trainer(_config(**{"data.augment_posture": "0.1"}), store, tmp_path / "run")
+    cur = trainer.curriculum
+    with_pairs = cur.stages[0]
+    assert {"ver", "inv_h"} <= set(with_pairs.active)
+    without = dataclasses.replace(with_pairs, weights={"mse": 1.0, "bone": 0.5})
+    batch = cur.prepare(encode_labels({k: v[:4] for k, v in trainer.data.val.items()},
+                                      trainer.data.info))
+    steps = {}
+    for stage in (with_pairs, without):
+        torch.manual_seed(3)
+        steps[stage.name + str(len(stage.weights))] = (cur.augment(batch, stage),
+                                                        torch.rand(4))
+    (a, after_a), (b, after_b) = steps.values()
+    pairs = {"pair_a", "pair_b", "pair_a2", "pair_target", "pair_action"}
+    assert pairs <= set(a) and not pairs & set(b)
+    assert torch.equal(a["source"], b["source"]) and torch.equal(after_a, after_b)
+    assert not torch.equal(a["source"], batch["source"])  # the jitter ran
+
+
 def test_init_from_starts_from_the_checkpoint(store, tmp_path):
     cfg = _config()
     torch.manual_seed(1)

@@ -140,8 +140,10 @@ class Curriculum:
         """Turn a loader batch (store arrays + encoded labels) into the model's batch."""
         return batch
 
-    def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Training-step augmentation of a prepared batch (validation never sees it)."""
+    def augment(self, batch: dict[str, torch.Tensor], stage: Stage | None = None,
+                ) -> dict[str, torch.Tensor]:
+        """Training-step augmentation of a prepared batch for ``stage`` (validation never
+        sees it)."""
         return batch
 
     def trainable(self, stage: Stage) -> list[nn.Module]:

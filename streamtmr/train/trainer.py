@@ -463,7 +463,7 @@ class Trainer:
                     g["lr"] = base * factor
             batch = self.curriculum.prepare(encode_labels(items, self.data.info))
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            batch = self.curriculum.augment(batch)
+            batch = self.curriculum.augment(batch, stage)
             logs = self.curriculum.step(net, batch, stage, optimizers)
             p.step += 1
             p.step_in_stage += 1
