@@ -251,6 +251,24 @@ def test_pairs_are_rendered_only_for_a_stage_with_a_pair_loss(store, tmp_path):
     assert not torch.equal(a["source"], batch["source"])  # the jitter ran
 
 
+def test_pair_workers_render_the_same_pairs_side_by_side(store, tmp_path):
+    """``data.pair_workers`` renders a step's pairs in a pool of processes: the same arrays as
+    the training process renders alone."""
+    batches = []
+    for workers in ("0", "2"):
+        trainer = Trainer(_config(**{"data.pair_workers": workers}), store, tmp_path / workers)
+        cur = trainer.curriculum
+        batch = cur.prepare(encode_labels({k: v[:4] for k, v in trainer.data.val.items()},
+                                          trainer.data.info))
+        torch.manual_seed(5)
+        batches.append(cur.augment(batch, cur.stages[0]))
+        assert (cur._pair_pool is None) == (workers == "0")
+    for key in ("pair_a", "pair_b", "pair_a2", "pair_target", "pair_action"):
+        assert torch.equal(batches[0][key], batches[1][key]), key
+    with pytest.raises(ConfigError, match="pair_workers"):
+        _config(**{"data.pair_workers": "-1"})
+
+
 def test_init_from_starts_from_the_checkpoint(store, tmp_path):
     cfg = _config()
     torch.manual_seed(1)

@@ -22,6 +22,7 @@ Rendering is cheap enough (milliseconds per performance) to run inside every tra
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import replace
 
 import numpy as np
@@ -79,7 +80,13 @@ def _observe(camera: synth.Camera, world: np.ndarray, rng: np.random.Generator) 
 
 
 def pair_batch(seed: int, indices: np.ndarray, dummy_lengths: np.ndarray, window: int = 64,
-               n_actions: int | None = None) -> dict[str, np.ndarray]:
-    """:func:`render_pair` of every index, stacked: arrays ``[B, window, 25, 3]``, ids ``[B]``."""
-    items = [render_pair(seed, int(i), dummy_lengths, window, n_actions) for i in indices]
+               n_actions: int | None = None, pool: Executor | None = None,
+               ) -> dict[str, np.ndarray]:
+    """:func:`render_pair` of every index, stacked: arrays ``[B, window, 25, 3]``, ids ``[B]``.
+
+    ``pool`` (a process pool) renders the items side by side: the same arrays, since every
+    item depends only on ``(seed, index)``."""
+    args = [(seed, int(i), dummy_lengths, window, n_actions) for i in indices]
+    items = list(pool.map(render_pair, *zip(*args, strict=True)) if pool is not None
+                 else (render_pair(*a) for a in args))
     return {k: np.stack([np.asarray(it[k]) for it in items]) for k in items[0]}

@@ -68,6 +68,10 @@ class DataConfig:
     #: drawn from the endless stream ``pairs_seed``. 0: off (those λ must then be 0).
     pairs_per_batch: int = 0
     pairs_seed: int = 1
+    #: Processes that render those pairs side by side (0: the training process alone, about
+    #: 0.1 s for 12 pairs on one core, several times a paper-size model's step on a GPU). The
+    #: pairs are the same either way.
+    pair_workers: int = 0
     #: Folder of real NTU ``.skeleton`` recordings for the label-free ``dyn`` term, and how many
     #: of their windows each step uses (None: off; the λ must then be 0).
     real_dir: str | None = None
@@ -334,7 +338,8 @@ def _check_values(cfg: Config, where: _Where) -> None:
         raise where.error(("train", "betas"), f"expected two numbers in [0, 1), got {t.betas}")
     positive(("data", "window"), cfg.data.window)
     positive(("data", "max_val_windows"), cfg.data.max_val_windows)
-    for name in ("augment_posture", "augment_amplitude", "augment_bones", "pairs_per_batch"):
+    for name in ("augment_posture", "augment_amplitude", "augment_bones", "pairs_per_batch",
+                 "pair_workers"):
         positive(("data", name), getattr(cfg.data, name), strict=False)
     positive(("data", "real_per_batch"), cfg.data.real_per_batch)
     positive(("data", "real_people_per_batch"), cfg.data.real_people_per_batch)

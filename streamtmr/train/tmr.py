@@ -32,6 +32,8 @@ is never saved, so checkpoints keep the model's exact layout.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -313,6 +315,7 @@ class TMRCurriculum(Curriculum):
         self.verifier = nn.ModuleDict(heads).to(device) if heads else None
         self.real = (torch.from_numpy(ntu_windows(d.real_dir, d.window)).to(device)
                      if "dyn" in used else None)
+        self._pair_pool: ProcessPoolExecutor | None = None  # data.pair_workers, when rendering
         self.teacher = None
         if "act_out" in used:
             if not config.train.action_teacher:
@@ -432,8 +435,12 @@ class TMRCurriculum(Curriculum):
         point of the endless stream, so no person is drawn twice in practice (2^62 items)."""
         d = self.config.data
         n_actions = min(int(self.model.config["num_actions"]), len(ACTIONS))
+        if d.pair_workers and self._pair_pool is None:  # started at the first use
+            self._pair_pool = ProcessPoolExecutor(d.pair_workers,
+                                                  mp_context=multiprocessing.get_context("spawn"))
         raw = pair_batch(d.pairs_seed, np.arange(start, start + d.pairs_per_batch),
-                         dummy_lengths.detach().cpu().numpy(), window, n_actions)
+                         dummy_lengths.detach().cpu().numpy(), window, n_actions,
+                         self._pair_pool)
         dev = dummy_lengths.device
         return {"pair_a": torch.from_numpy(raw["a"]).to(dev),
                 "pair_b": torch.from_numpy(raw["b"]).to(dev),
