@@ -7,13 +7,15 @@
 #      windows through the parallel form, and six bodies stepped frame by frame as the node does);
 #   2. their step latency on torch-cuda, onnxruntime-cuda and ONNX Runtime CPU
 #      (bench.step, 1 / 6 / 32 / 256 bodies per call, >= 600 calls a cell);
-#   3. a paper-size StreamTMR trained on the GPU (CONFIG, by default
-#      configs/tmr_stream_paper_lease.yaml: the shipped default's recipe at the paper preset), its
-#      three stages scaled to the time left in the proportions of the config's own iterations: a
-#      short calibration run measures each stage's seconds per iteration first. The run and its
-#      tarball are named after the config. The next lease's candidate:
-#      CONFIG=configs/tmr_stream_paper_ver_lease.yaml (the same with the verifier adversary; the
-#      2026-12-04 lease's model met the utility aims but not the privacy ones, docs/training.md).
+#   3. paper-size StreamTMRs trained on the GPU (CONFIGS, one or more side by side; by default
+#      configs/tmr_stream_paper_lease.yaml: the shipped default's recipe at the paper preset), the
+#      three stages of each scaled to the time left in the proportions of the config's own
+#      iterations: a short calibration run (all configs at once) measures each stage's seconds
+#      per iteration first. Each run and its tarball are named after its config. The first
+#      lease's model met the utility aims but not the privacy ones; the second trained the
+#      verifier ablation side by side and starved it (pairs rendered in the training process;
+#      docs/training.md, "The second run"). The next lease's candidate, alone:
+#      CONFIGS=configs/tmr_stream_paper_ver_lease.yaml (pairs now in data.pair_workers)
 # Everything lands in $OUT: the JSON records, the logs, and the trained model with its config
 # and logs (evaluate it on any machine with `streamtmr evaluate --models ...`).
 #
@@ -28,7 +30,7 @@ DEVICE=${DEVICE:-cuda}
 DATA=${DATA:-data/synthkinect}
 MODELS=${MODELS:-default matcher}
 PRESET=${PRESET:-paper}                 # the model preset trained (tiny: the dry run)
-CONFIG=${CONFIG:-configs/tmr_stream_paper_lease.yaml}
+CONFIGS=${CONFIGS:-${CONFIG:-configs/tmr_stream_paper_lease.yaml}}   # one or more
 RUNS=${RUNS:-runs}                      # where the calibration and the trained run go
 PY=${PYTHON:-python3}
 mkdir -p "$OUT/bench"
@@ -61,6 +63,7 @@ print("onnxruntime@1")
 EOF
 )
   BODIES="1 6 32 256"
+  ENGINES=${STEP_ENGINES:-$ENGINES}         # e.g. torch-cuda alone, where the CPU rows are known
 else
   ENGINES="onnxruntime@1"; BODIES="1 6"
 fi
@@ -89,19 +92,20 @@ timeout 180 $PY -m bench.step --models $MODELS --engines $ENGINES --bodies $BODI
 
 [ -n "$SYNTH" ] && wait "$SYNTH"; log "store: $(ls "$DATA" | tr '\n' ' ')"
 
-# Training: calibrate each stage's cost, then fill the time left.
+# Training: calibrate each stage's cost, then fill the time left. Several CONFIGS train side by
+# side (one process each, sharing the GPU); they are calibrated side by side too, so each one's
+# measured cost includes the others' load.
 CAL=${CAL_ITERS:-60}
-NAME=$(basename "$CONFIG" .yaml)          # the run, and the tarball that brings it back
-RUN=$RUNS/$NAME
-log "calibration: $CAL iterations per stage"
-rm -rf $RUNS/calibration
-timeout 150 $PY -m streamtmr train --config $CONFIG --data "$DATA" --device "$DEVICE" \
-  --out $RUNS/calibration --set model.preset=$PRESET \
-  --set "train.stages[0].iterations=$CAL" --set "train.stages[1].iterations=$CAL" \
-  --set "train.stages[2].iterations=$CAL" --set train.log_every=$(( CAL >= 12 ? CAL / 6 : 2 )) \
-  --set train.val_every=100000 --set data.max_val_windows=64 >"$OUT/calibration.log" 2>&1
-LEFT=$(( TOTAL - $(el) - ${MARGIN_S:-60} ))
-ITERS=$($PY - "$LEFT" $RUNS/calibration/metrics.jsonl "$CONFIG" 2>>"$OUT/log.txt" <<'EOF'
+calibrate() {                               # CONFIG NAME
+  rm -rf "$RUNS/calibration-$2"
+  timeout 150 $PY -m streamtmr train --config "$1" --data "$DATA" --device "$DEVICE" \
+    --out "$RUNS/calibration-$2" --set model.preset=$PRESET \
+    --set "train.stages[0].iterations=$CAL" --set "train.stages[1].iterations=$CAL" \
+    --set "train.stages[2].iterations=$CAL" --set train.log_every=$(( CAL >= 12 ? CAL / 6 : 2 )) \
+    --set train.val_every=100000 --set data.max_val_windows=64 >"$OUT/calibration-$2.log" 2>&1
+}
+iterations() {                              # LEFT CONFIG NAME -> three iteration counts
+  $PY - "$1" "$RUNS/calibration-$3/metrics.jsonl" "$2" 2>>"$OUT/log.txt" <<'EOF'
 import json, sys
 import yaml
 left, path, config = float(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -116,37 +120,58 @@ for name in ("encoders", "decoder", "end_to_end"):
 share = {st["name"]: st["iterations"] for st in yaml.safe_load(open(config))["train"]["stages"]}
 unit = left / sum(share[k] * cost[k] for k in share)
 print(" ".join(str(max(10, int(unit * share[k]))) for k in share))
-print(json.dumps({"seconds_per_iteration": cost, "budget_s": left}), file=sys.stderr)
+print(json.dumps({"config": config, "seconds_per_iteration": cost, "budget_s": left}),
+      file=sys.stderr)
 EOF
-) || { log "calibration failed"; tail -n 30 "$OUT/calibration.log" | tee -a "$OUT/log.txt"; ITERS=""; }
-if [ -n "$ITERS" ]; then
-  set -- $ITERS
-  log "training $RUN: $1 / $2 / $3 iterations in about $LEFT s"
-  rm -rf "$RUN"
-  timeout $(( LEFT > 0 ? LEFT + 30 : 60 )) $PY -m streamtmr train --config $CONFIG \
-    --data "$DATA" --device "$DEVICE" --out "$RUN" --set model.preset=$PRESET \
-    --set "train.stages[0].iterations=$1" --set "train.stages[1].iterations=$2" \
-    --set "train.stages[2].iterations=$3" --set train.val_every=100000 \
-    >"$OUT/train.log" 2>&1
-  log "training exit $?: $(tail -n 1 "$OUT/train.log")"
-  files=()
+}
+train() {                                   # CONFIG NAME LEFT I1 I2 I3
+  local run=$RUNS/$2
+  rm -rf "$run"
+  timeout $(( $3 > 0 ? $3 + 30 : 60 )) $PY -m streamtmr train --config "$1" \
+    --data "$DATA" --device "$DEVICE" --out "$run" --set model.preset=$PRESET \
+    --set "train.stages[0].iterations=$4" --set "train.stages[1].iterations=$5" \
+    --set "train.stages[2].iterations=$6" --set train.val_every=100000 \
+    >"$OUT/train-$2.log" 2>&1
+  log "training $2 exit $?: $(tail -n 1 "$OUT/train-$2.log")"
+}
+pack() {                                    # NAME: the run and its logs into $OUT/NAME.tar.gz
+  local run=$RUNS/$1 files=() f
   for f in model.safetensors config.yaml metrics.jsonl; do
-    [ -f "$RUN/$f" ] && files+=("$RUN/$f")
+    [ -f "$run/$f" ] && files+=("$run/$f")
   done
   # an unfinished run brings back its last weights (not the optimiser: resuming needs the GPU)
-  [ -f "$RUN/model.safetensors" ] || files+=($(ls "$RUN"/checkpoints/last*.json \
-    "$RUN"/checkpoints/last.safetensors 2>/dev/null))
+  [ -f "$run/model.safetensors" ] || files+=($(ls "$run"/checkpoints/last*.json \
+    "$run"/checkpoints/last.safetensors 2>/dev/null))
   # the logs travel inside the tarball: a lease brings back at most 8 files of 16 MiB each
-  for f in synth.log calibration.log train.log; do
-    [ -f "$OUT/$f" ] && mv "$OUT/$f" "$RUN/lease-$f" && files+=("$RUN/lease-$f")
+  mkdir -p "$run"
+  for f in synth.log "calibration-$1.log" "train-$1.log"; do
+    [ -f "$OUT/$f" ] && cp "$OUT/$f" "$run/lease-$f" && files+=("$run/lease-$f")
   done
-  TAR="$OUT/$NAME.tar.gz"
-  [ ${#files[@]} -gt 0 ] && tar czf "$TAR" "${files[@]}"
+  local tar="$OUT/$1.tar.gz"
+  [ ${#files[@]} -gt 0 ] && tar czf "$tar" "${files[@]}"
   # the paper preset's weights (5.6M float32) pass that limit: parts of 15 MiB, joined with
   # cat NAME.tar.gz.* > NAME.tar.gz
-  if [ -f "$TAR" ] && [ "$(stat -c %s "$TAR")" -gt $(( 15 << 20 )) ]; then
-    split -b 15M -d "$TAR" "$TAR." && rm "$TAR"
+  if [ -f "$tar" ] && [ "$(stat -c %s "$tar")" -gt $(( 15 << 20 )) ]; then
+    split -b 15M -d "$tar" "$tar." && rm "$tar"
   fi
-fi
+}
+name() { basename "$1" .yaml; }             # the run, and the tarball that brings it back
+log "calibration: $CAL iterations per stage: $CONFIGS"
+for c in $CONFIGS; do calibrate "$c" "$(name "$c")" & done
+wait
+LEFT=$(( TOTAL - $(el) - ${MARGIN_S:-60} ))
+for c in $CONFIGS; do
+  n=$(name "$c")
+  if ITERS=$(iterations "$LEFT" "$c" "$n"); then
+    log "training $n: $ITERS iterations in about $LEFT s"
+    # shellcheck disable=SC2086
+    train "$c" "$n" "$LEFT" $ITERS &
+  else
+    log "calibration failed: $n"; tail -n 30 "$OUT/calibration-$n.log" | tee -a "$OUT/log.txt"
+  fi
+done
+wait
+for c in $CONFIGS; do pack "$(name "$c")"; done
+rm -f "$OUT"/synth.log "$OUT"/calibration-*.log "$OUT"/train-*.log
 ls -la "$OUT" "$OUT/bench" | tee -a "$OUT/log.txt"
 log "done"
