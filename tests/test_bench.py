@@ -597,3 +597,16 @@ def test_teacher_store_writes_the_teachers_pose_on_the_own_tempo_root(tmp_path):
     pose = sync[:5]
     moved = onto(pose + np.float32([1, 0, 2]), pose)
     np.testing.assert_allclose(moved, pose, atol=1e-5)
+
+
+def test_pair_render_records_both_settings(tmp_path):
+    """bench.pair_render times a batch's pairs in the training process and in a pool, and
+    records which machine it ran on."""
+    from bench.pair_render import main
+
+    out = tmp_path / "pairs.json"
+    assert main(["--pairs", "2", "--workers", "1", "--batches", "2", "--rounds", "1",
+                 "--window", "16", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [(r["setting"], r["n"]) for r in record["rows"]] == [("inline", 2), ("1 workers", 2)]
+    assert all(r["p50_ms"] > 0 for r in record["rows"]) and record["machine"]["cpu"]

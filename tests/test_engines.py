@@ -486,11 +486,13 @@ class HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        flat = tree_flatten((args, kwargs))[0]
+        tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         on_host = [a.device.type == "cpu" and a.dim() > 0 for a in tensors]
-        if (any(on_host) and not all(on_host)) or (
-                func is torch.ops.aten._to_copy.default and tensors[0].device.type == "cpu"
-                and kwargs.get("device", torch.device("cpu")).type != "cpu"):
+        # a host tensor sent to a device (``_to_copy``, or ``to`` in inference mode)
+        sent = bool(tensors) and tensors[0].device.type == "cpu" and any(
+            isinstance(a, torch.device) and a.type != "cpu" for a in flat)
+        if (any(on_host) and not all(on_host)) or sent:
             self.seen.append(str(func))
         return func(*args, **kwargs)
 
@@ -525,10 +527,11 @@ def test_after_its_first_call_a_step_on_a_device_reads_nothing_from_the_host(nam
         with reads:
             y, state = module.step(frames, state)
     assert reads.seen == [] and y.shape == (3, 25, 3) and y.device.type == "meta"
-    # the detector sees the copy it is for
+    # the detector sees the copies it is for
     with reads, torch.inference_mode():
-        torch.tensor(2**62, device="meta") + torch.ones(3, device="meta").to(torch.int64)
-    assert reads.seen == ["tensor on meta"]
+        torch.tensor(2**62, device="meta")
+        torch.ones(3).to("meta")
+    assert reads.seen == ["tensor on meta", "aten.to.dtype_layout"]
 
 
 def test_tensorrt_step_plan_binds_every_tensor_of_the_step_graph(tmp_path):

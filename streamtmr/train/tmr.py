@@ -33,6 +33,7 @@ is never saved, so checkpoints keep the model's exact layout.
 from __future__ import annotations
 
 import multiprocessing
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -438,6 +439,7 @@ class TMRCurriculum(Curriculum):
         if d.pair_workers and self._pair_pool is None:  # started at the first use
             self._pair_pool = ProcessPoolExecutor(d.pair_workers,
                                                   mp_context=multiprocessing.get_context("spawn"))
+            weakref.finalize(self, self._pair_pool.shutdown, wait=False)
         raw = pair_batch(d.pairs_seed, np.arange(start, start + d.pairs_per_batch),
                          dummy_lengths.detach().cpu().numpy(), window, n_actions,
                          self._pair_pool)
