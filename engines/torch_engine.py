@@ -1,9 +1,12 @@
 """PyTorch engine: runs the fixed-dummy module directly, on CPU or one CUDA device.
 
-Everything runs under ``torch.inference_mode``. On CUDA the engine keeps pinned host staging
-buffers and, with ``cuda_graphs`` (default on CUDA), captures one CUDA graph per batch size
-(input copy, model, output copy) and replays it. ``compile=True`` wraps the module in
-``torch.compile`` first.
+Everything runs under ``torch.inference_mode`` (``torch.no_grad`` when compiled). On CUDA the
+engine keeps pinned host staging buffers and, with ``cuda_graphs`` (default on CUDA), captures
+one CUDA graph per batch size (input copy, model, output copy) and replays it.
+``compile=True`` compiles, with
+``torch.compile``, what the engine calls: ``forward`` for windows and ``step`` for a streaming
+model (compiled code runs under ``torch.no_grad``: dynamo's guards on tensors made from module
+constants fail under ``inference_mode``).
 
 Streaming models (``source.streaming``) run ``module.step(frame, state)`` in :meth:`step`; on
 CUDA one graph per batch size captures the copies of frames and states in, the step, and the
@@ -82,8 +85,11 @@ class TorchEngine(Engine):
         module = source.module.to(dev).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        self.module = torch.compile(module, dynamic=False) if compile else module
         self.compiled = bool(compile)
+        self._forward = torch.compile(module, dynamic=False) if compile else module
+        self._step_fn = (torch.compile(module.step, dynamic=False) if compile
+                         else getattr(module, "step", None))
+        self._no_grad = torch.no_grad if compile else torch.inference_mode
         self.cuda_graphs = dev.type == "cuda" and (cuda_graphs is None or bool(cuda_graphs))
         self.graph_error: str | None = None
         if self.cuda_graphs and (blocker := graph_blocker(module)):
@@ -102,8 +108,8 @@ class TorchEngine(Engine):
               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         try:
             if self._dev.type == "cpu":
-                with torch.inference_mode():
-                    y, new = self.module.step(torch.from_numpy(frames),
+                with self._no_grad():
+                    y, new = self._step_fn(torch.from_numpy(frames),
                                               {k: torch.from_numpy(v) for k, v in state.items()})
                 return y.numpy(), {k: v.numpy() for k, v in new.items()}
             return self._step_cuda(frames, state)
@@ -116,8 +122,8 @@ class TorchEngine(Engine):
         b = frames.shape[0]
         runner = self._step_graphs.get(b)
         if runner is None:
-            runner = self._step_graphs[b] = _CudaStep(self.module, self.state_spec(), b,
-                                                      self._dev, self._stream)
+            runner = self._step_graphs[b] = _CudaStep(self._step_fn, self.state_spec(), b,
+                                                      self._dev, self._stream, self._no_grad)
         if self.cuda_graphs and runner.graph is None:
             try:
                 runner.capture()
@@ -140,9 +146,9 @@ class TorchEngine(Engine):
         out = np.empty_like(x)
         per_call = max(1, self.TRACK_FRAMES // x.shape[1])
         try:
-            with torch.inference_mode():
+            with self._no_grad():
                 for i in range(0, x.shape[0], per_call):
-                    y = self.module(torch.from_numpy(x[i:i + per_call]).to(self._dev))
+                    y = self._forward(torch.from_numpy(x[i:i + per_call]).to(self._dev))
                     out[i:i + per_call] = y.float().cpu().numpy()
         except torch.cuda.OutOfMemoryError as e:
             raise EngineError(f"{self.name}: out of GPU memory ({e})") from e
@@ -153,8 +159,8 @@ class TorchEngine(Engine):
     def _run_batch(self, x: np.ndarray, out: np.ndarray) -> None:
         try:
             if self._dev.type == "cpu":
-                with torch.inference_mode():
-                    out[...] = self.module(torch.from_numpy(x)).numpy()
+                with self._no_grad():
+                    out[...] = self._forward(torch.from_numpy(x)).numpy()
                 return
             self._run_cuda(x, out)
         except torch.cuda.OutOfMemoryError as e:
@@ -165,13 +171,13 @@ class TorchEngine(Engine):
     def _run_cuda(self, x: np.ndarray, out: np.ndarray) -> None:
         b = x.shape[0]
         self._h_in[:b].numpy()[...] = x
-        with torch.cuda.stream(self._stream), torch.inference_mode():
+        with torch.cuda.stream(self._stream), self._no_grad():
             graph = self._graph_for(b) if self.cuda_graphs else None
             if graph is not None:
                 graph.replay()
             else:
                 self._d_in[:b].copy_(self._h_in[:b], non_blocking=True)
-                self._h_out[:b].copy_(self.module(self._d_in[:b]), non_blocking=True)
+                self._h_out[:b].copy_(self._forward(self._d_in[:b]), non_blocking=True)
         self._stream.synchronize()
         out[...] = self._h_out[:b].numpy()
 
@@ -197,12 +203,12 @@ class TorchEngine(Engine):
         d_in = self._d_in[:b]
         for _ in range(3):  # warm-up on the side stream, as CUDA graph capture requires
             d_in.copy_(self._h_in[:b], non_blocking=True)
-            self.module(d_in)
+            self._forward(d_in)
         self._stream.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self._stream):
             d_in.copy_(self._h_in[:b], non_blocking=True)
-            d_out = self.module(d_in)
+            d_out = self._forward(d_in)
             self._h_out[:b].copy_(d_out, non_blocking=True)
         self._graphs[b] = (graph, d_out)
         return self._graphs[b]
@@ -221,9 +227,9 @@ class _CudaStep:
     """A streaming module's step for one batch size on CUDA: pinned host buffers, device
     buffers, and (after :meth:`capture`) one CUDA graph of copy-in, step and copy-out."""
 
-    def __init__(self, module, spec: dict[str, tuple[tuple[int, ...], np.dtype]], b: int,
-                 dev: torch.device, stream: torch.cuda.Stream):
-        self.module, self.stream, self.graph = module, stream, None
+    def __init__(self, step, spec: dict[str, tuple[tuple[int, ...], np.dtype]], b: int,
+                 dev: torch.device, stream: torch.cuda.Stream, no_grad=torch.inference_mode):
+        self.step, self.stream, self.graph, self.no_grad = step, stream, None, no_grad
         states = {k: (b, *shape) for k, (shape, _) in spec.items()}
         self.names = list(spec)
         ins, outs = {"frames": (b, 25, 3), **states}, {"anonymized": (b, 25, 3), **states}
@@ -236,12 +242,12 @@ class _CudaStep:
     def _run(self) -> None:
         for k, t in self.d_in.items():
             t.copy_(self.h_in[k], non_blocking=True)
-        y, new = self.module.step(self.d_in["frames"], {k: self.d_in[k] for k in self.names})
+        y, new = self.step(self.d_in["frames"], {k: self.d_in[k] for k in self.names})
         for k, t in {"anonymized": y, **new}.items():
             self.h_out[k].copy_(t, non_blocking=True)
 
     def capture(self) -> None:
-        with torch.cuda.stream(self.stream), torch.inference_mode():
+        with torch.cuda.stream(self.stream), self.no_grad():
             for _ in range(3):  # warm-up on the side stream, as CUDA graph capture requires
                 self._run()
             self.stream.synchronize()
@@ -254,7 +260,7 @@ class _CudaStep:
         self.h_in["frames"].numpy()[...] = frames
         for k in self.names:
             self.h_in[k].numpy()[...] = state[k]
-        with torch.cuda.stream(self.stream), torch.inference_mode():
+        with torch.cuda.stream(self.stream), self.no_grad():
             if self.graph is not None:
                 self.graph.replay()
             else:

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -397,6 +398,29 @@ def test_streaming_step_rejects_bad_frames_and_state(backend):
         engine.step(frames, {k: v for k, v in state.items() if k != "kv_k"})
     with pytest.raises(ValueError, match="lstm_h"):
         engine.step(frames, {**state, "lstm_h": state["lstm_h"][:1]})
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile's CPU back end needs a C++ compiler")
+def test_compile_compiles_the_step_a_streaming_engine_runs():
+    """``compile=True`` once wrapped only ``forward``: a streaming engine stepped the eager
+    ``module.step`` and compiled nothing. Now the step itself is compiled (dynamo traces at
+    least one graph on the first call) and publishes what the eager step does."""
+    from torch._dynamo.utils import counters
+
+    model = tiny("tmr-stream")
+    eager = create_engine("torch", model=model, window=None)
+    compiled = create_engine("torch", model=copy.deepcopy(model), window=None, compile=True)
+    assert compiled.describe()["compiled"]
+    torch._dynamo.reset()
+    counters.clear()
+    x = windows(2, 12, seed=3)
+    s1, s2 = eager.init_state(2), compiled.init_state(2)
+    for t in range(x.shape[1]):
+        y1, s1 = eager.step(x[:, t], s1)
+        y2, s2 = compiled.step(x[:, t], s2)
+        np.testing.assert_allclose(y2, y1, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] >= 1
 
 
 def test_windowed_engine_has_no_step():
