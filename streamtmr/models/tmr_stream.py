@@ -90,6 +90,10 @@ class StreamTMRConfig:
     identity_mode: str = "static"  # or "full_sequence" (the ablation)
     decoding: str = "parallel"  # the streaming form decodes every frame on its own
     vq: bool = False  # no codebook in the streaming form
+    # 0: the decoder predicts every bone's direction freely. K > 0: every published pose is one
+    # of K pose atoms (the dummy's own neutral poses, :mod:`streamtmr.models.pose_atoms`), chosen
+    # per frame by the decoder: a learned form of motion matching.
+    pose_atoms: int = 0
 
     @classmethod
     def from_dict(cls, config: dict[str, Any] | None) -> StreamTMRConfig:
@@ -117,7 +121,8 @@ class StreamTMRConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
-                                    or value < (0 if f.name == "action_layers" else 1)):
+                                    or value < (0 if f.name in ("action_layers", "pose_atoms")
+                                                else 1)):
                 raise ValueError(f"tmr-stream config: {f.name} must be a positive integer, "
                                  f"got {value!r}")
         if self.d_action % self.action_heads:
@@ -415,15 +420,34 @@ class FrameDecoder(nn.Module):
             for _ in range(cfg.decoder_layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, FRAME_OUT)
+        if cfg.pose_atoms:  # the pose atoms (set by pose_atoms.fit_atoms) and their chooser
+            self.register_buffer("atoms", torch.zeros(cfg.pose_atoms, J, 3))
+            self.choose = nn.Linear(d, cfg.pose_atoms)
+        self.atom_logits: torch.Tensor | None = None  # the last forward's, for the atom loss
 
     def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor):
         x = self.memory(h_action)
         for layer in self.layers:
             x = layer(x, h_identity)
-        out = self.head(self.norm(x))
+        x = self.norm(x)
+        out = self.head(x)
+        if hasattr(self, "choose"):
+            return out[..., :2], self._chosen(self.choose(x))
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
         return out[..., :2], dirs
+
+    def _chosen(self, logits: torch.Tensor) -> torch.Tensor:
+        """The pose atom of the largest logit ``[B, T, K]``, exactly. In training the gradient
+        reaches the logits through their softmax (straight through): the forward value stays
+        the chosen atom."""
+        if not self.training:
+            return self.atoms[logits.argmax(-1)]
+        self.atom_logits = logits
+        soft = logits.softmax(-1)
+        hard = F.one_hot(logits.argmax(-1), soft.shape[-1]).to(soft.dtype)
+        weights = hard + soft - soft.detach()
+        return torch.einsum("btk,kjc->btjc", weights, self.atoms)
 
 
 # --------------------------------------------------------------------------------------------

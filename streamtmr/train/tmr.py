@@ -74,7 +74,7 @@ STAGE_ITERATIONS: dict[int, int] = {1: 20_000, 2: 15_000, 3: 15_000}
 TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "adam"}
 
 ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
-DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee", "act_out")
+DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee", "act_out", "atom")
 LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES + P.PRIVACY_LOSSES
 PAIR_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse")
 #: The verification heads learn this many times faster than the stage's learning rate: a fresh
@@ -170,6 +170,8 @@ def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active:
         forcing = target if model.config["decoding"] == "autoregressive" else None
         y = model.decode(code.h, h_identity, lengths, frame, forcing)
         out.update(_decoder_losses(model, y, target, lengths, active))
+        if "atom" in active:
+            out["atom"] = atom_loss(model, target, frame)
         if "act_out" in active:
             if teacher is None:
                 raise ValueError("tmr: loss 'act_out' needs the frozen action teacher "
@@ -248,6 +250,22 @@ def _encoder_losses(model: DisentangledTMR, code, active: list[str], need) -> di
     if "vq" in active:
         out["vq"] = code.vq_loss
     return out
+
+
+def atom_loss(model: DisentangledTMR, target: torch.Tensor, frame) -> torch.Tensor:
+    """Cross-entropy of the decoder's choice of pose atom (``pose_atoms`` > 0, its last
+    training forward) against the atom nearest to the target's bone directions, both in the
+    source frame's heading frame (:mod:`streamtmr.models.pose_atoms`)."""
+    logits = getattr(model.decoder, "atom_logits", None)
+    if logits is None or not model.decoder.training:
+        raise ValueError("tmr: loss 'atom' needs a model with pose_atoms > 0, in training")
+    rot, root, _ = frame
+    canon = skeleton.to_canonical(target[..., None, :, :], rot, root)[..., 0, :, :]
+    dirs = skeleton.bone_directions(canon).flatten(2)                         # (B, T, 75)
+    atoms = model.decoder.atoms.flatten(1)                                    # (K, 75)
+    with torch.no_grad():
+        nearest = torch.cdist(dirs.reshape(-1, dirs.shape[-1]), atoms).argmin(1)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), nearest)
 
 
 def _identity_input(model: DisentangledTMR, batch: dict[str, torch.Tensor], need

@@ -1,0 +1,146 @@
+"""Pose atoms: a streaming model whose every published pose is one of K poses of the dummy.
+
+Motion matching (:mod:`streamtmr.models.motion_match`) publishes only database frames of the
+dummy's own neutral performances, so no pose of the source reaches the output, only the choice
+of frames; a search every frame, on the features of the learned default's output, re-identifies
+about as many people as the shipped matcher (`docs/motion_matching.md`, "A learned choice of
+poses"). Its learned form keeps that property without a search: StreamTMR's decoder, with
+``pose_atoms: K``, scores K atoms per frame and publishes the best one's bone directions
+(:class:`streamtmr.models.tmr_stream.FrameDecoder`), with the dummy's bone lengths and the
+root the decoder places.
+
+The atoms are K-means centres of the dummy's neutral poses (``target_sync`` of the training
+people, each frame turned into its own heading frame, as the decoder's directions are), every
+bone's direction renormalised to unit length. :func:`init_checkpoint` puts them into a copy of
+a trained model, with a chooser that starts by picking the atom nearest to what the model's
+free head predicts; fine-tuning then trains the choice (the ``atom`` loss and the usual
+decoder losses, straight through the choice).
+
+    python -m streamtmr.models.pose_atoms --base streamtmr/assets/default_model.safetensors \\
+        --data data/synthkinect --atoms 1024 --out runs/atoms/init.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamtmr import skeleton
+
+log = logging.getLogger(__name__)
+
+#: Frames of neutral performances the centres are fitted on (a random subset of the store's).
+FIT_FRAMES = 100_000
+#: K-means (Lloyd) iterations.
+KMEANS_STEPS = 20
+#: The chooser's initial logits are this times the dot product of an atom with the free head's
+#: prediction: sharp enough that the softmax the choice trains through favours the nearest atoms.
+INIT_SHARPNESS = 4.0
+
+
+def heading_directions(joints: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Unit bone directions ``[N, 25, 3]`` of frames ``[N, 25, 3]``, each frame in its own
+    heading frame (the frame StreamTMR's decoder predicts directions in)."""
+    x = torch.as_tensor(np.asarray(joints, np.float32))                # [N, 25, 3]
+    rot = skeleton.rotation_y(skeleton.facing_angle(x))                # [N, 3, 3]
+    canon = skeleton.to_canonical(x[:, None], rot, x[:, skeleton.ROOT])[:, 0]
+    return skeleton.bone_directions(canon)
+
+
+def kmeans_atoms(dirs: torch.Tensor, k: int, seed: int = 0, steps: int = KMEANS_STEPS
+                 ) -> torch.Tensor:
+    """K-means centres ``[k, 25, 3]`` of bone directions ``[N, 25, 3]`` (squared distance over
+    every bone), each bone renormalised to unit length (the root's entry stays zero)."""
+    flat = dirs.reshape(len(dirs), -1)
+    if len(flat) < k:
+        raise ValueError(f"pose atoms: {k} atoms need at least {k} frames, got {len(flat)}")
+    g = torch.Generator().manual_seed(seed)
+    centres = flat[torch.randperm(len(flat), generator=g)[:k]].clone()
+    for _ in range(steps):
+        near = torch.cdist(flat, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, near, flat)
+        counts = torch.bincount(near, minlength=k).to(flat.dtype)[:, None]
+        empty = counts[:, 0] == 0   # an empty centre restarts at a random frame
+        centres = torch.where(empty[:, None],
+                              flat[torch.randint(len(flat), (k,), generator=g)],
+                              sums / counts.clamp_min(1))
+    atoms = centres.reshape(k, skeleton.NUM_JOINTS, 3)
+    norm = torch.linalg.vector_norm(atoms, dim=-1, keepdim=True)
+    return torch.where(norm > 1e-6, atoms / norm.clamp_min(1e-6), torch.zeros_like(atoms))
+
+
+def store_atoms(data: str | Path, k: int, seed: int = 0, array: str = "target_sync",
+                split: str = "anonymizer_train") -> torch.Tensor:
+    """:func:`kmeans_atoms` of the dummy's neutral poses in a SynthKinect store: ``array`` of
+    the people of ``split`` (at most :data:`FIT_FRAMES` frames, drawn at random)."""
+    from streamtmr.data.store import SkeletonStore
+
+    store = SkeletonStore(data)
+    people = set(int(s) for s in store.meta["splits"][split])
+    frames = store.array(array)
+    rows = [r for r in store.rows if int(r["subject"]) in people]
+    index = np.concatenate([np.arange(r["offset"], r["offset"] + r["length"]) for r in rows])
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(index, size=min(FIT_FRAMES, len(index)), replace=False))
+    return kmeans_atoms(heading_directions(frames[pick]), k, seed)
+
+
+@torch.no_grad()
+def init_chooser(model, atoms: torch.Tensor) -> None:
+    """Set ``model``'s atoms and start its chooser at the atom nearest (by dot product over the
+    bones) to the free head's direction output: logits = sharpness · A (W x + b)."""
+    dec = model.decoder
+    dec.atoms.copy_(atoms)
+    a = atoms.reshape(len(atoms), -1)                                   # [K, 75]
+    w, b = dec.head.weight[2:], dec.head.bias[2:]                       # [75, d], [75]
+    dec.choose.weight.copy_(INIT_SHARPNESS * a @ w)
+    dec.choose.bias.copy_(INIT_SHARPNESS * a @ b)
+
+
+def init_checkpoint(base: str | Path, data: str | Path, k: int, out: str | Path,
+                    seed: int = 0) -> Path:
+    """A copy of the StreamTMR checkpoint ``base`` with ``pose_atoms: k``: its weights, the
+    atoms fitted on ``data`` and the chooser of :func:`init_chooser`; its training record is
+    the base's (the atoms come from the same training people)."""
+    from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from streamtmr.models.registry import build_model
+
+    source = load_checkpoint(base)
+    if source.method != "tmr-stream":
+        raise ValueError(f"pose atoms: {base} is a {source.method} model, not tmr-stream")
+    model = build_model({**source.config, "pose_atoms": int(k)})
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or set(missing) != {"decoder.atoms", "decoder.choose.weight",
+                                      "decoder.choose.bias"}:
+        raise ValueError(f"pose atoms: {base} does not fit (missing {missing}, unexpected "
+                         f"{unexpected})")
+    init_chooser(model, store_atoms(data, k, seed))
+    _, extra = read_metadata(base)
+    return save_checkpoint(out, model, {**extra, "pose_atoms": {
+        "atoms": int(k), "fitted_on": str(data), "array": "target_sync", "seed": seed,
+        "base": str(base)}})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--base", required=True, help="a trained tmr-stream checkpoint")
+    p.add_argument("--data", required=True, help="the SynthKinect store it was trained on")
+    p.add_argument("--atoms", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.atoms < 1:
+        p.error("--atoms must be >= 1")
+    torch.set_num_threads(1)
+    print(f"wrote {init_checkpoint(a.base, a.data, a.atoms, a.out, a.seed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())
