@@ -19,10 +19,10 @@ def poses() -> np.ndarray:
     return synth_track(120)[:96]
 
 
-def atom_model(k: int = K):
+def atom_model(k: int = K, blend: int = 1):
     """A tiny tmr-stream with ``k`` atoms fitted on a synthetic person's poses."""
     torch.manual_seed(0)
-    model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k)
+    model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k, atom_blend=blend)
     init_chooser(model, kmeans_atoms(heading_directions(poses()), k))
     return model
 
@@ -94,12 +94,60 @@ def test_the_choice_trains_straight_through_and_the_atom_loss_is_finite():
     assert model.decoder.atoms.grad is None  # the atoms are the dummy's poses: never trained
 
 
-def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache):
+@pytest.mark.parametrize("blend", [1, 3])
+def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend):
     from engines.onnx_export import export_onnx, max_abs_error
     from engines.source import resolve_source
 
-    source = resolve_source(atom_model().eval(), None, None)
+    source = resolve_source(atom_model(blend=blend).eval(), None, None)
     path = export_onnx(source, tmp_path / "atoms.onnx")
     x = synth_track(80)[None].repeat(2, 0)
     x[1, :, :, 0] *= -1  # mirrored: another body
     assert max_abs_error(source, path, x) <= 1e-5
+
+
+def test_a_blend_ramps_between_the_chosen_atoms_and_steps_as_it_computes_in_parallel():
+    """atom_blend 3: each published pose is the renormalised 0.5 / 0.3 / 0.2 mix of the atoms
+    chosen in this frame and the two before (a track's first atom standing in before it), the
+    same streamed frame by frame, for bodies that enter at different frames."""
+    exact = atom_model().eval()
+    lengths = resolve_dummy(None).lengths
+    x = torch.from_numpy(synth_track(60)[:40])[None]
+    d1 = exact.for_dummy(lengths).eval()
+    with torch.no_grad():  # a chooser that reads only how the decoder's features move
+        dec = exact.decoder
+        z = dec.memory(exact.encode_action(x)[0].h)
+        for layer in dec.layers:
+            z = layer(z, d1.h_identity)
+        w = torch.randn_like(dec.choose.weight)
+        dec.choose.weight.copy_(w)
+        dec.choose.bias.copy_(-w @ dec.norm(z).mean((0, 1)))
+    blended = atom_model(blend=3).eval()
+    blended.load_state_dict(exact.state_dict())
+    d3 = blended.for_dummy(lengths).eval()
+    assert "atoms" in d3.state_spec() and "atoms" not in d1.state_spec()
+    with torch.no_grad():
+        code, frame = exact.encode_action(x)
+        h_id = d1.h_identity
+        _, chosen = exact.decode_from(code.h, h_id, d1.lengths[None], frame)
+        _, dirs, _ = blended.decoder(code.h, h_id)
+    assert len(torch.unique(chosen.flatten(2), dim=1)[0]) >= 3  # the choice moves
+    pad = torch.cat([chosen[:, :1], chosen[:, :1], chosen], 1)
+    mix = 0.5 * pad[:, 2:] + 0.3 * pad[:, 1:-1] + 0.2 * pad[:, :-2]
+    mix = mix / torch.linalg.vector_norm(mix, dim=-1, keepdim=True).clamp_min(1e-6)
+    assert torch.allclose(dirs[..., 1:, :], mix[..., 1:, :], atol=1e-5)
+    assert not torch.allclose(forward(d3, x), forward(d1, x), atol=1e-3)
+    # two bodies, the second entering 7 frames later: each equals its own track alone
+    late = torch.cat([x[:, :7], x[:, :33]], 1)
+    both = torch.cat([x, late])
+    state, outs = d3.init_state(2), []
+    with torch.no_grad():
+        for t in range(both.shape[1]):
+            frame_t = both[:, t].clone()
+            if t == 7:
+                state = {k: torch.cat([v[:1], d3.init_state(1)[k]]) for k, v in state.items()}
+            y, state = d3.step(frame_t, state)
+            outs.append(y)
+    y = torch.stack(outs, 1)
+    assert float((y[0] - forward(d3, x)[0]).abs().max()) <= 1e-4
+    assert float((y[1, 7:] - forward(d3, x[:, :33])[0]).abs().max()) <= 1e-4

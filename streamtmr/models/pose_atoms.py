@@ -18,6 +18,10 @@ decoder losses, straight through the choice).
 
     python -m streamtmr.models.pose_atoms --base streamtmr/assets/default_model.safetensors \\
         --data data/synthkinect --atoms 1024 --out runs/atoms/init.safetensors
+
+``atom_blend`` (:data:`streamtmr.models.tmr_stream.ATOM_BLEND`) publishes the renormalised mix
+of the atoms chosen in the last frames instead of the newest alone: a jump between two atoms
+becomes a ramp (``bench/jitter.py`` measures the difference); ``--blend N`` sets it on a copy.
 """
 
 from __future__ import annotations
@@ -126,17 +130,37 @@ def init_checkpoint(base: str | Path, data: str | Path, k: int, out: str | Path,
         "base": str(base)}})
 
 
+def with_blend(base: str | Path, blend: int, out: str | Path) -> Path:
+    """A copy of the pose-atom checkpoint ``base`` that publishes with ``atom_blend: blend``
+    (the same weights: the blend is a fixed filter of the chosen atoms)."""
+    from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from streamtmr.models.registry import build_model
+
+    source = load_checkpoint(base)
+    if not source.config.get("pose_atoms"):
+        raise ValueError(f"pose atoms: {base} has no pose atoms")
+    model = build_model({**source.config, "atom_blend": int(blend)})
+    model.load_state_dict(source.state_dict())
+    _, extra = read_metadata(base)
+    return save_checkpoint(out, model, extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", required=True, help="a trained tmr-stream checkpoint")
-    p.add_argument("--data", required=True, help="the SynthKinect store it was trained on")
+    p.add_argument("--data", help="the SynthKinect store it was trained on (to fit the atoms)")
     p.add_argument("--atoms", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blend", type=int,
+                   help="instead: a copy of a pose-atom checkpoint with this atom_blend")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    if a.atoms < 1:
-        p.error("--atoms must be >= 1")
     torch.set_num_threads(1)
+    if a.blend is not None:
+        print(f"wrote {with_blend(a.base, a.blend, a.out)}")
+        return 0
+    if a.atoms < 1 or not a.data:
+        p.error("fitting atoms needs --data and --atoms >= 1")
     print(f"wrote {init_checkpoint(a.base, a.data, a.atoms, a.out, a.seed)}")
     return 0
 

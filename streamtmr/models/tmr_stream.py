@@ -60,6 +60,9 @@ TOKEN_FEATURES = 9  # pose + velocity + acceleration per joint
 KERNELS = (3, 5, 7)  # multi-scale temporal conv
 BACKBONE_KERNEL = 5
 FRAME_OUT = 2 + 3 * J  # horizontal root offset + bone directions (root entry unused)
+#: Weights of the atoms chosen in this frame and the frames before, per ``atom_blend``: a jump
+#: between two atoms becomes a ramp over the frames (bench/jitter.py)
+ATOM_BLEND = {1: (1.0,), 2: (0.6, 0.4), 3: (0.5, 0.3, 0.2)}
 
 
 @dataclass
@@ -94,6 +97,9 @@ class StreamTMRConfig:
     # of K pose atoms (the dummy's own neutral poses, :mod:`streamtmr.models.pose_atoms`), chosen
     # per frame by the decoder: a learned form of motion matching.
     pose_atoms: int = 0
+    # with pose atoms: the published directions blend the atoms chosen in this frame and the
+    # atom_blend - 1 frames before (weights ATOM_BLEND; 1: the chosen atom alone, exactly)
+    atom_blend: int = 1
 
     @classmethod
     def from_dict(cls, config: dict[str, Any] | None) -> StreamTMRConfig:
@@ -128,6 +134,9 @@ class StreamTMRConfig:
         if self.d_action % self.action_heads:
             raise ValueError(f"tmr-stream config: d_action ({self.d_action}) must be divisible "
                              f"by action_heads ({self.action_heads})")
+        if self.atom_blend not in ATOM_BLEND:
+            raise ValueError(f"tmr-stream config: atom_blend must be one of {sorted(ATOM_BLEND)}, "
+                             f"got {self.atom_blend!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"tmr-stream config: dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -423,19 +432,25 @@ class FrameDecoder(nn.Module):
         if cfg.pose_atoms:  # the pose atoms (set by pose_atoms.fit_atoms) and their chooser
             self.register_buffer("atoms", torch.zeros(cfg.pose_atoms, J, 3))
             self.choose = nn.Linear(d, cfg.pose_atoms)
+            self.blend = ATOM_BLEND[cfg.atom_blend]
         self.atom_logits: torch.Tensor | None = None  # the last forward's, for the atom loss
 
-    def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor):
+    def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor, past=None):
+        """Root offset and bone directions; with pose atoms also the atoms chosen ``[B, T, J,
+        3]``, blended with ``past``: None (every track starts at the first frame) or ``(atoms
+        [B, atom_blend - 1, J, 3], fresh [B, 1])``, the atoms chosen in the frames before the
+        first, oldest first, for the tracks that are not ``fresh``."""
         x = self.memory(h_action)
         for layer in self.layers:
             x = layer(x, h_identity)
         x = self.norm(x)
         out = self.head(x)
         if hasattr(self, "choose"):
-            return out[..., :2], self._chosen(self.choose(x))
+            chosen = self._chosen(self.choose(x))
+            return out[..., :2], blend_atoms(chosen, past, self.blend), chosen
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
-        return out[..., :2], dirs
+        return out[..., :2], dirs, None
 
     def _chosen(self, logits: torch.Tensor) -> torch.Tensor:
         """The pose atom of the largest logit ``[B, T, K]``, exactly. In training the gradient
@@ -448,6 +463,24 @@ class FrameDecoder(nn.Module):
         hard = F.one_hot(logits.argmax(-1), soft.shape[-1]).to(soft.dtype)
         weights = hard + soft - soft.detach()
         return torch.einsum("btk,kjc->btjc", weights, self.atoms)
+
+
+def blend_atoms(chosen: torch.Tensor, past, weights: tuple[float, ...]) -> torch.Tensor:
+    """Unit bone directions ``[B, T, J, 3]``: the weighted sum of the atoms chosen in each frame
+    and the ``n - 1 = len(weights) - 1`` frames before, each bone renormalised. ``past``: None
+    (before the first frame, its atom repeated: a fresh track) or ``(atoms [B, n - 1, J, 3],
+    fresh [B, 1])``, the atoms before the first frame for the tracks that are not fresh."""
+    n, t = len(weights), int(chosen.shape[1])
+    if n == 1:
+        return chosen
+    first = chosen[:, :1].expand(-1, n - 1, -1, -1)
+    if past is not None:
+        atoms, fresh = past
+        first = torch.where(fresh[:, :, None, None], first, atoms)
+    seq = torch.cat([first, chosen], 1)                      # [B, n - 1 + T, J, 3]
+    d = sum(w * seq[:, n - 1 - i: n - 1 - i + t] for i, w in enumerate(weights))
+    norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
+    return torch.where(norm > 1e-6, d / norm.clamp_min(1e-6), torch.zeros_like(d))
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,14 +543,20 @@ class StreamTMR(DisentangledTMR):
     def decode(self, h_action: torch.Tensor, h_identity: torch.Tensor, lengths: torch.Tensor,
                 frame, teacher: torch.Tensor | None = None) -> torch.Tensor:
         """Joints ``[B, T, 25, 3]`` in camera space with exactly ``lengths`` ``[B, 25]``."""
+        return self.decode_from(h_action, h_identity, lengths, frame)[0]
+
+    def decode_from(self, h_action: torch.Tensor, h_identity: torch.Tensor,
+                    lengths: torch.Tensor, frame, past: torch.Tensor | None = None):
+        """:meth:`decode` given the pose atoms chosen before the first frame (``past``, see
+        :class:`FrameDecoder`); returns the joints and the atoms chosen (None without atoms)."""
         rot, root, floor = frame
-        offset, dirs = self.decoder(h_action, h_identity)
+        offset, dirs, chosen = self.decoder(h_action, h_identity, past)
         leg = skeleton.leg_length(lengths)[:, None, None]  # (B, 1, 1)
         offset = torch.stack([offset[..., 0], torch.zeros_like(offset[..., 0]),
                               offset[..., 1]], -1) * leg  # (B, T, 3), metres
         y = skeleton.forward_kinematics(offset, dirs, lengths[:, None, :])  # heading frame
         y = skeleton.from_canonical(y[..., None, :, :], rot, root)  # (B, T, 1, 25, 3)
-        return skeleton.place_on_floor(y, floor)[..., 0, :, :]
+        return skeleton.place_on_floor(y, floor)[..., 0, :, :], chosen
 
     def for_dummy(self, dummy_lengths) -> StreamingDummy:
         return StreamingDummy(self, dummy_lengths)
@@ -568,6 +607,8 @@ class StreamingDummy(nn.Module):
             "lstm_c": (cfg["lstm_hidden"],),
             "gcn": (cfg["backbone_blocks"], BACKBONE_KERNEL - 1, J, c),  # backbone caches
         }
+        if cfg.get("pose_atoms") and cfg.get("atom_blend", 1) > 1:  # atoms chosen before
+            shapes["atoms"] = (cfg["atom_blend"] - 1, J, 3)
         return {k: (v, torch.float32) for k, v in shapes.items()}
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -582,7 +623,14 @@ class StreamingDummy(nn.Module):
         prev = torch.where(first[:, :, None, None], torch.cat([x, x], 1), state["prev"])
         tokens, joints, geo = frame_inputs(x, prev[:, 1:], prev[:, :1], ref_leg[:, 0])
         h, new = self.model.action_encoder.step(tokens, joints, state, first)
-        y = self.model.decode(h, self.h_identity, self.lengths.expand(frame.shape[0], J), geo)
+        lengths = self.lengths.expand(frame.shape[0], J)
+        if "atoms" not in state:
+            y = self.model.decode(h, self.h_identity, lengths, geo)
+        else:  # a fresh track's past is its first atom, repeated (as in the parallel form)
+            y, chosen = self.model.decode_from(h, self.h_identity, lengths, geo,
+                                               (state["atoms"], first))
+            past = torch.where(first[:, :, None, None], chosen, state["atoms"])
+            new["atoms"] = torch.cat([past[:, 1:], chosen], 1)
         window = float(self.model.config["window"])
         new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
                    prev=torch.cat([prev[:, 1:], x], 1))
