@@ -610,3 +610,18 @@ def test_pair_render_records_both_settings(tmp_path):
     record = json.loads(out.read_text())
     assert [(r["setting"], r["n"]) for r in record["rows"]] == [("inline", 2), ("1 workers", 2)]
     assert all(r["p50_ms"] > 0 for r in record["rows"]) and record["machine"]["cpu"]
+
+
+def test_jitter_is_zero_for_steady_motion_and_sees_a_spike():
+    """bench.jitter: the distance of a frame from its neighbours' mean, in mm."""
+    from bench.jitter import jitter_mm
+
+    t = np.arange(20, dtype=np.float32)[:, None, None]
+    steady = np.broadcast_to(0.01 * t * np.float32([1, 0, 0]), (20, 25, 3)).copy()
+    assert jitter_mm(steady) == pytest.approx((0.0, 0.0), abs=1e-6)
+    spike = steady.copy()
+    spike[10, 7] += np.float32([0, 0.02, 0])   # one hand, one frame, 2 cm
+    mean, hands_p95 = jitter_mm(spike)
+    # the spiked frame is 20 mm off, each neighbour 10 mm: 40 mm over 18 frames x 25 joints
+    assert mean == pytest.approx(40.0 / (18 * 25), rel=1e-4)
+    assert hands_p95 > 0
