@@ -618,7 +618,7 @@ def test_jitter_is_zero_for_steady_motion_and_sees_a_spike():
 
     t = np.arange(20, dtype=np.float32)[:, None, None]
     steady = np.broadcast_to(0.01 * t * np.float32([1, 0, 0]), (20, 25, 3)).copy()
-    assert jitter_mm(steady) == pytest.approx((0.0, 0.0), abs=1e-6)
+    assert jitter_mm(steady) == pytest.approx((0.0, 0.0), abs=1e-3)  # float32 rounding
     spike = steady.copy()
     spike[10, 7] += np.float32([0, 0.02, 0])   # one hand, one frame, 2 cm
     mean, hands_p95 = jitter_mm(spike)
