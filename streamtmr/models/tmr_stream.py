@@ -429,7 +429,7 @@ class FrameDecoder(nn.Module):
             for _ in range(cfg.decoder_layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, FRAME_OUT)
-        if cfg.pose_atoms:  # the pose atoms (set by pose_atoms.fit_atoms) and their chooser
+        if cfg.pose_atoms:  # the atoms (set by pose_atoms.init_chooser) and their chooser
             self.register_buffer("atoms", torch.zeros(cfg.pose_atoms, J, 3))
             self.choose = nn.Linear(d, cfg.pose_atoms)
             self.blend = ATOM_BLEND[cfg.atom_blend]
@@ -546,7 +546,7 @@ class StreamTMR(DisentangledTMR):
         return self.decode_from(h_action, h_identity, lengths, frame)[0]
 
     def decode_from(self, h_action: torch.Tensor, h_identity: torch.Tensor,
-                    lengths: torch.Tensor, frame, past: torch.Tensor | None = None):
+                    lengths: torch.Tensor, frame, past=None):
         """:meth:`decode` given the pose atoms chosen before the first frame (``past``, see
         :class:`FrameDecoder`); returns the joints and the atoms chosen (None without atoms)."""
         rot, root, floor = frame
@@ -624,7 +624,8 @@ class StreamingDummy(nn.Module):
         tokens, joints, geo = frame_inputs(x, prev[:, 1:], prev[:, :1], ref_leg[:, 0])
         h, new = self.model.action_encoder.step(tokens, joints, state, first)
         lengths = self.lengths.expand(frame.shape[0], J)
-        if "atoms" not in state:
+        spec = self.state_spec()
+        if "atoms" not in spec:
             y = self.model.decode(h, self.h_identity, lengths, geo)
         else:  # a fresh track's past is its first atom, repeated (as in the parallel form)
             y, chosen = self.model.decode_from(h, self.h_identity, lengths, geo,
@@ -634,7 +635,7 @@ class StreamingDummy(nn.Module):
         window = float(self.model.config["window"])
         new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
                    prev=torch.cat([prev[:, 1:], x], 1))
-        return y[:, 0], {k: new[k] for k in self.state_spec()}
+        return y[:, 0], {k: new[k] for k in spec}
 
 
 __all__ = ["StreamTMR", "StreamTMRConfig", "StreamingDummy", "frame_inputs"]
