@@ -33,13 +33,13 @@ from bench.machine import describe_machine, write_record
 SCALE = 1e3
 
 
-def store_tracks(data: str | Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` camera-0 recordings of a store's ``eval`` people."""
+def store_tracks(data: str | Path, count: int, array: str = "joints") -> list[np.ndarray]:
+    """``array`` of the first ``count`` camera-0 recordings of a store's ``eval`` people."""
     from streamtmr.data.store import SkeletonStore
 
     store = SkeletonStore(data)
     people = set(store.meta["splits"]["eval"])
-    joints = store.array("joints")
+    joints = store.array(array)
     rows = [r for r in store.rows if r["subject"] in people and r["view"] == 0][:count]
     return [np.array(joints[r["offset"]:r["offset"] + r["length"]]) for r in rows]
 

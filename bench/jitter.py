@@ -43,17 +43,6 @@ def summary(tracks: list[np.ndarray]) -> dict:
             "hands_p95_mm": round(float(per[:, 1].mean()), 2)}
 
 
-def target_tracks(data: str, count: int) -> list[np.ndarray]:
-    """``target_sync`` of the same recordings as :func:`store_tracks`."""
-    from streamtmr.data.store import SkeletonStore
-
-    store = SkeletonStore(data)
-    people = set(store.meta["splits"]["eval"])
-    frames = store.array("target_sync")
-    rows = [r for r in store.rows if r["subject"] in people and r["view"] == 0][:count]
-    return [np.array(frames[r["offset"]:r["offset"] + r["length"]]) for r in rows]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="a SynthKinect store")
@@ -67,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from streamtmr.models.checkpoint import load_checkpoint, model_path
 
     sources = store_tracks(a.data, a.recordings)
+    targets = store_tracks(a.data, a.recordings, "target_sync")
     rows = [{"output": "source (sensor)", **summary(sources)},
-            {"output": "own-tempo target", **summary(target_tracks(a.data, a.recordings))}]
+            {"output": "own-tempo target", **summary(targets)}]
     lengths = torch.from_numpy(default_dummy().lengths.copy())
     for spec in a.models:
         path = model_path(spec)

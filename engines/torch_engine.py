@@ -3,10 +3,9 @@
 Everything runs under ``torch.inference_mode`` (``torch.no_grad`` when compiled). On CUDA the
 engine keeps pinned host staging buffers and, with ``cuda_graphs`` (default on CUDA), captures
 one CUDA graph per batch size (input copy, model, output copy) and replays it.
-``compile=True`` compiles, with
-``torch.compile``, what the engine calls: ``forward`` for windows and ``step`` for a streaming
-model (compiled code runs under ``torch.no_grad``: dynamo's guards on tensors made from module
-constants fail under ``inference_mode``).
+``compile=True`` compiles, with ``torch.compile``, what the engine calls: ``forward`` for
+windows and, for a streaming model, ``step`` (compiled code runs under ``torch.no_grad``:
+dynamo's guards on tensors made from module constants fail under ``inference_mode``).
 
 Streaming models (``source.streaming``) run ``module.step(frame, state)`` in :meth:`step`; on
 CUDA one graph per batch size captures the copies of frames and states in, the step, and the
@@ -87,8 +86,8 @@ class TorchEngine(Engine):
             p.requires_grad_(False)
         self.compiled = bool(compile)
         self._forward = torch.compile(module, dynamic=False) if compile else module
-        self._step_fn = (torch.compile(module.step, dynamic=False) if compile
-                         else getattr(module, "step", None))
+        step = module.step if source.streaming else None   # a windowed model has no step
+        self._step_fn = torch.compile(step, dynamic=False) if compile and step else step
         self._no_grad = torch.no_grad if compile else torch.inference_mode
         self.cuda_graphs = dev.type == "cuda" and (cuda_graphs is None or bool(cuda_graphs))
         self.graph_error: str | None = None

@@ -311,6 +311,13 @@ def to_canonical(seq, rot, origin):
     return out.reshape(seq.shape)
 
 
+def to_frame_local(points, rot, origin):
+    """Per-frame :func:`to_canonical`: points ``[..., 25, 3]`` in the frame of ``rot [..., 3,
+    3]`` and ``origin [..., 3]`` (one rotation and origin per frame, e.g. each frame's own
+    heading frame)."""
+    return to_canonical(points[..., None, :, :], rot, origin)[..., 0, :, :]
+
+
 def from_canonical(canon, rot, origin):
     """Inverse of :func:`to_canonical`."""
     flat = canon.reshape(*canon.shape[:-3], -1, 3)

@@ -421,6 +421,12 @@ def test_compile_compiles_the_step_a_streaming_engine_runs():
         y2, s2 = compiled.step(x[:, t], s2)
         np.testing.assert_allclose(y2, y1, atol=1e-4)
     assert counters["stats"]["unique_graphs"] >= 1
+    # a windowed model has no step: compiled, it runs its forward as before
+    x = windows(2, 16, seed=4)
+    model = tiny("naive")
+    y = create_engine("torch", model=model, window=16, compile=True).run(x)
+    np.testing.assert_allclose(y, create_engine("torch", model=model, window=16).run(x),
+                               atol=1e-5)
 
 
 def test_windowed_engine_has_no_step():

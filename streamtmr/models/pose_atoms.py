@@ -27,7 +27,6 @@ becomes a ramp (``bench/jitter.py`` measures the difference); ``--blend N`` sets
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -35,8 +34,6 @@ import numpy as np
 import torch
 
 from streamtmr import skeleton
-
-log = logging.getLogger(__name__)
 
 #: Frames of neutral performances the centres are fitted on (a random subset of the store's).
 FIT_FRAMES = 100_000
@@ -52,8 +49,7 @@ def heading_directions(joints: np.ndarray | torch.Tensor) -> torch.Tensor:
     heading frame (the frame StreamTMR's decoder predicts directions in)."""
     x = torch.as_tensor(np.asarray(joints, np.float32))                # [N, 25, 3]
     rot = skeleton.rotation_y(skeleton.facing_angle(x))                # [N, 3, 3]
-    canon = skeleton.to_canonical(x[:, None], rot, x[:, skeleton.ROOT])[:, 0]
-    return skeleton.bone_directions(canon)
+    return skeleton.bone_directions(skeleton.to_frame_local(x, rot, x[:, skeleton.ROOT]))
 
 
 def kmeans_atoms(dirs: torch.Tensor, k: int, seed: int = 0, steps: int = KMEANS_STEPS
@@ -166,5 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     sys.exit(main())

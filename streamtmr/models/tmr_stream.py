@@ -146,11 +146,6 @@ class StreamTMRConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def _local(points: torch.Tensor, rot: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-    """Per-frame ``skeleton.to_canonical``: points ``[..., 25, 3]``, rot ``[..., 3, 3]``."""
-    return skeleton.to_canonical(points[..., None, :, :], rot, origin)[..., 0, :, :]
-
-
 def frame_inputs(x: torch.Tensor, prev1: torch.Tensor, prev2: torch.Tensor, leg: torch.Tensor):
     """Network inputs of frames ``x [B, T, 25, 3]`` given the frames one and two before them.
 
@@ -162,9 +157,9 @@ def frame_inputs(x: torch.Tensor, prev1: torch.Tensor, prev2: torch.Tensor, leg:
     root = x[..., skeleton.ROOT, :]
     scale = leg[:, None, None, None]
     zero = torch.zeros_like(root)
-    pose = _local(x, rot, root) / scale  # [B, T, 25, 3]
-    vel = _local(x - prev1, rot, zero) / scale
-    acc = _local(x - 2 * prev1 + prev2, rot, zero) / scale
+    pose = skeleton.to_frame_local(x, rot, root) / scale  # [B, T, 25, 3]
+    vel = skeleton.to_frame_local(x - prev1, rot, zero) / scale
+    acc = skeleton.to_frame_local(x - 2 * prev1 + prev2, rot, zero) / scale
     tokens = torch.cat([pose, vel, acc], -1).reshape(-1, int(x.shape[1]), J * TOKEN_FEATURES)
     floor = skeleton.floor_height(x[..., None, :, :])  # [B, T]
     return tokens, torch.cat([pose, vel], -1), (rot, root, floor)

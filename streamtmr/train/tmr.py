@@ -260,8 +260,7 @@ def atom_loss(model: DisentangledTMR, target: torch.Tensor, frame) -> torch.Tens
     if logits is None or not model.decoder.training:
         raise ValueError("tmr: loss 'atom' needs a model with pose_atoms > 0, in training")
     rot, root, _ = frame
-    canon = skeleton.to_canonical(target[..., None, :, :], rot, root)[..., 0, :, :]
-    dirs = skeleton.bone_directions(canon).flatten(2)                         # (B, T, 75)
+    dirs = skeleton.bone_directions(skeleton.to_frame_local(target, rot, root)).flatten(2)
     atoms = model.decoder.atoms.flatten(1)                                    # (K, 75)
     with torch.no_grad():
         nearest = torch.cdist(dirs.reshape(-1, dirs.shape[-1]), atoms).argmin(1)
