@@ -1,9 +1,11 @@
-"""The shipped ``matcher`` preset: the shipped default, then motion matching on a leash over a
-database rendered from its recipe (``configs/matcher.yaml``). It runs by name, carries its
-privacy card, and holds no database and no person: only the default's weights and a recipe."""
+"""The shipped ``matcher`` preset: the default it was measured with (the shipped default until
+2026-12-05, configs/tmr_stream_ver.yaml), then motion matching on a leash over a database
+rendered from its recipe (``configs/matcher.yaml``). It runs by name, carries its privacy card,
+and holds no database and no person: only its front's weights and a recipe."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ from sensors.replay import ReplaySource
 from streamtmr import skeleton
 from streamtmr.cache import file_sha256
 from streamtmr.cli import main
+from streamtmr.data import synth
+from streamtmr.data.datasets import load_windows
+from streamtmr.data.store import SkeletonStore
 from streamtmr.dummy import default_dummy
 from streamtmr.models import motion_match as mm
 from streamtmr.models.checkpoint import (
@@ -27,6 +32,7 @@ from streamtmr.models.checkpoint import (
     resolve_model,
     shipped_path,
 )
+from streamtmr.models.registry import model_class
 
 ROOT = Path(__file__).resolve().parents[1]
 MATCHER = shipped_path("matcher")
@@ -37,15 +43,19 @@ def matcher():
     return resolve_model("matcher")
 
 
-def test_the_matcher_is_the_default_then_a_rendered_matcher_on_a_leash():
+def test_the_matcher_is_its_front_then_a_rendered_matcher_on_a_leash():
     assert MATCHER.is_file() and MATCHER.stat().st_size < 2 * 2**20  # no database inside
     config, extra = read_metadata(MATCHER)
     assert config["method"] == "cascade"
     first, second = config["stages"]
-    assert first == read_metadata(default_checkpoint_path())[0]
-    # built from the default that ships beside it: a retrained default means a rebuilt matcher
+    # the front its card names (chained as "default" when it was): the free-head small model
+    # of configs/tmr_stream_ver.yaml, not the pose-atoms default that ships beside it now
+    front = find_card(MATCHER)["front"]
     assert extra["stages"][0] == "default"
-    assert extra["stage_sha256"][0] == file_sha256(default_checkpoint_path())
+    assert extra["stage_sha256"][0] == front["sha256"] != file_sha256(default_checkpoint_path())
+    assert first["method"] == "tmr-stream" and not first.get("pose_atoms")
+    small = model_class("tmr-stream").presets["small"]
+    assert all(first[k] == v for k, v in small.items())
     assert extra["data"]["real_subjects"] == []
     assert second["method"] == "motion_match" and second["root_motion"] == "leash"
     spec = yaml.safe_load((ROOT / "configs/matcher.yaml").read_text())
@@ -79,10 +89,21 @@ def test_the_matchers_database_is_what_its_recipe_renders(matcher, tmp_path, mon
         assert torch.equal(getattr(stage, name), getattr(fresh, name)), name
 
 
-def test_the_first_stage_is_the_shipped_default(matcher):
-    default = resolve_model("default")
-    for k, v in default.state_dict().items():
-        assert torch.equal(matcher.stages[0].state_dict()[k], v), k
+def test_the_first_stage_reproduces_its_fronts_recorded_heldout_error(matcher, tmp_path):
+    """The front inside the matcher is the model its card names: on the held-out people of the
+    default's card it makes the error recorded for that model when it was the default."""
+    front = find_card(MATCHER)["front"]
+    spec = json.loads(default_checkpoint_path().with_suffix(".json").read_text())["heldout"]
+    root = synth.generate(tmp_path / "s", n_subjects=spec["subjects"], n_actions=spec["actions"],
+                          views=tuple(spec["views"]), reps=spec["reps"], seed=spec["seed"],
+                          progress=False)
+    w = load_windows(SkeletonStore(root), 64, crop="center", arrays=("joints", "target_sync"))
+    x, y = (torch.tensor(np.asarray(w[k])) for k in ("joints", "target_sync"))
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        out = matcher.stages[0].for_dummy(torch.tensor(default_dummy().lengths))(x)
+    err = float((out - y).norm(dim=-1).mean()) * 1000
+    assert err == pytest.approx(front["heldout_mpjpe_mm"], abs=0.5)
 
 
 def test_the_matcher_staggers_its_search_across_bodies(matcher):

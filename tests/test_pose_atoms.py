@@ -95,6 +95,31 @@ def test_the_choice_trains_straight_through_and_the_atom_loss_is_finite():
     assert model.decoder.atoms.grad is None  # the atoms are the dummy's poses: never trained
 
 
+def test_pair_atom_is_the_atom_loss_on_both_people_of_a_pair():
+    """``pair_atom`` teaches the choice on the step's fresh pairs: with both people of a pair
+    the same track and the target that track, it is exactly the atom loss of that track."""
+    model = atom_model().train()
+    x = torch.from_numpy(synth_track(40)[:32])
+    y = x + torch.tensor([0.3, 0.0, 0.0])
+    lengths = torch.from_numpy(resolve_dummy(None).lengths.copy()).expand(2, 25)
+    main = {"source": torch.stack([x, y]), "target": torch.stack([x, y]),
+            "target_lengths": lengths, "action": torch.tensor([0, 1]),
+            "subject": torch.tensor([0, 1])}
+    pairs = {"pair_a": torch.stack([x, y]), "pair_b": torch.stack([x, y]),
+             "pair_a2": torch.stack([y, x]), "pair_target": torch.stack([x, y]),
+             "pair_action": torch.tensor([0, 1])}
+    model.eval()  # no dropout: the two encodings see the same network
+    model.decoder.train()
+    atom = tmr_training_losses(model, main, {"atom": 1.0})["atom"]
+    pair = tmr_training_losses(model, pairs, {"pair_atom": 1.0})["pair_atom"]
+    assert float(pair) == pytest.approx(float(atom), rel=1e-5)
+    pair.backward()
+    assert model.decoder.choose.weight.grad.abs().sum() > 0
+    free = model_class("tmr-stream").from_preset("tiny").train()
+    with pytest.raises(ValueError, match="pose_atoms"):
+        tmr_training_losses(free, pairs, {"pair_atom": 1.0})
+
+
 @pytest.mark.parametrize("blend", [1, 3])
 def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend):
     from engines.onnx_export import export_onnx, max_abs_error

@@ -11,7 +11,12 @@ from streamtmr.data import synth
 from streamtmr.data.ntu import read_skeleton
 from streamtmr.dummy import resolve_dummy
 from streamtmr.models.registry import model_class
-from streamtmr.models.tmr_stream import StreamTMRConfig
+from streamtmr.models.tmr_stream import (
+    StreamTMRConfig,
+    causal_average,
+    follow_frame,
+    trajectory,
+)
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 NTU = REAL / "ntu_samples"
@@ -249,3 +254,53 @@ def test_paper_preset_streams_the_same_function():
     assert dm.model.config["d_action"] == 256 and dm.model.config["decoder_layers"] == 6
     x = torch.from_numpy(synth_track(30)[:24])[None]
     assert float((stepped(dm, x) - forward(dm, x)).abs().max()) <= TOL
+
+
+def test_follow_averages_the_published_root_and_heading_and_nothing_else(small, tmp_path,
+                                                                         isolated_cache):
+    """follow < 1: the published body's horizontal root and heading are a causal exponential
+    average of the source's (a gait's sway and hip yaw do not pass), the pose is the same, and
+    step, forward and the exported step graph still compute one function."""
+    from engines.onnx_export import export_onnx, max_abs_error
+    from engines.source import resolve_source
+
+    cls = model_class("tmr-stream")
+    with pytest.raises(ValueError, match="follow"):
+        cls({"method": "tmr-stream", "follow": 0.0})
+    model = cls.from_preset("small", num_actions=8, num_subjects=6, follow=0.1).eval()
+    model.load_state_dict(small.model.state_dict())
+    followed = model.for_dummy(resolve_dummy(None).lengths).eval()
+    assert followed.state_spec()["follow"][0] == (4,)
+    x = torch.from_numpy(synth_track(200))[None]
+    copied, y = forward(small, x), forward(followed, x)
+    assert float((stepped(followed, x) - y).abs().max()) <= TOL
+    # the same pose: root-centred and turned to the published heading, the joints agree
+    for out in (copied, y):
+        assert float((skeleton.bone_lengths(out)[0, :, 1:]
+                      - torch.from_numpy(resolve_dummy(None).lengths[1:].copy())).abs().max()) \
+            < 1e-5
+    local = [skeleton.to_frame_local(o, skeleton.rotation_y(skeleton.facing_angle(o)),
+                                     o[..., skeleton.ROOT, :]) for o in (copied, y)]
+    assert float((local[0] - local[1]).abs().max()) < 1e-4
+    # the copied output moved, frame by frame, from the source's root and heading onto their
+    # causal average: it starts where the source stands, and the average wobbles less
+    path = trajectory(x)
+    avg = causal_average(path, 0.1, path[:, 0])
+    rot, root, _ = follow_frame((None, x[..., skeleton.ROOT, :], None), path)
+    rot_f, root_f, _ = follow_frame((None, x[..., skeleton.ROOT, :], None), avg)
+    moved = skeleton.from_canonical(skeleton.to_frame_local(copied, rot, root)[..., None, :, :],
+                                    rot_f, root_f)[..., 0, :, :]
+    assert float((moved - y).abs().max()) < 1e-4
+    assert float((copied[:, 0] - y[:, 0]).abs().max()) < 1e-5
+    def wobble(p):
+        turn = torch.atan2(p[0, 1:, 1], p[0, 1:, 0]) - torch.atan2(p[0, :-1, 1], p[0, :-1, 0])
+        return (float(p[0, :, 2:].diff(n=2, dim=0).norm(dim=-1).mean()),
+                float(torch.atan2(torch.sin(turn), torch.cos(turn)).abs().mean()))
+    (acc_c, turn_c), (acc_f, turn_f) = wobble(path), wobble(avg)
+    assert acc_f < 0.5 * acc_c and turn_f < 0.5 * turn_c, (acc_c, acc_f, turn_c, turn_f)
+    # a body that stands still is published where it stands
+    still = x[:, :1].expand(-1, 30, -1, -1)
+    assert float((forward(followed, still) - forward(small, still)).abs().max()) < 1e-5
+    source = resolve_source(model, None, None)
+    path = export_onnx(source, tmp_path / "follow.onnx")
+    assert max_abs_error(source, path, synth_track(80)[None]) <= 1e-5

@@ -100,6 +100,10 @@ class StreamTMRConfig:
     # with pose atoms: the published directions blend the atoms chosen in this frame and the
     # atom_blend - 1 frames before (weights ATOM_BLEND; 1: the chosen atom alone, exactly)
     atom_blend: int = 1
+    # how closely the published body's root (horizontal) and heading follow the source's: 1
+    # copies them every frame; alpha < 1 publishes their causal exponential average with weight
+    # alpha on each new frame (a gait's sway and hip yaw are biometric; the pose is unchanged)
+    follow: float = 1.0
 
     @classmethod
     def from_dict(cls, config: dict[str, Any] | None) -> StreamTMRConfig:
@@ -139,6 +143,8 @@ class StreamTMRConfig:
                              f"got {self.atom_blend!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"tmr-stream config: dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 < float(self.follow) <= 1.0:
+            raise ValueError(f"tmr-stream config: follow must be in (0, 1], got {self.follow!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +169,33 @@ def frame_inputs(x: torch.Tensor, prev1: torch.Tensor, prev2: torch.Tensor, leg:
     tokens = torch.cat([pose, vel, acc], -1).reshape(-1, int(x.shape[1]), J * TOKEN_FEATURES)
     floor = skeleton.floor_height(x[..., None, :, :])  # [B, T]
     return tokens, torch.cat([pose, vel], -1), (rot, root, floor)
+
+
+def trajectory(x: torch.Tensor) -> torch.Tensor:
+    """What the published body follows of frames ``[B, T, 25, 3]``: ``[B, T, 4]``, the unit
+    heading vector (cos, sin of :func:`skeleton.facing_angle`) and the root's X, Z."""
+    angle = skeleton.facing_angle(x)
+    root = x[..., skeleton.ROOT, :]
+    return torch.stack([torch.cos(angle), torch.sin(angle), root[..., 0], root[..., 2]], -1)
+
+
+def follow_frame(frame, followed: torch.Tensor):
+    """The frame to map back (rotation, root, floor) moved onto a followed trajectory ``[B, T,
+    4]`` (heading vector, root X, Z; see :func:`trajectory`); the root's height is kept."""
+    rot, root, floor = frame
+    rot = skeleton.rotation_y(torch.atan2(followed[..., 1], followed[..., 0]))
+    root = torch.stack([followed[..., 2], root[..., 1], followed[..., 3]], -1)
+    return rot, root, floor
+
+
+def causal_average(x: torch.Tensor, alpha: float, start: torch.Tensor) -> torch.Tensor:
+    """Exponential average over time of ``x [B, T, C]`` from ``start [B, C]`` (the value before
+    the first frame): ``y_t = y_{t-1} + alpha (x_t - y_{t-1})``."""
+    out, y = [], start
+    for t in range(int(x.shape[1])):
+        y = y + alpha * (x[:, t] - y)
+        out.append(y)
+    return torch.stack(out, 1)
 
 
 def track_leg(frame: torch.Tensor) -> torch.Tensor:
@@ -583,6 +616,10 @@ class StreamingDummy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         code, frame = self.model.encode_action(x)
+        alpha = float(self.model.config.get("follow", 1.0))
+        if alpha < 1.0:  # a fresh track starts where the source stands
+            path = trajectory(x)
+            frame = follow_frame(frame, causal_average(path, alpha, path[:, 0]))
         return self.model.decode(code.h, self.h_identity, self.lengths.expand(x.shape[0], J),
                                   frame)
 
@@ -604,6 +641,8 @@ class StreamingDummy(nn.Module):
         }
         if cfg.get("pose_atoms") and cfg.get("atom_blend", 1) > 1:  # atoms chosen before
             shapes["atoms"] = (cfg["atom_blend"] - 1, J, 3)
+        if cfg.get("follow", 1.0) < 1.0:  # the followed heading vector and root X, Z
+            shapes["follow"] = (4,)
         return {k: (v, torch.float32) for k, v in shapes.items()}
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -620,6 +659,11 @@ class StreamingDummy(nn.Module):
         h, new = self.model.action_encoder.step(tokens, joints, state, first)
         lengths = self.lengths.expand(frame.shape[0], J)
         spec = self.state_spec()
+        if "follow" in spec:
+            path = trajectory(x)[:, 0]
+            start = torch.where(first, path, state["follow"])
+            new["follow"] = causal_average(path[:, None], self.model.config["follow"], start)[:, 0]
+            geo = follow_frame(geo, new["follow"][:, None])
         if "atoms" not in spec:
             y = self.model.decode(h, self.h_identity, lengths, geo)
         else:  # a fresh track's past is its first atom, repeated (as in the parallel form)

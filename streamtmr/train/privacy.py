@@ -21,7 +21,9 @@
 * **Cross-identity invariance** (``inv_h``): the same content rendered for two people must give
   the same H_action; :func:`invariance_loss` is the squared distance relative to the features'
   own size, so shrinking the features does not lower it. ``inv_out`` is the mean joint distance
-  (m) between the two outputs; ``pair_mse`` supervises both with their one shared target.
+  (m) between the two outputs; ``pair_mse`` supervises both with their one shared target, and
+  ``pair_atom`` (pose-atom models) both choices of atom with the atom nearest that target's pose
+  (:func:`streamtmr.train.tmr.atom_loss`).
 * **Motion dynamics on unlabelled real recordings** (``dyn``): :func:`dynamics_loss` compares the
   per-bone angular speed (rad/frame) of the anonymized output with the source's. It needs no
   target, is blind to bone lengths, and keeps *when and how fast* each limb moves (the action's
@@ -38,7 +40,8 @@ from streamtmr import skeleton
 from streamtmr.models.layers import MLP, grad_reverse
 
 #: Loss names of this module (λ keys of TMR's stages).
-PRIVACY_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse", "dyn", "ver_real")
+PRIVACY_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse", "pair_atom", "dyn",
+                  "ver_real")
 #: Size of :func:`pose_statistics`: mean and std over time of 24 bone directions.
 POSE_STATISTICS = 2 * 24 * 3
 

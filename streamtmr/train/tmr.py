@@ -76,7 +76,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "ad
 ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
 DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee", "act_out", "atom")
 LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES + P.PRIVACY_LOSSES
-PAIR_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse")
+PAIR_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse", "pair_atom")
 #: The verification heads learn this many times faster than the stage's learning rate: a fresh
 #: adversary must keep up with an encoder that starts trained.
 VERIFIER_LR_FACTOR = 5.0
@@ -182,8 +182,8 @@ def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active:
 
 def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
                  active: list[str], need) -> dict[str, torch.Tensor]:
-    """``ver``, ``ver_out``, ``inv_h``, ``inv_out``, ``pair_mse`` on one encoding of
-    ``cat(a, b, a2)``; ``verifier`` holds a head per ``ver*`` term."""
+    """``ver``, ``ver_out``, ``inv_h``, ``inv_out``, ``pair_mse``, ``pair_atom`` on one
+    encoding of ``cat(a, b, a2)``; ``verifier`` holds a head per ``ver*`` term."""
     a = need("pair_a")
     k = a.shape[0]
     code, frame = model.encode_action(torch.cat([a, need("pair_b"), need("pair_a2")]))
@@ -194,7 +194,7 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
     labels, mask = P.verification_targets(need("pair_action"))
     if "ver" in active:
         out.update(_verify(model, verifier, "ver", pooled, labels, mask))
-    if {"inv_out", "pair_mse", "ver_out"} & set(active):
+    if {"inv_out", "pair_mse", "ver_out", "pair_atom"} & set(active):
         target = need("pair_target")
         lengths = skeleton.bone_lengths(target).median(dim=1).values
         h_id = model.identity_encoder(rest_pose(lengths)[:, None])
@@ -204,6 +204,12 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
             out["inv_out"] = P.output_invariance(y_a, y_b)
         if "pair_mse" in active:
             out["pair_mse"] = 0.5 * (L.mse(y_a, target) + L.mse(y_b, target))
+        if "pair_atom" in active:  # two fresh people, one neutral performance: one choice
+            rot, root, _ = frame
+            logits = getattr(model.decoder, "atom_logits", None)
+            out["pair_atom"] = atom_loss(model, target.repeat(2, 1, 1, 1),
+                                         (rot[:2 * k], root[:2 * k], None),
+                                         None if logits is None else logits[:2 * k])
         if "ver_out" in active:
             stats = P.pose_statistics(torch.cat([y_a, y_b, y_a2])).split(k)
             out.update(_verify(model, verifier, "ver_out", stats, labels, mask))
@@ -252,11 +258,14 @@ def _encoder_losses(model: DisentangledTMR, code, active: list[str], need) -> di
     return out
 
 
-def atom_loss(model: DisentangledTMR, target: torch.Tensor, frame) -> torch.Tensor:
-    """Cross-entropy of the decoder's choice of pose atom (``pose_atoms`` > 0, its last
-    training forward) against the atom nearest to the target's bone directions, both in the
-    source frame's heading frame (:mod:`streamtmr.models.pose_atoms`)."""
-    logits = getattr(model.decoder, "atom_logits", None)
+def atom_loss(model: DisentangledTMR, target: torch.Tensor, frame,
+              logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the decoder's choice of pose atom (``pose_atoms`` > 0; ``logits``, by
+    default those of its last training forward) against the atom nearest to the target's bone
+    directions, both in the source frame's heading frame (:mod:`streamtmr.models.pose_atoms`).
+    ``pair_atom`` is the same on cross-identity pairs: fresh people every step, so the choice
+    learns to ignore whose motion it reads."""
+    logits = getattr(model.decoder, "atom_logits", None) if logits is None else logits
     if logits is None or not model.decoder.training:
         raise ValueError("tmr: loss 'atom' needs a model with pose_atoms > 0, in training")
     rot, root, _ = frame
