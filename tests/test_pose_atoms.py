@@ -10,6 +10,7 @@ from streamtmr import skeleton
 from streamtmr.dummy import resolve_dummy
 from streamtmr.models.pose_atoms import heading_directions, init_chooser, kmeans_atoms
 from streamtmr.models.registry import model_class
+from streamtmr.models.tmr_stream import held_choice
 from streamtmr.train.tmr import STAGE_WEIGHTS, tmr_training_losses
 
 K = 16
@@ -19,12 +20,27 @@ def poses() -> np.ndarray:
     return synth_track(120)[:96]
 
 
-def atom_model(k: int = K, blend: int = 1):
+def atom_model(k: int = K, blend: int = 1, margin: float = 0.0):
     """A tiny tmr-stream with ``k`` atoms fitted on a synthetic person's poses."""
     torch.manual_seed(0)
-    model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k, atom_blend=blend)
+    model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k, atom_blend=blend,
+                                                  atom_margin=margin)
     init_chooser(model, kmeans_atoms(heading_directions(poses()), k))
     return model
+
+
+def moving_chooser(model, x: torch.Tensor) -> None:
+    """Set ``model``'s chooser to read only how its decoder's features move over ``x``, so
+    that its choice changes along the track (a random chooser keeps one atom)."""
+    lengths = resolve_dummy(None).lengths
+    with torch.no_grad():
+        dec = model.decoder
+        z = dec.memory(model.encode_action(x)[0].h)
+        for layer in dec.layers:
+            z = layer(z, model.for_dummy(lengths).h_identity)
+        w = torch.randn_like(dec.choose.weight)
+        dec.choose.weight.copy_(w)
+        dec.choose.bias.copy_(-w @ dec.norm(z).mean((0, 1)))
 
 
 def test_kmeans_atoms_are_unit_bones_of_real_poses():
@@ -120,12 +136,12 @@ def test_pair_atom_is_the_atom_loss_on_both_people_of_a_pair():
         tmr_training_losses(free, pairs, {"pair_atom": 1.0})
 
 
-@pytest.mark.parametrize("blend", [1, 3])
-def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend):
+@pytest.mark.parametrize("blend, margin", [(1, 0.0), (3, 0.0), (3, 0.05)])
+def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend, margin):
     from engines.onnx_export import export_onnx, max_abs_error
     from engines.source import resolve_source
 
-    source = resolve_source(atom_model(blend=blend).eval(), None, None)
+    source = resolve_source(atom_model(blend=blend, margin=margin).eval(), None, None)
     path = export_onnx(source, tmp_path / "atoms.onnx")
     x = synth_track(80)[None].repeat(2, 0)
     x[1, :, :, 0] *= -1  # mirrored: another body
@@ -140,14 +156,7 @@ def test_a_blend_ramps_between_the_chosen_atoms_and_steps_as_it_computes_in_para
     lengths = resolve_dummy(None).lengths
     x = torch.from_numpy(synth_track(60)[:40])[None]
     d1 = exact.for_dummy(lengths).eval()
-    with torch.no_grad():  # a chooser that reads only how the decoder's features move
-        dec = exact.decoder
-        z = dec.memory(exact.encode_action(x)[0].h)
-        for layer in dec.layers:
-            z = layer(z, d1.h_identity)
-        w = torch.randn_like(dec.choose.weight)
-        dec.choose.weight.copy_(w)
-        dec.choose.bias.copy_(-w @ dec.norm(z).mean((0, 1)))
+    moving_chooser(exact, x)
     blended = atom_model(blend=3).eval()
     blended.load_state_dict(exact.state_dict())
     d3 = blended.for_dummy(lengths).eval()
@@ -155,8 +164,8 @@ def test_a_blend_ramps_between_the_chosen_atoms_and_steps_as_it_computes_in_para
     with torch.no_grad():
         code, frame = exact.encode_action(x)
         h_id = d1.h_identity
-        _, chosen = exact.decode_from(code.h, h_id, d1.lengths[None], frame)
-        _, dirs, _ = blended.decoder(code.h, h_id)
+        _, chosen, _ = exact.decode_from(code.h, h_id, d1.lengths[None], frame)
+        _, dirs, _, _ = blended.decoder(code.h, h_id)
     assert len(torch.unique(chosen.flatten(2), dim=1)[0]) >= 3  # the choice moves
     pad = torch.cat([chosen[:, :1], chosen[:, :1], chosen], 1)
     mix = 0.5 * pad[:, 2:] + 0.3 * pad[:, 1:-1] + 0.2 * pad[:, :-2]
@@ -177,3 +186,36 @@ def test_a_blend_ramps_between_the_chosen_atoms_and_steps_as_it_computes_in_para
     y = torch.stack(outs, 1)
     assert float((y[0] - forward(d3, x)[0]).abs().max()) <= 1e-4
     assert float((y[1, 7:] - forward(d3, x[:, :33])[0]).abs().max()) <= 1e-4
+
+
+def test_a_margin_holds_the_chosen_atom_until_another_beats_it_by_more():
+    """atom_margin: hysteresis of the choice. The atom chosen in the frame before stays while
+    the largest logit beats it by no more than the margin; streamed as computed in parallel."""
+    logits = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 1.5], [0.0, 1.0, 2.5], [3.0, 1.0, 0.0]]])
+    assert held_choice(logits, 0.0).tolist() == logits.argmax(-1).tolist() == [[1, 2, 2, 0]]
+    assert held_choice(logits, 1.0).tolist() == [[1, 1, 2, 0]]   # 1.5 - 1.0 is not > 1
+    assert held_choice(logits, 2.0).tolist() == [[1, 1, 1, 1]]   # 3.0 - 1.0 is not > 2, ...
+    assert held_choice(logits, 2.0, (torch.tensor([[2.0]]), torch.tensor([[False]]))
+                       ).tolist() == [[2, 2, 2, 0]]               # ... 3.0 - 0.0 is
+    assert held_choice(logits, 9.0, (torch.tensor([[0.0]]), torch.tensor([[True]]))
+                       ).tolist() == [[1, 1, 1, 1]]               # a fresh track starts anew
+    with pytest.raises(ValueError, match="atom_margin"):
+        atom_model(margin=-1.0)
+    x = torch.from_numpy(synth_track(90)[:80])[None]
+    base = atom_model(blend=3).eval()
+    moving_chooser(base, x)
+    free = base.for_dummy(resolve_dummy(None).lengths).eval()
+    held = atom_model(blend=3, margin=0.05)
+    held.load_state_dict(base.state_dict())
+    dm = held.eval().for_dummy(resolve_dummy(None).lengths).eval()
+    assert dm.state_spec()["atom_index"][0] == (1,)
+    y = forward(dm, x)
+    assert float((stepped(dm, x) - y).abs().max()) <= 1e-4
+    # fewer changes of atom than without the margin, and the first frame the same
+    def changes(d):
+        with torch.no_grad():
+            code, frame = d.model.encode_action(x)
+            index = d.model.decode_from(code.h, d.h_identity, d.lengths[None], frame)[2]
+        return int((index[0, 1:] != index[0, :-1]).sum())
+    assert 0 < changes(dm) < changes(free)
+    assert torch.allclose(y[:, 0], forward(free, x)[:, 0], atol=1e-6)

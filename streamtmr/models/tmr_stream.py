@@ -100,6 +100,9 @@ class StreamTMRConfig:
     # with pose atoms: the published directions blend the atoms chosen in this frame and the
     # atom_blend - 1 frames before (weights ATOM_BLEND; 1: the chosen atom alone, exactly)
     atom_blend: int = 1
+    # with pose atoms: the atom chosen in the frame before stays until another atom's logit beats
+    # its by more than this margin (hysteresis; 0: the largest logit every frame). Inference only
+    atom_margin: float = 0.0
     # how closely the published body's root (horizontal) and heading follow the source's: 1
     # copies them every frame; alpha < 1 publishes their causal exponential average with weight
     # alpha on each new frame (a gait's sway and hip yaw are biometric; the pose is unchanged)
@@ -143,6 +146,9 @@ class StreamTMRConfig:
                              f"got {self.atom_blend!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"tmr-stream config: dropout must be in [0, 1), got {self.dropout!r}")
+        if not float(self.atom_margin) >= 0.0:
+            raise ValueError(f"tmr-stream config: atom_margin must be >= 0, "
+                             f"got {self.atom_margin!r}")
         if not 0.0 < float(self.follow) <= 1.0:
             raise ValueError(f"tmr-stream config: follow must be in (0, 1], got {self.follow!r}")
 
@@ -461,36 +467,63 @@ class FrameDecoder(nn.Module):
             self.register_buffer("atoms", torch.zeros(cfg.pose_atoms, J, 3))
             self.choose = nn.Linear(d, cfg.pose_atoms)
             self.blend = ATOM_BLEND[cfg.atom_blend]
+            self.margin = float(cfg.atom_margin)
         self.atom_logits: torch.Tensor | None = None  # the last forward's, for the atom loss
 
-    def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor, past=None):
+    def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor, past=None, held=None):
         """Root offset and bone directions; with pose atoms also the atoms chosen ``[B, T, J,
-        3]``, blended with ``past``: None (every track starts at the first frame) or ``(atoms
-        [B, atom_blend - 1, J, 3], fresh [B, 1])``, the atoms chosen in the frames before the
-        first, oldest first, for the tracks that are not ``fresh``."""
+        3]`` and their indices ``[B, T]``. The directions blend the atoms chosen with ``past``:
+        None (every track starts at the first frame) or ``(atoms [B, atom_blend - 1, J, 3],
+        fresh [B, 1])``, the atoms chosen in the frames before the first, oldest first, for the
+        tracks that are not ``fresh``. ``held``: the index chosen in the frame before the first
+        (see :func:`held_choice`)."""
         x = self.memory(h_action)
         for layer in self.layers:
             x = layer(x, h_identity)
         x = self.norm(x)
         out = self.head(x)
         if hasattr(self, "choose"):
-            chosen = self._chosen(self.choose(x))
-            return out[..., :2], blend_atoms(chosen, past, self.blend), chosen
+            chosen, index = self._chosen(self.choose(x), held)
+            return out[..., :2], blend_atoms(chosen, past, self.blend), chosen, index
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
-        return out[..., :2], dirs, None
+        return out[..., :2], dirs, None, None
 
-    def _chosen(self, logits: torch.Tensor) -> torch.Tensor:
-        """The pose atom of the largest logit ``[B, T, K]``, exactly. In training the gradient
-        reaches the logits through their softmax (straight through): the forward value stays
-        the chosen atom."""
+    def _chosen(self, logits: torch.Tensor, held=None):
+        """The pose atom of the largest logit ``[B, T, K]`` (held by ``atom_margin`` in
+        inference), exactly, and its index. In training the gradient reaches the logits through
+        their softmax (straight through): the forward value stays the chosen atom."""
         if not self.training:
-            return self.atoms[logits.argmax(-1)]
+            index = (held_choice(logits, self.margin, held) if self.margin > 0
+                     else logits.argmax(-1))
+            return self.atoms[index], index
         self.atom_logits = logits
         soft = logits.softmax(-1)
-        hard = F.one_hot(logits.argmax(-1), soft.shape[-1]).to(soft.dtype)
+        index = logits.argmax(-1)
+        hard = F.one_hot(index, soft.shape[-1]).to(soft.dtype)
         weights = hard + soft - soft.detach()
-        return torch.einsum("btk,kjc->btjc", weights, self.atoms)
+        return torch.einsum("btk,kjc->btjc", weights, self.atoms), index
+
+
+def held_choice(logits: torch.Tensor, margin: float, held=None) -> torch.Tensor:
+    """Indices ``[B, T]`` of the atoms chosen by ``logits [B, T, K]`` with hysteresis: the atom
+    chosen in the frame before stays until the largest logit beats its own by more than
+    ``margin``, so that small differences between people's postures do not flip the choice
+    between neighbouring atoms. ``held``: None (every track starts at its first frame, with its
+    largest logit) or ``(index [B, 1], fresh [B, 1])``, the index chosen in the frame before
+    the first for the tracks that are not ``fresh``."""
+    best = logits.argmax(-1)
+    current = best[:, 0]
+    if held is not None:
+        index, fresh = held
+        current = torch.where(fresh[:, 0], current, index[:, 0].long())
+    out = []
+    for t in range(int(logits.shape[1])):
+        step = logits[:, t]
+        gain = step.gather(1, best[:, t, None]) - step.gather(1, current[:, None])
+        current = torch.where(gain[:, 0] > margin, best[:, t], current)
+        out.append(current)
+    return torch.stack(out, 1)
 
 
 def blend_atoms(chosen: torch.Tensor, past, weights: tuple[float, ...]) -> torch.Tensor:
@@ -574,17 +607,18 @@ class StreamTMR(DisentangledTMR):
         return self.decode_from(h_action, h_identity, lengths, frame)[0]
 
     def decode_from(self, h_action: torch.Tensor, h_identity: torch.Tensor,
-                    lengths: torch.Tensor, frame, past=None):
-        """:meth:`decode` given the pose atoms chosen before the first frame (``past``, see
-        :class:`FrameDecoder`); returns the joints and the atoms chosen (None without atoms)."""
+                    lengths: torch.Tensor, frame, past=None, held=None):
+        """:meth:`decode` given the pose atoms chosen before the first frame (``past`` and
+        ``held``, see :class:`FrameDecoder`); returns the joints, the atoms chosen and their
+        indices (None, None without atoms)."""
         rot, root, floor = frame
-        offset, dirs, chosen = self.decoder(h_action, h_identity, past)
+        offset, dirs, chosen, index = self.decoder(h_action, h_identity, past, held)
         leg = skeleton.leg_length(lengths)[:, None, None]  # (B, 1, 1)
         offset = torch.stack([offset[..., 0], torch.zeros_like(offset[..., 0]),
                               offset[..., 1]], -1) * leg  # (B, T, 3), metres
         y = skeleton.forward_kinematics(offset, dirs, lengths[:, None, :])  # heading frame
         y = skeleton.from_canonical(y[..., None, :, :], rot, root)  # (B, T, 1, 25, 3)
-        return skeleton.place_on_floor(y, floor)[..., 0, :, :], chosen
+        return skeleton.place_on_floor(y, floor)[..., 0, :, :], chosen, index
 
     def for_dummy(self, dummy_lengths) -> StreamingDummy:
         return StreamingDummy(self, dummy_lengths)
@@ -641,6 +675,8 @@ class StreamingDummy(nn.Module):
         }
         if cfg.get("pose_atoms") and cfg.get("atom_blend", 1) > 1:  # atoms chosen before
             shapes["atoms"] = (cfg["atom_blend"] - 1, J, 3)
+        if cfg.get("pose_atoms") and cfg.get("atom_margin", 0.0) > 0:  # the atom held
+            shapes["atom_index"] = (1,)
         if cfg.get("follow", 1.0) < 1.0:  # the followed heading vector and root X, Z
             shapes["follow"] = (4,)
         return {k: (v, torch.float32) for k, v in shapes.items()}
@@ -664,13 +700,14 @@ class StreamingDummy(nn.Module):
             start = torch.where(first, path, state["follow"])
             new["follow"] = causal_average(path[:, None], self.model.config["follow"], start)[:, 0]
             geo = follow_frame(geo, new["follow"][:, None])
-        if "atoms" not in spec:
-            y = self.model.decode(h, self.h_identity, lengths, geo)
-        else:  # a fresh track's past is its first atom, repeated (as in the parallel form)
-            y, chosen = self.model.decode_from(h, self.h_identity, lengths, geo,
-                                               (state["atoms"], first))
-            past = torch.where(first[:, :, None, None], chosen, state["atoms"])
-            new["atoms"] = torch.cat([past[:, 1:], chosen], 1)
+        past = (state["atoms"], first) if "atoms" in spec else None
+        held = (state["atom_index"], first) if "atom_index" in spec else None
+        y, chosen, index = self.model.decode_from(h, self.h_identity, lengths, geo, past, held)
+        if past is not None:  # a fresh track's past is its first atom, repeated (as in forward)
+            before = torch.where(first[:, :, None, None], chosen, state["atoms"])
+            new["atoms"] = torch.cat([before[:, 1:], chosen], 1)
+        if held is not None:
+            new["atom_index"] = index.to(frame.dtype)
         window = float(self.model.config["window"])
         new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
                    prev=torch.cat([prev[:, 1:], x], 1))
