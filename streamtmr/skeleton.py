@@ -240,6 +240,20 @@ def rescale_root(joints, scale, ref_frame: int = 0):
     return joints + shift[..., None, :]
 
 
+_HORIZONTAL = np.array([1.0, 0.0, 1.0], np.float32)   # keeps x and z of a point
+
+
+def leashed(pos: torch.Tensor, target: torch.Tensor, length: float, first: torch.Tensor
+            ) -> torch.Tensor:
+    """``pos [B, 3]`` pulled horizontally to within ``length`` of ``target [B, 3]`` (kept where
+    it is within reach; ``target`` where ``first [B]``: a fresh track). Height is not
+    constrained."""
+    d = (pos - target) * device_constant(_HORIZONTAL, pos)
+    reach = d.norm(dim=-1, keepdim=True)
+    pulled = pos - d * (1.0 - length / reach.clamp_min(EPS)).clamp_min(0.0)
+    return torch.where(first[:, None], target, pulled)
+
+
 def floor_height(seq):
     """Height (Y) of the lowest foot point over a window ``[..., T, 25, 3]`` → ``[...]``: the
     floor the body stands on at least once in the window."""

@@ -304,3 +304,42 @@ def test_follow_averages_the_published_root_and_heading_and_nothing_else(small, 
     source = resolve_source(model, None, None)
     path = export_onnx(source, tmp_path / "follow.onnx")
     assert max_abs_error(source, path, synth_track(80)[None]) <= 1e-5
+
+
+
+def test_a_leashed_body_stands_still_until_its_source_walks_away(small, tmp_path,
+                                                                 isolated_cache):
+    """root_motion: leash. The published body is the copied one moved horizontally, frame by
+    frame, to where a body on a leash_m leash stands: put while the source's root stays within
+    reach, pulled along after. Step, forward and the exported step graph agree."""
+    from engines.onnx_export import export_onnx, max_abs_error
+    from engines.source import resolve_source
+
+    cls = model_class("tmr-stream")
+    with pytest.raises(ValueError, match="root_motion"):
+        cls({"method": "tmr-stream", "root_motion": "teleport"})
+    with pytest.raises(ValueError, match="leash_m"):
+        cls({"method": "tmr-stream", "root_motion": "leash", "leash_m": 0.0})
+    model = cls.from_preset("small", num_actions=8, num_subjects=6, root_motion="leash",
+                            leash_m=0.3).eval()
+    model.load_state_dict(small.model.state_dict())
+    leashed = model.for_dummy(resolve_dummy(None).lengths).eval()
+    assert leashed.state_spec()["leash"][0] == (3,)
+    x = torch.from_numpy(synth_track(200))[None]
+    copied, y = forward(small, x), forward(leashed, x)
+    assert float((stepped(leashed, x) - y).abs().max()) <= TOL
+    shift = (y - copied)[0]                                   # [T, 25, 3]
+    assert float((shift - shift[:, :1]).abs().max()) < 1e-4   # one translation per frame ...
+    assert float(shift[:, 0, 1].abs().max()) < 1e-4           # ... along the floor ...
+    reach = shift[:, 0, [0, 2]].norm(dim=-1)
+    assert float(reach.max()) <= 0.3 + 1e-4                   # ... never past the leash
+    assert float(reach.max()) > 0.25                          # the track walks off: pulled
+    root = x[0, :, skeleton.ROOT, [0, 2]]
+    body = root + shift[:, 0, [0, 2]]
+    assert float(body.diff(dim=0).norm(dim=-1).sum()) < float(root.diff(dim=0).norm(dim=-1).sum())
+    # a body that stands still is published where it stands
+    still = x[:, :1].expand(-1, 30, -1, -1)
+    assert float((forward(leashed, still) - forward(small, still)).abs().max()) < 1e-5
+    source = resolve_source(model, None, None)
+    path = export_onnx(source, tmp_path / "leash.onnx")
+    assert max_abs_error(source, path, synth_track(80)[None]) <= 1e-5

@@ -221,19 +221,6 @@ def held_facing(angle: torch.Tensor, held: torch.Tensor, band: float, first: tor
     return torch.where(first, angle, angle - d.clamp(-band, band))
 
 
-_HORIZONTAL = np.array([1.0, 0.0, 1.0], np.float32)   # keeps x and z of a point
-
-
-def leashed(pos: torch.Tensor, target: torch.Tensor, length: float, first: torch.Tensor
-            ) -> torch.Tensor:
-    """``pos [B, 3]`` pulled horizontally to within ``length`` of ``target [B, 3]`` (kept where
-    it is within reach; ``target`` on a fresh track). Height is not constrained."""
-    d = (pos - target) * skeleton.device_constant(_HORIZONTAL, pos)
-    reach = d.norm(dim=-1, keepdim=True)
-    pulled = pos - d * (1.0 - length / reach.clamp_min(skeleton.EPS)).clamp_min(0.0)
-    return torch.where(first[:, None], target, pulled)
-
-
 def _nlerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Normalised lerp of unit bone directions ``[B, 25, 3]`` with weights ``w [B]``."""
     w = w[:, None, None]
@@ -543,8 +530,8 @@ class MotionMatching(Anonymizer):
                                  math.radians(self.config["leash_deg"]), first)
             rot = skeleton.rotation_y(facing)
             step = (1.0 - w)[:, None] * self.root_step[old] + w[:, None] * self.root_step[cur]
-            anchor = leashed(state["anchor"] + torch.matmul(step[:, None], rot)[:, 0], body,
-                             float(self.config["leash_m"]), first)
+            anchor = skeleton.leashed(state["anchor"] + torch.matmul(step[:, None], rot)[:, 0],
+                                      body, float(self.config["leash_m"]), first)
         else:
             # "facing" and "anchor" are computed (and read) in every mode: the exported step
             # graph must read every state input (ONNX prunes an unused one)

@@ -107,6 +107,11 @@ class StreamTMRConfig:
     # copies them every frame; alpha < 1 publishes their causal exponential average with weight
     # alpha on each new frame (a gait's sway and hip yaw are biometric; the pose is unchanged)
     follow: float = 1.0
+    # where the published body stands: "source", at the source's root (plus the learned offset)
+    # every frame; "leash", where it stood until the source's root is more than leash_m away,
+    # then pulled along to leash_m (a person's root path, sway and walking speed are biometric)
+    root_motion: str = "source"
+    leash_m: float = 0.5
 
     @classmethod
     def from_dict(cls, config: dict[str, Any] | None) -> StreamTMRConfig:
@@ -126,7 +131,8 @@ class StreamTMRConfig:
             if getattr(self, key) != value:
                 raise ValueError(f"tmr-stream config: {key} must be {value!r}, "
                                  f"got {getattr(self, key)!r}")
-        choices = {"style": ("adain", "film"), "identity_mode": ("static", "full_sequence")}
+        choices = {"style": ("adain", "film"), "identity_mode": ("static", "full_sequence"),
+                   "root_motion": ("source", "leash")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"tmr-stream config: {key} must be one of {allowed}, "
@@ -149,6 +155,8 @@ class StreamTMRConfig:
         if not float(self.atom_margin) >= 0.0:
             raise ValueError(f"tmr-stream config: atom_margin must be >= 0, "
                              f"got {self.atom_margin!r}")
+        if not float(self.leash_m) > 0.0:
+            raise ValueError(f"tmr-stream config: leash_m must be > 0, got {self.leash_m!r}")
         if not 0.0 < float(self.follow) <= 1.0:
             raise ValueError(f"tmr-stream config: follow must be in (0, 1], got {self.follow!r}")
 
@@ -192,6 +200,20 @@ def follow_frame(frame, followed: torch.Tensor):
     rot = skeleton.rotation_y(torch.atan2(followed[..., 1], followed[..., 0]))
     root = torch.stack([followed[..., 2], root[..., 1], followed[..., 3]], -1)
     return rot, root, floor
+
+
+def leash_path(root: torch.Tensor, length: float, start: torch.Tensor) -> torch.Tensor:
+    """Where a body on a leash stands ``[B, T, 3]`` while the source's root ``[B, T, 3]``
+    moves: it stays put until the root is more than ``length`` away (horizontally), then is
+    pulled along to ``length``; ``start [B, 3]``: where it stood before the first frame. Its
+    height is the root's."""
+    out, pos = [], start
+    keep = torch.zeros(root.shape[0], dtype=torch.bool, device=root.device)
+    for t in range(int(root.shape[1])):
+        pos = skeleton.leashed(pos, root[:, t], length, keep)
+        out.append(pos)
+    path = torch.stack(out, 1)
+    return torch.stack([path[..., 0], root[..., 1], path[..., 2]], -1)
 
 
 def causal_average(x: torch.Tensor, alpha: float, start: torch.Tensor) -> torch.Tensor:
@@ -654,6 +676,9 @@ class StreamingDummy(nn.Module):
         if alpha < 1.0:  # a fresh track starts where the source stands
             path = trajectory(x)
             frame = follow_frame(frame, causal_average(path, alpha, path[:, 0]))
+        if self.model.config.get("root_motion", "source") == "leash":
+            rot, root, floor = frame
+            frame = (rot, leash_path(root, self.model.config["leash_m"], root[:, 0]), floor)
         return self.model.decode(code.h, self.h_identity, self.lengths.expand(x.shape[0], J),
                                   frame)
 
@@ -679,6 +704,8 @@ class StreamingDummy(nn.Module):
             shapes["atom_index"] = (1,)
         if cfg.get("follow", 1.0) < 1.0:  # the followed heading vector and root X, Z
             shapes["follow"] = (4,)
+        if cfg.get("root_motion", "source") == "leash":  # where the body stands
+            shapes["leash"] = (3,)
         return {k: (v, torch.float32) for k, v in shapes.items()}
 
     def init_state(self, batch: int) -> dict[str, torch.Tensor]:
@@ -700,6 +727,12 @@ class StreamingDummy(nn.Module):
             start = torch.where(first, path, state["follow"])
             new["follow"] = causal_average(path[:, None], self.model.config["follow"], start)[:, 0]
             geo = follow_frame(geo, new["follow"][:, None])
+        if "leash" in spec:
+            rot, root, floor = geo
+            start = torch.where(first, root[:, 0], state["leash"])
+            root = leash_path(root, self.model.config["leash_m"], start)
+            new["leash"] = root[:, 0]
+            geo = (rot, root, floor)
         past = (state["atoms"], first) if "atoms" in spec else None
         held = (state["atom_index"], first) if "atom_index" in spec else None
         y, chosen, index = self.model.decode_from(h, self.h_identity, lengths, geo, past, held)
