@@ -219,3 +219,28 @@ def test_a_margin_holds_the_chosen_atom_until_another_beats_it_by_more():
         return int((index[0, 1:] != index[0, :-1]).sum())
     assert 0 < changes(dm) < changes(free)
     assert torch.allclose(y[:, 0], forward(free, x)[:, 0], atol=1e-6)
+
+
+def test_publishing_options_go_on_a_copy_with_the_same_weights(tmp_path):
+    """``python -m streamtmr.models.pose_atoms --set``: how a trained model publishes (blend,
+    margin, leash, ...) changes on a copy; the weights do not, and nothing else can."""
+    from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
+    from streamtmr.models.pose_atoms import main, with_options
+
+    base = save_checkpoint(tmp_path / "atoms.safetensors", atom_model(), {})
+    assert main(["--base", str(base), "--blend", "3", "--set", "root_motion=leash",
+                 "--set", "leash_m=0.25", "--out", str(tmp_path / "copy.safetensors")]) == 0
+    copy = load_checkpoint(tmp_path / "copy.safetensors")
+    assert (copy.config["atom_blend"], copy.config["root_motion"], copy.config["leash_m"]) == \
+        (3, "leash", 0.25)
+    original = load_checkpoint(base)
+    for k, v in original.state_dict().items():
+        assert torch.equal(copy.state_dict()[k], v), k
+    with pytest.raises(KeyError, match="d_model"):
+        with_options(base, tmp_path / "x.safetensors", d_model=8)
+    free = save_checkpoint(tmp_path / "free.safetensors",
+                           model_class("tmr-stream").from_preset("tiny"), {})
+    with pytest.raises(ValueError, match="no pose atoms"):
+        with_options(free, tmp_path / "x.safetensors", atom_blend=3)
+    assert load_checkpoint(with_options(free, tmp_path / "l.safetensors", root_motion="leash")
+                           ).config["root_motion"] == "leash"

@@ -22,6 +22,8 @@ decoder losses, straight through the choice).
 ``atom_blend`` (:data:`streamtmr.models.tmr_stream.ATOM_BLEND`) publishes the renormalised mix
 of the atoms chosen in the last frames instead of the newest alone: a jump between two atoms
 becomes a ramp (``bench/jitter.py`` measures the difference); ``--blend N`` sets it on a copy.
+``--set KEY=VALUE`` sets any publishing option (:data:`PUBLISHING`) the same way, e.g. the
+shipped default's leash (``--set root_motion=leash --set leash_m=0.25``).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from streamtmr import skeleton
 
@@ -126,19 +130,35 @@ def init_checkpoint(base: str | Path, data: str | Path, k: int, out: str | Path,
         "base": str(base)}})
 
 
-def with_blend(base: str | Path, blend: int, out: str | Path) -> Path:
-    """A copy of the pose-atom checkpoint ``base`` that publishes with ``atom_blend: blend``
-    (the same weights: the blend is a fixed filter of the chosen atoms)."""
+#: tmr-stream settings that change only how a trained model publishes, never its weights
+PUBLISHING = ("atom_blend", "atom_margin", "follow", "root_motion", "leash_m")
+
+
+def with_options(base: str | Path, out: str | Path, **options: Any) -> Path:
+    """A copy of the tmr-stream checkpoint ``base`` (the same weights) that publishes with
+    ``options`` (keys of :data:`PUBLISHING`; ``atom_*`` need pose atoms)."""
     from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
     from streamtmr.models.registry import build_model
 
+    unknown = sorted(set(options) - set(PUBLISHING))
+    if unknown:
+        raise KeyError(f"{base}: {unknown} are not publishing options; known: {list(PUBLISHING)}")
     source = load_checkpoint(base)
-    if not source.config.get("pose_atoms"):
+    if source.config.get("method") != "tmr-stream":
+        raise ValueError(f"{base}: a {source.config.get('method')} model, not tmr-stream")
+    if any(k.startswith("atom_") for k in options) and not source.config.get("pose_atoms"):
         raise ValueError(f"pose atoms: {base} has no pose atoms")
-    model = build_model({**source.config, "atom_blend": int(blend)})
+    model = build_model({**source.config, **options})
     model.load_state_dict(source.state_dict())
     _, extra = read_metadata(base)
     return save_checkpoint(out, model, extra)
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blend", type=int,
                    help="instead: a copy of a pose-atom checkpoint with this atom_blend")
+    p.add_argument("--set", dest="options", type=_option, action="append", default=[],
+                   metavar="KEY=VALUE", help=f"instead: a copy publishing with these options "
+                   f"({', '.join(PUBLISHING)}); with --blend too")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    if a.blend is not None:
-        print(f"wrote {with_blend(a.base, a.blend, a.out)}")
+    options = dict(a.options) | ({} if a.blend is None else {"atom_blend": a.blend})
+    if options:
+        print(f"wrote {with_options(a.base, a.out, **options)}")
         return 0
     if a.atoms < 1 or not a.data:
         p.error("fitting atoms needs --data and --atoms >= 1")
