@@ -256,6 +256,20 @@ def test_paper_preset_streams_the_same_function():
     assert float((stepped(dm, x) - forward(dm, x)).abs().max()) <= TOL
 
 
+def published_with(small, **options):
+    """The ``small`` fixture's weights publishing with ``options``: (model, its dummy module,
+    a 200-frame SynthKinect track, the fixture's output and this one's), stepping as it
+    computes in parallel."""
+    model = model_class("tmr-stream").from_preset("small", num_actions=8, num_subjects=6,
+                                                  **options).eval()
+    model.load_state_dict(small.model.state_dict())
+    dm = model.for_dummy(resolve_dummy(None).lengths).eval()
+    x = torch.from_numpy(synth_track(200))[None]
+    y = forward(dm, x)
+    assert float((stepped(dm, x) - y).abs().max()) <= TOL
+    return model, dm, x, forward(small, x), y
+
+
 def test_follow_averages_the_published_root_and_heading_and_nothing_else(small, tmp_path,
                                                                          isolated_cache):
     """follow < 1: the published body's horizontal root and heading are a causal exponential
@@ -267,13 +281,8 @@ def test_follow_averages_the_published_root_and_heading_and_nothing_else(small, 
     cls = model_class("tmr-stream")
     with pytest.raises(ValueError, match="follow"):
         cls({"method": "tmr-stream", "follow": 0.0})
-    model = cls.from_preset("small", num_actions=8, num_subjects=6, follow=0.1).eval()
-    model.load_state_dict(small.model.state_dict())
-    followed = model.for_dummy(resolve_dummy(None).lengths).eval()
+    model, followed, x, copied, y = published_with(small, follow=0.1)
     assert followed.state_spec()["follow"][0] == (4,)
-    x = torch.from_numpy(synth_track(200))[None]
-    copied, y = forward(small, x), forward(followed, x)
-    assert float((stepped(followed, x) - y).abs().max()) <= TOL
     # the same pose: root-centred and turned to the published heading, the joints agree
     for out in (copied, y):
         assert float((skeleton.bone_lengths(out)[0, :, 1:]
@@ -320,14 +329,8 @@ def test_a_leashed_body_stands_still_until_its_source_walks_away(small, tmp_path
         cls({"method": "tmr-stream", "root_motion": "teleport"})
     with pytest.raises(ValueError, match="leash_m"):
         cls({"method": "tmr-stream", "root_motion": "leash", "leash_m": 0.0})
-    model = cls.from_preset("small", num_actions=8, num_subjects=6, root_motion="leash",
-                            leash_m=0.3).eval()
-    model.load_state_dict(small.model.state_dict())
-    leashed = model.for_dummy(resolve_dummy(None).lengths).eval()
+    model, leashed, x, copied, y = published_with(small, root_motion="leash", leash_m=0.3)
     assert leashed.state_spec()["leash"][0] == (3,)
-    x = torch.from_numpy(synth_track(200))[None]
-    copied, y = forward(small, x), forward(leashed, x)
-    assert float((stepped(leashed, x) - y).abs().max()) <= TOL
     shift = (y - copied)[0]                                   # [T, 25, 3]
     assert float((shift - shift[:, :1]).abs().max()) < 1e-4   # one translation per frame ...
     assert float(shift[:, 0, 1].abs().max()) < 1e-4           # ... along the floor ...
