@@ -29,9 +29,10 @@ lengths do not change within a track, so the first frame is as good a reference 
 Publishing options (set on a trained model's copy, no retraining: ``python -m
 streamtmr.models.pose_atoms --set``). ``root_motion: leash`` keeps the published body where it
 stood until the source's root is ``leash_m`` away, then pulls it along: a person's root path is
-biometric (the shipped default stands on a 0.25 m leash). ``follow`` averages the root and
-heading over time instead, ``atom_margin`` holds a chosen pose atom (docs/results.md, "The
-shipped default", measures all three). Each adds its entry to the streaming state.
+biometric (docs/results.md: five points of re-ID on SynthKinect at full strength, none on
+real people). ``follow`` averages the root and heading over time instead, ``atom_margin`` holds
+a chosen pose atom (docs/results.md, "The shipped default", measures all three). Each adds its
+entry to the streaming state.
 
 Deviation from the design. The design's action encoder ends in a BiLSTM, its attention sees the
 whole window and its decoder attends over the whole window of H_action. Here the LSTM is
