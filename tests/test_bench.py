@@ -625,3 +625,40 @@ def test_jitter_is_zero_for_steady_motion_and_sees_a_spike():
     # the spiked frame is 20 mm off, each neighbour 10 mm: 40 mm over 18 frames x 25 joints
     assert mean == pytest.approx(40.0 / (18 * 25), rel=1e-4)
     assert hands_p95 > 0
+
+
+def test_oracle_moves_rewrite_only_the_own_tempo_truth(tmp_path):
+    """bench.oracle_moves: a hard-linked store copy whose own-tempo truth is each frame's
+    nearest atom with the dummy's bones, placed by the truth or, one part at a time, by the
+    source; everything else is the store's own bytes."""
+    import torch
+
+    from bench.oracle_moves import main
+    from streamtmr import skeleton
+    from streamtmr.data import synth
+    from streamtmr.data.store import SkeletonStore
+    from streamtmr.dummy import default_dummy
+
+    data = synth.generate(tmp_path / "s", n_subjects=2, n_actions=2, views=(0,), reps=1,
+                          seed=5, progress=False)
+    assert main(["--data", str(data), "--variants", "atoms,source_root,in_place",
+                 "--out", str(tmp_path / "moves")]) == 0
+    truth = SkeletonStore(data)
+    dummy = torch.from_numpy(np.array(default_dummy().lengths, np.float32))
+    for variant in ("atoms", "source_root", "in_place"):
+        copy = SkeletonStore(tmp_path / "moves" / variant)
+        assert os.path.samefile(copy.root / "joints.f32", data / "joints.f32")
+        assert len(copy) == len(truth) >= 4
+        for a, b in zip(truth, copy, strict=True):
+            t, q = torch.tensor(np.asarray(a.arrays["target_sync"])), \
+                torch.tensor(np.asarray(b.arrays["target_sync"]))
+            assert torch.allclose(skeleton.bone_lengths(q)[:, 1:], dummy[1:].expand(len(q), 24),
+                                  atol=1e-5)
+            root, src = q[:, skeleton.ROOT, [0, 2]], a.joints[:, skeleton.ROOT][:, [0, 2]]
+            if variant == "atoms":   # near the truth, at its root
+                assert float((q - t).norm(dim=-1).mean()) < 0.06
+                assert torch.allclose(root, t[:, skeleton.ROOT, [0, 2]], atol=1e-5)
+            elif variant == "source_root":
+                assert np.allclose(root.numpy(), src, atol=1e-5)
+            else:
+                assert np.allclose(root.numpy(), src[:1].repeat(len(src), 0), atol=1e-5)
