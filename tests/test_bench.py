@@ -662,3 +662,49 @@ def test_oracle_moves_rewrite_only_the_own_tempo_truth(tmp_path):
                 assert np.allclose(root.numpy(), src, atol=1e-5)
             else:
                 assert np.allclose(root.numpy(), src[:1].repeat(len(src), 0), atol=1e-5)
+
+
+def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path):
+    """bench.atom_choice: a chooser that always picks one atom agrees exactly on the frames
+    whose own-tempo target is nearest to that atom, and its error is never below the nearest
+    atom's; the record names the checkpoint."""
+    import torch
+
+    from bench.atom_choice import agreement, eval_recordings, main
+    from streamtmr.data import synth
+    from streamtmr.dummy import default_dummy
+    from streamtmr.models.checkpoint import save_checkpoint
+    from streamtmr.models.pose_atoms import heading_directions, init_chooser, store_atoms
+    from streamtmr.models.registry import model_class
+
+    data = synth.generate(tmp_path / "s", n_subjects=4, n_actions=2, views=(0,), reps=1,
+                          seed=5, progress=False)
+    torch.manual_seed(0)
+    model = model_class("tmr-stream").from_preset("tiny", pose_atoms=8).eval()
+    init_chooser(model, store_atoms(data, 8, array="target_sync", split="eval"))
+    recordings = eval_recordings(data, 10)
+    assert recordings and all(len(s) == len(t) for _, s, t in recordings)
+    targets = torch.cat([heading_directions(t).flatten(1) for _, _, t in recordings])
+    nearest = torch.cdist(targets, model.decoder.atoms.flatten(1)).argmin(1)
+    j = int(nearest.bincount().argmax())          # the atom most frames are nearest to
+    with torch.no_grad():
+        model.decoder.choose.weight.zero_()
+        model.decoder.choose.bias.copy_(-torch.arange(8.0))
+        model.decoder.choose.bias[j] = 10.0
+    lengths = torch.from_numpy(default_dummy().lengths.copy())
+    got = agreement(model, lengths, recordings)
+    assert got["frames"] == len(targets)
+    assert got["agreement"] == pytest.approx(float((nearest == j).float().mean()), abs=1e-4)
+    assert 0 < got["agreement"] < 1
+    # the top five logits: atom j and atoms 0-3 (j's rank aside)
+    top5 = {j, *[k for k in range(8) if k != j][:4]}
+    assert got["top5"] == pytest.approx(
+        float(torch.isin(nearest, torch.tensor(sorted(top5))).float().mean()), abs=1e-4)
+    assert got["chosen_error"] >= got["nearest_error"] > 0
+    assert got["person_agreement_min"] <= got["agreement"] <= got["person_agreement_max"]
+    path = save_checkpoint(tmp_path / "atoms.safetensors", model, {})
+    assert main(["--data", str(data), "--models", str(path), "--recordings", "10",
+                 "--out", str(tmp_path / "rec.json")]) == 0
+    record = json.loads((tmp_path / "rec.json").read_text())
+    assert record["rows"][0]["model"].startswith(f"{path} sha256:")
+    assert record["rows"][0]["agreement"] == got["agreement"]

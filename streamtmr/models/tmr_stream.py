@@ -507,10 +507,7 @@ class FrameDecoder(nn.Module):
         fresh [B, 1])``, the atoms chosen in the frames before the first, oldest first, for the
         tracks that are not ``fresh``. ``held``: the index chosen in the frame before the first
         (see :func:`held_choice`)."""
-        x = self.memory(h_action)
-        for layer in self.layers:
-            x = layer(x, h_identity)
-        x = self.norm(x)
+        x = self.trunk(h_action, h_identity)
         out = self.head(x)
         if hasattr(self, "choose"):
             chosen, index = self._chosen(self.choose(x), held)
@@ -518,6 +515,14 @@ class FrameDecoder(nn.Module):
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
         return out[..., :2], dirs, None, None
+
+    def trunk(self, h_action: torch.Tensor, h_identity: torch.Tensor) -> torch.Tensor:
+        """The features ``[B, T, d_model]`` the heads read (the root offset and directions, and
+        with pose atoms the chooser's logits, ``choose(trunk(...))``)."""
+        x = self.memory(h_action)
+        for layer in self.layers:
+            x = layer(x, h_identity)
+        return self.norm(x)
 
     def _chosen(self, logits: torch.Tensor, held=None):
         """The pose atom of the largest logit ``[B, T, K]`` (held by ``atom_margin`` in

@@ -1,0 +1,126 @@
+"""How often a pose-atom model chooses the pose the ideal output would: its choice of atom
+against the atom nearest to the own-tempo target, on people it never saw.
+
+The own-tempo target quantised to a model's atoms hides people about as well as the ideal
+output itself (docs/results.md, "Where the identity is"); what a pose-atom model leaks beyond it
+is in the frames where it chooses another atom. Per frame of the first ``--recordings``
+camera-0 recordings of a SynthKinect store's ``eval`` people, each run as one track from its
+first frame (the parallel form, equal to stepping: tests/test_tmr_stream.py):
+
+- ``agreement``: the share of frames whose chosen atom is the one nearest to the target's pose
+  (bone directions in the frame's heading frame, as the decoder chooses them), and
+  ``top5``: the share where it is among the model's five highest logits;
+- ``chosen_error`` / ``nearest_error``: the mean distance (over the 24 bones' unit directions,
+  stacked) of the chosen atom and of the nearest atom from the target's pose;
+- per person: the lowest and highest agreement of the ``eval`` people.
+
+    python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors
+(written to ``bench/results/atom-choice-<date>-<host>.json`` unless ``--out`` says where)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.machine import describe_machine, write_record
+
+
+def eval_recordings(data: str | Path, count: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(person, source ``[T, 25, 3]``, own-tempo target) of the first ``count`` camera-0
+    recordings of a store's ``eval`` people."""
+    from streamtmr.data.store import SkeletonStore
+
+    store = SkeletonStore(data)
+    people = set(store.meta["splits"]["eval"])
+    source, target = store.array("joints"), store.array("target_sync")
+    rows = [r for r in store.rows if r["subject"] in people and r["view"] == 0][:count]
+    return [(int(r["subject"]), np.array(source[r["offset"]:r["offset"] + r["length"]]),
+             np.array(target[r["offset"]:r["offset"] + r["length"]])) for r in rows]
+
+
+@torch.no_grad()
+def choices(model, dummy_lengths: torch.Tensor, source: np.ndarray) -> torch.Tensor:
+    """The logits ``[T, K]`` of a pose-atom StreamTMR over one track ``source [T, 25, 3]``."""
+    dm = model.for_dummy(dummy_lengths).eval()
+    code, _ = model.encode_action(torch.from_numpy(np.ascontiguousarray(source))[None])
+    return model.decoder.choose(model.decoder.trunk(code.h, dm.h_identity))[0]
+
+
+def agreement(model, dummy_lengths: torch.Tensor,
+              recordings: list[tuple[int, np.ndarray, np.ndarray]]) -> dict:
+    """The summary of the module docstring for one model over ``recordings``."""
+    from streamtmr.models.pose_atoms import heading_directions
+
+    atoms = model.decoder.atoms.flatten(1)                                  # [K, 75]
+    hits, top5, chosen_err, nearest_err, per = [], [], [], [], {}
+    for person, source, target in recordings:
+        logits = choices(model, dummy_lengths, source)                      # [T, K]
+        truth = heading_directions(target).flatten(1)                       # [T, 75]
+        nearest = torch.cdist(truth, atoms, compute_mode="donot_use_mm_for_euclid_dist"
+                              ).argmin(1)
+        chosen = logits.argmax(1)
+        hit = (chosen == nearest).float()
+        hits.append(hit)
+        top5.append((logits.topk(min(5, logits.shape[1]), 1).indices == nearest[:, None])
+                    .any(1).float())
+        chosen_err.append((atoms[chosen] - truth).norm(dim=1))
+        nearest_err.append((atoms[nearest] - truth).norm(dim=1))
+        per.setdefault(person, []).append(hit)
+    people = [float(torch.cat(v).mean()) for v in per.values()]
+    return {"frames": int(sum(len(h) for h in hits)), "people": len(per),
+            "agreement": round(float(torch.cat(hits).mean()), 4),
+            "top5": round(float(torch.cat(top5).mean()), 4),
+            "chosen_error": round(float(torch.cat(chosen_err).mean()), 4),
+            "nearest_error": round(float(torch.cat(nearest_err).mean()), 4),
+            "person_agreement_min": round(min(people), 4),
+            "person_agreement_max": round(max(people), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="a SynthKinect store")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="pose-atom checkpoints or shipped names")
+    p.add_argument("--recordings", type=int, default=200)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from streamtmr.dummy import default_dummy
+    from streamtmr.models.checkpoint import load_checkpoint, model_path
+
+    recordings = eval_recordings(a.data, a.recordings)
+    if not recordings:
+        p.error(f"--data {a.data}: no camera-0 recordings of eval people")
+    lengths = torch.from_numpy(default_dummy().lengths.copy())
+    rows = []
+    for spec in a.models:
+        path = model_path(spec)
+        model = load_checkpoint(path).eval()
+        if not hasattr(model.decoder, "atoms") or not hasattr(model, "encode_action"):
+            p.error(f"--models {spec}: not a pose-atom StreamTMR")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        rows.append({"model": f"{spec} sha256:{digest}",
+                     **agreement(model, lengths, recordings)})
+    record = {"what": "pose-atom choice against the atom nearest to the own-tempo target",
+              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+              "machine": describe_machine(), "recordings": len(recordings),
+              "command": "python -m bench.atom_choice " + " ".join(argv or sys.argv[1:]),
+              "rows": rows}
+    for r in rows:
+        print(f"{r['model']:60s} agreement {100 * r['agreement']:5.1f} % (people "
+              f"{100 * r['person_agreement_min']:.1f}-{100 * r['person_agreement_max']:.1f}), "
+              f"top-5 {100 * r['top5']:5.1f} %, error {r['chosen_error']:.3f} "
+              f"(nearest {r['nearest_error']:.3f})")
+    print(f"wrote {write_record(record, a.out, 'atom-choice')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
