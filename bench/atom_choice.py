@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import sys
 from pathlib import Path
 
@@ -92,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    from streamtmr.cache import file_sha256
     from streamtmr.dummy import default_dummy
     from streamtmr.models.checkpoint import load_checkpoint, model_path
 
@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_checkpoint(path).eval()
         if not hasattr(model.decoder, "atoms") or not hasattr(model, "encode_action"):
             p.error(f"--models {spec}: not a pose-atom StreamTMR")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        rows.append({"model": f"{spec} sha256:{digest}",
+        rows.append({"model": f"{spec} sha256:{file_sha256(path)[:12]}",
                      **agreement(model, lengths, recordings)})
     record = {"what": "pose-atom choice against the atom nearest to the own-tempo target",
               "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
