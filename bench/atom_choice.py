@@ -45,11 +45,11 @@ def eval_recordings(data: str | Path, count: int) -> list[tuple[int, np.ndarray,
 
 
 @torch.no_grad()
-def choices(model, dummy_lengths: torch.Tensor, source: np.ndarray) -> torch.Tensor:
-    """The logits ``[T, K]`` of a pose-atom StreamTMR over one track ``source [T, 25, 3]``."""
-    dm = model.for_dummy(dummy_lengths).eval()
+def choices(model, h_identity: torch.Tensor, source: np.ndarray) -> torch.Tensor:
+    """The logits ``[T, K]`` of a pose-atom StreamTMR over one track ``source [T, 25, 3]``,
+    styled by the dummy's ``h_identity``."""
     code, _ = model.encode_action(torch.from_numpy(np.ascontiguousarray(source))[None])
-    return model.decoder.choose(model.decoder.trunk(code.h, dm.h_identity))[0]
+    return model.decoder.choose(model.decoder.trunk(code.h, h_identity))[0]
 
 
 def agreement(model, dummy_lengths: torch.Tensor,
@@ -58,9 +58,10 @@ def agreement(model, dummy_lengths: torch.Tensor,
     from streamtmr.models.pose_atoms import heading_directions
 
     atoms = model.decoder.atoms.flatten(1)                                  # [K, 75]
+    h_identity = model.for_dummy(dummy_lengths).h_identity                  # once per model
     hits, top5, chosen_err, nearest_err, per = [], [], [], [], {}
     for person, source, target in recordings:
-        logits = choices(model, dummy_lengths, source)                      # [T, K]
+        logits = choices(model, h_identity, source)                      # [T, K]
         truth = heading_directions(target).flatten(1)                       # [T, 75]
         nearest = torch.cdist(truth, atoms, compute_mode="donot_use_mm_for_euclid_dist"
                               ).argmin(1)
