@@ -120,6 +120,53 @@ def test_angular_speed_and_dynamics_by_hand():
     assert torch.isfinite(moved.grad).all()
 
 
+def test_motion_features_by_hand_and_blind_to_where_the_window_is():
+    # every bone along +x, then the whole body 0.1 m to the side with every bone along +z
+    still = _frames([1.0, 0, 0])
+    turned = _frames([0, 0, 1.0]) + torch.tensor([0.0, 0.0, 0.1])
+    seq = torch.stack([still, turned], 1)                                 # [1, 2, 25, 3]
+    f = P.motion_features(seq)
+    assert f.shape == (1, 2, P.MOTION_FEATURES)
+    assert torch.equal(f[:, 0, 72:], torch.zeros(1, 75))                  # no change before
+    d0, d1 = f[0, 0, :72].reshape(24, 3), f[0, 1, :72].reshape(24, 3)
+    assert torch.allclose(d0.norm(dim=-1), torch.ones(24), atol=1e-5)
+    assert torch.allclose(f[0, 1, 72:144], (d1 - d0).flatten(), atol=1e-6)
+    assert float(f[0, 1, 144:].norm()) == pytest.approx(0.1, abs=1e-5)   # the root's step
+    # the same window turned about the vertical and moved in the room reads the same
+    walk = torch.cumsum(torch.randn(2, 16, 25, 3) * 0.01, 1) + torch.randn(2, 1, 25, 3)
+    rot = skeleton.rotation_y(torch.tensor(0.7))
+    moved = walk @ rot.T + torch.tensor([1.5, 0.0, -2.0])
+    assert torch.allclose(P.motion_features(walk), P.motion_features(moved), atol=1e-4)
+
+
+def test_motion_verification_head_scores_every_pair_and_learns_a_sequence():
+    """The head reads windows: a sequence property that no frame shows alone (two people who
+    take the same poses at different speeds) is what it must learn to tell apart."""
+    torch.manual_seed(0)
+    head = P.MotionVerificationHead(4, d_hidden=16, d_embed=16)
+    t = torch.linspace(0, 6.28, 32)
+
+    def person(speed: float, n: int) -> torch.Tensor:  # [n, 32, 4]: one pose cycle, own speed
+        phase = torch.rand(n, 1) * 6.28
+        return torch.stack([torch.sin(speed * t + phase), torch.cos(speed * t + phase),
+                            torch.zeros(n, 32), torch.zeros(n, 32)], -1)
+
+    assert head(person(1.0, 3), person(1.0, 5)).shape == (3, 5)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(150):
+        labels = torch.cat([torch.ones(8, 8), torch.zeros(8, 8)])  # a: the first, b: not
+        loss, _ = P.verification_loss(head, person(1.0, 8), person(3.0, 8), person(1.0, 8),
+                                      labels, torch.ones_like(labels, dtype=torch.bool))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        left = torch.cat([person(1.0, 16), person(3.0, 16)])
+        scores = head(left, person(1.0, 4)).mean(1)
+    labels = torch.cat([torch.ones(16), torch.zeros(16)])
+    assert float(P.verification_auc(scores, labels)) > 0.95
+
+
 # ------------------------------------------------------------------------------ pair stream
 
 
@@ -202,24 +249,25 @@ def _config(**sets: str):
 
 
 def test_five_steps_with_every_privacy_term(store, tmp_path):
-    sets = {}
+    real = {}
     if NTU.is_dir():
-        sets = {"data.real_dir": str(NTU), "data.real_per_batch": "2",
+        real = {"data.real_dir": str(NTU), "data.real_per_batch": "2",
                 "train.stages[0].weights.dyn": "0.1"}
-    trainer = Trainer(_config(**sets), store, tmp_path / "run")
+    trainer = Trainer(_config(**real, **{"train.stages[0].weights.ver_dyn": "0.1"}), store,
+                      tmp_path / "run")
     head0 = {k: v.clone() for k, v in trainer.curriculum.verifier.state_dict().items()}
     final = trainer.fit()
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if "split" not in r]
     assert len(train) == 5
-    terms = {"ver", "ver_auc", "ver_out", "ver_out_auc", "inv_h", "inv_out", "pair_mse",
-             *(["dyn"] if sets else [])}
+    terms = {"ver", "ver_auc", "ver_out", "ver_out_auc", "ver_dyn", "ver_dyn_auc", "inv_h",
+             "inv_out", "pair_mse", *(["dyn"] if real else [])}
     for r in train:
         assert terms <= set(r) and all(np.isfinite(r[k]) for k in terms), r
         assert 0.0 <= r["ver_auc"] <= 1.0
     # the verifier trains with the stage, and is not part of the saved model
     head1 = trainer.curriculum.verifier.state_dict()
-    for head in ("ver.", "ver_out."):
+    for head in ("ver.", "ver_out.", "ver_dyn."):
         assert any(not torch.equal(head0[k], head1[k]) for k in head0 if k.startswith(head))
     saved = load_file(str(final))
     assert set(saved) == set(trainer.model.state_dict())

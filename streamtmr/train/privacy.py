@@ -14,6 +14,11 @@
 * ``ver_out`` is the same adversary on the *output* (:func:`pose_statistics` of the decoded
   window), which is what attackers see; a probe of that kind re-identifies pairs of fresh people
   in the shipped default's output at AUC 0.73 (``ver`` on pooled H_action stays near 0.5).
+* ``ver_dyn`` reads the output's *motion* as the re-ID attackers do: a
+  :class:`MotionVerificationHead` (a small temporal CNN before the verifier) over
+  :func:`motion_features` of the decoded window, the bone directions, their velocities and the
+  root's velocity frame by frame. ``pose_statistics`` are blind to when and how a body moves;
+  a pose-atom model publishes only the dummy's poses, so what it leaks is in the sequence.
 * ``ver_real`` is ``ver`` on windows of *real* people (UTKinect, :func:`streamtmr.data.
   real_windows.utkinect_people`): one half of the people for training, the other half for the
   evaluation, so the attack is still on people the anonymizer never saw. A few people repeat
@@ -40,10 +45,13 @@ from streamtmr import skeleton
 from streamtmr.models.layers import MLP, grad_reverse
 
 #: Loss names of this module (λ keys of TMR's stages).
-PRIVACY_LOSSES = ("ver", "ver_out", "inv_h", "inv_out", "pair_mse", "pair_atom", "dyn",
-                  "ver_real")
+PRIVACY_LOSSES = ("ver", "ver_out", "ver_dyn", "inv_h", "inv_out", "pair_mse", "pair_atom",
+                  "dyn", "ver_real")
 #: Size of :func:`pose_statistics`: mean and std over time of 24 bone directions.
 POSE_STATISTICS = 2 * 24 * 3
+#: Per-frame size of :func:`motion_features`: 24 bone directions, their velocities, the root's
+#: velocity.
+MOTION_FEATURES = 2 * 24 * 3 + 3
 
 
 class VerificationHead(nn.Module):
@@ -59,6 +67,27 @@ class VerificationHead(nn.Module):
         zl, zr = self.embed(left)[:, None], self.embed(right)[None, :]
         zl, zr = torch.broadcast_tensors(zl, zr)
         return self.score(torch.cat([(zl - zr).abs(), zl * zr], -1))[..., 0]
+
+
+class MotionVerificationHead(VerificationHead):
+    """:class:`VerificationHead` behind a temporal CNN: windows of per-frame features ``[N, T,
+    d_in]`` → two dilated convolutions → mean and max over time → the verifier. The adversary
+    of a sequence, as the re-ID attackers are, where :class:`VerificationHead` reads a vector."""
+
+    def __init__(self, d_in: int, d_hidden: int = 64, d_embed: int = 64):
+        super().__init__(2 * d_hidden, d_embed)
+        self.temporal = nn.Sequential(
+            nn.Conv1d(d_in, d_hidden, 5, padding=2), nn.GELU(),
+            nn.Conv1d(d_hidden, d_hidden, 5, padding=4, dilation=2), nn.GELU())
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, T, d_in]`` → ``[N, 2 d_hidden]``."""
+        z = self.temporal(x.transpose(1, 2))
+        return torch.cat([z.mean(-1), z.amax(-1)], -1)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """left ``[N, T, d_in]``, right ``[M, T, d_in]`` → logits ``[N, M]``."""
+        return super().forward(self.pool(left), self.pool(right))
 
 
 def verification_targets(action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +147,22 @@ def pose_statistics(joints: torch.Tensor) -> torch.Tensor:
     canon = skeleton.canonicalize(joints, ref_frame=0)[0]
     d = skeleton.bone_directions(canon)[:, :, 1:].flatten(2)
     return torch.cat([d.mean(1), d.std(1)], -1)
+
+
+def motion_features(joints: torch.Tensor) -> torch.Tensor:
+    """What a re-ID attacker reads off a window ``[B, T, 25, 3]``, frame by frame, in the
+    window's canonical frame (first frame: hips → +X, root at the origin): the 24 bone
+    directions, their change from the frame before and the root's displacement (m) →
+    ``[B, T, MOTION_FEATURES]`` (the first frame's changes are zero). Differentiable; blind to
+    bone lengths and to where the window is in the room."""
+    canon = skeleton.canonicalize(joints, ref_frame=0)[0]
+    d = skeleton.bone_directions(canon)[:, :, 1:].flatten(2)
+    root = canon[:, :, skeleton.ROOT]
+
+    def change(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], 1)
+
+    return torch.cat([d, change(d), change(root)], -1)
 
 
 def invariance_loss(h_a: torch.Tensor, h_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
