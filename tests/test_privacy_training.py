@@ -137,6 +137,8 @@ def test_motion_features_by_hand_and_blind_to_where_the_window_is():
     rot = skeleton.rotation_y(torch.tensor(0.7))
     moved = walk @ rot.T + torch.tensor([1.5, 0.0, -2.0])
     assert torch.allclose(P.motion_features(walk), P.motion_features(moved), atol=1e-4)
+    # without the root: the same features but the root's displacement
+    assert torch.equal(P.motion_features(seq, root=False), f[..., :144])
 
 
 def test_motion_verification_head_scores_every_pair_and_learns_a_sequence():
@@ -253,21 +255,23 @@ def test_five_steps_with_every_privacy_term(store, tmp_path):
     if NTU.is_dir():
         real = {"data.real_dir": str(NTU), "data.real_per_batch": "2",
                 "train.stages[0].weights.dyn": "0.1"}
-    trainer = Trainer(_config(**real, **{"train.stages[0].weights.ver_dyn": "0.1"}), store,
-                      tmp_path / "run")
+    trainer = Trainer(_config(**real, **{"train.stages[0].weights.ver_dyn": "0.1",
+                                         "train.stages[0].weights.ver_dyn_pose": "0.1"}),
+                      store, tmp_path / "run")
     head0 = {k: v.clone() for k, v in trainer.curriculum.verifier.state_dict().items()}
     final = trainer.fit()
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in recs if "split" not in r]
     assert len(train) == 5
-    terms = {"ver", "ver_auc", "ver_out", "ver_out_auc", "ver_dyn", "ver_dyn_auc", "inv_h",
-             "inv_out", "pair_mse", *(["dyn"] if real else [])}
+    terms = {"ver", "ver_auc", "ver_out", "ver_out_auc", "ver_dyn", "ver_dyn_auc",
+             "ver_dyn_pose", "ver_dyn_pose_auc", "inv_h", "inv_out", "pair_mse",
+             *(["dyn"] if real else [])}
     for r in train:
         assert terms <= set(r) and all(np.isfinite(r[k]) for k in terms), r
         assert 0.0 <= r["ver_auc"] <= 1.0
     # the verifier trains with the stage, and is not part of the saved model
     head1 = trainer.curriculum.verifier.state_dict()
-    for head in ("ver.", "ver_out.", "ver_dyn."):
+    for head in ("ver.", "ver_out.", "ver_dyn.", "ver_dyn_pose."):
         assert any(not torch.equal(head0[k], head1[k]) for k in head0 if k.startswith(head))
     saved = load_file(str(final))
     assert set(saved) == set(trainer.model.state_dict())

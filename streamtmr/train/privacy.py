@@ -19,6 +19,9 @@
   :func:`motion_features` of the decoded window, the bone directions, their velocities and the
   root's velocity frame by frame. ``pose_statistics`` are blind to when and how a body moves;
   a pose-atom model publishes only the dummy's poses, so what it leaks is in the sequence.
+  ``ver_dyn_pose`` reads the same without the root's velocity: the published root is the
+  source's (plus a small learned offset), so an adversary on the root keeps finding the person
+  in what the decoder cannot change; this one can only read the choice of poses.
 * ``ver_real`` is ``ver`` on windows of *real* people (UTKinect, :func:`streamtmr.data.
   real_windows.utkinect_people`): one half of the people for training, the other half for the
   evaluation, so the attack is still on people the anonymizer never saw. A few people repeat
@@ -45,12 +48,12 @@ from streamtmr import skeleton
 from streamtmr.models.layers import MLP, grad_reverse
 
 #: Loss names of this module (λ keys of TMR's stages).
-PRIVACY_LOSSES = ("ver", "ver_out", "ver_dyn", "inv_h", "inv_out", "pair_mse", "pair_atom",
-                  "dyn", "ver_real")
+PRIVACY_LOSSES = ("ver", "ver_out", "ver_dyn", "ver_dyn_pose", "inv_h", "inv_out", "pair_mse",
+                  "pair_atom", "dyn", "ver_real")
 #: Size of :func:`pose_statistics`: mean and std over time of 24 bone directions.
 POSE_STATISTICS = 2 * 24 * 3
 #: Per-frame size of :func:`motion_features`: 24 bone directions, their velocities, the root's
-#: velocity.
+#: velocity (without it, ``root=False``: ``MOTION_FEATURES - 3``).
 MOTION_FEATURES = 2 * 24 * 3 + 3
 
 
@@ -149,20 +152,21 @@ def pose_statistics(joints: torch.Tensor) -> torch.Tensor:
     return torch.cat([d.mean(1), d.std(1)], -1)
 
 
-def motion_features(joints: torch.Tensor) -> torch.Tensor:
+def motion_features(joints: torch.Tensor, root: bool = True) -> torch.Tensor:
     """What a re-ID attacker reads off a window ``[B, T, 25, 3]``, frame by frame, in the
     window's canonical frame (first frame: hips → +X, root at the origin): the 24 bone
     directions, their change from the frame before and the root's displacement (m) →
-    ``[B, T, MOTION_FEATURES]`` (the first frame's changes are zero). Differentiable; blind to
-    bone lengths and to where the window is in the room."""
+    ``[B, T, MOTION_FEATURES]`` (the first frame's changes are zero; ``root=False`` leaves the
+    root's displacement out). Differentiable; blind to bone lengths and to where the window is
+    in the room."""
     canon = skeleton.canonicalize(joints, ref_frame=0)[0]
     d = skeleton.bone_directions(canon)[:, :, 1:].flatten(2)
-    root = canon[:, :, skeleton.ROOT]
 
     def change(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], 1)
 
-    return torch.cat([d, change(d), change(root)], -1)
+    parts = [d, change(d)] + ([change(canon[:, :, skeleton.ROOT])] if root else [])
+    return torch.cat(parts, -1)
 
 
 def invariance_loss(h_a: torch.Tensor, h_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

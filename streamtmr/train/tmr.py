@@ -76,7 +76,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 64, "lr": 1e-4, "optimizer": "ad
 ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
 DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee", "act_out", "atom")
 LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES + P.PRIVACY_LOSSES
-PAIR_LOSSES = ("ver", "ver_out", "ver_dyn", "inv_h", "inv_out", "pair_mse", "pair_atom")
+PAIR_LOSSES = ("ver", "ver_out", "ver_dyn", "ver_dyn_pose", "inv_h", "inv_out", "pair_mse",
+               "pair_atom")
 #: The verification heads learn this many times faster than the stage's learning rate: a fresh
 #: adversary must keep up with an encoder that starts trained.
 VERIFIER_LR_FACTOR = 5.0
@@ -182,8 +183,9 @@ def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active:
 
 def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
                  active: list[str], need) -> dict[str, torch.Tensor]:
-    """``ver``, ``ver_out``, ``ver_dyn``, ``inv_h``, ``inv_out``, ``pair_mse``, ``pair_atom``
-    on one encoding of ``cat(a, b, a2)``; ``verifier`` holds a head per ``ver*`` term."""
+    """``ver``, ``ver_out``, ``ver_dyn(_pose)``, ``inv_h``, ``inv_out``, ``pair_mse``,
+    ``pair_atom`` on one encoding of ``cat(a, b, a2)``; ``verifier`` holds a head per ``ver*``
+    term."""
     a = need("pair_a")
     k = a.shape[0]
     code, frame = model.encode_action(torch.cat([a, need("pair_b"), need("pair_a2")]))
@@ -194,7 +196,7 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
     labels, mask = P.verification_targets(need("pair_action"))
     if "ver" in active:
         out.update(_verify(model, verifier, "ver", pooled, labels, mask))
-    if {"inv_out", "pair_mse", "ver_out", "ver_dyn", "pair_atom"} & set(active):
+    if {"inv_out", "pair_mse", "ver_out", "ver_dyn", "ver_dyn_pose", "pair_atom"} & set(active):
         target = need("pair_target")
         lengths = skeleton.bone_lengths(target).median(dim=1).values
         h_id = model.identity_encoder(rest_pose(lengths)[:, None])
@@ -213,9 +215,9 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
         if "ver_out" in active:
             stats = P.pose_statistics(torch.cat([y_a, y_b, y_a2])).split(k)
             out.update(_verify(model, verifier, "ver_out", stats, labels, mask))
-        if "ver_dyn" in active:
-            motion = P.motion_features(torch.cat([y_a, y_b, y_a2])).split(k)
-            out.update(_verify(model, verifier, "ver_dyn", motion, labels, mask))
+        for name in (n for n in ("ver_dyn", "ver_dyn_pose") if n in active):
+            motion = P.motion_features(torch.cat([y_a, y_b, y_a2]), root=name == "ver_dyn")
+            out.update(_verify(model, verifier, name, motion.split(k), labels, mask))
     return out
 
 
@@ -344,6 +346,8 @@ class TMRCurriculum(Curriculum):
         heads = {k: P.VerificationHead(n) for k, n in sizes.items() if k in used}
         if "ver_dyn" in used:
             heads["ver_dyn"] = P.MotionVerificationHead(P.MOTION_FEATURES)
+        if "ver_dyn_pose" in used:
+            heads["ver_dyn_pose"] = P.MotionVerificationHead(P.MOTION_FEATURES - 3)
         self.verifier = nn.ModuleDict(heads).to(device) if heads else None
         self.real = (torch.from_numpy(ntu_windows(d.real_dir, d.window)).to(device)
                      if "dyn" in used else None)
