@@ -20,8 +20,8 @@
   root's velocity frame by frame. ``pose_statistics`` are blind to when and how a body moves;
   a pose-atom model publishes only the dummy's poses, so what it leaks is in the sequence.
   ``ver_dyn_pose`` reads the same without the root's velocity: the published root is the
-  source's (plus a small learned offset), so an adversary on the root keeps finding the person
-  in what the decoder cannot change; this one can only read the choice of poses.
+  source's plus a small learned offset, so an adversary on the root keeps finding the person
+  in what the decoder can barely change; this one reads the choice of poses only.
 * ``ver_real`` is ``ver`` on windows of *real* people (UTKinect, :func:`streamtmr.data.
   real_windows.utkinect_people`): one half of the people for training, the other half for the
   evaluation, so the attack is still on people the anonymizer never saw. A few people repeat
