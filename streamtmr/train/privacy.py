@@ -143,12 +143,18 @@ def verification_auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean()
 
 
+def _window_directions(joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 24 bone directions ``[B, T, 72]`` of a window ``[B, T, 25, 3]`` in its canonical
+    frame (first frame: hips → +X, root at the origin), and the canonical window itself."""
+    canon = skeleton.canonicalize(joints, ref_frame=0)[0]
+    return skeleton.bone_directions(canon)[:, :, 1:].flatten(2), canon
+
+
 def pose_statistics(joints: torch.Tensor) -> torch.Tensor:
     """What a style attacker reads off a window ``[B, T, 25, 3]``: the mean and the standard
     deviation over time of the 24 bone directions in the window's canonical frame (first frame:
     hips → +X, root at the origin) → ``[B, 144]``. Differentiable; blind to bone lengths."""
-    canon = skeleton.canonicalize(joints, ref_frame=0)[0]
-    d = skeleton.bone_directions(canon)[:, :, 1:].flatten(2)
+    d = _window_directions(joints)[0]
     return torch.cat([d.mean(1), d.std(1)], -1)
 
 
@@ -159,8 +165,7 @@ def motion_features(joints: torch.Tensor, root: bool = True) -> torch.Tensor:
     ``[B, T, MOTION_FEATURES]`` (the first frame's changes are zero; ``root=False`` leaves the
     root's displacement out). Differentiable; blind to bone lengths and to where the window is
     in the room."""
-    canon = skeleton.canonicalize(joints, ref_frame=0)[0]
-    d = skeleton.bone_directions(canon)[:, :, 1:].flatten(2)
+    d, canon = _window_directions(joints)
 
     def change(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], 1)
