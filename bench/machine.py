@@ -37,6 +37,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+#: Vector extensions, which decide the kernels ONNX Runtime and torch run. Two 2-core hosts that
+#: both call themselves "AMD EPYC" measured the same model's step through the same code 5x apart
+#: (docs/results.md, "A slower host"), and the name alone cannot tell them apart.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_simd(cpuinfo: str | None = None) -> list[str] | None:
+    """Which of :data:`SIMD_FLAGS` the CPU has (the ``flags`` / ``Features`` line of
+    ``/proc/cpuinfo``, or the text given); None where that file is absent."""
+    text = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    if not text:
+        return None
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
+    have = set(m.group(1).split()) if m else set()
+    return [f for f in SIMD_FLAGS if f in have]
+
+
 def memory_gib() -> float | None:
     text = _read("/proc/meminfo") or ""
     m = re.search(r"^MemTotal:\s*(\d+)\s*kB", text, re.MULTILINE)
@@ -160,6 +178,7 @@ def describe_machine() -> dict[str, Any]:
     machine: dict[str, Any] = {
         "cpu": cpu_model(),
         "arch": platform.machine(),
+        "cpu_simd": cpu_simd(),
         "cores_logical": os.cpu_count(),
         "cores_available": available,
         "cpu_quota": cpu_quota(),

@@ -81,7 +81,8 @@ def _print_header(result: dict[str, Any], console) -> None:
     m = result["machine"]
     gpu = ", ".join(g["name"] for g in m["gpus"]) or "none"
     console.print(f"[bold]streamtmr bench[/bold] {result['started']}  ({result['seconds']} s)")
-    console.print(f"machine: {m['cpu']} · {m['cores_available']} cores · "
+    simd = " ".join(m.get("cpu_simd") or []) or "unknown"  # absent in records before stop 40
+    console.print(f"machine: {m['cpu']} ({simd}) · {m['cores_available']} cores · "
                   f"{m['memory_gib']} GiB · GPU {gpu} · {m['os']}")
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
     console.print(f"python {m['python']} · {libs}")

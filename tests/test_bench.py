@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import streamtmr
-from bench.machine import code_revision, describe_machine, host_kind
+from bench.machine import SIMD_FLAGS, code_revision, cpu_simd, describe_machine, host_kind
 from bench.node import late_frames
 from bench.report import write_readme
 from bench.stats import summarize_ns
@@ -76,6 +76,16 @@ def test_machine_description_has_the_keys():
     json.dumps(m)  # JSON-ready
     assert host_kind({"cores_available": 2, "gpus": []}) == "cpu-2c"
     assert set(m["streamtmr"]) == {"version", "commit", "dirty"}
+    assert m["cpu_simd"] is None or set(m["cpu_simd"]) <= set(SIMD_FLAGS)
+
+
+def test_cpu_simd_reads_the_flags_line_of_x86_and_arm():
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f\n"
+    assert cpu_simd(x86) == ["sse4_2", "avx", "avx2", "fma", "avx512f"]
+    no512 = x86.replace(" avx512f", "")
+    assert "avx512f" not in cpu_simd(no512) and "avx2" in cpu_simd(no512)
+    assert cpu_simd("processor\t: 0\nFeatures\t: fp asimd evtstrm sve\n") == ["asimd", "sve"]
+    assert cpu_simd("processor\t: 0\n") == []
 
 
 def test_the_code_revision_names_the_commit_and_local_changes(tmp_path):
