@@ -10,7 +10,7 @@ from streamtmr import skeleton
 from streamtmr.dummy import resolve_dummy
 from streamtmr.models.pose_atoms import heading_directions, init_chooser, kmeans_atoms
 from streamtmr.models.registry import model_class
-from streamtmr.models.tmr_stream import held_choice
+from streamtmr.models.tmr_stream import NOISE_PERIOD, gumbel_table, held_choice, noise_rows
 from streamtmr.train.tmr import STAGE_WEIGHTS, tmr_training_losses
 
 K = 16
@@ -20,11 +20,11 @@ def poses() -> np.ndarray:
     return synth_track(120)[:96]
 
 
-def atom_model(k: int = K, blend: int = 1, margin: float = 0.0):
+def atom_model(k: int = K, blend: int = 1, margin: float = 0.0, sample: float = 0.0):
     """A tiny tmr-stream with ``k`` atoms fitted on a synthetic person's poses."""
     torch.manual_seed(0)
     model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k, atom_blend=blend,
-                                                  atom_margin=margin)
+                                                  atom_margin=margin, atom_sample=sample)
     init_chooser(model, kmeans_atoms(heading_directions(poses()), k))
     return model
 
@@ -136,12 +136,15 @@ def test_pair_atom_is_the_atom_loss_on_both_people_of_a_pair():
         tmr_training_losses(free, pairs, {"pair_atom": 1.0})
 
 
-@pytest.mark.parametrize("blend, margin", [(1, 0.0), (3, 0.0), (3, 0.05)])
-def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend, margin):
+@pytest.mark.parametrize("blend, margin, sample", [(1, 0.0, 0.0), (3, 0.0, 0.0),
+                                                   (3, 0.05, 0.0), (3, 0.05, 1.0)])
+def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend, margin,
+                                                  sample):
     from engines.onnx_export import export_onnx, max_abs_error
     from engines.source import resolve_source
 
-    source = resolve_source(atom_model(blend=blend, margin=margin).eval(), None, None)
+    source = resolve_source(atom_model(blend=blend, margin=margin, sample=sample).eval(),
+                            None, None)
     path = export_onnx(source, tmp_path / "atoms.onnx")
     x = synth_track(80)[None].repeat(2, 0)
     x[1, :, :, 0] *= -1  # mirrored: another body
@@ -244,3 +247,62 @@ def test_publishing_options_go_on_a_copy_with_the_same_weights(tmp_path):
         with_options(free, tmp_path / "x.safetensors", atom_blend=3)
     assert load_checkpoint(with_options(free, tmp_path / "l.safetensors", root_motion="leash")
                            ).config["root_motion"] == "leash"
+
+
+def test_gumbel_noise_draws_from_the_softmax_at_the_temperature():
+    """argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T): over the table's
+    rows, each atom is chosen as often as its probability says."""
+    g = gumbel_table(20000, 3)
+    assert torch.equal(g, gumbel_table(20000, 3))  # a fixed seed: the same table everywhere
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    for temperature in (1.0, 0.5):
+        counts = torch.bincount((logits / temperature + g).argmax(-1), minlength=3) / len(g)
+        assert torch.allclose(counts, (logits / temperature).softmax(-1), atol=0.015)
+    rows = noise_rows(torch.zeros(2, 4, 3), (torch.tensor([[5.0], [NOISE_PERIOD - 1.0]]),
+                                             torch.tensor([[False], [False]])))
+    assert rows.tolist() == [[5, 6, 7, 8], [NOISE_PERIOD - 1, 0, 1, 2]]
+    assert noise_rows(torch.zeros(1, 3, 3), (torch.tensor([[9.0]]), torch.tensor([[True]]))
+                      ).tolist() == [[0, 1, 2]]  # a fresh track starts at the first row
+
+
+def test_a_sampled_choice_streams_as_it_computes_in_parallel_and_varies_the_atoms():
+    """atom_sample: each frame's atom drawn from softmax(logits / T), the same draw on the step
+    path (its noise row in the state) as in parallel, for bodies that enter at different
+    frames; off (0) it is the argmax, exactly; draws differ from the argmax, more at higher T."""
+    x = torch.from_numpy(synth_track(90)[:80])[None]
+    base = atom_model(blend=3).eval()
+    moving_chooser(base, x)
+    lengths = resolve_dummy(None).lengths
+
+    def sampled(temperature):
+        m = atom_model(blend=3, sample=temperature)
+        m.load_state_dict(base.state_dict())  # the noise table is not in the file
+        return m.eval().for_dummy(lengths).eval()
+
+    with pytest.raises(ValueError, match="atom_sample"):
+        atom_model(sample=-0.5)
+    dm = sampled(1.0)
+    assert dm.state_spec()["atom_clock"][0] == (1,)
+    assert "atom_clock" not in base.for_dummy(lengths).state_spec()
+    y = forward(dm, x)
+    assert float((stepped(dm, x) - y).abs().max()) <= 1e-4
+    late = torch.cat([x[:, :7], x[:, :50]], 1)  # a second body entering 7 frames later
+    both = torch.cat([x[:, :57], late])
+    state, outs = dm.init_state(2), []
+    with torch.no_grad():
+        for t in range(both.shape[1]):
+            if t == 7:
+                state = {k: torch.cat([v[:1], dm.init_state(1)[k]]) for k, v in state.items()}
+            out, state = dm.step(both[:, t].clone(), state)
+            outs.append(out)
+    assert float((torch.stack(outs, 1)[1, 7:] - forward(dm, x[:, :50])[0]).abs().max()) <= 1e-4
+
+    def indices(d):
+        with torch.no_grad():
+            code, frame = d.model.encode_action(x)
+            return d.model.decode_from(code.h, d.h_identity, d.lengths[None], frame)[2]
+
+    argmax = indices(base.for_dummy(lengths).eval())
+    cold, warm = indices(sampled(0.01)), indices(sampled(5.0))
+    assert float((cold == argmax).float().mean()) > 0.9  # cold: the argmax but near-ties
+    assert float((warm != argmax).float().mean()) > 0.3

@@ -31,8 +31,9 @@ streamtmr.models.pose_atoms --set``). ``root_motion: leash`` keeps the published
 stood until the source's root is ``leash_m`` away, then pulls it along: a person's root path is
 biometric (docs/results.md: five points of re-ID on SynthKinect at full strength, none on
 real people). ``follow`` averages the root and heading over time instead, ``atom_margin`` holds
-a chosen pose atom (docs/results.md, "The shipped default", measures all three). Each adds its
-entry to the streaming state.
+a chosen pose atom, ``atom_sample`` draws it from the chooser's softmax (a fixed Gumbel noise
+table read at the track's frame count, so every path draws the same; docs/results.md, "The
+shipped default", measures all four). Each adds its entry to the streaming state.
 
 Deviation from the design. The design's action encoder ends in a BiLSTM, its attention sees the
 whole window and its decoder attends over the whole window of H_action. Here the LSTM is
@@ -111,6 +112,10 @@ class StreamTMRConfig:
     # with pose atoms: the atom chosen in the frame before stays until another atom's logit beats
     # its by more than this margin (hysteresis; 0: the largest logit every frame). Inference only
     atom_margin: float = 0.0
+    # with pose atoms: 0 takes the largest logit; T > 0 draws each frame's atom from
+    # softmax(logits / T) by the Gumbel-max trick, with a fixed noise table read at each track's
+    # frame count, so that step, forward and the exported graph draw the same. Inference only
+    atom_sample: float = 0.0
     # how closely the published body's root (horizontal) and heading follow the source's: 1
     # copies them every frame; alpha < 1 publishes their causal exponential average with weight
     # alpha on each new frame (a gait's sway and hip yaw are biometric; the pose is unchanged)
@@ -163,6 +168,9 @@ class StreamTMRConfig:
         if not float(self.atom_margin) >= 0.0:
             raise ValueError(f"tmr-stream config: atom_margin must be >= 0, "
                              f"got {self.atom_margin!r}")
+        if not float(self.atom_sample) >= 0.0:
+            raise ValueError(f"tmr-stream config: atom_sample must be >= 0, "
+                             f"got {self.atom_sample!r}")
         if not float(self.leash_m) > 0.0:
             raise ValueError(f"tmr-stream config: leash_m must be > 0, got {self.leash_m!r}")
         if not 0.0 < float(self.follow) <= 1.0:
@@ -498,19 +506,25 @@ class FrameDecoder(nn.Module):
             self.choose = nn.Linear(d, cfg.pose_atoms)
             self.blend = ATOM_BLEND[cfg.atom_blend]
             self.margin = float(cfg.atom_margin)
+            self.temperature = float(cfg.atom_sample)
+            if self.temperature > 0:  # derived from a fixed seed, so not stored in the file
+                self.register_buffer("gumbel", gumbel_table(NOISE_PERIOD, cfg.pose_atoms),
+                                     persistent=False)
         self.atom_logits: torch.Tensor | None = None  # the last forward's, for the atom loss
 
-    def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor, past=None, held=None):
+    def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor, past=None, held=None,
+                clock=None):
         """Root offset and bone directions; with pose atoms also the atoms chosen ``[B, T, J,
         3]`` and their indices ``[B, T]``. The directions blend the atoms chosen with ``past``:
         None (every track starts at the first frame) or ``(atoms [B, atom_blend - 1, J, 3],
         fresh [B, 1])``, the atoms chosen in the frames before the first, oldest first, for the
         tracks that are not ``fresh``. ``held``: the index chosen in the frame before the first
-        (see :func:`held_choice`)."""
+        (see :func:`held_choice`). ``clock``: None (every track starts at its first frame) or
+        ``(row [B, 1], fresh [B, 1])``, the noise-table row of the first frame (``atom_sample``)."""
         x = self.trunk(h_action, h_identity)
         out = self.head(x)
         if hasattr(self, "choose"):
-            chosen, index = self._chosen(self.choose(x), held)
+            chosen, index = self._chosen(self.choose(x), held, clock)
             return out[..., :2], blend_atoms(chosen, past, self.blend), chosen, index
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
@@ -524,11 +538,14 @@ class FrameDecoder(nn.Module):
             x = layer(x, h_identity)
         return self.norm(x)
 
-    def _chosen(self, logits: torch.Tensor, held=None):
-        """The pose atom of the largest logit ``[B, T, K]`` (held by ``atom_margin`` in
-        inference), exactly, and its index. In training the gradient reaches the logits through
-        their softmax (straight through): the forward value stays the chosen atom."""
+    def _chosen(self, logits: torch.Tensor, held=None, clock=None):
+        """The pose atom of the largest logit ``[B, T, K]`` (in inference drawn by
+        ``atom_sample`` and held by ``atom_margin``), exactly, and its index. In training the
+        gradient reaches the logits through their softmax (straight through): the forward value
+        stays the chosen atom."""
         if not self.training:
+            if self.temperature > 0:
+                logits = logits / self.temperature + self.gumbel[noise_rows(logits, clock)]
             index = (held_choice(logits, self.margin, held) if self.margin > 0
                      else logits.argmax(-1))
             return self.atoms[index], index
@@ -538,6 +555,30 @@ class FrameDecoder(nn.Module):
         hard = F.one_hot(index, soft.shape[-1]).to(soft.dtype)
         weights = hard + soft - soft.detach()
         return torch.einsum("btk,kjc->btjc", weights, self.atoms), index
+
+
+#: Rows of the Gumbel noise table of ``atom_sample``: a track's draws repeat after this many
+#: frames (34 s at 30 Hz), longer than any window an attacker reads
+NOISE_PERIOD = 1021
+
+
+def gumbel_table(rows: int, atoms: int, seed: int = 0) -> torch.Tensor:
+    """Standard Gumbel noise ``[rows, atoms]`` from a fixed seed: adding it to logits / T and
+    taking the argmax draws from softmax(logits / T) (the Gumbel-max trick)."""
+    u = torch.rand(rows, atoms, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (-torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-12)))).to(torch.float32)
+
+
+def noise_rows(logits: torch.Tensor, clock=None) -> torch.Tensor:
+    """The noise-table rows ``[B or 1, T]`` of each frame of ``logits [B, T, K]``: the frame's
+    count in its track, modulo :data:`NOISE_PERIOD`. ``clock``: None (every track starts at its
+    first frame) or ``(row [B, 1], fresh [B, 1])``, the first frame's row for the tracks that
+    are not fresh."""
+    t = torch.arange(int(logits.shape[1]), device=logits.device)[None]
+    if clock is not None:
+        row, fresh = clock
+        t = t + torch.where(fresh, torch.zeros_like(row), row).long()
+    return torch.remainder(t, NOISE_PERIOD)
 
 
 def held_choice(logits: torch.Tensor, margin: float, held=None) -> torch.Tensor:
@@ -642,12 +683,12 @@ class StreamTMR(DisentangledTMR):
         return self.decode_from(h_action, h_identity, lengths, frame)[0]
 
     def decode_from(self, h_action: torch.Tensor, h_identity: torch.Tensor,
-                    lengths: torch.Tensor, frame, past=None, held=None):
-        """:meth:`decode` given the pose atoms chosen before the first frame (``past`` and
-        ``held``, see :class:`FrameDecoder`); returns the joints, the atoms chosen and their
-        indices (None, None without atoms)."""
+                    lengths: torch.Tensor, frame, past=None, held=None, clock=None):
+        """:meth:`decode` given the pose atoms chosen before the first frame (``past``,
+        ``held`` and ``clock``, see :class:`FrameDecoder`); returns the joints, the atoms chosen
+        and their indices (None, None without atoms)."""
         rot, root, floor = frame
-        offset, dirs, chosen, index = self.decoder(h_action, h_identity, past, held)
+        offset, dirs, chosen, index = self.decoder(h_action, h_identity, past, held, clock)
         leg = skeleton.leg_length(lengths)[:, None, None]  # (B, 1, 1)
         offset = torch.stack([offset[..., 0], torch.zeros_like(offset[..., 0]),
                               offset[..., 1]], -1) * leg  # (B, T, 3), metres
@@ -715,6 +756,8 @@ class StreamingDummy(nn.Module):
             shapes["atoms"] = (cfg["atom_blend"] - 1, J, 3)
         if cfg.get("pose_atoms") and cfg.get("atom_margin", 0.0) > 0:  # the atom held
             shapes["atom_index"] = (1,)
+        if cfg.get("pose_atoms") and cfg.get("atom_sample", 0.0) > 0:  # the next noise row
+            shapes["atom_clock"] = (1,)
         if cfg.get("follow", 1.0) < 1.0:  # the followed heading vector and root X, Z
             shapes["follow"] = (4,)
         if cfg.get("root_motion", "source") == "leash":  # where the body stands
@@ -748,12 +791,17 @@ class StreamingDummy(nn.Module):
             geo = (rot, root, floor)
         past = (state["atoms"], first) if "atoms" in spec else None
         held = (state["atom_index"], first) if "atom_index" in spec else None
-        y, chosen, index = self.model.decode_from(h, self.h_identity, lengths, geo, past, held)
+        clock = (state["atom_clock"], first) if "atom_clock" in spec else None
+        y, chosen, index = self.model.decode_from(h, self.h_identity, lengths, geo, past, held,
+                                                  clock)
         if past is not None:  # a fresh track's past is its first atom, repeated (as in forward)
             before = torch.where(first[:, :, None, None], chosen, state["atoms"])
             new["atoms"] = torch.cat([before[:, 1:], chosen], 1)
         if held is not None:
             new["atom_index"] = index.to(frame.dtype)
+        if clock is not None:
+            row = torch.where(first, torch.zeros_like(state["atom_clock"]), state["atom_clock"])
+            new["atom_clock"] = torch.remainder(row + 1, NOISE_PERIOD)
         window = float(self.model.config["window"])
         new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
                    prev=torch.cat([prev[:, 1:], x], 1))
