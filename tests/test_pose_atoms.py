@@ -20,11 +20,13 @@ def poses() -> np.ndarray:
     return synth_track(120)[:96]
 
 
-def atom_model(k: int = K, blend: int = 1, margin: float = 0.0, sample: float = 0.0):
+def atom_model(k: int = K, blend: int = 1, margin: float = 0.0, sample: float = 0.0,
+               hold: int = 1):
     """A tiny tmr-stream with ``k`` atoms fitted on a synthetic person's poses."""
     torch.manual_seed(0)
     model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k, atom_blend=blend,
-                                                  atom_margin=margin, atom_sample=sample)
+                                                  atom_margin=margin, atom_sample=sample,
+                                                  atom_sample_hold=hold)
     init_chooser(model, kmeans_atoms(heading_directions(poses()), k))
     return model
 
@@ -136,15 +138,15 @@ def test_pair_atom_is_the_atom_loss_on_both_people_of_a_pair():
         tmr_training_losses(free, pairs, {"pair_atom": 1.0})
 
 
-@pytest.mark.parametrize("blend, margin, sample", [(1, 0.0, 0.0), (3, 0.0, 0.0),
-                                                   (3, 0.05, 0.0), (3, 0.05, 1.0)])
+@pytest.mark.parametrize("blend, margin, sample, hold", [
+    (1, 0.0, 0.0, 1), (3, 0.0, 0.0, 1), (3, 0.05, 0.0, 1), (3, 0.05, 1.0, 1), (3, 0.0, 1.0, 3)])
 def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend, margin,
-                                                  sample):
+                                                  sample, hold):
     from engines.onnx_export import export_onnx, max_abs_error
     from engines.source import resolve_source
 
-    source = resolve_source(atom_model(blend=blend, margin=margin, sample=sample).eval(),
-                            None, None)
+    model = atom_model(blend=blend, margin=margin, sample=sample, hold=hold)
+    source = resolve_source(model.eval(), None, None)
     path = export_onnx(source, tmp_path / "atoms.onnx")
     x = synth_track(80)[None].repeat(2, 0)
     x[1, :, :, 0] *= -1  # mirrored: another body
@@ -263,6 +265,9 @@ def test_gumbel_noise_draws_from_the_softmax_at_the_temperature():
     assert rows.tolist() == [[5, 6, 7, 8], [NOISE_PERIOD - 1, 0, 1, 2]]
     assert noise_rows(torch.zeros(1, 3, 3), (torch.tensor([[9.0]]), torch.tensor([[True]]))
                       ).tolist() == [[0, 1, 2]]  # a fresh track starts at the first row
+    held = noise_rows(torch.zeros(2, 5, 3), (torch.tensor([[2.0], [3 * NOISE_PERIOD - 2.0]]),
+                                             torch.tensor([[False], [False]])), hold=3)
+    assert held.tolist() == [[0, 1, 1, 1, 2], [NOISE_PERIOD - 1, NOISE_PERIOD - 1, 0, 0, 0]]
 
 
 def test_a_sampled_choice_streams_as_it_computes_in_parallel_and_varies_the_atoms():
@@ -307,3 +312,30 @@ def test_a_sampled_choice_streams_as_it_computes_in_parallel_and_varies_the_atom
     cold, warm = indices(sampled(0.01)), indices(sampled(5.0))
     assert float((cold == argmax).float().mean()) > 0.9  # cold: the argmax but near-ties
     assert float((warm != argmax).float().mean()) > 0.3
+
+
+def test_a_held_draw_streams_as_in_parallel_and_switches_less():
+    """atom_sample_hold: k keeps each noise row for k frames; step == forward (the count, not
+    the row, is the state), and the choice switches less often than with a draw every frame."""
+    x = torch.from_numpy(synth_track(90)[:80])[None]
+    base = atom_model(blend=3).eval()
+    moving_chooser(base, x)
+    lengths = resolve_dummy(None).lengths
+
+    def sampled(hold):
+        m = atom_model(blend=3, sample=1.0, hold=hold)
+        m.load_state_dict(base.state_dict())
+        return m.eval().for_dummy(lengths).eval()
+
+    with pytest.raises(ValueError, match="atom_sample_hold"):
+        atom_model(sample=1.0, hold=0)
+    dm = sampled(4)
+    assert float((stepped(dm, x) - forward(dm, x)).abs().max()) <= 1e-4
+
+    def switches(d):
+        with torch.no_grad():
+            code, frame = d.model.encode_action(x)
+            index = d.model.decode_from(code.h, d.h_identity, d.lengths[None], frame)[2]
+        return float((index[:, 1:] != index[:, :-1]).float().mean())
+
+    assert switches(dm) < switches(sampled(1))

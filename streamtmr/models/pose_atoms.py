@@ -131,8 +131,8 @@ def init_checkpoint(base: str | Path, data: str | Path, k: int, out: str | Path,
 
 
 #: tmr-stream settings that change only how a trained model publishes, never its weights
-PUBLISHING = ("atom_blend", "atom_margin", "atom_sample", "follow", "root_motion",
-              "leash_m")
+PUBLISHING = ("atom_blend", "atom_margin", "atom_sample", "atom_sample_hold", "follow",
+              "root_motion", "leash_m")
 
 
 def with_options(base: str | Path, out: str | Path, **options: Any) -> Path:

@@ -116,6 +116,9 @@ class StreamTMRConfig:
     # softmax(logits / T) by the Gumbel-max trick, with a fixed noise table read at each track's
     # frame count, so that step, forward and the exported graph draw the same. Inference only
     atom_sample: float = 0.0
+    # with atom_sample: each noise row is kept for this many frames (1: a fresh draw every
+    # frame), so near-ties are broken the same way for a while and the choice switches less
+    atom_sample_hold: int = 1
     # how closely the published body's root (horizontal) and heading follow the source's: 1
     # copies them every frame; alpha < 1 publishes their causal exponential average with weight
     # alpha on each new frame (a gait's sway and hip yaw are biometric; the pose is unchanged)
@@ -507,6 +510,7 @@ class FrameDecoder(nn.Module):
             self.blend = ATOM_BLEND[cfg.atom_blend]
             self.margin = float(cfg.atom_margin)
             self.temperature = float(cfg.atom_sample)
+            self.hold = int(cfg.atom_sample_hold)
             if self.temperature > 0:  # derived from a fixed seed, so not stored in the file
                 self.register_buffer("gumbel", gumbel_table(NOISE_PERIOD, cfg.pose_atoms),
                                      persistent=False)
@@ -520,7 +524,8 @@ class FrameDecoder(nn.Module):
         fresh [B, 1])``, the atoms chosen in the frames before the first, oldest first, for the
         tracks that are not ``fresh``. ``held``: the index chosen in the frame before the first
         (see :func:`held_choice`). ``clock``: None (every track starts at its first frame) or
-        ``(row [B, 1], fresh [B, 1])``, the noise-table row of the first frame (``atom_sample``)."""
+        ``(count [B, 1], fresh [B, 1])``, the first frame's count (``atom_sample``; see
+        :func:`noise_rows`)."""
         x = self.trunk(h_action, h_identity)
         out = self.head(x)
         if hasattr(self, "choose"):
@@ -545,7 +550,8 @@ class FrameDecoder(nn.Module):
         stays the chosen atom."""
         if not self.training:
             if self.temperature > 0:
-                logits = logits / self.temperature + self.gumbel[noise_rows(logits, clock)]
+                rows = noise_rows(logits, clock, self.hold)
+                logits = logits / self.temperature + self.gumbel[rows]
             index = (held_choice(logits, self.margin, held) if self.margin > 0
                      else logits.argmax(-1))
             return self.atoms[index], index
@@ -569,16 +575,16 @@ def gumbel_table(rows: int, atoms: int, seed: int = 0) -> torch.Tensor:
     return (-torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-12)))).to(torch.float32)
 
 
-def noise_rows(logits: torch.Tensor, clock=None) -> torch.Tensor:
+def noise_rows(logits: torch.Tensor, clock=None, hold: int = 1) -> torch.Tensor:
     """The noise-table rows ``[B or 1, T]`` of each frame of ``logits [B, T, K]``: the frame's
-    count in its track, modulo :data:`NOISE_PERIOD`. ``clock``: None (every track starts at its
-    first frame) or ``(row [B, 1], fresh [B, 1])``, the first frame's row for the tracks that
-    are not fresh."""
+    count in its track divided by ``hold`` (rounded down), modulo :data:`NOISE_PERIOD`.
+    ``clock``: None (every track starts at its first frame) or ``(count [B, 1], fresh [B, 1])``,
+    the first frame's count (modulo ``NOISE_PERIOD * hold``) for the tracks that are not fresh."""
     t = torch.arange(int(logits.shape[1]), device=logits.device)[None]
     if clock is not None:
-        row, fresh = clock
-        t = t + torch.where(fresh, torch.zeros_like(row), row).long()
-    return torch.remainder(t, NOISE_PERIOD)
+        count, fresh = clock
+        t = t + torch.where(fresh, torch.zeros_like(count), count).long()
+    return torch.remainder(torch.div(t, hold, rounding_mode="floor"), NOISE_PERIOD)
 
 
 def held_choice(logits: torch.Tensor, margin: float, held=None) -> torch.Tensor:
@@ -756,7 +762,7 @@ class StreamingDummy(nn.Module):
             shapes["atoms"] = (cfg["atom_blend"] - 1, J, 3)
         if cfg.get("pose_atoms") and cfg.get("atom_margin", 0.0) > 0:  # the atom held
             shapes["atom_index"] = (1,)
-        if cfg.get("pose_atoms") and cfg.get("atom_sample", 0.0) > 0:  # the next noise row
+        if cfg.get("pose_atoms") and cfg.get("atom_sample", 0.0) > 0:  # the next frame's count
             shapes["atom_clock"] = (1,)
         if cfg.get("follow", 1.0) < 1.0:  # the followed heading vector and root X, Z
             shapes["follow"] = (4,)
@@ -800,8 +806,9 @@ class StreamingDummy(nn.Module):
         if held is not None:
             new["atom_index"] = index.to(frame.dtype)
         if clock is not None:
-            row = torch.where(first, torch.zeros_like(state["atom_clock"]), state["atom_clock"])
-            new["atom_clock"] = torch.remainder(row + 1, NOISE_PERIOD)
+            count = torch.where(first, torch.zeros_like(state["atom_clock"]), state["atom_clock"])
+            period = NOISE_PERIOD * int(self.model.config.get("atom_sample_hold", 1))
+            new["atom_clock"] = torch.remainder(count + 1, period)
         window = float(self.model.config["window"])
         new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
                    prev=torch.cat([prev[:, 1:], x], 1))
