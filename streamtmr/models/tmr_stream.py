@@ -32,8 +32,9 @@ stood until the source's root is ``leash_m`` away, then pulls it along: a person
 biometric (docs/results.md: five points of re-ID on SynthKinect at full strength, none on
 real people). ``follow`` averages the root and heading over time instead, ``atom_margin`` holds
 a chosen pose atom, ``atom_sample`` draws it from the chooser's softmax (a fixed Gumbel noise
-table read at the track's frame count, so every path draws the same; docs/results.md, "The
-shipped default", measures all four). Each adds its entry to the streaming state.
+table read at the track's frame count, so every path draws the same; ``atom_sample_hold`` keeps
+each draw's noise for k frames; docs/results.md, "The shipped default", measures them all).
+Each adds its entry to the streaming state.
 
 Deviation from the design. The design's action encoder ends in a BiLSTM, its attention sees the
 whole window and its decoder attends over the whole window of H_action. Here the LSTM is
