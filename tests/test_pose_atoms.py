@@ -270,6 +270,13 @@ def test_gumbel_noise_draws_from_the_softmax_at_the_temperature():
     assert held.tolist() == [[0, 1, 1, 1, 2], [NOISE_PERIOD - 1, NOISE_PERIOD - 1, 0, 0, 0]]
 
 
+def chosen_indices(d, x: torch.Tensor) -> torch.Tensor:
+    """The atom indices ``[B, T]`` a streaming dummy ``d`` chooses over ``x`` in parallel."""
+    with torch.no_grad():
+        code, frame = d.model.encode_action(x)
+        return d.model.decode_from(code.h, d.h_identity, d.lengths[None], frame)[2]
+
+
 def test_a_sampled_choice_streams_as_it_computes_in_parallel_and_varies_the_atoms():
     """atom_sample: each frame's atom drawn from softmax(logits / T), the same draw on the step
     path (its noise row in the state) as in parallel, for bodies that enter at different
@@ -302,14 +309,9 @@ def test_a_sampled_choice_streams_as_it_computes_in_parallel_and_varies_the_atom
             outs.append(out)
     assert float((torch.stack(outs, 1)[1, 7:] - forward(dm, x[:, :50])[0]).abs().max()) <= 1e-4
 
-    def indices(d):
-        with torch.no_grad():
-            code, frame = d.model.encode_action(x)
-            return d.model.decode_from(code.h, d.h_identity, d.lengths[None], frame)[2]
-
-    argmax = indices(base.for_dummy(lengths).eval())
-    assert float((indices(dm) != argmax).float().mean()) > 0.3  # step == forward is not the argmax
-    cold, warm = indices(sampled(0.01)), indices(sampled(5.0))
+    argmax = chosen_indices(base.for_dummy(lengths).eval(), x)
+    assert float((chosen_indices(dm, x) != argmax).float().mean()) > 0.3  # not the argmax
+    cold, warm = chosen_indices(sampled(0.01), x), chosen_indices(sampled(5.0), x)
     assert float((cold == argmax).float().mean()) > 0.9  # cold: the argmax but near-ties
     assert float((warm != argmax).float().mean()) > 0.3
 
@@ -333,9 +335,7 @@ def test_a_held_draw_streams_as_in_parallel_and_switches_less():
     assert float((stepped(dm, x) - forward(dm, x)).abs().max()) <= 1e-4
 
     def switches(d):
-        with torch.no_grad():
-            code, frame = d.model.encode_action(x)
-            index = d.model.decode_from(code.h, d.h_identity, d.lengths[None], frame)[2]
+        index = chosen_indices(d, x)
         return float((index[:, 1:] != index[:, :-1]).float().mean())
 
     assert switches(dm) < switches(sampled(1))

@@ -808,8 +808,7 @@ class StreamingDummy(nn.Module):
             new["atom_index"] = index.to(frame.dtype)
         if clock is not None:
             count = torch.where(first, torch.zeros_like(state["atom_clock"]), state["atom_clock"])
-            period = NOISE_PERIOD * int(self.model.config.get("atom_sample_hold", 1))
-            new["atom_clock"] = torch.remainder(count + 1, period)
+            new["atom_clock"] = torch.remainder(count + 1, NOISE_PERIOD * self.model.decoder.hold)
         window = float(self.model.config["window"])
         new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
                    prev=torch.cat([prev[:, 1:], x], 1))
