@@ -10,7 +10,14 @@ from streamtmr import skeleton
 from streamtmr.dummy import resolve_dummy
 from streamtmr.models.pose_atoms import heading_directions, init_chooser, kmeans_atoms
 from streamtmr.models.registry import model_class
-from streamtmr.models.tmr_stream import NOISE_PERIOD, gumbel_table, held_choice, noise_rows
+from streamtmr.models.tmr_stream import (
+    MAX_HOLD,
+    NOISE_PERIOD,
+    gumbel_table,
+    held_choice,
+    next_clock,
+    noise_rows,
+)
 from streamtmr.train.tmr import STAGE_WEIGHTS, tmr_training_losses
 
 K = 16
@@ -228,13 +235,14 @@ def test_a_margin_holds_the_chosen_atom_until_another_beats_it_by_more():
 
 def test_publishing_options_go_on_a_copy_with_the_same_weights(tmp_path):
     """``python -m streamtmr.models.pose_atoms --set``: how a trained model publishes (blend,
-    margin, leash, ...) changes on a copy; the weights do not, and nothing else can."""
+    margin, leash, ...) changes on a copy; the weights do not, and nothing else can. Numbers
+    are read as numbers (YAML alone reads 25e-2 as text)."""
     from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
     from streamtmr.models.pose_atoms import main, with_options
 
     base = save_checkpoint(tmp_path / "atoms.safetensors", atom_model(), {})
     assert main(["--base", str(base), "--blend", "3", "--set", "root_motion=leash",
-                 "--set", "leash_m=0.25", "--out", str(tmp_path / "copy.safetensors")]) == 0
+                 "--set", "leash_m=25e-2", "--out", str(tmp_path / "copy.safetensors")]) == 0
     copy = load_checkpoint(tmp_path / "copy.safetensors")
     assert (copy.config["atom_blend"], copy.config["root_motion"], copy.config["leash_m"]) == \
         (3, "leash", 0.25)
@@ -260,14 +268,44 @@ def test_gumbel_noise_draws_from_the_softmax_at_the_temperature():
     for temperature in (1.0, 0.5):
         counts = torch.bincount((logits / temperature + g).argmax(-1), minlength=3) / len(g)
         assert torch.allclose(counts, (logits / temperature).softmax(-1), atol=0.015)
-    rows = noise_rows(torch.zeros(2, 4, 3), (torch.tensor([[5.0], [NOISE_PERIOD - 1.0]]),
+    rows = noise_rows(torch.zeros(2, 4, 3), (torch.tensor([[5.0, 0.0], [NOISE_PERIOD - 1.0, 0.0]]),
                                              torch.tensor([[False], [False]])))
     assert rows.tolist() == [[5, 6, 7, 8], [NOISE_PERIOD - 1, 0, 1, 2]]
-    assert noise_rows(torch.zeros(1, 3, 3), (torch.tensor([[9.0]]), torch.tensor([[True]]))
+    assert noise_rows(torch.zeros(1, 3, 3), (torch.tensor([[9.0, 0.0]]), torch.tensor([[True]]))
                       ).tolist() == [[0, 1, 2]]  # a fresh track starts at the first row
-    held = noise_rows(torch.zeros(2, 5, 3), (torch.tensor([[2.0], [3 * NOISE_PERIOD - 2.0]]),
+    held = noise_rows(torch.zeros(2, 5, 3), (torch.tensor([[0.0, 2.0], [NOISE_PERIOD - 1.0, 1.0]]),
                                              torch.tensor([[False], [False]])), hold=3)
     assert held.tolist() == [[0, 1, 1, 1, 2], [NOISE_PERIOD - 1, NOISE_PERIOD - 1, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("hold", [1, 3, MAX_HOLD])
+def test_the_step_clock_reads_the_rows_of_the_parallel_path_and_is_exact_in_fp16(hold):
+    """Frame by frame, the step's clock (row, frames into the row) reads the noise rows the
+    parallel path reads from the same start, across a row's end and the table's wrap; its values
+    stay whole numbers below 2,048, so a float16 plan (TensorRT) counts what float32 counts."""
+    go, fresh = torch.tensor([[False]]), torch.tensor([[True]])
+    for start in ([0.0, 0.0], [NOISE_PERIOD - 1.0, hold - 1.0]):
+        frames = 2 * hold + 3
+        parallel = noise_rows(torch.zeros(1, frames, 1), (torch.tensor([start]), go), hold)
+        for dtype in (torch.float32, torch.float16):
+            clock, read = torch.tensor([start], dtype=dtype), []
+            for _ in range(frames):
+                read.append(int(noise_rows(torch.zeros(1, 1, 1), (clock, go), hold)))
+                clock = next_clock(clock, go, hold)
+                assert float(clock.max()) < 2048
+            assert read == parallel[0].tolist()
+    assert next_clock(torch.tensor([[7.0, 1.0]]), fresh, hold).tolist() == (
+        [[0.0, 1.0]] if hold > 1 else [[1.0, 0.0]])  # a fresh track: its first frame was row 0
+
+
+def test_sampling_options_that_cannot_act_are_refused_with_their_name():
+    """A hold without a draw, a hold longer than the clock counts, and a temperature YAML read as
+    text (5e-1) are refused when the model is built, naming the option."""
+    for kwargs, name in (({"hold": 8}, "atom_sample_hold"),
+                         ({"sample": 1.0, "hold": MAX_HOLD + 1}, "atom_sample_hold"),
+                         ({"sample": "5e-1"}, "atom_sample must be a number")):
+        with pytest.raises(ValueError, match=name):
+            atom_model(**kwargs)
 
 
 def chosen_indices(d, x: torch.Tensor) -> torch.Tensor:
@@ -294,7 +332,7 @@ def test_a_sampled_choice_streams_as_it_computes_in_parallel_and_varies_the_atom
     with pytest.raises(ValueError, match="atom_sample"):
         atom_model(sample=-0.5)
     dm = sampled(1.0)
-    assert dm.state_spec()["atom_clock"][0] == (1,)
+    assert dm.state_spec()["atom_clock"][0] == (2,)
     assert "atom_clock" not in base.for_dummy(lengths).state_spec()
     y = forward(dm, x)
     assert float((stepped(dm, x) - y).abs().max()) <= 1e-4

@@ -159,6 +159,11 @@ def _option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for number in (int, float):  # before YAML, which reads 5e-1 as text
+        try:
+            return key.strip(), number(value)
+        except ValueError:
+            pass
     return key.strip(), yaml.safe_load(value)
 
 

@@ -167,6 +167,12 @@ class StreamTMRConfig:
         if self.atom_blend not in ATOM_BLEND:
             raise ValueError(f"tmr-stream config: atom_blend must be one of {sorted(ATOM_BLEND)}, "
                              f"got {self.atom_blend!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float" and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise ValueError(f"tmr-stream config: {f.name} must be a number, got {value!r}"
+                                 " (YAML reads 5e-1 as text: write 0.5 or 5.0e-1)")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"tmr-stream config: dropout must be in [0, 1), got {self.dropout!r}")
         if not float(self.atom_margin) >= 0.0:
@@ -175,6 +181,12 @@ class StreamTMRConfig:
         if not float(self.atom_sample) >= 0.0:
             raise ValueError(f"tmr-stream config: atom_sample must be >= 0, "
                              f"got {self.atom_sample!r}")
+        if self.atom_sample_hold != 1 and not self.atom_sample > 0:
+            raise ValueError(f"tmr-stream config: atom_sample_hold ({self.atom_sample_hold}) "
+                             "acts only with atom_sample > 0")
+        if self.atom_sample_hold > MAX_HOLD:
+            raise ValueError(f"tmr-stream config: atom_sample_hold must be <= {MAX_HOLD}, got "
+                             f"{self.atom_sample_hold!r}")
         if not float(self.leash_m) > 0.0:
             raise ValueError(f"tmr-stream config: leash_m must be > 0, got {self.leash_m!r}")
         if not 0.0 < float(self.follow) <= 1.0:
@@ -525,8 +537,8 @@ class FrameDecoder(nn.Module):
         fresh [B, 1])``, the atoms chosen in the frames before the first, oldest first, for the
         tracks that are not ``fresh``. ``held``: the index chosen in the frame before the first
         (see :func:`held_choice`). ``clock``: None (every track starts at its first frame) or
-        ``(count [B, 1], fresh [B, 1])``, the first frame's count (``atom_sample``; see
-        :func:`noise_rows`)."""
+        ``(where [B, 2], fresh [B, 1])``, the first frame's place in the noise table
+        (``atom_sample``; see :func:`noise_rows`)."""
         x = self.trunk(h_action, h_identity)
         out = self.head(x)
         if hasattr(self, "choose"):
@@ -565,8 +577,12 @@ class FrameDecoder(nn.Module):
 
 
 #: Rows of the Gumbel noise table of ``atom_sample``: a track's draws repeat after this many
-#: frames (34 s at 30 Hz), longer than any window an attacker reads
+#: rows (34 s at 30 Hz with a fresh row every frame; ``atom_sample_hold`` k times longer), longer
+#: than any window an attacker reads
 NOISE_PERIOD = 1021
+#: The longest ``atom_sample_hold``: the step's clock (row, frames into the row) then stays a
+#: whole number below 2,048, which float16 holds exactly (a TensorRT plan may run it in fp16)
+MAX_HOLD = 2048
 
 
 def gumbel_table(rows: int, atoms: int, seed: int = 0) -> torch.Tensor:
@@ -579,13 +595,27 @@ def gumbel_table(rows: int, atoms: int, seed: int = 0) -> torch.Tensor:
 def noise_rows(logits: torch.Tensor, clock=None, hold: int = 1) -> torch.Tensor:
     """The noise-table rows ``[B or 1, T]`` of each frame of ``logits [B, T, K]``: the frame's
     count in its track divided by ``hold`` (rounded down), modulo :data:`NOISE_PERIOD`.
-    ``clock``: None (every track starts at its first frame) or ``(count [B, 1], fresh [B, 1])``,
-    the first frame's count (modulo ``NOISE_PERIOD * hold``) for the tracks that are not fresh."""
+    ``clock``: None (every track starts at its first frame) or ``(where [B, 2], fresh [B, 1])``,
+    the first frame's row and how many frames of that row came before it (< ``hold``), for the
+    tracks that are not fresh."""
     t = torch.arange(int(logits.shape[1]), device=logits.device)[None]
-    if clock is not None:
-        count, fresh = clock
-        t = t + torch.where(fresh, torch.zeros_like(count), count).long()
-    return torch.remainder(torch.div(t, hold, rounding_mode="floor"), NOISE_PERIOD)
+    if clock is None:
+        return torch.remainder(torch.div(t, hold, rounding_mode="floor"), NOISE_PERIOD)
+    where, fresh = clock
+    where = torch.where(fresh, torch.zeros_like(where), where).long()
+    row, phase = where[:, :1], where[:, 1:]
+    return torch.remainder(row + torch.div(phase + t, hold, rounding_mode="floor"), NOISE_PERIOD)
+
+
+def next_clock(where: torch.Tensor, fresh: torch.Tensor, hold: int) -> torch.Tensor:
+    """The step's clock ``[B, 2]`` (row, frames into the row) after one frame, from the clock
+    ``where`` of that frame (zeros for the ``fresh`` tracks). Every value stays a whole number
+    below 2,048, exact in float16."""
+    where = torch.where(fresh, torch.zeros_like(where), where)
+    row, phase = where[:, :1], where[:, 1:] + 1
+    turn = phase >= hold
+    return torch.cat([torch.where(turn, torch.remainder(row + 1, NOISE_PERIOD), row),
+                      torch.where(turn, torch.zeros_like(phase), phase)], 1)
 
 
 def held_choice(logits: torch.Tensor, margin: float, held=None) -> torch.Tensor:
@@ -763,8 +793,8 @@ class StreamingDummy(nn.Module):
             shapes["atoms"] = (cfg["atom_blend"] - 1, J, 3)
         if cfg.get("pose_atoms") and cfg.get("atom_margin", 0.0) > 0:  # the atom held
             shapes["atom_index"] = (1,)
-        if cfg.get("pose_atoms") and cfg.get("atom_sample", 0.0) > 0:  # the next frame's count
-            shapes["atom_clock"] = (1,)
+        if cfg.get("pose_atoms") and cfg.get("atom_sample", 0.0) > 0:  # the next frame's noise
+            shapes["atom_clock"] = (2,)  # row and frames into it (see noise_rows)
         if cfg.get("follow", 1.0) < 1.0:  # the followed heading vector and root X, Z
             shapes["follow"] = (4,)
         if cfg.get("root_motion", "source") == "leash":  # where the body stands
@@ -807,8 +837,7 @@ class StreamingDummy(nn.Module):
         if held is not None:
             new["atom_index"] = index.to(frame.dtype)
         if clock is not None:
-            count = torch.where(first, torch.zeros_like(state["atom_clock"]), state["atom_clock"])
-            new["atom_clock"] = torch.remainder(count + 1, NOISE_PERIOD * self.model.decoder.hold)
+            new["atom_clock"] = next_clock(state["atom_clock"], first, self.model.decoder.hold)
         window = float(self.model.config["window"])
         new.update(t=(state["t"] + 1).clamp_max(window), ref_leg=ref_leg,
                    prev=torch.cat([prev[:, 1:], x], 1))
