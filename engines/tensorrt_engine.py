@@ -21,6 +21,15 @@ therefore uses only the root and the root-relative bone *directions* of an fp16 
 and rebuilds the joints by forward kinematics in float32 with the dummy's bone lengths
 (:func:`fp32_pose`): bone lengths hold by construction, the check stays meaningful.
 
+FP16 and the streaming state: a step graph's state carries counters and indices (frames seen,
+a motion matcher's database frame, a pose atom's noise row) that float16 cannot hold exactly
+above 2,048, and running sums that it would let drift. In an fp16 plan the layers on each
+state entry's own update path (reachable from ``state_in.K`` and reaching ``state_out.K``) are
+pinned to float32 (:func:`state_update_layers`, ``OBEY_PRECISION_CONSTRAINTS``); the heavy
+layers stay fp16. A model whose computation is not float16-safe beyond its state says so with
+``fp16_plan = False`` (motion matching: its search scores on a 1e-3 grid, its frame indices),
+and gets an fp32 plan. Both are written against the documented API and not yet run on a GPU.
+
 ``tensorrt`` is imported lazily: without it, building the engine raises
 :class:`~engines.base.BackendUnavailable` naming the alternatives.
 """
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 
 ALTERNATIVES = "use --engine onnxruntime (CPU) or --engine torch / torch-cuda instead"
 WORKSPACE_BYTES = 1 << 30
+#: How :func:`build_plan` builds (part of a cached plan's key): 2 pins the state's update paths
+PLAN_RECIPE = 2
 
 
 def unavailable_reason() -> str | None:
@@ -80,7 +91,8 @@ def plan_facts(gpu_name: str, trt_version: str, graph_sha256: str, precision: st
                max_batch: int, window: int) -> dict[str, Any]:
     """Everything a serialised plan depends on; the cache key is derived from these."""
     return {"gpu": gpu_name, "tensorrt": trt_version, "graph_sha256": graph_sha256,
-            "precision": precision, "max_batch": int(max_batch), "window": int(window)}
+            "precision": precision, "max_batch": int(max_batch), "window": int(window),
+            "recipe": PLAN_RECIPE}
 
 
 def plan_path(facts: dict[str, Any]) -> Path:
@@ -125,6 +137,68 @@ def _inputs(shapes: dict[str, tuple[int, ...]]) -> list[str]:
     return [n for n in shapes if n in (INPUT, FRAMES) or n.startswith(STATE_IN)]
 
 
+def fp16_allowed(source: ModelSource) -> bool:
+    """Whether ``source``'s model may run in an fp16 plan (``fp16_plan``, default True)."""
+    return bool(getattr(source.module, "fp16_plan", True))
+
+
+def state_update_layers(network, names) -> list[int]:
+    """Indices of the layers of ``network`` (a TensorRT ``INetworkDefinition``, or anything with
+    its ``num_layers`` / ``get_layer`` and the layers' ``num_inputs`` / ``get_input`` /
+    ``num_outputs`` / ``get_output``) on the update path of each state entry in ``names``:
+    reachable from the tensor ``state_in.K`` and reaching ``state_out.K``."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    reads: dict[str, list[int]] = {}  # tensor → the layers that read it
+    writes: dict[str, list[int]] = {}  # tensor → the layer that writes it
+    for i, layer in enumerate(layers):
+        for j in range(layer.num_inputs):
+            if (t := layer.get_input(j)) is not None:
+                reads.setdefault(t.name, []).append(i)
+        for j in range(layer.num_outputs):
+            writes.setdefault(layer.get_output(j).name, []).append(i)
+
+    def reached(start: str, forward: bool) -> set[int]:
+        seen: set[int] = set()
+        todo = list((reads if forward else writes).get(start, []))
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            layer = layers[i]
+            if forward:
+                tensors = [layer.get_output(j).name for j in range(layer.num_outputs)]
+            else:
+                tensors = [t.name for j in range(layer.num_inputs)
+                           if (t := layer.get_input(j)) is not None]
+            for t in tensors:
+                todo.extend((reads if forward else writes).get(t, []))
+        return seen
+
+    pinned: set[int] = set()
+    for k in names:
+        pinned |= reached(STATE_IN + k, True) & reached(STATE_OUT + k, False)
+    return sorted(pinned)
+
+
+def pin_state_updates(trt, network, config, names) -> int:
+    """Run the layers of :func:`state_update_layers` in float32 within an fp16 plan (their
+    float inputs and outputs); returns how many layers were pinned."""
+    floats = (trt.float32, trt.float16)
+    pinned = state_update_layers(network, names)
+    for i in pinned:
+        layer = network.get_layer(i)
+        if any((t := layer.get_input(j)) is not None and t.dtype in floats
+               for j in range(layer.num_inputs)):
+            layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in floats:
+                layer.set_output_type(j, trt.float32)
+    if pinned:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return len(pinned)
+
+
 def build_plan(trt, onnx_path: Path, window: int, max_batch: int, fp16: bool = True,
                state_spec: dict[str, tuple[int, ...]] | None = None) -> tuple[bytes, str]:
     """Build a serialised engine from ``onnx_path``; returns (plan bytes, precision)."""
@@ -144,6 +218,9 @@ def build_plan(trt, onnx_path: Path, window: int, max_batch: int, fp16: bool = T
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     if use_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
+        if state_spec:
+            n = pin_state_updates(trt, network, config, state_spec)
+            log.info("tensorrt: %d layers of the state's update paths pinned to fp32", n)
     profile = builder.create_optimization_profile()
     shapes = io_shapes(window, state_spec)
     for name in _inputs(shapes):  # every input: batch 1 … max_batch
@@ -213,6 +290,10 @@ class TensorRTEngine(Engine):
                 raise EngineError(f"tensorrt: {given} was built for {record.get('gpu')} / "
                                   f"TensorRT {record.get('tensorrt')}, this is {gpu} / "
                                   f"TensorRT {trt.__version__}; export it again")
+            if record.get("recipe") != PLAN_RECIPE:
+                raise EngineError(f"tensorrt: {given} was built by an older streamtmr (plan "
+                                  f"recipe {record.get('recipe')}, this is {PLAN_RECIPE}); "
+                                  "export it again")
             if record.get("window") != self.window or record.get("max_batch", 0) < \
                     self.max_batch:
                 raise EngineError(f"tensorrt: {given} is for window {record.get('window')}, "
@@ -220,6 +301,10 @@ class TensorRTEngine(Engine):
             self.precision = record["precision"]
             return given
         onnx_path = source.onnx_file()
+        if fp16 and not fp16_allowed(source):
+            log.info("tensorrt: %s is not float16-safe (fp16_plan = False); building fp32",
+                     source.name)
+            fp16 = False
         for precision in (("fp16", "fp32") if fp16 else ("fp32",)):
             facts = plan_facts(gpu, trt.__version__, source.graph_key, precision,
                                self.max_batch, self.window)
@@ -331,8 +416,8 @@ def export_plan(source: ModelSource, out: str | Path, max_batch: int = 8, fp16: 
     trt = import_tensorrt()
     dev = torch.device(device or "cuda")
     gpu = torch.cuda.get_device_name(dev)
-    data, precision = build_plan(trt, source.onnx_file(), source.window, max_batch, fp16,
-                                 source.state_spec)
+    data, precision = build_plan(trt, source.onnx_file(), source.window, max_batch,
+                                 fp16 and fp16_allowed(source), source.state_spec)
     out = Path(out)
     atomic_write(out, data)
     facts = plan_facts(gpu, trt.__version__, source.graph_key, precision, max_batch,

@@ -263,7 +263,8 @@ def test_plan_cache_keys_and_checksum(tmp_path):
     for other in (plan_facts("NVIDIA A100", "10.9.0", "ab" * 32, "fp16", 8, 64),
                   plan_facts("NVIDIA H100", "10.10.0", "ab" * 32, "fp16", 8, 64),
                   plan_facts("NVIDIA H100", "10.9.0", "cd" * 32, "fp16", 8, 64),
-                  plan_facts("NVIDIA H100", "10.9.0", "ab" * 32, "fp32", 8, 64)):
+                  plan_facts("NVIDIA H100", "10.9.0", "ab" * 32, "fp32", 8, 64),
+                  {**facts, "recipe": facts["recipe"] - 1}):  # built the older way
         assert plan_path(other) != path
     assert load_verified_plan(path, facts) is None  # nothing cached yet
     path.write_bytes(b"serialised plan bytes")

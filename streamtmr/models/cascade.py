@@ -102,6 +102,11 @@ class CascadeDummy(nn.Module):
                     if (st := getattr(s, "stagger", None)) is not None]
         self.stagger = staggers[-1] if staggers else None
 
+    @property
+    def fp16_plan(self) -> bool:
+        """An fp16 TensorRT plan only if every stage allows one."""
+        return all(getattr(s, "fp16_plan", True) for s in self.stages)
+
     def state_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         spec = {}
         for i, s in enumerate(self.stages):

@@ -644,6 +644,9 @@ class MotionMatchingDummy(nn.Module):
     """
 
     streaming = True
+    # no fp16 TensorRT plan: the search's scores are kept on a 1e-3 grid and its database frame
+    # indices run to hundreds of thousands, neither of which float16 holds (engines/tensorrt_engine)
+    fp16_plan = False
 
     def __init__(self, model: MotionMatching, dummy_lengths):
         super().__init__()
