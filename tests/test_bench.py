@@ -718,3 +718,25 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     record = json.loads((tmp_path / "rec.json").read_text())
     assert record["rows"][0]["model"].startswith(f"{path} sha256:")
     assert record["rows"][0]["agreement"] == got["agreement"]
+
+
+def test_streaming_parity_is_reported_per_performance(tmp_path):
+    """bench.parity streams each held-out performance and compares it with the parallel pass
+    and with ONNX Runtime's step, per performance; a deterministic model agrees everywhere."""
+    import torch
+
+    from bench.parity import parity
+    from streamtmr.models.checkpoint import save_checkpoint
+    from streamtmr.models.registry import model_class
+
+    torch.manual_seed(0)
+    model = model_class("tmr-stream").from_preset("tiny")
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", model, {})
+    spec = {"subjects": 2, "actions": 1, "views": [0], "reps": 1, "seed": 5}
+    out = parity(ckpt, onnx_count=1, spec=spec)
+    assert out["performances"] == 2 == len(out["per_performance"])
+    assert out["frames"] == sum(r["frames"] for r in out["per_performance"]) > 0
+    assert out["performances_within_1mm"] == 2 and out["step_vs_forward_max_m"] < 1e-4
+    assert "onnx_vs_torch_step_max_m" in out["per_performance"][0]
+    assert "onnx_vs_torch_step_max_m" not in out["per_performance"][1]
+    assert out["onnx_vs_torch_step_max_m"] < 1e-4
