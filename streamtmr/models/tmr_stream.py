@@ -49,6 +49,7 @@ the identity encoder and the two subject heads) for
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -170,7 +171,7 @@ class StreamTMRConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "float" and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))):
+                                      or not isinstance(value, numbers.Real)):
                 raise ValueError(f"tmr-stream config: {f.name} must be a number, got {value!r}"
                                  " (YAML reads 5e-1 as text: write 0.5 or 5.0e-1)")
         if not 0.0 <= float(self.dropout) < 1.0:
