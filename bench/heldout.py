@@ -34,6 +34,13 @@ SPEC = {"subjects": 6, "actions": 6, "views": [0], "reps": 1, "seed": 123}
 TARGET = "target_sync"
 
 
+def generate_population(folder: str | Path, spec: dict = SPEC) -> Path:
+    """Render the held-out population of ``spec`` into ``folder``; returns the store's root."""
+    return synth.generate(Path(folder) / "s", n_subjects=spec["subjects"],
+                          n_actions=spec["actions"], views=tuple(spec["views"]),
+                          reps=spec["reps"], seed=spec["seed"], progress=False)
+
+
 def _mm(y: torch.Tensor, target: torch.Tensor) -> float:
     return float((y - target).norm(dim=-1).mean()) * 1000
 
@@ -43,10 +50,7 @@ def heldout(checkpoint: str | Path, spec: dict = SPEC) -> dict:
     model = load_checkpoint(checkpoint).eval().for_dummy(dummy)
     naive = build_model({"method": "naive"}).for_dummy(dummy)
     with tempfile.TemporaryDirectory() as tmp:
-        root = synth.generate(Path(tmp) / "s", n_subjects=spec["subjects"],
-                              n_actions=spec["actions"], views=tuple(spec["views"]),
-                              reps=spec["reps"], seed=spec["seed"], progress=False)
-        store = SkeletonStore(root)
+        store = SkeletonStore(generate_population(tmp, spec))
         w = load_windows(store, 64, crop="center", arrays=("joints", TARGET))
         x, y = torch.tensor(np.asarray(w["joints"])), torch.tensor(np.asarray(w[TARGET]))
         seqs = [(torch.tensor(np.asarray(s.arrays["joints"]))[None],

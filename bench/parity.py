@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.heldout import SPEC
+from bench.heldout import SPEC, generate_population
 from bench.machine import describe_machine
-from streamtmr.data import synth
 from streamtmr.data.store import SkeletonStore
 
 TOLERANCE_M = 1e-3
@@ -50,10 +49,8 @@ def parity(checkpoint: str | Path, onnx_count: int = 12, spec: dict = SPEC) -> d
     module = source.module.cpu().eval()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = synth.generate(Path(tmp) / "s", n_subjects=spec["subjects"],
-                              n_actions=spec["actions"], views=tuple(spec["views"]),
-                              reps=spec["reps"], seed=spec["seed"], progress=False)
-        seqs = [np.array(s.arrays["joints"], np.float32) for s in SkeletonStore(root)]
+        seqs = [np.array(s.arrays["joints"], np.float32)
+                for s in SkeletonStore(generate_population(tmp, spec))]
         onnx = export_onnx(source, Path(tmp) / "model.onnx") if onnx_count else None
         for i, s in enumerate(seqs):
             x = torch.from_numpy(s)[None]
