@@ -12,9 +12,17 @@ first frame (the parallel form, equal to stepping: tests/test_tmr_stream.py):
   ``top5``: the share where it is among the model's five highest logits;
 - ``chosen_error`` / ``nearest_error``: the mean distance (over the 24 bones' unit directions,
   stacked) of the chosen atom and of the nearest atom from the target's pose;
-- per person: the lowest and highest agreement of the ``eval`` people.
+- per person: the lowest and highest agreement of the ``eval`` people;
+- ``pair_agreement`` / ``pair_kl``: between people, on ``--pairs`` cross-identity pair items of
+  stream ``PAIR_STREAM`` (:mod:`streamtmr.data.pairs`; the training recipes draw stream 1, so
+  these people are new to every model): two people perform the same content, frame-aligned and
+  seen by one camera, so the ideal output chooses alike for both. The share of frames where the
+  two people's chosen atoms are the same, and the mean symmetric KL divergence between their
+  distributions over the atoms (:func:`streamtmr.train.privacy.choice_consistency`, nats). A
+  choice that follows the person differs between them where the ideal one would not.
 
-    python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors
+    python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors \
+        [--recordings 200] [--pairs 200]
 (written to ``bench/results/atom-choice-<date>-<host>.json`` unless ``--out`` says where)
 """
 
@@ -29,6 +37,9 @@ import numpy as np
 import torch
 
 from bench.machine import describe_machine, write_record
+
+#: The pair stream of ``pair_agreement`` (the verification probe's: never a training stream).
+PAIR_STREAM = 99
 
 
 def eval_recordings(data: str | Path, count: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -83,12 +94,30 @@ def agreement(model, dummy_lengths: torch.Tensor,
             "person_agreement_max": round(max(people), 4)}
 
 
+def pair_agreement(model, dummy_lengths: torch.Tensor, items: int) -> dict:
+    """``pair_agreement`` and ``pair_kl`` of the module docstring over ``items`` pair items."""
+    from streamtmr.data.pairs import pair_batch
+    from streamtmr.train.privacy import choice_consistency
+
+    raw = pair_batch(PAIR_STREAM, np.arange(items), dummy_lengths.numpy())
+    h_identity = model.for_dummy(dummy_lengths).h_identity
+    same, kl = [], []
+    for a, b in zip(raw["a"], raw["b"], strict=True):
+        la, lb = choices(model, h_identity, a), choices(model, h_identity, b)
+        same.append((la.argmax(1) == lb.argmax(1)).float())
+        kl.append(float(choice_consistency(la, lb)))
+    return {"pairs": items, "pair_agreement": round(float(torch.cat(same).mean()), 4),
+            "pair_kl": round(float(np.mean(kl)), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="a SynthKinect store")
     p.add_argument("--models", nargs="+", required=True,
                    help="pose-atom checkpoints or shipped names")
     p.add_argument("--recordings", type=int, default=200)
+    p.add_argument("--pairs", type=int, default=200,
+                   help="cross-identity pair items for the between-people agreement (0: none)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -107,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(model.decoder, "atoms") or not hasattr(model, "encode_action"):
             p.error(f"--models {spec}: not a pose-atom StreamTMR")
         rows.append({"model": f"{spec} sha256:{file_sha256(path)[:12]}",
-                     **agreement(model, lengths, recordings)})
+                     **agreement(model, lengths, recordings),
+                     **(pair_agreement(model, lengths, a.pairs) if a.pairs > 0 else {})})
     record = {"what": "pose-atom choice against the atom nearest to the own-tempo target",
               "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
               "machine": describe_machine(), "recordings": len(recordings),
@@ -117,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:60s} agreement {100 * r['agreement']:5.1f} % (people "
               f"{100 * r['person_agreement_min']:.1f}-{100 * r['person_agreement_max']:.1f}), "
               f"top-5 {100 * r['top5']:5.1f} %, error {r['chosen_error']:.3f} "
-              f"(nearest {r['nearest_error']:.3f})")
+              f"(nearest {r['nearest_error']:.3f})"
+              + (f"; two people alike {100 * r['pair_agreement']:5.1f} %, KL {r['pair_kl']:.3f}"
+                 if "pair_agreement" in r else ""))
     print(f"wrote {write_record(record, a.out, 'atom-choice')}")
     return 0
 

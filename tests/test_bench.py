@@ -677,10 +677,11 @@ def test_oracle_moves_rewrite_only_the_own_tempo_truth(tmp_path):
 def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path):
     """bench.atom_choice: a chooser that always picks one atom agrees exactly on the frames
     whose own-tempo target is nearest to that atom, and its error is never below the nearest
-    atom's; the record names the checkpoint."""
+    atom's, and it is the same for the two people of a pair where a chooser that reads the
+    motion is not; the record names the checkpoint."""
     import torch
 
-    from bench.atom_choice import agreement, eval_recordings, main
+    from bench.atom_choice import agreement, eval_recordings, main, pair_agreement
     from streamtmr.data import synth
     from streamtmr.dummy import default_dummy
     from streamtmr.models.checkpoint import save_checkpoint
@@ -712,12 +713,20 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
         float(torch.isin(nearest, torch.tensor(sorted(top5))).float().mean()), abs=1e-4)
     assert got["chosen_error"] >= got["nearest_error"] > 0
     assert got["person_agreement_min"] <= got["agreement"] <= got["person_agreement_max"]
+    # between people: a choice that reads nobody is the same for both people of every pair
+    alike = pair_agreement(model, lengths, 3)
+    assert alike == {"pairs": 3, "pair_agreement": 1.0, "pair_kl": 0.0}
     path = save_checkpoint(tmp_path / "atoms.safetensors", model, {})
+    with torch.no_grad():  # one that reads the motion differs between them
+        model.decoder.choose.weight.normal_(0.0, 3.0)
+    apart = pair_agreement(model, lengths, 3)
+    assert apart["pair_agreement"] < 1.0 and apart["pair_kl"] > 0.01
     assert main(["--data", str(data), "--models", str(path), "--recordings", "10",
-                 "--out", str(tmp_path / "rec.json")]) == 0
+                 "--pairs", "2", "--out", str(tmp_path / "rec.json")]) == 0
     record = json.loads((tmp_path / "rec.json").read_text())
     assert record["rows"][0]["model"].startswith(f"{path} sha256:")
     assert record["rows"][0]["agreement"] == got["agreement"]
+    assert record["rows"][0]["pair_agreement"] == 1.0
 
 
 def test_streaming_parity_is_reported_per_performance(tmp_path):

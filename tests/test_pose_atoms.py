@@ -18,6 +18,7 @@ from streamtmr.models.tmr_stream import (
     next_clock,
     noise_rows,
 )
+from streamtmr.train import privacy as P
 from streamtmr.train.tmr import STAGE_WEIGHTS, tmr_training_losses
 
 K = 16
@@ -143,6 +144,45 @@ def test_pair_atom_is_the_atom_loss_on_both_people_of_a_pair():
     free = model_class("tmr-stream").from_preset("tiny").train()
     with pytest.raises(ValueError, match="pose_atoms"):
         tmr_training_losses(free, pairs, {"pair_atom": 1.0})
+
+
+def test_pair_choice_asks_two_people_for_one_choice_whichever_atom_it_is():
+    """``pair_choice`` is zero when both people of a pair are the same track (one choice,
+    even where it misses the target's atom), positive when they differ, and trains the choice
+    of both towards the other's."""
+    model = atom_model().train()
+    x = torch.from_numpy(synth_track(40)[:32])
+    y = x.clone()
+    y[:, :, 1] += 0.05 * torch.sin(torch.arange(32.0))[:, None]  # another way to move
+    target = torch.stack([x, x]) + torch.tensor([0.0, 0.2, 0.0])  # no one's choice: unused
+    pairs = {"pair_a": torch.stack([x, x]), "pair_b": torch.stack([x, y]),
+             "pair_a2": torch.stack([y, y]), "pair_target": target,
+             "pair_action": torch.tensor([0, 1])}
+    model.eval()  # no dropout: the encodings see the same network
+    model.decoder.train()
+    moving_chooser(model, x[None])
+    loss = tmr_training_losses(model, pairs, {"pair_choice": 1.0})["pair_choice"]
+    logits = model.decoder.atom_logits
+    same = P.choice_consistency(logits[0], logits[2])  # item 0: a and b are one track
+    differ = P.choice_consistency(logits[1], logits[3])  # item 1: two ways to move
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    assert float(differ) > 1e-3
+    assert float(loss) == pytest.approx(0.5 * float(same + differ), rel=1e-5)
+    loss.backward()
+    assert model.decoder.choose.weight.grad.abs().sum() > 0
+    free = model_class("tmr-stream").from_preset("tiny").train()
+    with pytest.raises(ValueError, match="pose_atoms"):
+        tmr_training_losses(free, pairs, {"pair_choice": 1.0})
+
+
+def test_choice_consistency_is_a_symmetric_kl_divergence():
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    b = torch.tensor([[0.0, 2.0, -1.0], [3.0, 0.5, 0.5]])
+    p, q = a.softmax(-1), b.softmax(-1)
+    kl = (p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)
+    assert float(P.choice_consistency(a, b)) == pytest.approx(float(kl.mean()), rel=1e-6)
+    assert float(P.choice_consistency(b, a)) == pytest.approx(float(kl.mean()), rel=1e-6)
+    assert float(P.choice_consistency(a, a + 7.0)) == pytest.approx(0.0, abs=1e-7)
 
 
 @pytest.mark.parametrize("blend, margin, sample, hold", [

@@ -31,7 +31,11 @@
   own size, so shrinking the features does not lower it. ``inv_out`` is the mean joint distance
   (m) between the two outputs; ``pair_mse`` supervises both with their one shared target, and
   ``pair_atom`` (pose-atom models) both choices of atom with the atom nearest that target's pose
-  (:func:`streamtmr.train.tmr.atom_loss`).
+  (:func:`streamtmr.train.tmr.atom_loss`). ``pair_choice`` asks the two people's *choices* to
+  agree with each other, frame by frame, wherever the target's atom is: the
+  :func:`choice_consistency` of their distributions over the atoms. ``pair_atom`` only rewards
+  the right atom, so two people who both miss it may miss it each in their own way, and that
+  way is what the re-ID attackers read.
 * **Motion dynamics on unlabelled real recordings** (``dyn``): :func:`dynamics_loss` compares the
   per-bone angular speed (rad/frame) of the anonymized output with the source's. It needs no
   target, is blind to bone lengths, and keeps *when and how fast* each limb moves (the action's
@@ -49,7 +53,7 @@ from streamtmr.models.layers import MLP, grad_reverse
 
 #: Loss names of this module (λ keys of TMR's stages).
 PRIVACY_LOSSES = ("ver", "ver_out", "ver_dyn", "ver_dyn_pose", "inv_h", "inv_out", "pair_mse",
-                  "pair_atom", "dyn", "ver_real")
+                  "pair_atom", "pair_choice", "dyn", "ver_real")
 #: Size of :func:`pose_statistics`: mean and std over time of 24 bone directions.
 POSE_STATISTICS = 2 * 24 * 3
 #: Per-frame size of :func:`motion_features`: 24 bone directions, their velocities, the root's
@@ -185,6 +189,15 @@ def invariance_loss(h_a: torch.Tensor, h_b: torch.Tensor, eps: float = 1e-8) -> 
 def output_invariance(y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
     """Mean per-joint distance (m) between two outputs ``[..., 25, 3]``."""
     return (y_a - y_b).norm(dim=-1).mean()
+
+
+def choice_consistency(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Symmetric KL divergence (nats) between two choices ``softmax(logits)`` ``[..., K]``,
+    ``KL(p_a‖p_b) + KL(p_b‖p_a) = Σ (p_a − p_b)(log p_a − log p_b)``, averaged over every
+    leading index (e.g. ``[B, T]`` frames): 0 when the two distributions are equal, whichever
+    atom they favour."""
+    log_a, log_b = F.log_softmax(logits_a, -1), F.log_softmax(logits_b, -1)
+    return ((log_a.exp() - log_b.exp()) * (log_a - log_b)).sum(-1).mean()
 
 
 def angular_speed(joints: torch.Tensor, lag: int = 1, eps: float = 1e-12) -> torch.Tensor:

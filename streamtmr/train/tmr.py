@@ -77,7 +77,7 @@ ENCODER_LOSSES = ("ar", "ri", "nce", "adv", "orth", "mi", "vq")
 DECODER_LOSSES = ("mse", "bone", "smooth", "vel", "ee", "act_out", "atom")
 LOSS_NAMES = ENCODER_LOSSES + DECODER_LOSSES + P.PRIVACY_LOSSES
 PAIR_LOSSES = ("ver", "ver_out", "ver_dyn", "ver_dyn_pose", "inv_h", "inv_out", "pair_mse",
-               "pair_atom")
+               "pair_atom", "pair_choice")
 #: The verification heads learn this many times faster than the stage's learning rate: a fresh
 #: adversary must keep up with an encoder that starts trained.
 VERIFIER_LR_FACTOR = 5.0
@@ -184,8 +184,8 @@ def _core_losses(model: DisentangledTMR, batch: dict[str, torch.Tensor], active:
 def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
                  active: list[str], need) -> dict[str, torch.Tensor]:
     """``ver``, ``ver_out``, ``ver_dyn(_pose)``, ``inv_h``, ``inv_out``, ``pair_mse``,
-    ``pair_atom`` on one encoding of ``cat(a, b, a2)``; ``verifier`` holds a head per ``ver*``
-    term."""
+    ``pair_atom``, ``pair_choice`` on one encoding of ``cat(a, b, a2)``; ``verifier`` holds a
+    head per ``ver*`` term."""
     a = need("pair_a")
     k = a.shape[0]
     code, frame = model.encode_action(torch.cat([a, need("pair_b"), need("pair_a2")]))
@@ -196,7 +196,8 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
     labels, mask = P.verification_targets(need("pair_action"))
     if "ver" in active:
         out.update(_verify(model, verifier, "ver", pooled, labels, mask))
-    if {"inv_out", "pair_mse", "ver_out", "ver_dyn", "ver_dyn_pose", "pair_atom"} & set(active):
+    if {"inv_out", "pair_mse", "ver_out", "ver_dyn", "ver_dyn_pose", "pair_atom",
+            "pair_choice"} & set(active):
         target = need("pair_target")
         lengths = skeleton.bone_lengths(target).median(dim=1).values
         h_id = model.identity_encoder(rest_pose(lengths)[:, None])
@@ -206,12 +207,17 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
             out["inv_out"] = P.output_invariance(y_a, y_b)
         if "pair_mse" in active:
             out["pair_mse"] = 0.5 * (L.mse(y_a, target) + L.mse(y_b, target))
+        logits = getattr(model.decoder, "atom_logits", None)
         if "pair_atom" in active:  # two fresh people, one neutral performance: one choice
             rot, root, _ = frame
-            logits = getattr(model.decoder, "atom_logits", None)
             out["pair_atom"] = atom_loss(model, target.repeat(2, 1, 1, 1),
                                          (rot[:2 * k], root[:2 * k], None),
                                          None if logits is None else logits[:2 * k])
+        if "pair_choice" in active:  # ... and the two choices alike, right or wrong
+            if logits is None or not model.decoder.training:
+                raise ValueError("tmr: loss 'pair_choice' needs a model with pose_atoms > 0, "
+                                 "in training")
+            out["pair_choice"] = P.choice_consistency(logits[:k], logits[k:2 * k])
         if "ver_out" in active:
             stats = P.pose_statistics(torch.cat([y_a, y_b, y_a2])).split(k)
             out.update(_verify(model, verifier, "ver_out", stats, labels, mask))
