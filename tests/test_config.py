@@ -50,6 +50,18 @@ def test_shipped_configs_are_valid_and_follow_the_lambda_table(name):
     assert "streamtmr train --config configs/" + name in text  # header documents the command
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("tmr_stream_*.yaml")))
+def test_every_streaming_recipe_loads_with_known_terms(name):
+    """Every StreamTMR recipe of ``configs/`` validates, is a streaming model's, and names only
+    losses the trainer knows (it refuses others when the run starts)."""
+    from streamtmr.train.tmr import LOSS_NAMES
+
+    cfg = load_config(CONFIGS / name)
+    assert cfg.model.method == "tmr-stream"
+    for stage in cfg.train.stages:
+        assert stage.weights and set(stage.weights) <= set(LOSS_NAMES), stage.name
+
+
 def test_paper_config_matches_the_design():
     cfg = load_config(CONFIGS / "tmr_paper.yaml")
     assert cfg.model.preset == "paper"
