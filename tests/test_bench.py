@@ -412,6 +412,41 @@ def test_utk_clock_reports_both_clocks_per_model(tmp_path, capsys):
     assert "2 names for 1 models" in capsys.readouterr().err
 
 
+def test_utk_tempo_plays_every_action_over_its_median_duration(tmp_path):
+    """bench.utk_tempo: the re-timed copy holds every segment, each over its action's median
+    duration with a row every ROW_STEP sensor frames, starting at the recorded first frame; the
+    record attacks the recorded folder and the copy per seed."""
+    from conftest import utk_folder
+
+    from bench import utk_tempo
+    from streamtmr.data.utkinect import read_utkinect
+
+    (tmp_path / "utk").mkdir()
+    root = utk_folder(tmp_path / "utk", np.random.default_rng(0))
+    seqs = read_utkinect(root)
+    seqs[0].frame_ids[:] = 1 + 3 * np.arange(len(seqs[0].frame_ids))  # a slower walk: 40 frames
+    durations = utk_tempo.median_durations(seqs)
+    assert durations == {"walk": 14, "throw": 14}  # the median of 40, 14, 14, 14
+    copy = read_utkinect(utk_tempo.write_retimed(seqs, durations, tmp_path / "copy"))
+    assert [(c.subject, c.execution, c.action) for c in copy] == [
+        (s.subject, s.execution, s.action) for s in seqs]
+    for c, s in zip(copy, seqs, strict=True):
+        assert np.all(np.diff(c.frame_ids) == utk_tempo.ROW_STEP)
+        assert c.frame_ids[-1] - c.frame_ids[0] + 1 == 13  # 14 frames, a row every 4th
+        assert np.allclose(c.joints20[0], s.joints20[0], atol=1e-6)
+    line = np.linspace(0.0, 1.0, 5, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3))
+    assert np.allclose(utk_tempo.resample(line, 9)[:, 0, 0], np.linspace(0.0, 1.0, 9))
+    out = tmp_path / "tempo.json"
+    assert utk_tempo.main(["--utkinect", str(root), "--models", "default", "--seeds", "0",
+                           "--epochs", "1", "--width", "8", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert [r["recordings"] for r in rec["rows"]] == ["as recorded", "one duration per action"]
+    for r in rec["rows"]:
+        assert set(r["results"]) == {"original", "default"}
+        assert 0 <= r["results"]["default"]["reid_adaptive"] <= 1
+    assert rec["models"][0].startswith("default sha256:")
+
+
 def test_dropped_frames_cell_fills_what_the_source_dropped():
     """bench.dropped_frames: every second sensor frame delivered, in real time; the node steps
     the streaming state through each dropped one (filling on) or not at all (off)."""
