@@ -13,7 +13,7 @@ from streamtmr.data import synth
 from streamtmr.dummy import default_dummy
 from streamtmr.models.tmr_encoders import rest_pose
 from streamtmr.train import Trainer, load_config
-from streamtmr.train.augment import style_jitter
+from streamtmr.train.augment import delayed, style_jitter
 from streamtmr.train.config import ConfigError
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tmr_tiny.yaml"
@@ -86,6 +86,31 @@ def test_bones_change_lengths_not_directions():
     assert 0.02 < float(ratio.std()) < 0.1
 
 
+def test_delayed_shifts_each_series_and_holds_the_window_ends():
+    seq = torch.arange(6.0)[None, :, None, None].repeat(1, 1, 3, 2)         # [1, 6, 3, 2]
+    delay = torch.tensor([2.0, -1.0, 0.5])[None, None, :, None]
+    out = delayed(seq, delay)[0, :, :, 0]
+    assert out[:, 0].tolist() == [0, 0, 0, 1, 2, 3]           # 2 frames later, first held
+    assert out[:, 1].tolist() == [1, 2, 3, 4, 5, 5]           # 1 frame sooner, last held
+    assert out[:, 2].tolist() == [0, 0.5, 1.5, 2.5, 3.5, 4.5]  # half a frame, interpolated
+    torch.testing.assert_close(delayed(seq, torch.zeros(1, 1, 3, 1)), seq)
+
+
+def test_lag_retimes_each_bone_and_keeps_lengths_and_root():
+    x = moving_windows()
+    y = style_jitter(x, lag=2.0, generator=gen())
+    torch.testing.assert_close(skeleton.bone_lengths(y), skeleton.bone_lengths(x))
+    torch.testing.assert_close(y[..., skeleton.ROOT, :], x[..., skeleton.ROOT, :])
+    assert float(angles_deg(x, y).max()) > 1.0                # the motion moved in time
+    # every direction the output takes is one of the source's series (or between two frames)
+    # of the same bone: the poses are not bent, only the limbs' timing
+    spread = angles_deg(y, x.mean(1, keepdim=True).expand_as(x)).amax(1)
+    assert bool((spread <= angles_deg(x, x.mean(1, keepdim=True).expand_as(x)).amax(1)
+                 + 1e-3).all())
+    still = static_windows()
+    torch.testing.assert_close(style_jitter(still, lag=3.0, generator=gen()), still)
+
+
 def test_reproducible_with_a_generator_and_rejects_bad_input():
     x = moving_windows()
     a = style_jitter(x, 0.07, 0.1, 0.05, generator=gen(3))
@@ -95,6 +120,8 @@ def test_reproducible_with_a_generator_and_rejects_bad_input():
         style_jitter(x[0], posture=0.1)
     with pytest.raises(ValueError, match=">= 0"):
         style_jitter(x, posture=-0.1)
+    with pytest.raises(ValueError, match="lag -1"):
+        style_jitter(x, lag=-1.0)
 
 
 @pytest.fixture(scope="module")

@@ -58,11 +58,13 @@ class DataConfig:
     #: untouched), so the model learns that these differences between people do not change
     #: its output: per window, every bone's direction gets a constant random offset of this
     #: standard deviation (unit-vector units, 0.07 ≈ 4°), its motion around the window's mean
-    #: direction a random gain exp(N(0, amplitude)), and its length a factor N(1, bones).
+    #: direction a random gain exp(N(0, amplitude)), its length a factor N(1, bones), and its
+    #: motion a random delay of N(0, lag) frames.
     #: See :func:`streamtmr.train.augment.style_jitter`. 0 switches a part off.
     augment_posture: float = 0.0
     augment_amplitude: float = 0.0
     augment_bones: float = 0.0
+    augment_lag: float = 0.0
     #: Cross-identity pair items rendered per training step for the privacy terms (ver, inv_h,
     #: inv_out, pair_mse; :mod:`streamtmr.data.pairs`): fresh SynthKinect people every batch,
     #: drawn from the endless stream ``pairs_seed``. 0: off (those λ must then be 0).
@@ -338,8 +340,8 @@ def _check_values(cfg: Config, where: _Where) -> None:
         raise where.error(("train", "betas"), f"expected two numbers in [0, 1), got {t.betas}")
     positive(("data", "window"), cfg.data.window)
     positive(("data", "max_val_windows"), cfg.data.max_val_windows)
-    for name in ("augment_posture", "augment_amplitude", "augment_bones", "pairs_per_batch",
-                 "pair_workers"):
+    for name in ("augment_posture", "augment_amplitude", "augment_bones", "augment_lag",
+                 "pairs_per_batch", "pair_workers"):
         positive(("data", name), getattr(cfg.data, name), strict=False)
     positive(("data", "real_per_batch"), cfg.data.real_per_batch)
     positive(("data", "real_people_per_batch"), cfg.data.real_people_per_batch)

@@ -217,7 +217,7 @@ def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
-AUGMENT_KEYS = ("augment_posture", "augment_amplitude", "augment_bones")
+AUGMENT_KEYS = ("augment_posture", "augment_amplitude", "augment_bones", "augment_lag")
 
 
 def check_supported(cfg: Config, curriculum: type[Curriculum]) -> None:

@@ -415,7 +415,8 @@ class TMRCurriculum(Curriculum):
     @property
     def _jitters(self) -> bool:
         d = self.config.data
-        return bool(d.augment_posture or d.augment_amplitude or d.augment_bones)
+        return bool(d.augment_posture or d.augment_amplitude or d.augment_bones
+                    or d.augment_lag)
 
     def _staged(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``x`` as the frozen ``data.source_stage`` publishes it (each window streamed from a
@@ -433,7 +434,8 @@ class TMRCurriculum(Curriculum):
         d = self.config.data
         if self._jitters:
             raw = batch.get("raw_source", batch["source"])
-            source = style_jitter(raw, d.augment_posture, d.augment_amplitude, d.augment_bones)
+            source = style_jitter(raw, d.augment_posture, d.augment_amplitude, d.augment_bones,
+                                  d.augment_lag)
             if self.stage is not None:
                 source = self._staged(source, batch["target_lengths"])
             batch = {**{k: v for k, v in batch.items() if k != "raw_source"}, "source": source}
