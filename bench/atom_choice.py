@@ -21,7 +21,7 @@ first frame (the parallel form, equal to stepping: tests/test_tmr_stream.py):
   distributions over the atoms (:func:`streamtmr.train.privacy.choice_consistency`, nats). A
   choice that follows the person differs between them where the ideal one would not.
 
-    python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors \
+    python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors \\
         [--recordings 200] [--pairs 200]
 (written to ``bench/results/atom-choice-<date>-<host>.json`` unless ``--out`` says where)
 """

@@ -6,7 +6,7 @@ and on SynthKinect, whose people differ in tempo by about 10 %, it re-identifies
 UTKinect-Action3D folder in which every labelled action segment is played back at one duration,
 the median over all people of that action, with the skipped frames of the recorder
 interpolated (:func:`streamtmr.data.utkinect.on_sensor_clock`) and one row every
-``ROW_STEP`` sensor frames, then runs the evaluation's UTKinect protocol
+``ROW_STEP`` sensor frames from the first, then runs the evaluation's UTKinect protocol
 (:func:`streamtmr.eval.realdata.evaluate_utkinect`, sensor clock) on the recorded folder and on
 the copy, for the original recordings and the given models. What falls between the two is what
 the duration of an action told the attackers; the shape of the motion in time stays.
@@ -57,8 +57,10 @@ def median_durations(seqs) -> dict[str, int]:
 
 def write_retimed(seqs, durations: dict[str, int], out: Path) -> Path:
     """A UTKinect folder at ``out`` holding ``seqs`` (:class:`UTKSequence`) with every segment
-    played over ``durations[action]`` sensor frames, one row every :data:`ROW_STEP` frames,
-    each run's segments one after another in its joints file."""
+    stretched or squeezed to ``durations[action]`` sensor frames and read one row every
+    :data:`ROW_STEP` frames from its first (the last ``(d - 1) % ROW_STEP`` frames fall between
+    rows: the same for every person), each run's segments one after another in its joints
+    file."""
     from streamtmr.data.utkinect import on_sensor_clock
 
     out.mkdir(parents=True, exist_ok=True)

@@ -150,6 +150,16 @@ def test_trainer_augments_training_batches_only(store, tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_lag_alone_reaches_the_training_batches(store, tmp_path):
+    trainer = Trainer(load_config(TINY, ["data.augment_lag=2.0"]), store, tmp_path / "lag")
+    batch = {"source": moving_windows(), "target": static_windows(6, 16)}
+    torch.manual_seed(0)
+    out = trainer.curriculum.augment(batch)
+    assert not torch.allclose(out["source"], batch["source"])
+    torch.testing.assert_close(skeleton.bone_lengths(out["source"]),
+                               skeleton.bone_lengths(batch["source"]))
+
+
 def test_methods_without_augmentation_refuse_it(tmp_path):
     from streamtmr.train import train
 

@@ -414,7 +414,7 @@ def test_utk_clock_reports_both_clocks_per_model(tmp_path, capsys):
 
 def test_utk_tempo_plays_every_action_over_its_median_duration(tmp_path):
     """bench.utk_tempo: the re-timed copy holds every segment, each over its action's median
-    duration with a row every ROW_STEP sensor frames, starting at the recorded first frame; the
+    duration with a row every ROW_STEP sensor frames, starting at the recorded first pose; the
     record attacks the recorded folder and the copy per seed."""
     from conftest import utk_folder
 

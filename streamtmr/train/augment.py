@@ -74,7 +74,10 @@ def delayed(seq: torch.Tensor, delay: torch.Tensor) -> torch.Tensor:
     k = src.floor().clamp(max=max(t - 2, 0)).long()
     w = src - k
     nxt = (k + 1).clamp(max=t - 1)
-    pick = lambda i: seq.gather(1, i.expand(-1, -1, -1, seq.shape[-1]))  # noqa: E731
+
+    def pick(index: torch.Tensor) -> torch.Tensor:
+        return seq.gather(1, index.expand(-1, -1, -1, seq.shape[-1]))
+
     return pick(k) * (1 - w) + pick(nxt) * w
 
 

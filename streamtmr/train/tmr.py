@@ -196,8 +196,7 @@ def _pair_losses(model: DisentangledTMR, verifier: nn.ModuleDict | None,
     labels, mask = P.verification_targets(need("pair_action"))
     if "ver" in active:
         out.update(_verify(model, verifier, "ver", pooled, labels, mask))
-    if {"inv_out", "pair_mse", "ver_out", "ver_dyn", "ver_dyn_pose", "pair_atom",
-            "pair_choice"} & set(active):
+    if (set(PAIR_LOSSES) - {"ver", "inv_h"}) & set(active):  # the terms on decoded pairs
         target = need("pair_target")
         lengths = skeleton.bone_lengths(target).median(dim=1).values
         h_id = model.identity_encoder(rest_pose(lengths)[:, None])
