@@ -433,6 +433,49 @@ def test_streaming_state_steps_through_dropped_sensor_frames():
         NodeConfig(fill_dropped=-1).validate()
 
 
+class SlowSteps:
+    """A real streaming engine whose steps take ``delay_s`` once the test sets it."""
+
+    def __init__(self, inner):
+        self.inner, self.delay_s = inner, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, frames, state):
+        time.sleep(self.delay_s)
+        return self.inner.step(frames, state)
+
+
+def test_every_dropped_frame_is_counted_filled_or_skipped_when_the_engine_is_slow():
+    """Dropped frames the state could not be stepped through count as ``fill_skipped``: a fill
+    step that outruns the frame's deadline, and a gap that arrives while the engine is still
+    busy with that step."""
+    from engines import create_engine
+    from streamtmr.models.registry import model_class
+
+    eng = SlowSteps(create_engine("onnxruntime", window=None,
+                                  model=model_class("tmr-stream").from_preset("tiny")))
+    node = Node(eng, config=NodeConfig(budget_ms=50, smoothing="none", gap_ms=2000,
+                                       leak_guard=False, fill_dropped=7))
+
+    def fr(seq):
+        return Frame(seq, int(seq * 1e9 / 30),
+                     [Body(i, person(i, 1.0, seq / 30, 0.7 * i)) for i in (1, 2)], "s")
+
+    try:
+        for seq in range(10):
+            node.step(fr(seq))
+        eng.delay_s = 0.4
+        node.step(fr(13))  # 10-12 dropped: the first fill step outruns the deadline
+        node.step(fr(17))  # 14-16 dropped: that step still runs, no fill can start
+        c = node.metrics.snapshot()["counters"]
+    finally:
+        node.close()
+    assert c.get("frames_filled", 0) + c["fill_skipped"] == 2 * (3 + 3)
+    assert c["overruns"] >= 2
+
+
 def test_streaming_engine_state_slots_reset_on_gap_like_windows():
     """A streaming model (engine.streaming): one state slot per body, one batched step per
     frame; a gap restarts the body's track exactly as a new body (same output as a fresh

@@ -319,7 +319,7 @@ class Node:
         self._since_hop = 0
         self._collect_late()
         slots = self.window.ready()
-        if seen and not self._worker.busy:
+        if seen:
             self._fill_dropped(slots, seen, dropped, t_recv)
         if len(slots) < len(self.window.active):  # windows short of min_frames real frames
             m.drop("warming_up", len(self.window.active) - len(slots))
@@ -385,11 +385,17 @@ class Node:
         (``seen`` before it, same slot and track now) through the ``k`` sensor frames dropped
         in between, linearly interpolated between the two poses. The outputs are discarded:
         only the state moves on, at the sensor's clock. Stops once half the frame's budget is
-        spent; an engine error restarts those bodies' states (the frame's own call reports)."""
+        spent; an engine error restarts those bodies' states (the frame's own call reports).
+        Every dropped frame of a continuing body is counted once: ``frames_filled`` when its
+        step was taken into the state, ``fill_skipped`` when none could be (the budget, an
+        engine still busy with an earlier call, or a step that outran the frame's deadline)."""
         w = self.window
         cont = [s for s in slots if w.ids[s] in seen and seen[w.ids[s]][:2] == (
             s, w.generation[s])]
         if not cont:
+            return
+        if self._worker.busy:  # an earlier call still runs: no step can start
+            self.metrics.inc("fill_skipped", len(cont) * k)
             return
         ids = [w.ids[s] for s in cont]
         gens = [w.generation[s] for s in cont]
@@ -409,6 +415,7 @@ class Node:
             res = self._worker.wait((budget_ns - (time.monotonic_ns() - t_recv)) / 1e9)
             if res is None:  # still running: the frame's own call finds the worker busy
                 self._step_ns = int(budget_ns)  # no filling until a call is seen faster
+                self.metrics.inc("fill_skipped", len(cont) * (k + 1 - i))  # its state is lost
                 return
             self._step_ns = time.monotonic_ns() - t0
             _, y, err = res
