@@ -19,7 +19,11 @@ first frame (the parallel form, equal to stepping: tests/test_tmr_stream.py):
   seen by one camera, so the ideal output chooses alike for both. The share of frames where the
   two people's chosen atoms are the same, and the mean symmetric KL divergence between their
   distributions over the atoms (:func:`streamtmr.train.privacy.choice_consistency`, nats). A
-  choice that follows the person differs between them where the ideal one would not.
+  choice that follows the person differs between them where the ideal one would not;
+- ``off_action``: the share of frames whose chosen atom is none of the atoms its action's
+  neutral performance ever comes nearest to (over the store's training people, camera 0;
+  :func:`action_atoms`), and per person its lowest and highest: the frames an
+  action-conditioned choice would change.
 
     python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors \\
         [--recordings 200] [--pairs 200]
@@ -42,17 +46,60 @@ from bench.machine import describe_machine, write_record
 PAIR_STREAM = 99
 
 
+def camera0_rows(store, split: str) -> list[dict]:
+    """The camera-0 recordings (store rows) of a store split's people, in store order."""
+    people = set(store.meta["splits"][split])
+    return [r for r in store.rows if r["subject"] in people and r["view"] == 0]
+
+
 def eval_recordings(data: str | Path, count: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(person, source ``[T, 25, 3]``, own-tempo target) of the first ``count`` camera-0
     recordings of a store's ``eval`` people."""
     from streamtmr.data.store import SkeletonStore
 
     store = SkeletonStore(data)
-    people = set(store.meta["splits"]["eval"])
     source, target = store.array("joints"), store.array("target_sync")
-    rows = [r for r in store.rows if r["subject"] in people and r["view"] == 0][:count]
     return [(int(r["subject"]), np.array(source[r["offset"]:r["offset"] + r["length"]]),
-             np.array(target[r["offset"]:r["offset"] + r["length"]])) for r in rows]
+             np.array(target[r["offset"]:r["offset"] + r["length"]]))
+            for r in camera0_rows(store, "eval")[:count]]
+
+
+def action_atoms(data: str | Path, atoms: torch.Tensor, split: str = "anonymizer_train"
+                 ) -> dict[int, set[int]]:
+    """Per action, the atoms (rows of ``atoms [K, 75]``) nearest to some frame of its neutral
+    performance (``target_sync``) in the camera-0 recordings of ``split``'s people."""
+    from streamtmr.data.store import SkeletonStore
+    from streamtmr.models.pose_atoms import heading_directions
+
+    store = SkeletonStore(data)
+    target = store.array("target_sync")
+    out: dict[int, set[int]] = {}
+    for r in camera0_rows(store, split):
+        dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
+        dirs = dirs.flatten(1)
+        out.setdefault(int(r["action"]), set()).update(torch.cdist(dirs, atoms).argmin(1).tolist())
+    return out
+
+
+def off_action(model, dummy_lengths: torch.Tensor, data: str | Path, count: int,
+               sets: dict[int, set[int]]) -> dict:
+    """``off_action`` of the module docstring over the first ``count`` camera-0 recordings of
+    the ``eval`` people, against the action sets ``sets`` (:func:`action_atoms`)."""
+    from streamtmr.data.store import SkeletonStore
+
+    store = SkeletonStore(data)
+    source = store.array("joints")
+    h_identity = model.for_dummy(dummy_lengths).h_identity
+    per: dict[int, list[torch.Tensor]] = {}
+    for r in camera0_rows(store, "eval")[:count]:
+        chosen = choices(model, h_identity, np.array(source[r["offset"]:r["offset"] + r["length"]]))
+        allowed = torch.tensor(sorted(sets.get(int(r["action"]), ())), dtype=torch.long)
+        per.setdefault(int(r["subject"]), []).append(
+            (~torch.isin(chosen.argmax(1), allowed)).float())
+    people = [float(torch.cat(v).mean()) for v in per.values()]
+    return {"off_action": round(float(torch.cat([x for v in per.values() for x in v]).mean()), 4),
+            "person_off_action_min": round(min(people), 4),
+            "person_off_action_max": round(max(people), 4)}
 
 
 @torch.no_grad()
@@ -137,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--models {spec}: not a pose-atom StreamTMR")
         rows.append({"model": f"{spec} sha256:{file_sha256(path)[:12]}",
                      **agreement(model, lengths, recordings),
+                     **off_action(model, lengths, a.data, a.recordings,
+                                  action_atoms(a.data, model.decoder.atoms.flatten(1))),
                      **(pair_agreement(model, lengths, a.pairs) if a.pairs > 0 else {})})
     record = {"what": "pose-atom choice against the atom nearest to the own-tempo target",
               "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -147,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:60s} agreement {100 * r['agreement']:5.1f} % (people "
               f"{100 * r['person_agreement_min']:.1f}-{100 * r['person_agreement_max']:.1f}), "
               f"top-5 {100 * r['top5']:5.1f} %, error {r['chosen_error']:.3f} "
-              f"(nearest {r['nearest_error']:.3f})"
+              f"(nearest {r['nearest_error']:.3f}), off-action {100 * r['off_action']:4.1f} %"
               + (f"; two people alike {100 * r['pair_agreement']:5.1f} %, KL {r['pair_kl']:.3f}"
                  if "pair_agreement" in r else ""))
     print(f"wrote {write_record(record, a.out, 'atom-choice')}")

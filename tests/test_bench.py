@@ -716,8 +716,17 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     motion is not; the record names the checkpoint."""
     import torch
 
-    from bench.atom_choice import agreement, eval_recordings, main, pair_agreement
+    from bench.atom_choice import (
+        action_atoms,
+        agreement,
+        camera0_rows,
+        eval_recordings,
+        main,
+        off_action,
+        pair_agreement,
+    )
     from streamtmr.data import synth
+    from streamtmr.data.store import SkeletonStore
     from streamtmr.dummy import default_dummy
     from streamtmr.models.checkpoint import save_checkpoint
     from streamtmr.models.pose_atoms import heading_directions, init_chooser, store_atoms
@@ -748,6 +757,19 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
         float(torch.isin(nearest, torch.tensor(sorted(top5))).float().mean()), abs=1e-4)
     assert got["chosen_error"] >= got["nearest_error"] > 0
     assert got["person_agreement_min"] <= got["agreement"] <= got["person_agreement_max"]
+    # off the action: the one atom chosen is off exactly in the recordings of an action whose
+    # set lacks it
+    sets = action_atoms(data, model.decoder.atoms.flatten(1))
+    assert set(sets) == {0, 1} and all(sets.values()) and j in sets[0] | sets[1]
+    rows = camera0_rows(SkeletonStore(data), "eval")[:10]
+    frames = {a: sum(r["length"] for r in rows if r["action"] == a) for a in (0, 1)}
+    assert frames[0] and frames[1]
+    got_off = off_action(model, lengths, data, 10, sets)
+    expected = sum(frames[a] for a in (0, 1) if j not in sets[a]) / sum(frames.values())
+    assert got_off["off_action"] == pytest.approx(expected, abs=1e-4)
+    lacking = off_action(model, lengths, data, 10, {0: sets[0] - {j}, 1: sets[1] | {j}})
+    assert lacking["off_action"] == pytest.approx(frames[0] / sum(frames.values()), abs=1e-4)
+    assert lacking["person_off_action_min"] <= lacking["off_action"]
     # between people: a choice that reads nobody is the same for both people of every pair
     alike = pair_agreement(model, lengths, 3)
     assert alike == {"pairs": 3, "pair_agreement": 1.0, "pair_kl": 0.0}
@@ -762,6 +784,7 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     assert record["rows"][0]["model"].startswith(f"{path} sha256:")
     assert record["rows"][0]["agreement"] == got["agreement"]
     assert record["rows"][0]["pair_agreement"] == 1.0
+    assert record["rows"][0]["off_action"] == got_off["off_action"]
 
 
 def test_streaming_parity_is_reported_per_performance(tmp_path):
