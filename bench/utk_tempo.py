@@ -35,18 +35,6 @@ from bench.machine import describe_machine, write_record
 ROW_STEP = 4
 
 
-def resample(dense: np.ndarray, frames: int) -> np.ndarray:
-    """``dense [L, J, 3]`` (one frame per sensor frame) stretched or squeezed in time to
-    ``frames`` frames by linear interpolation; the first and last frames stay."""
-    if frames < 1:
-        raise ValueError(f"resample: frames must be >= 1, got {frames}")
-    t = np.linspace(0.0, len(dense) - 1, frames)
-    k = np.minimum(np.floor(t).astype(np.int64), max(len(dense) - 2, 0))
-    nxt = np.minimum(k + 1, len(dense) - 1)
-    w = (t - k).astype(np.float32)[:, None, None]
-    return dense[k] * (1.0 - w) + dense[nxt] * w
-
-
 def median_durations(seqs) -> dict[str, int]:
     """Each action's median duration in sensor frames (first to last labelled frame, + 1)."""
     per: dict[str, list[int]] = {}
@@ -62,6 +50,7 @@ def write_retimed(seqs, durations: dict[str, int], out: Path) -> Path:
     rows: the same for every person), each run's segments one after another in its joints
     file."""
     from streamtmr.data.utkinect import on_sensor_clock
+    from streamtmr.models.action_prior import resample
 
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[tuple[int, int], list] = {}
@@ -74,7 +63,8 @@ def write_retimed(seqs, durations: dict[str, int], out: Path) -> Path:
         frame = 1
         for s in part:
             dense = on_sensor_clock(s.joints20, s.frame_ids)
-            timed = resample(dense, durations[s.action])[::ROW_STEP]
+            stretch = np.linspace(0.0, len(dense) - 1, durations[s.action])
+            timed = resample(dense, stretch)[::ROW_STEP]
             ids = frame + ROW_STEP * np.arange(len(timed))
             rows += [f"{i} " + " ".join(f"{v:.6f}" for v in j.reshape(-1))
                      for i, j in zip(ids, timed, strict=True)]

@@ -416,6 +416,8 @@ def test_utk_tempo_plays_every_action_over_its_median_duration(tmp_path):
     """bench.utk_tempo: the re-timed copy holds every segment, each over its action's median
     duration with a row every ROW_STEP sensor frames, starting at the recorded first pose; the
     record attacks the recorded folder and the copy per seed."""
+    from dataclasses import replace
+
     from conftest import utk_folder
 
     from bench import utk_tempo
@@ -434,8 +436,14 @@ def test_utk_tempo_plays_every_action_over_its_median_duration(tmp_path):
         assert np.all(np.diff(c.frame_ids) == utk_tempo.ROW_STEP)
         assert c.frame_ids[-1] - c.frame_ids[0] + 1 == 13  # 14 frames, a row every 4th
         assert np.allclose(c.joints20[0], s.joints20[0], atol=1e-6)
-    line = np.linspace(0.0, 1.0, 5, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3))
-    assert np.allclose(utk_tempo.resample(line, 9)[:, 0, 0], np.linspace(0.0, 1.0, 9))
+    # a motion at constant speed stays on its line, squeezed: a 40-frame walk played over 14
+    # frames is at 0, 4/13, 8/13 and 12/13 of its way at the copy's rows
+    start, end = np.zeros((20, 3), np.float32), np.full((20, 3), 1.3, np.float32)
+    u = np.linspace(0.0, 1.0, 40, dtype=np.float32)[:, None, None]
+    walk = replace(seqs[0], frame_ids=np.arange(1, 41), joints20=start + u * (end - start))
+    (line,) = read_utkinect(utk_tempo.write_retimed([walk], {"walk": 14}, tmp_path / "line"))
+    np.testing.assert_allclose(line.joints20[:, 0, 0], 1.3 * np.array([0, 4, 8, 12]) / 13,
+                               atol=1e-5)
     out = tmp_path / "tempo.json"
     assert utk_tempo.main(["--utkinect", str(root), "--models", "default", "--seeds", "0",
                            "--epochs", "1", "--width", "8", "--out", str(out)]) == 0
