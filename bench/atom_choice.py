@@ -21,9 +21,12 @@ first frame (the parallel form, equal to stepping: tests/test_tmr_stream.py):
   distributions over the atoms (:func:`streamtmr.train.privacy.choice_consistency`, nats). A
   choice that follows the person differs between them where the ideal one would not;
 - ``off_action``: the share of frames whose chosen atom is none of the atoms its action's
-  neutral performance ever comes nearest to (over the store's training people, camera 0;
-  :func:`action_atoms`), and per person its lowest and highest: the frames an
-  action-conditioned choice would change.
+  neutral performance ever comes nearest to (over the store's training people, camera 0:
+  ``atom_action``'s table, :func:`streamtmr.models.pose_atoms.action_table`), and per person
+  its lowest and highest: the frames an action-conditioned choice changes.
+
+A model that publishes with ``atom_action`` is scored on its conditioned choice (the argmax;
+``atom_sample``'s draw is left out everywhere).
 
     python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors \\
         [--recordings 200] [--pairs 200]
@@ -64,27 +67,11 @@ def eval_recordings(data: str | Path, count: int) -> list[tuple[int, np.ndarray,
             for r in camera0_rows(store, "eval")[:count]]
 
 
-def action_atoms(data: str | Path, atoms: torch.Tensor, split: str = "anonymizer_train"
-                 ) -> dict[int, set[int]]:
-    """Per action, the atoms (rows of ``atoms [K, 75]``) nearest to some frame of its neutral
-    performance (``target_sync``) in the camera-0 recordings of ``split``'s people."""
-    from streamtmr.data.store import SkeletonStore
-    from streamtmr.models.pose_atoms import heading_directions
-
-    store = SkeletonStore(data)
-    target = store.array("target_sync")
-    out: dict[int, set[int]] = {}
-    for r in camera0_rows(store, split):
-        dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
-        dirs = dirs.flatten(1)
-        out.setdefault(int(r["action"]), set()).update(torch.cdist(dirs, atoms).argmin(1).tolist())
-    return out
-
-
 def off_action(model, dummy_lengths: torch.Tensor, data: str | Path, count: int,
-               sets: dict[int, set[int]]) -> dict:
+               table: torch.Tensor) -> dict:
     """``off_action`` of the module docstring over the first ``count`` camera-0 recordings of
-    the ``eval`` people, against the action sets ``sets`` (:func:`action_atoms`)."""
+    the ``eval`` people, against ``table [actions, K]``, 1 for each action's atoms
+    (:func:`streamtmr.models.pose_atoms.action_table`)."""
     from streamtmr.data.store import SkeletonStore
 
     store = SkeletonStore(data)
@@ -93,9 +80,8 @@ def off_action(model, dummy_lengths: torch.Tensor, data: str | Path, count: int,
     per: dict[int, list[torch.Tensor]] = {}
     for r in camera0_rows(store, "eval")[:count]:
         chosen = choices(model, h_identity, np.array(source[r["offset"]:r["offset"] + r["length"]]))
-        allowed = torch.tensor(sorted(sets.get(int(r["action"]), ())), dtype=torch.long)
         per.setdefault(int(r["subject"]), []).append(
-            (~torch.isin(chosen.argmax(1), allowed)).float())
+            (table[int(r["action"]), chosen.argmax(1)] == 0).float())
     people = [float(torch.cat(v).mean()) for v in per.values()]
     return {"off_action": round(float(torch.cat([x for v in per.values() for x in v]).mean()), 4),
             "person_off_action_min": round(min(people), 4),
@@ -105,9 +91,17 @@ def off_action(model, dummy_lengths: torch.Tensor, data: str | Path, count: int,
 @torch.no_grad()
 def choices(model, h_identity: torch.Tensor, source: np.ndarray) -> torch.Tensor:
     """The logits ``[T, K]`` of a pose-atom StreamTMR over one track ``source [T, 25, 3]``,
-    styled by the dummy's ``h_identity``."""
+    styled by the dummy's ``h_identity``, conditioned on the frame's action where the model
+    publishes so (``atom_action``; the draw of ``atom_sample`` left out)."""
+    from streamtmr.models.tmr_stream import action_gate
+
     code, _ = model.encode_action(torch.from_numpy(np.ascontiguousarray(source))[None])
-    return model.decoder.choose(model.decoder.trunk(code.h, h_identity))[0]
+    dec = model.decoder
+    logits = dec.choose(dec.trunk(code.h, h_identity))[0]
+    if getattr(dec, "action_floor", 0.0) > 0:
+        logits = logits + action_gate(model.action_encoder.head(code.h)[0], dec.action_atoms,
+                                      dec.action_floor)
+    return logits
 
 
 def agreement(model, dummy_lengths: torch.Tensor,
@@ -171,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamtmr.cache import file_sha256
     from streamtmr.dummy import default_dummy
     from streamtmr.models.checkpoint import load_checkpoint, model_path
+    from streamtmr.models.pose_atoms import action_table
 
     recordings = eval_recordings(a.data, a.recordings)
     if not recordings:
@@ -185,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"model": f"{spec} sha256:{file_sha256(path)[:12]}",
                      **agreement(model, lengths, recordings),
                      **off_action(model, lengths, a.data, a.recordings,
-                                  action_atoms(a.data, model.decoder.atoms.flatten(1))),
+                                  action_table(a.data, model.decoder.atoms,
+                                               int(model.config["num_actions"]))),
                      **(pair_agreement(model, lengths, a.pairs) if a.pairs > 0 else {})})
     record = {"what": "pose-atom choice against the atom nearest to the own-tempo target",
               "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

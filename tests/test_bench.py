@@ -725,7 +725,6 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     import torch
 
     from bench.atom_choice import (
-        action_atoms,
         agreement,
         camera0_rows,
         eval_recordings,
@@ -737,7 +736,12 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     from streamtmr.data.store import SkeletonStore
     from streamtmr.dummy import default_dummy
     from streamtmr.models.checkpoint import save_checkpoint
-    from streamtmr.models.pose_atoms import heading_directions, init_chooser, store_atoms
+    from streamtmr.models.pose_atoms import (
+        action_table,
+        heading_directions,
+        init_chooser,
+        store_atoms,
+    )
     from streamtmr.models.registry import model_class
 
     data = synth.generate(tmp_path / "s", n_subjects=4, n_actions=2, views=(0,), reps=1,
@@ -767,15 +771,17 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     assert got["person_agreement_min"] <= got["agreement"] <= got["person_agreement_max"]
     # off the action: the one atom chosen is off exactly in the recordings of an action whose
     # set lacks it
-    sets = action_atoms(data, model.decoder.atoms.flatten(1))
-    assert set(sets) == {0, 1} and all(sets.values()) and j in sets[0] | sets[1]
+    table = action_table(data, model.decoder.atoms, 2)
+    assert table.shape == (2, 8) and table.sum(1).min() > 0 and table[:, j].max() == 1
     rows = camera0_rows(SkeletonStore(data), "eval")[:10]
     frames = {a: sum(r["length"] for r in rows if r["action"] == a) for a in (0, 1)}
     assert frames[0] and frames[1]
-    got_off = off_action(model, lengths, data, 10, sets)
-    expected = sum(frames[a] for a in (0, 1) if j not in sets[a]) / sum(frames.values())
+    got_off = off_action(model, lengths, data, 10, table)
+    expected = sum(frames[a] for a in (0, 1) if table[a, j] == 0) / sum(frames.values())
     assert got_off["off_action"] == pytest.approx(expected, abs=1e-4)
-    lacking = off_action(model, lengths, data, 10, {0: sets[0] - {j}, 1: sets[1] | {j}})
+    lacking = table.clone()
+    lacking[0, j], lacking[1, j] = 0.0, 1.0
+    lacking = off_action(model, lengths, data, 10, lacking)
     assert lacking["off_action"] == pytest.approx(frames[0] / sum(frames.values()), abs=1e-4)
     assert lacking["person_off_action_min"] <= lacking["off_action"]
     # between people: a choice that reads nobody is the same for both people of every pair

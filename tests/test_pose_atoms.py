@@ -1,6 +1,8 @@
 """Pose atoms (``pose_atoms`` of tmr-stream): every published pose is one of the atoms, exactly,
 streamed or in parallel, in PyTorch and ONNX Runtime; the choice trains straight through."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from streamtmr.models.registry import model_class
 from streamtmr.models.tmr_stream import (
     MAX_HOLD,
     NOISE_PERIOD,
+    action_gate,
     gumbel_table,
     held_choice,
     next_clock,
@@ -29,14 +32,22 @@ def poses() -> np.ndarray:
 
 
 def atom_model(k: int = K, blend: int = 1, margin: float = 0.0, sample: float = 0.0,
-               hold: int = 1):
-    """A tiny tmr-stream with ``k`` atoms fitted on a synthetic person's poses."""
+               hold: int = 1, action: float = 0.0):
+    """A tiny tmr-stream with ``k`` atoms fitted on a synthetic person's poses; with ``action``
+    (atom_action) each action ``a`` takes the atoms ``k`` with ``(k + a) % 3 == 0``."""
     torch.manual_seed(0)
     model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k, atom_blend=blend,
                                                   atom_margin=margin, atom_sample=sample,
-                                                  atom_sample_hold=hold)
+                                                  atom_sample_hold=hold, atom_action=action)
     init_chooser(model, kmeans_atoms(heading_directions(poses()), k))
+    if action:
+        model.decoder.action_atoms.copy_(action_members(model.config["num_actions"], k))
     return model
+
+
+def action_members(actions: int, k: int) -> torch.Tensor:
+    """The test table of ``atom_action``: action ``a`` takes the atoms ``(k + a) % 3 == 0``."""
+    return ((torch.arange(k)[None] + torch.arange(actions)[:, None]) % 3 == 0).float()
 
 
 def moving_chooser(model, x: torch.Tensor) -> None:
@@ -185,14 +196,15 @@ def test_choice_consistency_is_a_symmetric_kl_divergence():
     assert float(P.choice_consistency(a, a + 7.0)) == pytest.approx(0.0, abs=1e-7)
 
 
-@pytest.mark.parametrize("blend, margin, sample, hold", [
-    (1, 0.0, 0.0, 1), (3, 0.0, 0.0, 1), (3, 0.05, 0.0, 1), (3, 0.05, 1.0, 1), (3, 0.0, 1.0, 3)])
+@pytest.mark.parametrize("blend, margin, sample, hold, action", [
+    (1, 0.0, 0.0, 1, 0.0), (3, 0.0, 0.0, 1, 0.0), (3, 0.05, 0.0, 1, 0.0), (3, 0.05, 1.0, 1, 0.0),
+    (3, 0.0, 1.0, 3, 0.0), (3, 0.0, 0.5, 8, 1e-3)])
 def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend, margin,
-                                                  sample, hold):
+                                                  sample, hold, action):
     from engines.onnx_export import export_onnx, max_abs_error
     from engines.source import resolve_source
 
-    model = atom_model(blend=blend, margin=margin, sample=sample, hold=hold)
+    model = atom_model(blend=blend, margin=margin, sample=sample, hold=hold, action=action)
     source = resolve_source(model.eval(), None, None)
     path = export_onnx(source, tmp_path / "atoms.onnx")
     x = synth_track(80)[None].repeat(2, 0)
@@ -417,3 +429,85 @@ def test_a_held_draw_streams_as_in_parallel_and_switches_less():
         return float((index[:, 1:] != index[:, :-1]).float().mean())
 
     assert switches(dm) < switches(sampled(1))
+
+
+def test_the_action_gate_weights_each_atom_by_its_actions_posterior():
+    """action_gate: log P(atom is one of the frame's action's) under softmax(actions), floored;
+    added to logits / T before the Gumbel-max draw, every atom is drawn as often as its softmax
+    probability times that weight says."""
+    table = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    sure = action_gate(torch.tensor([[[20.0, -20.0]]]), table, 1e-3)[0, 0]
+    assert torch.allclose(sure, torch.tensor([0.0, 0.0, math.log(1e-3), math.log(1e-3)]),
+                          atol=1e-6)
+    even = action_gate(torch.zeros(1, 1, 2), table, 1e-3)[0, 0]
+    assert torch.allclose(even, torch.tensor([math.log(0.5), 0.0, math.log(0.5),
+                                              math.log(1e-3)]), atol=1e-6)
+    g = gumbel_table(20000, 4)
+    logits, temperature = torch.tensor([2.0, 1.0, 0.0, 3.0]), 0.5
+    counts = torch.bincount((logits / temperature + g + even).argmax(-1), minlength=4) / len(g)
+    want = (logits / temperature).softmax(-1) * even.exp()
+    assert torch.allclose(counts, want / want.sum(), atol=0.015)
+
+
+def test_an_action_conditioned_choice_keeps_to_the_recognised_actions_atoms():
+    """atom_action: where the action head is sure of action a, every chosen atom is one of a's,
+    drawn and held or not; the gate reads the head per frame, so the step path (no new state)
+    chooses as the parallel one also where the recognised action changes along the track."""
+    x = torch.from_numpy(synth_track(90)[:80])[None]
+    base = atom_model(blend=3).eval()
+    moving_chooser(base, x)
+    lengths = resolve_dummy(None).lengths
+    members = action_members(base.config["num_actions"], K)
+
+    def gated(**kwargs):
+        m = atom_model(blend=3, action=1e-4, **kwargs)
+        m.load_state_dict({**base.state_dict(), "decoder.action_atoms": members})
+        return m.eval()
+
+    free = chosen_indices(base.for_dummy(lengths).eval(), x)
+    assert not bool(members[0, free].bool().all())  # the free choice leaves action 0's atoms
+    for kwargs in ({}, {"sample": 0.5, "hold": 4}):
+        m = gated(**kwargs)
+        d = m.for_dummy(lengths).eval()
+        assert set(d.state_spec()) == set(
+            atom_model(blend=3, **kwargs).for_dummy(lengths).state_spec())
+        assert float((stepped(d, x) - forward(d, x)).abs().max()) <= 1e-4  # the head varies
+        for action in (0, 1):
+            with torch.no_grad():
+                m.action_encoder.head.weight.zero_()
+                m.action_encoder.head.bias.copy_(-10.0 * (torch.arange(8) != action))
+            assert bool(members[action, chosen_indices(d, x)].bool().all())
+            assert float((stepped(d, x) - forward(d, x)).abs().max()) <= 1e-4
+
+
+def test_atom_action_is_refused_where_it_cannot_act_and_published_with_its_table(
+        tmp_path, matcher_store):
+    """atom_action needs pose atoms and a floor in [0, 1); a copy that publishes with it gets
+    the table of each action's atoms, fitted on the store the atoms came from (--data) or kept
+    from the base, and a copy without it drops the table; the weights never change."""
+    from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
+    from streamtmr.models.pose_atoms import action_table, main, with_options
+
+    for config, name in (({"atom_action": 1.0}, "atom_action must be in"),
+                         ({"atom_action": "1e-3"}, "atom_action must be a number")):
+        with pytest.raises(ValueError, match=name):
+            model_class("tmr-stream").from_preset("tiny", pose_atoms=K, **config)
+    with pytest.raises(ValueError, match="atom_action acts only with pose_atoms"):
+        model_class("tmr-stream").from_preset("tiny", atom_action=1e-3)
+    base = save_checkpoint(tmp_path / "atoms.safetensors", atom_model(), {})
+    with pytest.raises(ValueError, match="--data"):
+        with_options(base, tmp_path / "x.safetensors", atom_action=1e-3)
+    out = tmp_path / "gated.safetensors"
+    assert main(["--base", str(base), "--set", "atom_action=1e-3", "--data",
+                 str(matcher_store.root), "--out", str(out)]) == 0
+    gated = load_checkpoint(out)
+    table = action_table(matcher_store.root, gated.decoder.atoms, 8)
+    assert torch.equal(gated.decoder.action_atoms, table)
+    assert table[:3].sum(1).min() > 0 and table[3:].sum() == 0  # the store's 3 actions
+    again = load_checkpoint(with_options(out, tmp_path / "again.safetensors", atom_blend=3))
+    assert torch.equal(again.decoder.action_atoms, table) and again.config["atom_action"] == 1e-3
+    off = load_checkpoint(with_options(out, tmp_path / "off.safetensors", atom_action=0.0))
+    assert not hasattr(off.decoder, "action_atoms")
+    original = load_checkpoint(base)
+    for k, v in original.state_dict().items():
+        assert torch.equal(off.state_dict()[k], v) and torch.equal(gated.state_dict()[k], v), k

@@ -94,6 +94,29 @@ def store_atoms(data: str | Path, k: int, seed: int = 0, array: str = "target_sy
     return kmeans_atoms(heading_directions(frames[pick]), k, seed)
 
 
+def action_table(data: str | Path, atoms: torch.Tensor, actions: int,
+                 split: str = "anonymizer_train") -> torch.Tensor:
+    """Which atoms (rows of ``atoms [K, 25, 3]``) each action's neutral performance takes: ``[
+    actions, K]``, 1 where some frame of the action's ``target_sync`` in a camera-0 recording of
+    ``split``'s people is nearest to the atom, else 0 (``atom_action``'s table)."""
+    from streamtmr.data.store import SkeletonStore
+
+    store = SkeletonStore(data)
+    people = set(int(s) for s in store.meta["splits"][split])
+    target = store.array("target_sync")
+    flat = atoms.reshape(len(atoms), -1)
+    table = torch.zeros(actions, len(atoms))
+    for r in store.rows:
+        if int(r["subject"]) not in people or r["view"] != 0:
+            continue
+        if not 0 <= int(r["action"]) < actions:
+            raise ValueError(f"pose atoms: {data} has action {r['action']}, but the model "
+                             f"knows {actions} actions")
+        dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
+        table[int(r["action"]), torch.cdist(dirs.flatten(1), flat).argmin(1)] = 1.0
+    return table
+
+
 @torch.no_grad()
 def init_chooser(model, atoms: torch.Tensor) -> None:
     """Set ``model``'s atoms and start its chooser at the atom nearest (by dot product over the
@@ -131,13 +154,16 @@ def init_checkpoint(base: str | Path, data: str | Path, k: int, out: str | Path,
 
 
 #: tmr-stream settings that change only how a trained model publishes, never its weights
-PUBLISHING = ("atom_blend", "atom_margin", "atom_sample", "atom_sample_hold", "follow",
-              "root_motion", "leash_m")
+PUBLISHING = ("atom_blend", "atom_margin", "atom_sample", "atom_sample_hold", "atom_action",
+              "follow", "root_motion", "leash_m")
 
 
-def with_options(base: str | Path, out: str | Path, **options: Any) -> Path:
+def with_options(base: str | Path, out: str | Path, data: str | Path | None = None,
+                 **options: Any) -> Path:
     """A copy of the tmr-stream checkpoint ``base`` (the same weights) that publishes with
-    ``options`` (keys of :data:`PUBLISHING`; ``atom_*`` need pose atoms)."""
+    ``options`` (keys of :data:`PUBLISHING`; ``atom_*`` need pose atoms). ``atom_action`` needs
+    its table: the base's, or else fitted on ``data`` (the store the atoms came from;
+    :func:`action_table`)."""
     from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
     from streamtmr.models.registry import build_model
 
@@ -150,9 +176,20 @@ def with_options(base: str | Path, out: str | Path, **options: Any) -> Path:
     if any(k.startswith("atom_") for k in options) and not source.config.get("pose_atoms"):
         raise ValueError(f"pose atoms: {base} has no pose atoms")
     model = build_model({**source.config, **options})
-    model.load_state_dict(source.state_dict())
+    state = source.state_dict()
+    extra_meta = {}
+    if not hasattr(model.decoder, "action_atoms"):  # atom_action off: no table
+        state.pop("decoder.action_atoms", None)
+    elif "decoder.action_atoms" not in state:
+        if data is None:
+            raise ValueError(f"pose atoms: atom_action needs the table of each action's atoms: "
+                             f"{base} has none, so give the store its atoms came from (--data)")
+        state["decoder.action_atoms"] = action_table(data, source.decoder.atoms,
+                                                     int(source.config["num_actions"]))
+        extra_meta = {"action_atoms": {"fitted_on": str(data), "split": "anonymizer_train"}}
+    model.load_state_dict(state)
     _, extra = read_metadata(base)
-    return save_checkpoint(out, model, extra)
+    return save_checkpoint(out, model, {**extra, **extra_meta})
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -170,7 +207,8 @@ def _option(text: str) -> tuple[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", required=True, help="a trained tmr-stream checkpoint")
-    p.add_argument("--data", help="the SynthKinect store it was trained on (to fit the atoms)")
+    p.add_argument("--data", help="the SynthKinect store it was trained on (to fit the atoms, "
+                   "or with --set atom_action the table of each action's atoms)")
     p.add_argument("--atoms", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blend", type=int,
@@ -183,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     options = dict(a.options) | ({} if a.blend is None else {"atom_blend": a.blend})
     if options:
-        print(f"wrote {with_options(a.base, a.out, **options)}")
+        print(f"wrote {with_options(a.base, a.out, a.data, **options)}")
         return 0
     if a.atoms < 1 or not a.data:
         p.error("fitting atoms needs --data and --atoms >= 1")

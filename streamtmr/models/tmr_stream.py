@@ -34,7 +34,8 @@ real people). ``follow`` averages the root and heading over time instead, ``atom
 a chosen pose atom, ``atom_sample`` draws it from the chooser's softmax (a fixed Gumbel noise
 table read at the track's frame count, so every path draws the same; ``atom_sample_hold`` keeps
 each draw's noise for k frames; docs/results.md, "The shipped default", measures them all).
-Each adds its entry to the streaming state.
+Each adds its entry to the streaming state. ``atom_action`` conditions the choice on the action
+the encoder's action head recognises in the frame (no state: the head reads H_action_t).
 
 Deviation from the design. The design's action encoder ends in a BiLSTM, its attention sees the
 whole window and its decoder attends over the whole window of H_action. Here the LSTM is
@@ -121,6 +122,12 @@ class StreamTMRConfig:
     # with atom_sample: each noise row is kept for this many frames (1: a fresh draw every
     # frame), so near-ties are broken the same way for a while and the choice switches less
     atom_sample_hold: int = 1
+    # with pose atoms: 0 chooses among all atoms; 0 < eps < 1 multiplies each atom's probability
+    # by the probability that it belongs to the frame's action (the action head's posterior,
+    # read per frame, over the table of each action's atoms, decoder.action_atoms), floored at
+    # eps, so that a person's own way of moving cannot pick a pose that none of the action's
+    # neutral performances takes (set with a table by pose_atoms --set atom_action=eps --data)
+    atom_action: float = 0.0
     # how closely the published body's root (horizontal) and heading follow the source's: 1
     # copies them every frame; alpha < 1 publishes their causal exponential average with weight
     # alpha on each new frame (a gait's sway and hip yaw are biometric; the pose is unchanged)
@@ -188,6 +195,11 @@ class StreamTMRConfig:
         if self.atom_sample_hold > MAX_HOLD:
             raise ValueError(f"tmr-stream config: atom_sample_hold must be <= {MAX_HOLD}, got "
                              f"{self.atom_sample_hold!r}")
+        if not 0.0 <= float(self.atom_action) < 1.0:
+            raise ValueError(f"tmr-stream config: atom_action must be in [0, 1), "
+                             f"got {self.atom_action!r}")
+        if self.atom_action > 0 and not self.pose_atoms:
+            raise ValueError("tmr-stream config: atom_action acts only with pose_atoms")
         if not float(self.leash_m) > 0.0:
             raise ValueError(f"tmr-stream config: leash_m must be > 0, got {self.leash_m!r}")
         if not 0.0 < float(self.follow) <= 1.0:
@@ -528,10 +540,14 @@ class FrameDecoder(nn.Module):
             if self.temperature > 0:  # derived from a fixed seed, so not stored in the file
                 self.register_buffer("gumbel", gumbel_table(NOISE_PERIOD, cfg.pose_atoms),
                                      persistent=False)
+            self.action_floor = float(cfg.atom_action)
+            if self.action_floor > 0:  # which atoms each action's neutral performance takes
+                self.register_buffer("action_atoms", torch.zeros(cfg.num_actions,
+                                                                 cfg.pose_atoms))
         self.atom_logits: torch.Tensor | None = None  # the last forward's, for the atom loss
 
     def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor, past=None, held=None,
-                clock=None):
+                clock=None, actions=None):
         """Root offset and bone directions; with pose atoms also the atoms chosen ``[B, T, J,
         3]`` and their indices ``[B, T]``. The directions blend the atoms chosen with ``past``:
         None (every track starts at the first frame) or ``(atoms [B, atom_blend - 1, J, 3],
@@ -539,11 +555,12 @@ class FrameDecoder(nn.Module):
         tracks that are not ``fresh``. ``held``: the index chosen in the frame before the first
         (see :func:`held_choice`). ``clock``: None (every track starts at its first frame) or
         ``(where [B, 2], fresh [B, 1])``, the first frame's place in the noise table
-        (``atom_sample``; see :func:`noise_rows`)."""
+        (``atom_sample``; see :func:`noise_rows`). ``actions``: the action head's logits
+        ``[B, T, num_actions]`` of each frame, which ``atom_action`` conditions the choice on."""
         x = self.trunk(h_action, h_identity)
         out = self.head(x)
         if hasattr(self, "choose"):
-            chosen, index = self._chosen(self.choose(x), held, clock)
+            chosen, index = self._chosen(self.choose(x), held, clock, actions)
             return out[..., :2], blend_atoms(chosen, past, self.blend), chosen, index
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
@@ -557,15 +574,18 @@ class FrameDecoder(nn.Module):
             x = layer(x, h_identity)
         return self.norm(x)
 
-    def _chosen(self, logits: torch.Tensor, held=None, clock=None):
+    def _chosen(self, logits: torch.Tensor, held=None, clock=None, actions=None):
         """The pose atom of the largest logit ``[B, T, K]`` (in inference drawn by
-        ``atom_sample`` and held by ``atom_margin``), exactly, and its index. In training the
+        ``atom_sample``, conditioned on the frame's ``actions`` by ``atom_action`` (see
+        :func:`action_gate`) and held by ``atom_margin``), exactly, and its index. In training the
         gradient reaches the logits through their softmax (straight through): the forward value
         stays the chosen atom."""
         if not self.training:
             if self.temperature > 0:
                 rows = noise_rows(logits, clock, self.hold)
                 logits = logits / self.temperature + self.gumbel[rows]
+            if self.action_floor > 0:
+                logits = logits + action_gate(actions, self.action_atoms, self.action_floor)
             index = (held_choice(logits, self.margin, held) if self.margin > 0
                      else logits.argmax(-1))
             return self.atoms[index], index
@@ -617,6 +637,15 @@ def next_clock(where: torch.Tensor, fresh: torch.Tensor, hold: int) -> torch.Ten
     turn = phase >= hold
     return torch.cat([torch.where(turn, torch.remainder(row + 1, NOISE_PERIOD), row),
                       torch.where(turn, torch.zeros_like(phase), phase)], 1)
+
+
+def action_gate(actions: torch.Tensor, table: torch.Tensor, floor: float) -> torch.Tensor:
+    """Log-weights ``[B, T, K]`` of the atoms given each frame's action logits ``actions [B, T,
+    A]``: the log of the probability that an atom is one of the frame's action's, under the
+    posterior softmax(actions) and the 0/1 ``table [A, K]`` of each action's atoms, floored at
+    ``floor``. Added to the chooser's logits (over the temperature, so after the Gumbel noise
+    too), it multiplies the probability of every atom by that weight."""
+    return torch.log((actions.softmax(-1) @ table).clamp_min(floor))
 
 
 def held_choice(logits: torch.Tensor, margin: float, held=None) -> torch.Tensor:
@@ -726,7 +755,10 @@ class StreamTMR(DisentangledTMR):
         ``held`` and ``clock``, see :class:`FrameDecoder`); returns the joints, the atoms chosen
         and their indices (None, None without atoms)."""
         rot, root, floor = frame
-        offset, dirs, chosen, index = self.decoder(h_action, h_identity, past, held, clock)
+        actions = (self.action_encoder.head(h_action)
+                   if getattr(self.decoder, "action_floor", 0.0) > 0 else None)
+        offset, dirs, chosen, index = self.decoder(h_action, h_identity, past, held, clock,
+                                                   actions)
         leg = skeleton.leg_length(lengths)[:, None, None]  # (B, 1, 1)
         offset = torch.stack([offset[..., 0], torch.zeros_like(offset[..., 0]),
                               offset[..., 1]], -1) * leg  # (B, T, 3), metres
