@@ -23,7 +23,9 @@ decoder losses, straight through the choice).
 of the atoms chosen in the last frames instead of the newest alone: a jump between two atoms
 becomes a ramp (``bench/jitter.py`` measures the difference); ``--blend N`` sets it on a copy.
 ``--set KEY=VALUE`` sets any publishing option (:data:`PUBLISHING`) the same way, e.g. the
-shipped default's leash (``--set root_motion=leash --set leash_m=0.25``).
+shipped default's leash (``--set root_motion=leash --set leash_m=0.25``). ``--set
+atom_action=EPS --data STORE`` conditions the choice on the action the encoder recognises in
+each frame, with the table of each action's atoms (:func:`action_table`) fitted on ``STORE``.
 """
 
 from __future__ import annotations
