@@ -9,7 +9,7 @@ first frame (the parallel form, equal to stepping: tests/test_tmr_stream.py):
 
 - ``agreement``: the share of frames whose chosen atom is the one nearest to the target's pose
   (bone directions in the frame's heading frame, as the decoder chooses them), and
-  ``top5``: the share where it is among the model's five highest logits;
+  ``top5``: the share where it is among the model's five highest scores;
 - ``chosen_error`` / ``nearest_error``: the mean distance (over the 24 bones' unit directions,
   stacked) of the chosen atom and of the nearest atom from the target's pose;
 - per person: the lowest and highest agreement of the ``eval`` people;
@@ -23,10 +23,14 @@ first frame (the parallel form, equal to stepping: tests/test_tmr_stream.py):
 - ``off_action``: the share of frames whose chosen atom is none of the atoms its action's
   neutral performance ever comes nearest to (over the store's training people, camera 0:
   ``atom_action``'s table, :func:`streamtmr.models.pose_atoms.action_table`), and per person
-  its lowest and highest: the frames an action-conditioned choice changes.
+  its lowest and highest: the frames an action-conditioned choice changes; and
+  ``action_frames``, the share of frames whose action the model's action head, read on that
+  frame's H_action alone (what ``atom_action`` reads), recognises.
 
-A model that publishes with ``atom_action`` is scored on its conditioned choice (the argmax;
-``atom_sample``'s draw is left out everywhere).
+Every choice is the one the model publishes before the draw's noise: the largest of its
+scores (``FrameDecoder.scores``: the logits over ``atom_sample``'s temperature, plus
+``atom_action``'s gate where the model publishes with it); ``pair_kl`` compares the chooser's
+own distributions (softmax of the logits).
 
     python -m bench.atom_choice --data data/synthkinect --models default runs/x/model.safetensors \\
         [--recordings 200] [--pairs 200]
@@ -49,12 +53,6 @@ from bench.machine import describe_machine, write_record
 PAIR_STREAM = 99
 
 
-def camera0_rows(store, split: str) -> list[dict]:
-    """The camera-0 recordings (store rows) of a store split's people, in store order."""
-    people = set(store.meta["splits"][split])
-    return [r for r in store.rows if r["subject"] in people and r["view"] == 0]
-
-
 def eval_recordings(data: str | Path, count: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(person, source ``[T, 25, 3]``, own-tempo target) of the first ``count`` camera-0
     recordings of a store's ``eval`` people."""
@@ -64,7 +62,7 @@ def eval_recordings(data: str | Path, count: int) -> list[tuple[int, np.ndarray,
     source, target = store.array("joints"), store.array("target_sync")
     return [(int(r["subject"]), np.array(source[r["offset"]:r["offset"] + r["length"]]),
              np.array(target[r["offset"]:r["offset"] + r["length"]]))
-            for r in camera0_rows(store, "eval")[:count]]
+            for r in store.rows_of("eval", view=0)[:count]]
 
 
 def off_action(model, dummy_lengths: torch.Tensor, data: str | Path, count: int,
@@ -78,45 +76,48 @@ def off_action(model, dummy_lengths: torch.Tensor, data: str | Path, count: int,
     source = store.array("joints")
     h_identity = model.for_dummy(dummy_lengths).h_identity
     per: dict[int, list[torch.Tensor]] = {}
-    for r in camera0_rows(store, "eval")[:count]:
-        chosen = choices(model, h_identity, np.array(source[r["offset"]:r["offset"] + r["length"]]))
+    recognised = []
+    for r in store.rows_of("eval", view=0)[:count]:
+        _, scores, actions = choices(model, h_identity,
+                                     np.array(source[r["offset"]:r["offset"] + r["length"]]))
         per.setdefault(int(r["subject"]), []).append(
-            (table[int(r["action"]), chosen.argmax(1)] == 0).float())
+            (table[int(r["action"]), scores.argmax(1)] == 0).float())
+        recognised.append((actions.argmax(1) == int(r["action"])).float())
     people = [float(torch.cat(v).mean()) for v in per.values()]
     return {"off_action": round(float(torch.cat([x for v in per.values() for x in v]).mean()), 4),
             "person_off_action_min": round(min(people), 4),
-            "person_off_action_max": round(max(people), 4)}
+            "person_off_action_max": round(max(people), 4),
+            "action_frames": round(float(torch.cat(recognised).mean()), 4)}
 
 
 @torch.no_grad()
-def choices(model, h_identity: torch.Tensor, source: np.ndarray) -> torch.Tensor:
-    """The logits ``[T, K]`` of a pose-atom StreamTMR over one track ``source [T, 25, 3]``,
-    styled by the dummy's ``h_identity``, conditioned on the frame's action where the model
-    publishes so (``atom_action``; the draw of ``atom_sample`` left out)."""
-    from streamtmr.models.tmr_stream import action_gate
-
+def choices(model, h_identity: torch.Tensor, source: np.ndarray
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chooser's logits ``[T, K]`` of a pose-atom StreamTMR over one track ``source [T, 25,
+    3]``, styled by the dummy's ``h_identity``; the scores its published choice takes the
+    largest of before the draw's noise (``FrameDecoder.scores``: over ``atom_sample``'s
+    temperature, with ``atom_action``'s gate where the model publishes with it); and the
+    action head's logits ``[T, actions]`` read on each frame (what the gate reads)."""
     code, _ = model.encode_action(torch.from_numpy(np.ascontiguousarray(source))[None])
     dec = model.decoder
-    logits = dec.choose(dec.trunk(code.h, h_identity))[0]
-    if getattr(dec, "action_floor", 0.0) > 0:
-        logits = logits + action_gate(model.action_encoder.head(code.h)[0], dec.action_atoms,
-                                      dec.action_floor)
-    return logits
+    logits = dec.choose(dec.trunk(code.h, h_identity))
+    actions = model.action_encoder.head(code.h)
+    gated = getattr(dec, "action_floor", 0.0) > 0
+    return logits[0], dec.scores(logits, actions if gated else None)[0], actions[0]
 
 
 def agreement(model, dummy_lengths: torch.Tensor,
               recordings: list[tuple[int, np.ndarray, np.ndarray]]) -> dict:
     """The summary of the module docstring for one model over ``recordings``."""
-    from streamtmr.models.pose_atoms import heading_directions
+    from streamtmr.models.pose_atoms import heading_directions, nearest_atoms
 
     atoms = model.decoder.atoms.flatten(1)                                  # [K, 75]
     h_identity = model.for_dummy(dummy_lengths).h_identity                  # once per model
     hits, top5, chosen_err, nearest_err, per = [], [], [], [], {}
     for person, source, target in recordings:
-        logits = choices(model, h_identity, source)                      # [T, K]
+        _, logits, _ = choices(model, h_identity, source)                # [T, K] scores
         truth = heading_directions(target).flatten(1)                       # [T, 75]
-        nearest = torch.cdist(truth, atoms, compute_mode="donot_use_mm_for_euclid_dist"
-                              ).argmin(1)
+        nearest = nearest_atoms(truth, atoms)
         chosen = logits.argmax(1)
         hit = (chosen == nearest).float()
         hits.append(hit)
@@ -144,8 +145,8 @@ def pair_agreement(model, dummy_lengths: torch.Tensor, items: int) -> dict:
     h_identity = model.for_dummy(dummy_lengths).h_identity
     same, kl = [], []
     for a, b in zip(raw["a"], raw["b"], strict=True):
-        la, lb = choices(model, h_identity, a), choices(model, h_identity, b)
-        same.append((la.argmax(1) == lb.argmax(1)).float())
+        (la, sa, _), (lb, sb, _) = choices(model, h_identity, a), choices(model, h_identity, b)
+        same.append((sa.argmax(1) == sb.argmax(1)).float())
         kl.append(float(choice_consistency(la, lb)))
     return {"pairs": items, "pair_agreement": round(float(torch.cat(same).mean()), 4),
             "pair_kl": round(float(np.mean(kl)), 4)}
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"model": f"{spec} sha256:{file_sha256(path)[:12]}",
                      **agreement(model, lengths, recordings),
                      **off_action(model, lengths, a.data, a.recordings,
+                                  model.decoder.action_atoms
+                                  if hasattr(model.decoder, "action_atoms") else
                                   action_table(a.data, model.decoder.atoms,
                                                int(model.config["num_actions"]))),
                      **(pair_agreement(model, lengths, a.pairs) if a.pairs > 0 else {})})
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:60s} agreement {100 * r['agreement']:5.1f} % (people "
               f"{100 * r['person_agreement_min']:.1f}-{100 * r['person_agreement_max']:.1f}), "
               f"top-5 {100 * r['top5']:5.1f} %, error {r['chosen_error']:.3f} "
-              f"(nearest {r['nearest_error']:.3f}), off-action {100 * r['off_action']:4.1f} %"
+              f"(nearest {r['nearest_error']:.3f}), off-action {100 * r['off_action']:4.1f} %, "
+              f"action head per frame {100 * r['action_frames']:4.1f} %"
               + (f"; two people alike {100 * r['pair_agreement']:5.1f} %, KL {r['pair_kl']:.3f}"
                  if "pair_agreement" in r else ""))
     print(f"wrote {write_record(record, a.out, 'atom-choice')}")

@@ -32,6 +32,7 @@ import torch
 from streamtmr import skeleton
 from streamtmr.dummy import default_dummy
 from streamtmr.models.checkpoint import resolve_model
+from streamtmr.models.pose_atoms import nearest_atoms
 from streamtmr.models.tmr_stream import leash_path
 
 VARIANTS = ("atoms", "source_frame", "source_heading", "source_floor", "source_root",
@@ -44,8 +45,7 @@ def quantised(target: torch.Tensor, atoms: torch.Tensor, lengths: torch.Tensor) 
     rot = skeleton.rotation_y(skeleton.facing_angle(target))
     dirs = skeleton.bone_directions(skeleton.to_frame_local(
         target, rot, target[:, skeleton.ROOT])).flatten(1)
-    nearest = torch.cdist(dirs, atoms.flatten(1),
-                          compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
+    nearest = nearest_atoms(dirs, atoms)
     n = len(target)
     return skeleton.forward_kinematics(torch.zeros(n, 3), atoms[nearest],
                                        lengths.expand(n, skeleton.NUM_JOINTS))

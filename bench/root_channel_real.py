@@ -3,7 +3,10 @@
 Every UTKinect segment is played through the node's path (``published_segments``, leak guard
 on), exactly as ``streamtmr evaluate --utkinect`` does. The published tracks are then attacked
 as they are, with the horizontal root path held still (pose and height kept), and with the root
-path held and the heading frozen at the segment's first frame (pose only). One re-ID attacker
+path held and the heading frozen at the segment's first frame (pose only). The ``half
+mirrored`` variants mirror half the segments left to right (:func:`mirror_at_random`), in training
+and test alike, so that which side of the body acts (a habit, such as the hand that waves) no
+longer tells people apart. One re-ID attacker
 and one action recognizer are retrained on each variant, split by run as in
 :func:`streamtmr.eval.realdata.evaluate_utkinect` (mean of both folds).
 
@@ -30,7 +33,8 @@ from streamtmr.eval.realdata import published_segments, utkinect_windows
 from streamtmr.models.checkpoint import resolve_model
 
 VARIANTS = ("source", "as published", "root path held", "root path and heading held",
-            "root path smoothed", "heading smoothed", "root path and heading smoothed")
+            "root path smoothed", "heading smoothed", "root path and heading smoothed",
+            "source half mirrored", "as published half mirrored")
 
 
 def _ema(x: np.ndarray, alpha: float) -> np.ndarray:
@@ -76,6 +80,21 @@ def smooth_heading(seq: np.ndarray, alpha: float) -> np.ndarray:
     angle = skeleton.facing_angle(seq)
     vec = _ema(np.stack([np.cos(angle), np.sin(angle)], -1), alpha)
     return _turn_to(seq, np.arctan2(vec[:, 1], vec[:, 0]))
+
+
+def mirror_at_random(tracks: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+    """Every track ``[T, 25, 3]`` kept or mirrored left to right (each joint's camera X reflected
+    about the first frame's root, left and right joints swapped: :func:`skeleton.mirror`) by a
+    fixed draw per track with probability 1/2."""
+    flips = np.random.default_rng(seed).random(len(tracks)) < 0.5
+    out = []
+    for seq, flip in zip(tracks, flips, strict=True):
+        if flip:
+            mirrored = skeleton.mirror(seq).astype(np.float32)       # X -> -X
+            mirrored[..., 0] += 2.0 * seq[0, skeleton.ROOT, 0]       # about the first root
+            seq = mirrored
+        out.append(seq)
+    return out
 
 
 def attack_tracks(tracks: list[np.ndarray], data: dict, seeds: list[int], width: int,
@@ -149,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
              "root path smoothed": lambda: [smooth_root(s, a.alpha) for s in pub],
              "heading smoothed": lambda: [smooth_heading(s, a.alpha) for s in pub],
              "root path and heading smoothed":
-                 lambda: [smooth_heading(smooth_root(s, a.alpha), a.alpha) for s in pub]}
+                 lambda: [smooth_heading(smooth_root(s, a.alpha), a.alpha) for s in pub],
+             "source half mirrored": lambda: mirror_at_random(segments),
+             "as published half mirrored": lambda: mirror_at_random(pub)}
     chosen = [v.strip() for v in a.variants.split(",")]
     unknown = sorted(set(chosen) - set(VARIANTS))
     if unknown:

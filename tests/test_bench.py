@@ -726,7 +726,6 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
 
     from bench.atom_choice import (
         agreement,
-        camera0_rows,
         eval_recordings,
         main,
         off_action,
@@ -773,7 +772,7 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     # set lacks it
     table = action_table(data, model.decoder.atoms, 2)
     assert table.shape == (2, 8) and table.sum(1).min() > 0 and table[:, j].max() == 1
-    rows = camera0_rows(SkeletonStore(data), "eval")[:10]
+    rows = SkeletonStore(data).rows_of("eval", view=0)[:10]
     frames = {a: sum(r["length"] for r in rows if r["action"] == a) for a in (0, 1)}
     assert frames[0] and frames[1]
     got_off = off_action(model, lengths, data, 10, table)
@@ -784,6 +783,11 @@ def test_atom_choice_scores_the_choice_against_the_targets_nearest_atom(tmp_path
     lacking = off_action(model, lengths, data, 10, lacking)
     assert lacking["off_action"] == pytest.approx(frames[0] / sum(frames.values()), abs=1e-4)
     assert lacking["person_off_action_min"] <= lacking["off_action"]
+    with torch.no_grad():  # a head sure of action 0 everywhere: right on action 0's frames
+        model.action_encoder.head.weight.zero_()
+        model.action_encoder.head.bias.copy_(-10.0 * (torch.arange(8) != 0))
+    assert off_action(model, lengths, data, 10, table)["action_frames"] == pytest.approx(
+        frames[0] / sum(frames.values()), abs=1e-4)
     # between people: a choice that reads nobody is the same for both people of every pair
     alike = pair_agreement(model, lengths, 3)
     assert alike == {"pairs": 3, "pair_agreement": 1.0, "pair_kl": 0.0}
@@ -821,3 +825,59 @@ def test_streaming_parity_is_reported_per_performance(tmp_path):
     assert "onnx_vs_torch_step_max_m" in out["per_performance"][0]
     assert "onnx_vs_torch_step_max_m" not in out["per_performance"][1]
     assert out["onnx_vs_torch_step_max_m"] < 1e-4
+
+
+def test_mirror_at_random_swaps_the_sides_of_about_half_the_tracks_in_place():
+    """bench.root_channel_real: the mirrored variants reflect a fixed half of the tracks left to
+    right about their first root (the right hand's path becomes the left's, the first root stays)
+    and leave the others as they are; the same draw every run."""
+    from bench.root_channel_real import mirror_at_random
+    from streamtmr import skeleton
+
+    rng = np.random.default_rng(0)
+    tracks = [(rng.normal(size=(12, 25, 3)) + [1.0, 0.0, 3.0]).astype(np.float32)
+              for _ in range(40)]
+    out = mirror_at_random(tracks)
+    flipped = [not np.array_equal(a, b) for a, b in zip(tracks, out, strict=True)]
+    assert 10 < sum(flipped) < 30 and all(t.dtype == np.float32 for t in out)
+    assert [not np.array_equal(a, b) for a, b in zip(tracks, mirror_at_random(tracks),
+                                                     strict=True)] == flipped
+    i = flipped.index(True)
+    a, b = tracks[i], out[i]
+    r, left = skeleton.JOINT["HandRight"], skeleton.JOINT["HandLeft"]
+    np.testing.assert_allclose(b[0, skeleton.ROOT], a[0, skeleton.ROOT], atol=1e-5)
+    x0 = a[0, skeleton.ROOT, 0]
+    np.testing.assert_allclose(b[:, left, 0], 2 * x0 - a[:, r, 0], atol=1e-5)
+    np.testing.assert_allclose(b[:, left, 1:], a[:, r, 1:], atol=1e-6)
+
+
+def test_merged_atoms_publish_one_pose_per_cluster_and_choose_as_before(tmp_path):
+    """bench.merged_atoms: the copy's atoms take only ``clusters`` distinct unit-bone poses, each
+    atom its cluster's (nearer to it than any other centre), and everything else, the chooser
+    included, is the model's."""
+    import torch
+    from test_tmr_stream import synth_track
+
+    from bench.merged_atoms import main
+    from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
+    from streamtmr.models.pose_atoms import heading_directions, init_chooser, kmeans_atoms
+    from streamtmr.models.registry import model_class
+
+    torch.manual_seed(0)
+    model = model_class("tmr-stream").from_preset("tiny", pose_atoms=24)
+    init_chooser(model, kmeans_atoms(heading_directions(synth_track(120)), 24))
+    base = save_checkpoint(tmp_path / "atoms.safetensors", model, {})
+    assert main(["--model", str(base), "--clusters", "6", "--out",
+                 str(tmp_path / "m.safetensors")]) == 0
+    copy = load_checkpoint(tmp_path / "m.safetensors")
+    poses = copy.decoder.atoms
+    distinct = torch.unique(poses.flatten(1), dim=0)
+    assert len(distinct) == 6
+    norms = torch.linalg.vector_norm(poses[:, 1:], dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    d = torch.cdist(model.decoder.atoms.flatten(1), distinct)
+    own = torch.cdist(model.decoder.atoms.flatten(1), poses.flatten(1)).diagonal()
+    assert torch.allclose(own, d.min(1).values, atol=1e-5)  # each atom went to its nearest
+    for k, v in model.state_dict().items():
+        if k != "decoder.atoms":
+            assert torch.equal(copy.state_dict()[k], v), k

@@ -198,7 +198,7 @@ def test_choice_consistency_is_a_symmetric_kl_divergence():
 
 @pytest.mark.parametrize("blend, margin, sample, hold, action", [
     (1, 0.0, 0.0, 1, 0.0), (3, 0.0, 0.0, 1, 0.0), (3, 0.05, 0.0, 1, 0.0), (3, 0.05, 1.0, 1, 0.0),
-    (3, 0.0, 1.0, 3, 0.0), (3, 0.0, 0.5, 8, 1e-3)])
+    (3, 0.0, 1.0, 3, 0.0), (3, 0.0, 0.5, 8, 1e-3), (3, 0.05, 0.0, 1, 1e-3)])
 def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend, margin,
                                                   sample, hold, action):
     from engines.onnx_export import export_onnx, max_abs_error
@@ -449,10 +449,29 @@ def test_the_action_gate_weights_each_atom_by_its_actions_posterior():
     assert torch.allclose(counts, want / want.sum(), atol=0.015)
 
 
+def two_action_head(model, x: torch.Tensor, split: int) -> None:
+    """Set ``model``'s action head to recognise action 0 where H_action is nearer the mean of
+    ``x``'s first ``split`` frames and action 1 where nearer the rest's, surely (the other
+    actions never): the recognised action changes along the track."""
+    with torch.no_grad():
+        h = model.encode_action(x)[0].h[0]
+        m0, m1 = h[:split].mean(0), h[split:].mean(0)
+        w = (m0 - m1) * (200.0 / float((m0 - m1).pow(2).sum()))
+        head = model.action_encoder.head
+        head.weight.zero_()
+        head.bias.fill_(-1e3)
+        head.weight[0], head.weight[1] = w, -w
+        head.bias[0] = -float(w @ (m0 + m1)) / 2
+        head.bias[1] = -head.bias[0]
+
+
 def test_an_action_conditioned_choice_keeps_to_the_recognised_actions_atoms():
     """atom_action: where the action head is sure of action a, every chosen atom is one of a's,
-    drawn and held or not; the gate reads the head per frame, so the step path (no new state)
-    chooses as the parallel one also where the recognised action changes along the track."""
+    argmax, drawn, held or not; the gate reads the head per frame, so the step path (no new
+    state) chooses as the parallel one, also where the recognised action changes along the
+    track; the published choice is the largest of FrameDecoder.scores (the benches' choice)."""
+    from bench.atom_choice import choices
+
     x = torch.from_numpy(synth_track(90)[:80])[None]
     base = atom_model(blend=3).eval()
     moving_chooser(base, x)
@@ -466,29 +485,38 @@ def test_an_action_conditioned_choice_keeps_to_the_recognised_actions_atoms():
 
     free = chosen_indices(base.for_dummy(lengths).eval(), x)
     assert not bool(members[0, free].bool().all())  # the free choice leaves action 0's atoms
-    for kwargs in ({}, {"sample": 0.5, "hold": 4}):
+    assert not bool(members[1, free].bool().all())
+    for kwargs in ({}, {"sample": 0.5, "hold": 4}, {"margin": 0.05}):
         m = gated(**kwargs)
         d = m.for_dummy(lengths).eval()
         assert set(d.state_spec()) == set(
             atom_model(blend=3, **kwargs).for_dummy(lengths).state_spec())
-        assert float((stepped(d, x) - forward(d, x)).abs().max()) <= 1e-4  # the head varies
-        for action in (0, 1):
-            with torch.no_grad():
-                m.action_encoder.head.weight.zero_()
-                m.action_encoder.head.bias.copy_(-10.0 * (torch.arange(8) != action))
-            assert bool(members[action, chosen_indices(d, x)].bool().all())
-            assert float((stepped(d, x) - forward(d, x)).abs().max()) <= 1e-4
+        two_action_head(m, x, 40)
+        with torch.no_grad():
+            posterior = m.action_encoder.head(m.encode_action(x)[0].h)[0].softmax(-1)
+        recognised = posterior.argmax(-1)
+        sure = posterior.max(-1).values > 0.999
+        assert set(recognised[sure].tolist()) == {0, 1} and float(sure.float().mean()) > 0.8
+        index = chosen_indices(d, x)[0]
+        assert bool(members[recognised, index][sure].bool().all())
+        assert float((stepped(d, x) - forward(d, x)).abs().max()) <= 1e-4
+        if not kwargs:  # no draw, no hold: the published choice is the scores' largest
+            _, scores, _ = choices(m, d.h_identity, x[0].numpy())
+            assert torch.equal(scores.argmax(-1), index)
 
 
 def test_atom_action_is_refused_where_it_cannot_act_and_published_with_its_table(
         tmp_path, matcher_store):
-    """atom_action needs pose atoms and a floor in [0, 1); a copy that publishes with it gets
-    the table of each action's atoms, fitted on the store the atoms came from (--data) or kept
-    from the base, and a copy without it drops the table; the weights never change."""
-    from streamtmr.models.checkpoint import load_checkpoint, save_checkpoint
-    from streamtmr.models.pose_atoms import action_table, main, with_options
+    """atom_action needs pose atoms and a floor in [float16's smallest normal, 1); a copy that
+    publishes with it gets the table of each action's atoms (camera 0 of the training people,
+    the nearest atom of every frame of their neutral performance), fitted on the store the
+    atoms came from (--data) or kept from the base, never an empty one; a copy without it drops
+    the table; the weights never change."""
+    from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from streamtmr.models.pose_atoms import main, with_options
 
-    for config, name in (({"atom_action": 1.0}, "atom_action must be in"),
+    for config, name in (({"atom_action": 1.0}, "atom_action must be 0 or in"),
+                         ({"atom_action": 1e-8}, "finite in a float16 plan"),
                          ({"atom_action": "1e-3"}, "atom_action must be a number")):
         with pytest.raises(ValueError, match=name):
             model_class("tmr-stream").from_preset("tiny", pose_atoms=K, **config)
@@ -501,13 +529,34 @@ def test_atom_action_is_refused_where_it_cannot_act_and_published_with_its_table
     assert main(["--base", str(base), "--set", "atom_action=1e-3", "--data",
                  str(matcher_store.root), "--out", str(out)]) == 0
     gated = load_checkpoint(out)
-    table = action_table(matcher_store.root, gated.decoder.atoms, 8)
-    assert torch.equal(gated.decoder.action_atoms, table)
-    assert table[:3].sum(1).min() > 0 and table[3:].sum() == 0  # the store's 3 actions
+    # the table, computed here independently: camera 0 of the training people only
+    atoms = gated.decoder.atoms.reshape(K, -1).double()
+    want = torch.zeros(8, K)
+    people = {int(s) for s in matcher_store.meta["splits"]["anonymizer_train"]}
+    target = matcher_store.array("target_sync")
+    views = set()
+    for r in matcher_store.rows:
+        views.add(r["view"])
+        if int(r["subject"]) in people and r["view"] == 0:
+            dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
+            d2 = ((dirs.reshape(len(dirs), 1, -1).double() - atoms[None]) ** 2).sum(-1)
+            want[int(r["action"]), d2.argmin(1)] = 1.0
+    assert len(views) == 2 and torch.equal(gated.decoder.action_atoms, want)
+    assert want[:3].sum(1).min() > 0 and want[3:].sum() == 0  # the store's 3 actions
+    assert read_metadata(out)[1]["action_atoms"]["fitted_on"] == str(matcher_store.root)
     again = load_checkpoint(with_options(out, tmp_path / "again.safetensors", atom_blend=3))
-    assert torch.equal(again.decoder.action_atoms, table) and again.config["atom_action"] == 1e-3
-    off = load_checkpoint(with_options(out, tmp_path / "off.safetensors", atom_action=0.0))
+    assert torch.equal(again.decoder.action_atoms, want) and again.config["atom_action"] == 1e-3
+    off_path = with_options(out, tmp_path / "off.safetensors", atom_action=0.0)
+    off = load_checkpoint(off_path)
     assert not hasattr(off.decoder, "action_atoms")
+    assert "action_atoms" not in read_metadata(off_path)[1]
     original = load_checkpoint(base)
     for k, v in original.state_dict().items():
         assert torch.equal(off.state_dict()[k], v) and torch.equal(gated.state_dict()[k], v), k
+    empty = save_checkpoint(tmp_path / "empty.safetensors", atom_model(action=1e-3), {})
+    with torch.no_grad():
+        model = load_checkpoint(empty)
+        model.decoder.action_atoms.zero_()
+    save_checkpoint(empty, model, {})
+    with pytest.raises(ValueError, match="empty"):
+        with_options(empty, tmp_path / "x.safetensors", atom_blend=3)

@@ -65,3 +65,21 @@ def test_index_past_end(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="runs past the end"):
         SkeletonStore(tmp_path)
+
+
+def test_rows_of_a_split_and_a_camera(tmp_path):
+    """rows_of: the rows of a split's people in store order, one camera's with ``view``; an
+    unknown split is refused by name."""
+    rng = np.random.default_rng(0)
+    with StoreWriter(tmp_path, {"joints": (25, 3)},
+                     meta={"splits": {"train": [0, 2], "eval": [1]}}) as w:
+        for subject, view in ((0, 0), (1, 0), (2, 45), (0, 45), (2, 0)):
+            w.append({"joints": rng.normal(size=(2, 25, 3)).astype(np.float32)},
+                     subject=subject, view=view)
+    store = SkeletonStore(tmp_path)
+    assert [(r["subject"], r["view"]) for r in store.rows_of("train")] == [
+        (0, 0), (2, 45), (0, 45), (2, 0)]
+    assert [(r["subject"], r["view"]) for r in store.rows_of("train", view=0)] == [(0, 0), (2, 0)]
+    assert [r["subject"] for r in store.rows_of("eval", view=45)] == []
+    with pytest.raises(KeyError, match="'test'.*eval"):
+        store.rows_of("test")

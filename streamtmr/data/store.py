@@ -168,6 +168,16 @@ class SkeletonStore:
             raise KeyError(f"{self.root}: no column {name!r} (have {list(self.rows[0])})")
         return np.array([r[name] for r in self.rows])
 
+    def rows_of(self, split: str, view: int | None = None) -> list[dict]:
+        """The rows of the people of ``split`` (``meta["splits"]``), in store order; with
+        ``view``, only that camera's."""
+        splits = self.meta.get("splits", {})
+        if split not in splits:
+            raise KeyError(f"{self.root}: no split {split!r} (have {sorted(splits)})")
+        people = {int(s) for s in splits[split]}
+        return [r for r in self.rows
+                if int(r["subject"]) in people and (view is None or r["view"] == view)]
+
     def __getitem__(self, i: int) -> Sequence:
         r = self.rows[i]
         sl = slice(r["offset"], r["offset"] + r["length"])

@@ -87,13 +87,19 @@ def store_atoms(data: str | Path, k: int, seed: int = 0, array: str = "target_sy
     from streamtmr.data.store import SkeletonStore
 
     store = SkeletonStore(data)
-    people = set(int(s) for s in store.meta["splits"][split])
     frames = store.array(array)
-    rows = [r for r in store.rows if int(r["subject"]) in people]
+    rows = store.rows_of(split)
     index = np.concatenate([np.arange(r["offset"], r["offset"] + r["length"]) for r in rows])
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(index, size=min(FIT_FRAMES, len(index)), replace=False))
     return kmeans_atoms(heading_directions(frames[pick]), k, seed)
+
+
+def nearest_atoms(dirs: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+    """Indices ``[N]`` of the atoms ``[K, 25, 3]`` nearest to bone directions ``[N, 25, 3]``
+    (Euclidean over every bone, computed exactly: the matrix-product form can flip near-ties)."""
+    return torch.cdist(dirs.reshape(len(dirs), -1), atoms.reshape(len(atoms), -1),
+                       compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
 
 
 def action_table(data: str | Path, atoms: torch.Tensor, actions: int,
@@ -104,18 +110,14 @@ def action_table(data: str | Path, atoms: torch.Tensor, actions: int,
     from streamtmr.data.store import SkeletonStore
 
     store = SkeletonStore(data)
-    people = set(int(s) for s in store.meta["splits"][split])
     target = store.array("target_sync")
-    flat = atoms.reshape(len(atoms), -1)
     table = torch.zeros(actions, len(atoms))
-    for r in store.rows:
-        if int(r["subject"]) not in people or r["view"] != 0:
-            continue
+    for r in store.rows_of(split, view=0):
         if not 0 <= int(r["action"]) < actions:
             raise ValueError(f"pose atoms: {data} has action {r['action']}, but the model "
                              f"knows {actions} actions")
         dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
-        table[int(r["action"]), torch.cdist(dirs.flatten(1), flat).argmin(1)] = 1.0
+        table[int(r["action"]), nearest_atoms(dirs, atoms)] = 1.0
     return table
 
 
@@ -179,19 +181,22 @@ def with_options(base: str | Path, out: str | Path, data: str | Path | None = No
         raise ValueError(f"pose atoms: {base} has no pose atoms")
     model = build_model({**source.config, **options})
     state = source.state_dict()
-    extra_meta = {}
+    _, extra = read_metadata(base)
     if not hasattr(model.decoder, "action_atoms"):  # atom_action off: no table
         state.pop("decoder.action_atoms", None)
-    elif "decoder.action_atoms" not in state:
-        if data is None:
-            raise ValueError(f"pose atoms: atom_action needs the table of each action's atoms: "
-                             f"{base} has none, so give the store its atoms came from (--data)")
+        extra.pop("action_atoms", None)
+    elif data is not None:  # (re)fit the table on the store the atoms came from
         state["decoder.action_atoms"] = action_table(data, source.decoder.atoms,
                                                      int(source.config["num_actions"]))
-        extra_meta = {"action_atoms": {"fitted_on": str(data), "split": "anonymizer_train"}}
+        extra["action_atoms"] = {"fitted_on": str(data), "split": "anonymizer_train", "view": 0}
+    elif "decoder.action_atoms" not in state:
+        raise ValueError(f"pose atoms: atom_action needs the table of each action's atoms: "
+                         f"{base} has none, so give the store its atoms came from (--data)")
+    if "decoder.action_atoms" in state and not bool(state["decoder.action_atoms"].any()):
+        raise ValueError(f"pose atoms: the table of each action's atoms for {base} is empty "
+                         "(no action's neutral performance in the store?)")
     model.load_state_dict(state)
-    _, extra = read_metadata(base)
-    return save_checkpoint(out, model, {**extra, **extra_meta})
+    return save_checkpoint(out, model, extra)
 
 
 def _option(text: str) -> tuple[str, Any]:

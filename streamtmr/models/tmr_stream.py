@@ -75,6 +75,9 @@ FRAME_OUT = 2 + 3 * J  # horizontal root offset + bone directions (root entry un
 #: Weights of the atoms chosen in this frame and the frames before, per ``atom_blend``: a jump
 #: between two atoms becomes a ramp over the frames (bench/jitter.py)
 ATOM_BLEND = {1: (1.0,), 2: (0.6, 0.4), 3: (0.5, 0.3, 0.2)}
+#: The smallest normal float16: the lowest floor of ``atom_action`` (a TensorRT plan may run the
+#: gate in fp16, where a smaller floor rounds to 0 and its log to -inf)
+FLOAT16_TINY = float(np.finfo(np.float16).tiny)
 
 
 @dataclass
@@ -125,7 +128,7 @@ class StreamTMRConfig:
     # with pose atoms: 0 chooses among all atoms; 0 < eps < 1 multiplies each atom's probability
     # by the probability that it belongs to the frame's action (the action head's posterior,
     # read per frame, over the table of each action's atoms, decoder.action_atoms), floored at
-    # eps, so that a person's own way of moving cannot pick a pose that none of the action's
+    # eps, so that a person's own way of moving seldom picks a pose that none of the action's
     # neutral performances takes (set with a table by pose_atoms --set atom_action=eps --data)
     atom_action: float = 0.0
     # how closely the published body's root (horizontal) and heading follow the source's: 1
@@ -195,8 +198,9 @@ class StreamTMRConfig:
         if self.atom_sample_hold > MAX_HOLD:
             raise ValueError(f"tmr-stream config: atom_sample_hold must be <= {MAX_HOLD}, got "
                              f"{self.atom_sample_hold!r}")
-        if not 0.0 <= float(self.atom_action) < 1.0:
-            raise ValueError(f"tmr-stream config: atom_action must be in [0, 1), "
+        if not (self.atom_action == 0 or FLOAT16_TINY <= float(self.atom_action) < 1.0):
+            raise ValueError(f"tmr-stream config: atom_action must be 0 or in [{FLOAT16_TINY:.3g}"
+                             f", 1) (its log must stay finite in a float16 plan), "
                              f"got {self.atom_action!r}")
         if self.atom_action > 0 and not self.pose_atoms:
             raise ValueError("tmr-stream config: atom_action acts only with pose_atoms")
@@ -574,6 +578,19 @@ class FrameDecoder(nn.Module):
             x = layer(x, h_identity)
         return self.norm(x)
 
+    def scores(self, logits: torch.Tensor, actions=None) -> torch.Tensor:
+        """The chooser's ``logits [B, T, K]`` as the published choice weighs them, before the
+        draw's noise: over ``atom_sample``'s temperature, plus ``atom_action``'s gate on the
+        frame's ``actions`` (see :func:`action_gate`)."""
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        if self.action_floor > 0:
+            if actions is None:
+                raise ValueError("tmr-stream: atom_action chooses on the frame's action logits; "
+                                 "decode through StreamTMR.decode_from")
+            logits = logits + action_gate(actions, self.action_atoms, self.action_floor)
+        return logits
+
     def _chosen(self, logits: torch.Tensor, held=None, clock=None, actions=None):
         """The pose atom of the largest logit ``[B, T, K]`` (in inference drawn by
         ``atom_sample``, conditioned on the frame's ``actions`` by ``atom_action`` (see
@@ -581,13 +598,11 @@ class FrameDecoder(nn.Module):
         gradient reaches the logits through their softmax (straight through): the forward value
         stays the chosen atom."""
         if not self.training:
+            scores = self.scores(logits, actions)
             if self.temperature > 0:
-                rows = noise_rows(logits, clock, self.hold)
-                logits = logits / self.temperature + self.gumbel[rows]
-            if self.action_floor > 0:
-                logits = logits + action_gate(actions, self.action_atoms, self.action_floor)
-            index = (held_choice(logits, self.margin, held) if self.margin > 0
-                     else logits.argmax(-1))
+                scores = scores + self.gumbel[noise_rows(logits, clock, self.hold)]
+            index = (held_choice(scores, self.margin, held) if self.margin > 0
+                     else scores.argmax(-1))
             return self.atoms[index], index
         self.atom_logits = logits
         soft = logits.softmax(-1)
