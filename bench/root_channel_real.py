@@ -17,13 +17,16 @@ and one action recognizer are retrained on each variant, split by run as in
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import sys
 import time
 from dataclasses import replace
 
 import numpy as np
 import torch
 
+from bench.machine import describe_machine
 from streamtmr import skeleton
 from streamtmr.dummy import default_dummy
 from streamtmr.eval.attackers import AttackerTraining, SkeletonClassifier
@@ -122,7 +125,8 @@ def attack_tracks(tracks: list[np.ndarray], data: dict, seeds: list[int], width:
 def attack_variants(variants: dict[str, list[np.ndarray]], data: dict,
                     a: argparse.Namespace, **record) -> None:
     """:func:`attack_tracks` on every variant (printed as it goes); the results, the attackers'
-    settings and ``record`` written as JSON to ``a.out``."""
+    settings, the machine, the date and ``record`` (the caller's command among it) written as
+    JSON to ``a.out``."""
     seeds = [int(v) for v in a.seeds.split(",")]
     res: dict[str, dict] = {}
     for name, tracks in variants.items():
@@ -130,7 +134,9 @@ def attack_variants(variants: dict[str, list[np.ndarray]], data: dict,
         print(name, {k: round(v, 3) for k, v in res[name].items() if k != "runs"}, flush=True)
     with open(a.out, "w") as f:
         json.dump({**record, "arch": a.arch, "epochs": a.epochs, "width": a.width,
-                   "seeds": a.seeds, "results": res}, f, indent=1)
+                   "seeds": a.seeds, "results": res, "machine": describe_machine(),
+                   "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
+                  f, indent=1)
 
 
 def add_attack_arguments(p: argparse.ArgumentParser) -> None:
@@ -176,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     variants = {name: build[name]() for name in chosen}
-    attack_variants(variants, data, a, model=a.model, alpha=a.alpha, clock=a.clock)
+    attack_variants(variants, data, a, model=a.model, alpha=a.alpha, clock=a.clock,
+                    command="python -m bench.root_channel_real "
+                            + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 

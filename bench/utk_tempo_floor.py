@@ -22,6 +22,7 @@ folds), retrained on each variant.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                                               for y, x in zip(own, segments, strict=True)],
         "template, fixed duration": [fixed(tmpl[TEMPLATE[ACTIONS[s.action_index]]], len(x))
                                      for s, x in zip(seqs, segments, strict=True)]}
-    attack_variants(variants, data, a, template=TEMPLATE)
+    attack_variants(variants, data, a, template=TEMPLATE,
+                    command="python -m bench.utk_tempo_floor "
+                            + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 
