@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {name: build[name]() for name in chosen}
     attack_variants(variants, data, a, model=a.model, alpha=a.alpha, clock=a.clock,
                     command="python -m bench.root_channel_real "
-                            + " ".join(argv if argv is not None else sys.argv[1:]))
+                            + shlex.join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 

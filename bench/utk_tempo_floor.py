@@ -22,6 +22,7 @@ folds), retrained on each variant.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 import numpy as np
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                      for s, x in zip(seqs, segments, strict=True)]}
     attack_variants(variants, data, a, template=TEMPLATE,
                     command="python -m bench.utk_tempo_floor "
-                            + " ".join(argv if argv is not None else sys.argv[1:]))
+                            + shlex.join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 
