@@ -4,11 +4,11 @@ Every UTKinect segment is played through the node's path (``published_segments``
 on), exactly as ``streamtmr evaluate --utkinect`` does. The published tracks are then attacked
 as they are, with the horizontal root path held still (pose and height kept), and with the root
 path held and the heading frozen at the segment's first frame (pose only). The ``half
-mirrored`` variants mirror half the segments left to right (:func:`mirror_at_random`), in training
-and test alike, so that which side of the body acts (a habit, such as the hand that waves) no
-longer tells people apart. One re-ID attacker
-and one action recognizer are retrained on each variant, split by run as in
-:func:`streamtmr.eval.realdata.evaluate_utkinect` (mean of both folds).
+mirrored`` variants mirror half the segments left to right (:func:`mirror_at_random`), in
+training and test alike, so that which side of the body acts (a habit, such as the hand that
+waves) no longer tells people apart. One re-ID attacker and one action recognizer are retrained
+on each variant, split by run as in :func:`streamtmr.eval.realdata.evaluate_utkinect` (mean of
+both folds).
 
     python -m bench.root_channel_real --model runs/mm/casc.safetensors \\
         --utkinect /work/shared/data/real/utkinect --out runs/root_channel_real.json
