@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from test_tmr_stream import forward, stepped, synth_track
 
 from streamtmr import skeleton
@@ -20,6 +21,7 @@ from streamtmr.models.tmr_stream import (
     held_choice,
     next_clock,
     noise_rows,
+    play_templates,
 )
 from streamtmr.train import privacy as P
 from streamtmr.train.tmr import STAGE_WEIGHTS, tmr_training_losses
@@ -32,17 +34,34 @@ def poses() -> np.ndarray:
 
 
 def atom_model(k: int = K, blend: int = 1, margin: float = 0.0, sample: float = 0.0,
-               hold: int = 1, action: float = 0.0):
+               hold: int = 1, action: float = 0.0, template: int = 0):
     """A tiny tmr-stream with ``k`` atoms fitted on a synthetic person's poses; with ``action``
-    (atom_action) each action ``a`` takes the atoms ``k`` with ``(k + a) % 3 == 0``."""
+    (atom_action) each action ``a`` takes the atoms ``k`` with ``(k + a) % 3 == 0``; with
+    ``template`` (atom_template) the performances of :func:`played_performances`."""
     torch.manual_seed(0)
     model = model_class("tmr-stream").from_preset("tiny", pose_atoms=k, atom_blend=blend,
                                                   atom_margin=margin, atom_sample=sample,
-                                                  atom_sample_hold=hold, atom_action=action)
+                                                  atom_sample_hold=hold, atom_action=action,
+                                                  atom_template=template)
     init_chooser(model, kmeans_atoms(heading_directions(poses()), k))
     if action:
         model.decoder.action_atoms.copy_(action_members(model.config["num_actions"], k))
+    if template:
+        table, lengths = played_performances(model.config["num_actions"], k)
+        model.decoder.action_template.copy_(table)
+        model.decoder.template_length.copy_(lengths)
     return model
+
+
+def played_performances(actions: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test performances of ``atom_template``: action ``a`` plays the atoms ``(3a + t) %
+    k`` for ``t < 5 + a`` frames, then loops."""
+    from streamtmr.models.tmr_stream import TEMPLATE_FRAMES
+
+    t, a = torch.arange(TEMPLATE_FRAMES)[None], torch.arange(actions)[:, None]
+    lengths = 5.0 + torch.arange(actions).float()
+    table = torch.where(t < lengths[:, None], (3 * a + t) % k, 0).float()
+    return table, lengths
 
 
 def action_members(actions: int, k: int) -> torch.Tensor:
@@ -196,19 +215,23 @@ def test_choice_consistency_is_a_symmetric_kl_divergence():
     assert float(P.choice_consistency(a, a + 7.0)) == pytest.approx(0.0, abs=1e-7)
 
 
-@pytest.mark.parametrize("blend, margin, sample, hold, action", [
-    (1, 0.0, 0.0, 1, 0.0), (3, 0.0, 0.0, 1, 0.0), (3, 0.05, 0.0, 1, 0.0), (3, 0.05, 1.0, 1, 0.0),
-    (3, 0.0, 1.0, 3, 0.0), (3, 0.0, 0.5, 8, 1e-3), (3, 0.05, 0.0, 1, 1e-3)])
+@pytest.mark.parametrize("blend, margin, sample, hold, action, template", [
+    (1, 0.0, 0.0, 1, 0.0, 0), (3, 0.0, 0.0, 1, 0.0, 0), (3, 0.05, 0.0, 1, 0.0, 0),
+    (3, 0.05, 1.0, 1, 0.0, 0), (3, 0.0, 1.0, 3, 0.0, 0), (3, 0.0, 0.5, 8, 1e-3, 0),
+    (3, 0.05, 0.0, 1, 1e-3, 0), (3, 0.0, 0.0, 1, 0.0, 3)])
 def test_onnx_step_graph_publishes_the_same_atoms(tmp_path, isolated_cache, blend, margin,
-                                                  sample, hold, action):
+                                                  sample, hold, action, template):
     from engines.onnx_export import export_onnx, max_abs_error
     from engines.source import resolve_source
 
-    model = atom_model(blend=blend, margin=margin, sample=sample, hold=hold, action=action)
-    source = resolve_source(model.eval(), None, None)
-    path = export_onnx(source, tmp_path / "atoms.onnx")
+    model = atom_model(blend=blend, margin=margin, sample=sample, hold=hold, action=action,
+                       template=template).eval()
     x = synth_track(80)[None].repeat(2, 0)
     x[1, :, :, 0] *= -1  # mirrored: another body
+    if template:  # the played action changes along the track
+        two_action_head(model, torch.from_numpy(x[:1]), 40)
+    source = resolve_source(model, None, None)
+    path = export_onnx(source, tmp_path / "atoms.onnx")
     assert max_abs_error(source, path, x) <= 1e-5
 
 
@@ -560,3 +583,104 @@ def test_atom_action_is_refused_where_it_cannot_act_and_published_with_its_table
     save_checkpoint(empty, model, {})
     with pytest.raises(ValueError, match="empty"):
         with_options(empty, tmp_path / "x.safetensors", atom_blend=3)
+
+
+def test_play_templates_switches_after_the_lead_and_loops_each_performance():
+    """play_templates: the action played changes only once another has led the head for
+    ``switch`` frames in a row (a shorter lead is ignored), each performance starts at its
+    first frame and loops over its length; two calls joined by the state play as one."""
+    from streamtmr.models.tmr_stream import play_templates
+
+    lead = [0] * 7 + [1] * 2 + [0] * 3 + [2] * 6
+    actions = F.one_hot(torch.tensor([lead, lead[::-1]]), 3).float() * 5.0
+    lengths = torch.tensor([4.0, 9.0, 5.0])
+    played, state = play_templates(actions, lengths, 3)
+    assert played[0, :, 0].tolist() == [0] * 14 + [2] * 4          # 2 leads from frame 12
+    assert played[0, :, 1].tolist() == [0, 1, 2, 3] * 3 + [0, 1] + [0, 1, 2, 3]
+    assert state[0].tolist() == [2.0, 3.0, 2.0, 3.0]
+    assert played[1, :, 0].tolist() == [2] * 8 + [0] * 10          # 1 never leads 3 frames
+    assert played[1, :6, 1].tolist() == [0, 1, 2, 3, 4, 0]
+    for cut in (1, 8, 13):
+        first, mid = play_templates(actions[:, :cut], lengths, 3)
+        rest, end = play_templates(actions[:, cut:], lengths, 3,
+                                   (mid, torch.tensor([[False], [True]])))
+        assert torch.equal(torch.cat([first, rest], 1)[0], played[0]) and torch.equal(
+            end[0], state[0])
+        fresh, _ = play_templates(actions[1:, cut:], lengths, 3)
+        assert torch.equal(rest[1], fresh[0])                      # a fresh track starts over
+
+
+def test_a_played_template_streams_as_it_computes_and_never_reads_the_pose():
+    """atom_template: every published atom is the played action's performance at the frames
+    into it, on the step path as in parallel, also where the recognised action changes along
+    the track; the chooser's weights change nothing."""
+    x = torch.from_numpy(synth_track(90)[:80])[None]
+    lengths = resolve_dummy(None).lengths
+    m = atom_model(blend=3, template=4).eval()
+    two_action_head(m, x, 40)
+    d = m.for_dummy(lengths).eval()
+    assert "atom_play" in d.state_spec()
+    with torch.no_grad():
+        played, _ = play_templates(m.action_encoder.head(m.encode_action(x)[0].h),
+                                   m.decoder.template_length, 4)
+    assert set(played[0, :, 0].tolist()) == {0, 1}
+    table, _ = played_performances(m.config["num_actions"], K)
+    index = chosen_indices(d, x)[0]
+    assert torch.equal(index, table[played[0, :, 0], played[0, :, 1]].long())
+    assert float((stepped(d, x) - forward(d, x)).abs().max()) <= 1e-4
+    before = forward(d, x)
+    with torch.no_grad():
+        m.decoder.choose.weight.normal_()
+    assert torch.equal(forward(d, x), before)
+
+
+def test_atom_template_is_refused_where_it_cannot_act_and_published_with_its_performances(
+        tmp_path, matcher_store):
+    """atom_template needs pose atoms and no chooser option beside it; a copy that publishes
+    with it gets, per action, the nearest atoms of the neutral performance (``target``) of the
+    camera-0, first-repetition recording of median length among the training people's, fitted
+    on the store (--data) or kept from the base; a copy without it drops them; the weights
+    never change."""
+    from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from streamtmr.models.pose_atoms import main, with_options
+
+    for config, name in (({"atom_template": 4, "atom_sample": 0.5}, "replaces the chooser"),
+                         ({"atom_template": 4, "atom_margin": 0.1}, "replaces the chooser"),
+                         ({"atom_template": MAX_HOLD + 1}, "atom_template must be <="),
+                         ({"atom_template": -1}, "positive integer")):
+        with pytest.raises(ValueError, match=name):
+            model_class("tmr-stream").from_preset("tiny", pose_atoms=K, **config)
+    with pytest.raises(ValueError, match="atom_template acts only with pose_atoms"):
+        model_class("tmr-stream").from_preset("tiny", atom_template=4)
+    base = save_checkpoint(tmp_path / "atoms.safetensors", atom_model(), {})
+    with pytest.raises(ValueError, match="--data"):
+        with_options(base, tmp_path / "x.safetensors", atom_template=4)
+    out = tmp_path / "played.safetensors"
+    assert main(["--base", str(base), "--set", "atom_template=4", "--data",
+                 str(matcher_store.root), "--out", str(out)]) == 0
+    played = load_checkpoint(out)
+    # the performances, found here independently
+    atoms = played.decoder.atoms.reshape(K, -1).double()
+    people = {int(s) for s in matcher_store.meta["splits"]["anonymizer_train"]}
+    target = matcher_store.array("target")
+    for action in range(3):
+        rows = [r for r in matcher_store.rows if int(r["subject"]) in people
+                and r["view"] == 0 and r["rep"] == 0 and r["action"] == action]
+        r = sorted(rows, key=lambda r: r["length"])[(len(rows) - 1) // 2]
+        dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
+        d2 = ((dirs.reshape(len(dirs), 1, -1).double() - atoms[None]) ** 2).sum(-1)
+        n = r["length"]
+        assert played.decoder.template_length[action] == n
+        assert torch.equal(played.decoder.action_template[action, :n], d2.argmin(1).float())
+        assert not bool(played.decoder.action_template[action, n:].any())
+    # actions the store lacks play the first action's performance
+    assert torch.equal(played.decoder.action_template[5], played.decoder.action_template[0])
+    assert read_metadata(out)[1]["action_template"]["fitted_on"] == str(matcher_store.root)
+    again = load_checkpoint(with_options(out, tmp_path / "again.safetensors", atom_blend=3))
+    assert torch.equal(again.decoder.action_template, played.decoder.action_template)
+    off_path = with_options(out, tmp_path / "off.safetensors", atom_template=0)
+    assert not hasattr(load_checkpoint(off_path).decoder, "action_template")
+    assert "action_template" not in read_metadata(off_path)[1]
+    original = load_checkpoint(base)
+    for k, v in original.state_dict().items():
+        assert torch.equal(played.state_dict()[k], v), k

@@ -26,6 +26,9 @@ becomes a ramp (``bench/jitter.py`` measures the difference); ``--blend N`` sets
 shipped default's leash (``--set root_motion=leash --set leash_m=0.25``). ``--set
 atom_action=EPS --data STORE`` conditions the choice on the action the encoder recognises in
 each frame, with the table of each action's atoms (:func:`action_table`) fitted on ``STORE``.
+``--set atom_template=N --data STORE`` publishes no choice at all: the atoms of one neutral
+performance of the dummy per action (:func:`template_table`), played from its start once the
+encoder has recognised the action for N frames in a row.
 """
 
 from __future__ import annotations
@@ -121,6 +124,38 @@ def action_table(data: str | Path, atoms: torch.Tensor, actions: int,
     return table
 
 
+def template_table(data: str | Path, atoms: torch.Tensor, actions: int, frames: int,
+                   split: str = "anonymizer_train") -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``atom_template`` plays: for each action, the nearest atom (a row of ``atoms [K,
+    25, 3]``) of every frame of one neutral performance of the dummy (``target``, at the neutral
+    tempo), ``[actions, frames]`` (zero past its end), and its length in frames ``[actions]``.
+    The performance is that of the camera-0, first-repetition recording of ``split``'s people
+    whose length is the median of the action's (the first of equals, in store order); an action
+    the store does not hold plays the first one's performance."""
+    from streamtmr.data.store import SkeletonStore
+
+    store = SkeletonStore(data)
+    target = store.array("target")
+    performed: dict[int, list[dict]] = {}
+    for r in store.rows_of(split, view=0):
+        if not 0 <= int(r["action"]) < actions:
+            raise ValueError(f"pose atoms: {data} has action {r['action']}, but the model "
+                             f"knows {actions} actions")
+        if int(r["rep"]) == 0:
+            performed.setdefault(int(r["action"]), []).append(r)
+    if not performed:
+        raise ValueError(f"pose atoms: {data} holds no camera-0 performance of {split}'s people")
+    table, lengths = torch.zeros(actions, frames), torch.ones(actions)
+    for action in range(actions):
+        rows = performed.get(action, performed[min(performed)])
+        r = sorted(rows, key=lambda r: int(r["length"]))[(len(rows) - 1) // 2]
+        n = min(int(r["length"]), frames)
+        dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + n]))
+        table[action, :n] = nearest_atoms(dirs, atoms).float()
+        lengths[action] = n
+    return table, lengths
+
+
 @torch.no_grad()
 def init_chooser(model, atoms: torch.Tensor) -> None:
     """Set ``model``'s atoms and start its chooser at the atom nearest (by dot product over the
@@ -159,7 +194,7 @@ def init_checkpoint(base: str | Path, data: str | Path, k: int, out: str | Path,
 
 #: tmr-stream settings that change only how a trained model publishes, never its weights
 PUBLISHING = ("atom_blend", "atom_margin", "atom_sample", "atom_sample_hold", "atom_action",
-              "follow", "root_motion", "leash_m")
+              "atom_template", "follow", "root_motion", "leash_m")
 
 
 def with_options(base: str | Path, out: str | Path, data: str | Path | None = None,
@@ -195,6 +230,21 @@ def with_options(base: str | Path, out: str | Path, data: str | Path | None = No
     if "decoder.action_atoms" in state and not bool(state["decoder.action_atoms"].any()):
         raise ValueError(f"pose atoms: the table of each action's atoms for {base} is empty "
                          "(no action's neutral performance in the store?)")
+    if not hasattr(model.decoder, "action_template"):  # atom_template off: no performances
+        for key in ("decoder.action_template", "decoder.template_length"):
+            state.pop(key, None)
+        extra.pop("action_template", None)
+    elif data is not None:  # (re)fit the performances on the store the atoms came from
+        from streamtmr.models.tmr_stream import TEMPLATE_FRAMES
+
+        state["decoder.action_template"], state["decoder.template_length"] = template_table(
+            data, source.decoder.atoms, int(source.config["num_actions"]), TEMPLATE_FRAMES)
+        extra["action_template"] = {"fitted_on": str(data), "split": "anonymizer_train",
+                                    "view": 0, "rep": 0, "array": "target",
+                                    "performance": "the median length of each action's"}
+    elif "decoder.action_template" not in state:
+        raise ValueError(f"pose atoms: atom_template needs each action's neutral performance: "
+                         f"{base} has none, so give the store its atoms came from (--data)")
     model.load_state_dict(state)
     return save_checkpoint(out, model, extra)
 
@@ -215,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", required=True, help="a trained tmr-stream checkpoint")
     p.add_argument("--data", help="the SynthKinect store it was trained on (to fit the atoms, "
-                   "or with --set atom_action the table of each action's atoms)")
+                   "or with --set atom_action the table of each action's atoms, with --set "
+                   "atom_template each action's neutral performance)")
     p.add_argument("--atoms", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blend", type=int,

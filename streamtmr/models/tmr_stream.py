@@ -131,6 +131,12 @@ class StreamTMRConfig:
     # eps, so that a person's own way of moving seldom picks a pose that none of the action's
     # neutral performances takes (set with a table by pose_atoms --set atom_action=eps --data)
     atom_action: float = 0.0
+    # with pose atoms: 0 publishes the chooser's atoms; N > 0 publishes instead the atoms of the
+    # dummy's neutral performance of the action the action head recognises, played from its
+    # start and looped (decoder.action_template), switching to another action once it has led
+    # the head for N frames: the person's pose never chooses the atom (set with the
+    # performances by pose_atoms --set atom_template=N --data). Inference only
+    atom_template: int = 0
     # how closely the published body's root (horizontal) and heading follow the source's: 1
     # copies them every frame; alpha < 1 publishes their causal exponential average with weight
     # alpha on each new frame (a gait's sway and hip yaw are biometric; the pose is unchanged)
@@ -168,8 +174,8 @@ class StreamTMRConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
-                                    or value < (0 if f.name in ("action_layers", "pose_atoms")
-                                                else 1)):
+                                    or value < (0 if f.name in ("action_layers", "pose_atoms",
+                                                                 "atom_template") else 1)):
                 raise ValueError(f"tmr-stream config: {f.name} must be a positive integer, "
                                  f"got {value!r}")
         if self.d_action % self.action_heads:
@@ -204,6 +210,17 @@ class StreamTMRConfig:
                              f"got {self.atom_action!r}")
         if self.atom_action > 0 and not self.pose_atoms:
             raise ValueError("tmr-stream config: atom_action acts only with pose_atoms")
+        if self.atom_template:
+            if not self.pose_atoms:
+                raise ValueError("tmr-stream config: atom_template acts only with pose_atoms")
+            if self.atom_template > MAX_HOLD:
+                raise ValueError(f"tmr-stream config: atom_template must be <= {MAX_HOLD}, "
+                                 f"got {self.atom_template!r}")
+            chooser = [k for k in ("atom_margin", "atom_sample", "atom_action")
+                       if getattr(self, k)]
+            if chooser:
+                raise ValueError(f"tmr-stream config: atom_template replaces the chooser's "
+                                 f"choice, so {chooser} cannot act with it")
         if not float(self.leash_m) > 0.0:
             raise ValueError(f"tmr-stream config: leash_m must be > 0, got {self.leash_m!r}")
         if not 0.0 < float(self.follow) <= 1.0:
@@ -548,10 +565,15 @@ class FrameDecoder(nn.Module):
             if self.action_floor > 0:  # which atoms each action's neutral performance takes
                 self.register_buffer("action_atoms", torch.zeros(cfg.num_actions,
                                                                  cfg.pose_atoms))
+            self.template_switch = int(cfg.atom_template)
+            if self.template_switch:  # each action's neutral performance, as atom indices
+                self.register_buffer("action_template",
+                                     torch.zeros(cfg.num_actions, TEMPLATE_FRAMES))
+                self.register_buffer("template_length", torch.ones(cfg.num_actions))
         self.atom_logits: torch.Tensor | None = None  # the last forward's, for the atom loss
 
     def forward(self, h_action: torch.Tensor, h_identity: torch.Tensor, past=None, held=None,
-                clock=None, actions=None):
+                clock=None, actions=None, played=None):
         """Root offset and bone directions; with pose atoms also the atoms chosen ``[B, T, J,
         3]`` and their indices ``[B, T]``. The directions blend the atoms chosen with ``past``:
         None (every track starts at the first frame) or ``(atoms [B, atom_blend - 1, J, 3],
@@ -560,11 +582,13 @@ class FrameDecoder(nn.Module):
         (see :func:`held_choice`). ``clock``: None (every track starts at its first frame) or
         ``(where [B, 2], fresh [B, 1])``, the first frame's place in the noise table
         (``atom_sample``; see :func:`noise_rows`). ``actions``: the action head's logits
-        ``[B, T, num_actions]`` of each frame, which ``atom_action`` conditions the choice on."""
+        ``[B, T, num_actions]`` of each frame, which ``atom_action`` conditions the choice on.
+        ``played``: with ``atom_template``, the action played and the frames into its
+        performance ``[B, T, 2]`` (:func:`play_templates`), whose atoms replace the choice."""
         x = self.trunk(h_action, h_identity)
         out = self.head(x)
         if hasattr(self, "choose"):
-            chosen, index = self._chosen(self.choose(x), held, clock, actions)
+            chosen, index = self._chosen(self.choose(x), held, clock, actions, played)
             return out[..., :2], blend_atoms(chosen, past, self.blend), chosen, index
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
@@ -591,12 +615,19 @@ class FrameDecoder(nn.Module):
             logits = logits + action_gate(actions, self.action_atoms, self.action_floor)
         return logits
 
-    def _chosen(self, logits: torch.Tensor, held=None, clock=None, actions=None):
+    def _chosen(self, logits: torch.Tensor, held=None, clock=None, actions=None, played=None):
         """The pose atom of the largest logit ``[B, T, K]`` (in inference drawn by
         ``atom_sample``, conditioned on the frame's ``actions`` by ``atom_action`` (see
         :func:`action_gate`) and held by ``atom_margin``), exactly, and its index. In training the
         gradient reaches the logits through their softmax (straight through): the forward value
-        stays the chosen atom."""
+        stays the chosen atom. With ``atom_template`` (inference) the atoms are those of the
+        ``played`` performances instead."""
+        if not self.training and self.template_switch:
+            if played is None:
+                raise ValueError("tmr-stream: atom_template plays the recognised action's "
+                                 "performance; decode through StreamTMR.decode_from")
+            index = self.action_template[played[..., 0], played[..., 1]].long()
+            return self.atoms[index], index
         if not self.training:
             scores = self.scores(logits, actions)
             if self.temperature > 0:
@@ -619,6 +650,9 @@ NOISE_PERIOD = 1021
 #: The longest ``atom_sample_hold``: the step's clock (row, frames into the row) then stays a
 #: whole number below 2,048, which float16 holds exactly (a TensorRT plan may run it in fp16)
 MAX_HOLD = 2048
+#: Frames of each action's performance ``atom_template`` can play (the longest SynthKinect
+#: recording is 150); the state's count of frames into it stays below, exact in float16
+TEMPLATE_FRAMES = 256
 
 
 def gumbel_table(rows: int, atoms: int, seed: int = 0) -> torch.Tensor:
@@ -661,6 +695,41 @@ def action_gate(actions: torch.Tensor, table: torch.Tensor, floor: float) -> tor
     ``floor``. Added to the chooser's logits (over the temperature, so after the Gumbel noise
     too), it multiplies the probability of every atom by that weight."""
     return torch.log((actions.softmax(-1) @ table).clamp_min(floor))
+
+
+def play_templates(actions: torch.Tensor, lengths: torch.Tensor, switch: int, play=None):
+    """What ``atom_template`` plays in each frame of action logits ``actions [B, T, A]``: the
+    action played and the frames into its neutral performance ``[B, T, 2]`` (long), and the
+    state after the last frame ``[B, 4]`` (float: the action played, the frames into its
+    performance, the action leading the head and for how many frames in a row, at most
+    ``switch``). The action leading the head (argmax) becomes the one played once it has led
+    for ``switch`` frames; each played performance starts at its first frame and loops over its
+    ``lengths [A]`` frames. ``play``: None (every track starts at its first frame, playing the
+    action its first frame recognises) or ``(state [B, 4], fresh [B, 1])``, the state before
+    the first frame for the tracks that are not ``fresh``."""
+    best = actions.argmax(-1)                                      # [B, T]
+    played, leader = best[:, 0], best[:, 0]
+    frames, run = torch.full_like(played, -1), torch.zeros_like(played)
+    if play is not None:
+        state, fresh = play
+        state, fresh = state.long(), fresh[:, 0]
+        played = torch.where(fresh, played, state[:, 0])
+        frames = torch.where(fresh, frames, state[:, 1])
+        leader = torch.where(fresh, leader, state[:, 2])
+        run = torch.where(fresh, run, state[:, 3])
+    size = lengths.long()
+    out = []
+    for t in range(int(actions.shape[1])):
+        now = best[:, t]
+        run = torch.where(now == leader, run + 1, torch.ones_like(run)).clamp_max(switch)
+        leader = now
+        turn = (leader != played) & (run >= switch)
+        played = torch.where(turn, leader, played)
+        frames = torch.remainder(torch.where(turn, torch.zeros_like(frames), frames + 1),
+                                 size[played])
+        out.append(torch.stack([played, frames], -1))
+    state = torch.stack([played, frames, leader, run], -1).to(actions.dtype)
+    return torch.stack(out, 1), state
 
 
 def held_choice(logits: torch.Tensor, margin: float, held=None) -> torch.Tensor:
@@ -765,15 +834,23 @@ class StreamTMR(DisentangledTMR):
         return self.decode_from(h_action, h_identity, lengths, frame)[0]
 
     def decode_from(self, h_action: torch.Tensor, h_identity: torch.Tensor,
-                    lengths: torch.Tensor, frame, past=None, held=None, clock=None):
+                    lengths: torch.Tensor, frame, past=None, held=None, clock=None,
+                    played=None):
         """:meth:`decode` given the pose atoms chosen before the first frame (``past``,
-        ``held`` and ``clock``, see :class:`FrameDecoder`); returns the joints, the atoms chosen
-        and their indices (None, None without atoms)."""
+        ``held`` and ``clock``, see :class:`FrameDecoder`) and, with ``atom_template``, what
+        each frame plays (``played``; None: every track plays from its first frame, see
+        :func:`play_templates`); returns the joints, the atoms chosen and their indices (None,
+        None without atoms)."""
         rot, root, floor = frame
-        actions = (self.action_encoder.head(h_action)
-                   if getattr(self.decoder, "action_floor", 0.0) > 0 else None)
+        dec = self.decoder
+        actions = None
+        if getattr(dec, "action_floor", 0.0) > 0 or (
+                getattr(dec, "template_switch", 0) and played is None):
+            actions = self.action_encoder.head(h_action)
+        if getattr(dec, "template_switch", 0) and played is None and not self.training:
+            played = play_templates(actions, dec.template_length, dec.template_switch)[0]
         offset, dirs, chosen, index = self.decoder(h_action, h_identity, past, held, clock,
-                                                   actions)
+                                                   actions, played)
         leg = skeleton.leg_length(lengths)[:, None, None]  # (B, 1, 1)
         offset = torch.stack([offset[..., 0], torch.zeros_like(offset[..., 0]),
                               offset[..., 1]], -1) * leg  # (B, T, 3), metres
@@ -843,6 +920,8 @@ class StreamingDummy(nn.Module):
             shapes["atom_index"] = (1,)
         if cfg.get("pose_atoms") and cfg.get("atom_sample", 0.0) > 0:  # the next frame's noise
             shapes["atom_clock"] = (2,)  # row and frames into it (see noise_rows)
+        if cfg.get("pose_atoms") and cfg.get("atom_template", 0):  # what plays (play_templates)
+            shapes["atom_play"] = (4,)
         if cfg.get("follow", 1.0) < 1.0:  # the followed heading vector and root X, Z
             shapes["follow"] = (4,)
         if cfg.get("root_motion", "source") == "leash":  # where the body stands
@@ -877,8 +956,14 @@ class StreamingDummy(nn.Module):
         past = (state["atoms"], first) if "atoms" in spec else None
         held = (state["atom_index"], first) if "atom_index" in spec else None
         clock = (state["atom_clock"], first) if "atom_clock" in spec else None
+        played = None
+        if "atom_play" in spec:
+            dec = self.model.decoder
+            played, new["atom_play"] = play_templates(
+                self.model.action_encoder.head(h), dec.template_length, dec.template_switch,
+                (state["atom_play"], first))
         y, chosen, index = self.model.decode_from(h, self.h_identity, lengths, geo, past, held,
-                                                  clock)
+                                                  clock, played)
         if past is not None:  # a fresh track's past is its first atom, repeated (as in forward)
             before = torch.where(first[:, :, None, None], chosen, state["atoms"])
             new["atoms"] = torch.cat([before[:, 1:], chosen], 1)
