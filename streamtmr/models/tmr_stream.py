@@ -36,6 +36,9 @@ table read at the track's frame count, so every path draws the same; ``atom_samp
 each draw's noise for k frames; docs/results.md, "The shipped default", measures them all).
 Each adds its entry to the streaming state. ``atom_action`` conditions the choice on the action
 the encoder's action head recognises in the frame (no state: the head reads H_action_t).
+``atom_template`` replaces the choice: the atoms of the dummy's neutral performance of the
+action the head recognises, played from its start (state: what plays, see
+:func:`play_templates`), so the person's pose reaches the output only through that action.
 
 Deviation from the design. The design's action encoder ends in a BiLSTM, its attention sees the
 whole window and its decoder attends over the whole window of H_action. Here the LSTM is
