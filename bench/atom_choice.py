@@ -98,8 +98,11 @@ def choices(model, h_identity: torch.Tensor, source: np.ndarray
     largest of before the draw's noise (``FrameDecoder.scores``: over ``atom_sample``'s
     temperature, with ``atom_action``'s gate where the model publishes with it); and the
     action head's logits ``[T, actions]`` read on each frame (what the gate reads)."""
-    code, _ = model.encode_action(torch.from_numpy(np.ascontiguousarray(source))[None])
     dec = model.decoder
+    if getattr(dec, "template_switch", 0):
+        raise ValueError("bench.atom_choice: the model publishes with atom_template, which plays "
+                         "each action's performance instead of its chooser's choice")
+    code, _ = model.encode_action(torch.from_numpy(np.ascontiguousarray(source))[None])
     logits = dec.choose(dec.trunk(code.h, h_identity))
     actions = model.action_encoder.head(code.h)
     gated = getattr(dec, "action_floor", 0.0) > 0

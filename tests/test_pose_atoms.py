@@ -632,6 +632,10 @@ def test_a_played_template_streams_as_it_computes_and_never_reads_the_pose():
     with torch.no_grad():
         m.decoder.choose.weight.normal_()
     assert torch.equal(forward(d, x), before)
+    from bench.atom_choice import choices
+
+    with pytest.raises(ValueError, match="atom_template"):  # it has no choice to score
+        choices(m, d.h_identity, x[0].numpy())
 
 
 def test_atom_template_is_refused_where_it_cannot_act_and_published_with_its_performances(
