@@ -881,3 +881,47 @@ def test_merged_atoms_publish_one_pose_per_cluster_and_choose_as_before(tmp_path
     for k, v in model.state_dict().items():
         if k != "decoder.atoms":
             assert torch.equal(copy.state_dict()[k], v), k
+
+
+def test_utk_recognised_scores_how_person_specific_the_recognised_action_is(tmp_path):
+    """bench.utk_recognised: labels that follow the person re-identify everyone and agree
+    within a person, labels that follow only the action re-identify at chance; the record
+    names each segment's recognised action, read by the model's head on the test window."""
+    import torch
+    from conftest import utk_folder
+
+    from bench import utk_recognised as U
+    from streamtmr.data.utkinect import on_sensor_clock, read_utkinect
+    from streamtmr.models.checkpoint import resolve_model
+
+    people = np.repeat([1, 2, 3], 4)
+    runs = np.tile([1, 1, 2, 2], 3)
+    actions = np.tile([0, 1, 0, 1], 3)
+    own = U.label_scores(people, runs, actions, people * 10 + actions)
+    assert own == {"same_person": 1.0, "other_people": 0.0, "label_reid": 1.0,
+                   "chance": round(1 / 3, 4)}
+    alike = U.label_scores(people, runs, actions, actions)
+    assert alike["label_reid"] == pytest.approx(1 / 3, abs=1e-4)
+    assert alike["same_person"] == alike["other_people"] == 1.0
+    # one person's run recognised otherwise: nobody is alike there, so that guess is chance
+    mixed = people * 10 + actions
+    mixed[0] = 99
+    scores = U.label_scores(people, runs, actions, mixed)
+    assert scores["same_person"] == pytest.approx(5 / 6, abs=1e-4)
+    assert scores["label_reid"] == pytest.approx((10 + 2 / 3) / 12, abs=1e-4)
+
+    (tmp_path / "utk").mkdir()
+    root = utk_folder(tmp_path / "utk", np.random.default_rng(0))
+    out = tmp_path / "r.json"
+    assert U.main(["--model", "default", "--utkinect", str(root), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["segments"] == 8 and record["people"] == 2 and record["mapped"] is None
+    assert record["model"].startswith("default sha256:")
+    model = resolve_model("default").eval()
+    seqs = read_utkinect(root)
+    with torch.no_grad():
+        x = torch.from_numpy(on_sensor_clock(seqs[3].joints, seqs[3].frame_ids))[None]
+        best = model.action_encoder.head(model.encode_action(x)[0].h)[0].argmax(-1)
+    rows = seqs[3].frame_ids - seqs[3].frame_ids[0]  # 14 rows: the whole segment is the window
+    want = np.bincount(best[rows].numpy()).argmax()
+    assert record["recognised"][3]["recognised"] == int(want)
