@@ -18,6 +18,15 @@ the segment's centred test window (the window the attackers test on). Per UTKine
 - ``mapped``: the share of segments recognised as the SynthKinect action whose neutral
   performance stands in for the UTKinect action in ``bench.utk_tempo_floor`` (``TEMPLATE``).
 
+With ``--data`` (the SynthKinect store the model trained on), ``synth_control`` asks whether
+UTKinect's sensor alone explains a misreading: the same head on the first ``CONTROL``
+camera-0 recordings of the store's ``eval`` people, as they are, with the joints a Kinect v1
+lacks derived as UTKinect's are (:func:`streamtmr.skeleton.to_kinect_v1`, then
+``from_kinect_v1``), and with that and one frame kept every 2–8 (UTKinect's recorder) and the
+rest interpolated back as the evaluation does (``on_sensor_clock``): per variant the share of
+frames recognised, from frame ``WARM_UP`` on, and of recordings whose most frequent action
+there is theirs.
+
     python -m bench.utk_recognised --model default --utkinect /work/shared/data/real/utkinect \\
         --data data/synthkinect
 (written to ``bench/results/utk-recognised-<date>-<host>.json`` unless ``--out`` says where)
@@ -35,6 +44,7 @@ import torch
 
 from bench.machine import describe_machine, write_record
 from bench.utk_tempo_floor import TEMPLATE
+from streamtmr import skeleton
 from streamtmr.cache import file_sha256
 from streamtmr.data.utkinect import ACTIONS, on_sensor_clock, read_utkinect
 from streamtmr.data.windows import crop_start
@@ -42,6 +52,10 @@ from streamtmr.models.checkpoint import model_path, resolve_model
 
 #: Rows of the attackers' UTKinect test window (``streamtmr evaluate --utkinect``'s).
 WINDOW = 32
+#: SynthKinect recordings of ``synth_control``, and the frames of each it skips (the encoder's
+#: first second, before it has seen the action)
+CONTROL = 200
+WARM_UP = 30
 
 
 @torch.no_grad()
@@ -56,6 +70,43 @@ def recognised(model, joints: np.ndarray, frame_ids: np.ndarray) -> int:
     start = crop_start(len(frame_ids), WINDOW, "center")
     rows = frame_ids[start:start + WINDOW] - frame_ids[0]
     return int(np.bincount(best[torch.from_numpy(rows)].numpy()).argmax())
+
+
+def as_recorded(joints: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``joints [T, 25, 3]`` as UTKinect's recorder and the evaluation's clock leave them: one
+    frame kept every 2–8 (from the first to the last), the rest interpolated back."""
+    ids = [0]
+    while ids[-1] < len(joints) - 1:
+        ids.append(min(len(joints) - 1, ids[-1] + int(rng.integers(2, 9))))
+    ids = np.asarray(ids)
+    return on_sensor_clock(joints[ids], ids)
+
+
+@torch.no_grad()
+def synth_control(model, data: str, count: int = CONTROL, seed: int = 0) -> dict[str, dict]:
+    """``synth_control`` of the module docstring over the first ``count`` recordings."""
+    from streamtmr.data.store import SkeletonStore
+
+    store = SkeletonStore(data)
+    source = store.array("joints")
+    rng = np.random.default_rng(seed)
+    variants = {"as recorded": lambda x: x,
+                "Kinect v1 joints": lambda x: skeleton.from_kinect_v1(skeleton.to_kinect_v1(x)),
+                "Kinect v1 joints, UTKinect's frames kept": lambda x: as_recorded(
+                    skeleton.from_kinect_v1(skeleton.to_kinect_v1(x)), rng)}
+    frames: dict[str, list] = {k: [] for k in variants}
+    whole: dict[str, list] = {k: [] for k in variants}
+    for r in store.rows_of("eval", view=0)[:count]:
+        x = np.array(source[r["offset"]:r["offset"] + r["length"]], np.float32)
+        for name, change in variants.items():
+            y = torch.from_numpy(np.ascontiguousarray(change(x), np.float32))[None]
+            best = model.action_encoder.head(model.encode_action(y)[0].h)[0, WARM_UP:]
+            best = best.argmax(-1).numpy()
+            frames[name].append(best == int(r["action"]))
+            whole[name].append(np.bincount(best).argmax() == int(r["action"]))
+    return {name: {"frames": round(float(np.concatenate(frames[name]).mean()), 4),
+                   "recordings": round(float(np.mean(whole[name])), 4),
+                   "count": len(whole[name])} for name in variants}
 
 
 def label_scores(people: np.ndarray, runs: np.ndarray, actions: np.ndarray,
@@ -112,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "mapped": round(float(np.mean([
             names[k] == TEMPLATE[ACTIONS[s.action_index]] if k < len(names) else False
             for k, s in zip(labels, seqs, strict=True)])), 4) if names else None,
+        "synth_control": synth_control(model, a.data) if a.data else None,
         "per_action": {ACTIONS[c]: label_scores(people[actions == c], runs[actions == c],
                                                 actions[actions == c], labels[actions == c])
                        for c in np.unique(actions)},
@@ -124,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = write_record(record, a.out, "utk-recognised")
     print(f"same person {record['same_person']:.1%}, other people {record['other_people']:.1%}, "
-          f"label re-ID {record['label_reid']:.1%} (chance {record['chance']:.1%}); wrote {path}")
+          f"label re-ID {record['label_reid']:.1%} (chance {record['chance']:.1%})")
+    for name, v in (record["synth_control"] or {}).items():
+        print(f"SynthKinect, {name}: {v['frames']:.1%} of frames, {v['recordings']:.1%} of "
+              "recordings recognised")
+    print(f"wrote {path}")
     return 0
 
 

@@ -398,6 +398,15 @@ def from_kinect_v1(joints20):
     return _v1_to_v2(named, joints20)
 
 
+def to_kinect_v1(joints):
+    """Kinect v2 25 joints ``[..., 25, 3]`` → the 20 Kinect v1 measures (``KINECT_V1_NAMES``
+    order): what a v1 sensor would report of the same body, for :func:`from_kinect_v1`."""
+    if joints.shape[-2:] != (NUM_JOINTS, 3):
+        raise ValueError(f"expected [..., 25, 3] Kinect v2 joints, got {tuple(joints.shape)}")
+    index = [JOINT_NAMES.index(_V1_TO_V2.get(n, n)) for n in KINECT_V1_NAMES]
+    return joints[..., index, :]
+
+
 def from_msr_action3d(joints20):
     """MSR Action3D 20 joints ``[..., 20, 3]`` (its own order, metres) → Kinect v2 25 joints."""
     if joints20.shape[-2:] != (20, 3):

@@ -883,6 +883,39 @@ def test_merged_atoms_publish_one_pose_per_cluster_and_choose_as_before(tmp_path
             assert torch.equal(copy.state_dict()[k], v), k
 
 
+def test_utk_recognised_controls_on_synthkinect_as_a_v1_sensor_would_record_it(matcher_store):
+    """bench.utk_recognised's control: the recorder keeps a frame every 2-8 and the clock
+    interpolates the rest (the length kept, a constant-speed motion unchanged); the head reads
+    the store's evaluation recordings in each variant, the first as they are."""
+    import torch
+
+    from bench import utk_recognised as U
+    from streamtmr.models.checkpoint import resolve_model
+
+    line = np.linspace(0, 1, 40, dtype=np.float32)[:, None, None] * np.ones((1, 25, 3),
+                                                                            np.float32)
+    assert np.allclose(U.as_recorded(line, np.random.default_rng(0)), line, atol=1e-6)
+    wave = np.sin(np.arange(40, dtype=np.float32))[:, None, None] * np.ones((1, 25, 3),
+                                                                           np.float32)
+    rec = U.as_recorded(wave, np.random.default_rng(0))
+    assert rec.shape == wave.shape and not np.allclose(rec, wave)
+    assert np.allclose(rec[[0, -1]], wave[[0, -1]])
+    model = resolve_model("default").eval()
+    control = U.synth_control(model, str(matcher_store.root), count=3)
+    assert list(control) == ["as recorded", "Kinect v1 joints",
+                             "Kinect v1 joints, UTKinect's frames kept"]
+    rows = matcher_store.rows_of("eval", view=0)[:3]
+    hits = []
+    with torch.no_grad():
+        for r in rows:
+            x = np.array(matcher_store.array("joints")[r["offset"]:r["offset"] + r["length"]])
+            h = model.encode_action(torch.from_numpy(x)[None])[0].h
+            hits.append(model.action_encoder.head(h)[0, U.WARM_UP:].argmax(-1).numpy()
+                        == r["action"])
+    assert control["as recorded"]["frames"] == round(float(np.concatenate(hits).mean()), 4)
+    assert all(v["count"] == 3 for v in control.values())
+
+
 def test_utk_recognised_scores_how_person_specific_the_recognised_action_is(tmp_path):
     """bench.utk_recognised: labels that follow the person re-identify everyone and agree
     within a person, labels that follow only the action re-identify at chance; the record

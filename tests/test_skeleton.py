@@ -92,6 +92,17 @@ def test_kinect_v1_mapping():
     assert np.allclose(v2[:, S.JOINT["Neck"]], ss + S.NECK_RATIO * (head - ss))
     with pytest.raises(ValueError, match="20, 3"):
         S.from_kinect_v1(np.zeros((3, 25, 3)))
+    # what a v1 sensor reports of a v2 body: the same 20 measures, the rest derived again
+    assert np.array_equal(S.to_kinect_v1(v2), v1)
+    body = np.random.default_rng(3).normal(size=(2, 25, 3)).astype(np.float32)
+    again = S.from_kinect_v1(S.to_kinect_v1(body))
+    derived = [S.JOINT[n] for n in ("Neck", "HandTipLeft", "ThumbLeft", "HandTipRight",
+                                    "ThumbRight")]
+    kept = [j for j in range(25) if j not in derived]
+    assert np.array_equal(again[:, kept], body[:, kept])
+    assert not np.allclose(again[:, derived], body[:, derived])
+    with pytest.raises(ValueError, match="25, 3"):
+        S.to_kinect_v1(v1)
 
 
 def test_msr_action3d_mapping():
