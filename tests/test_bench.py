@@ -958,3 +958,53 @@ def test_utk_recognised_scores_how_person_specific_the_recognised_action_is(tmp_
     rows = seqs[3].frame_ids - seqs[3].frame_ids[0]  # 14 rows: the whole segment is the window
     want = np.bincount(best[rows].numpy()).argmax()
     assert record["recognised"][3]["recognised"] == int(want)
+
+
+def test_utk_real_head_refits_only_the_head_and_names_the_real_people_it_saw(tmp_path):
+    """bench.utk_real_head: a linear head fits separable features; the copy differs from its
+    base in the action head alone, each frame labelled with its action's stand-in, and names
+    the UTKinect people it was fitted on, so that the evaluation refuses it on them."""
+    import torch
+    from conftest import utk_folder
+
+    from bench import utk_real_head as H
+    from streamtmr.data.synth_motion import ACTION_SPECS
+    from streamtmr.data.utkinect import read_utkinect
+    from streamtmr.eval.protocol import Method
+    from streamtmr.eval.realdata import _check_unseen
+    from streamtmr.models.checkpoint import load_checkpoint, model_path, read_metadata
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g) * 4
+    labels = torch.arange(3).repeat_interleave(20)
+    feats = centres[labels] + 0.1 * torch.randn(60, 8, generator=g)
+    assert H.refit_head(torch.nn.Linear(8, 3), feats, labels) == 1.0
+
+    (tmp_path / "utk").mkdir()
+    root = utk_folder(tmp_path / "utk", np.random.default_rng(0), subjects=(1, 2, 3))
+    seqs = read_utkinect(root)
+    with pytest.raises(ValueError, match="walk_towards"):
+        H.refit_on_utkinect(load_checkpoint(model_path("default")).eval(), seqs,
+                            ["wave", "throw"])
+    out = tmp_path / "head.safetensors"
+    assert H.main(["--base", str(model_path("default")), "--utkinect", str(root),
+                   "--subjects", "1", "2", "--out", str(out)]) == 0
+    base, copy = load_checkpoint(model_path("default")), load_checkpoint(out)
+    changed = {k for k, v in base.state_dict().items()
+               if not torch.equal(v, copy.state_dict()[k])}
+    assert changed and changed <= {"action_encoder.head.weight", "action_encoder.head.bias"}
+    _, extra = read_metadata(out)
+    fit = extra["utk_real_head"]
+    assert fit["subjects"] == [1, 2] and fit["frames"] == 2 * 2 * (14 + 14)  # runs, actions
+    assert extra["data"]["real_subjects"] == ["utkinect:s01", "utkinect:s02"]
+    names = list(ACTION_SPECS)
+    frames = H.frame_features(copy.eval(), [s for s in seqs if s.subject < 3])
+    with torch.no_grad():
+        got = [copy.action_encoder.head(f).argmax(-1) for f in frames]
+    want = [names.index("walk_towards"), names.index("throw")] * 4
+    hit = np.mean([float((g_ == w).float().mean()) for g_, w in zip(got, want, strict=True)])
+    assert hit == pytest.approx(fit["accuracy_after"], abs=1e-3)
+    method = Method("copy", copy, info={"real_subjects": extra["data"]["real_subjects"]})
+    with pytest.raises(ValueError, match="never saw"):
+        _check_unseen([method], {2, 3})
+    _check_unseen([method], {3})
