@@ -49,10 +49,10 @@ def frame_features(model, seqs) -> list[torch.Tensor]:
 
 
 def refit_head(head: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor,
-               steps: int = STEPS, lr: float = LR, seed: int = 0) -> float:
+               steps: int = STEPS, lr: float = LR) -> float:
     """Fit ``head`` (in place, from its weights) to per-frame ``features [N, d]`` and
-    ``labels [N]`` by full-batch cross-entropy; returns the final training accuracy."""
-    torch.manual_seed(seed)
+    ``labels [N]`` by full-batch cross-entropy (deterministic); returns the final training
+    accuracy."""
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()

@@ -639,18 +639,23 @@ def test_a_played_template_streams_as_it_computes_and_never_reads_the_pose():
 
 
 def test_atom_template_is_refused_where_it_cannot_act_and_published_with_its_performances(
-        tmp_path, matcher_store):
+        tmp_path):
     """atom_template needs pose atoms and no chooser option beside it; a copy that publishes
     with it gets, per action, the nearest atoms of the neutral performance (``target``) of the
     camera-0, first-repetition recording of median length among the training people's, fitted
     on the store (--data) or kept from the base; a copy without it drops them; the weights
     never change."""
+    from streamtmr.data.store import SkeletonStore
+    from streamtmr.data.synth import generate
     from streamtmr.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
     from streamtmr.models.pose_atoms import main, with_options
 
+    torch.set_num_threads(1)  # two repetitions: only the first one's recordings may play
+    store = SkeletonStore(generate(tmp_path / "synth", n_subjects=5, n_actions=3, views=(0,),
+                                   reps=2, seed=5, progress=False))
     for config, name in (({"atom_template": 4, "atom_sample": 0.5}, "replaces the chooser"),
                          ({"atom_template": 4, "atom_margin": 0.1}, "replaces the chooser"),
-                         ({"atom_template": MAX_HOLD + 1}, "atom_template must be <="),
+                         ({"atom_template": MAX_HOLD}, "atom_template must be <"),
                          ({"atom_template": -1}, "positive integer")):
         with pytest.raises(ValueError, match=name):
             model_class("tmr-stream").from_preset("tiny", pose_atoms=K, **config)
@@ -661,15 +666,16 @@ def test_atom_template_is_refused_where_it_cannot_act_and_published_with_its_per
         with_options(base, tmp_path / "x.safetensors", atom_template=4)
     out = tmp_path / "played.safetensors"
     assert main(["--base", str(base), "--set", "atom_template=4", "--data",
-                 str(matcher_store.root), "--out", str(out)]) == 0
+                 str(store.root), "--out", str(out)]) == 0
     played = load_checkpoint(out)
     # the performances, found here independently
     atoms = played.decoder.atoms.reshape(K, -1).double()
-    people = {int(s) for s in matcher_store.meta["splits"]["anonymizer_train"]}
-    target = matcher_store.array("target")
+    people = {int(s) for s in store.meta["splits"]["anonymizer_train"]}
+    target = store.array("target")
     for action in range(3):
-        rows = [r for r in matcher_store.rows if int(r["subject"]) in people
+        rows = [r for r in store.rows if int(r["subject"]) in people
                 and r["view"] == 0 and r["rep"] == 0 and r["action"] == action]
+        assert len({r["subject"] for r in rows}) == len(rows) >= 2  # one per person
         r = sorted(rows, key=lambda r: r["length"])[(len(rows) - 1) // 2]
         dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
         d2 = ((dirs.reshape(len(dirs), 1, -1).double() - atoms[None]) ** 2).sum(-1)
@@ -679,9 +685,10 @@ def test_atom_template_is_refused_where_it_cannot_act_and_published_with_its_per
         assert not bool(played.decoder.action_template[action, n:].any())
     # actions the store lacks play the first action's performance
     assert torch.equal(played.decoder.action_template[5], played.decoder.action_template[0])
-    assert read_metadata(out)[1]["action_template"]["fitted_on"] == str(matcher_store.root)
+    assert read_metadata(out)[1]["action_template"]["fitted_on"] == str(store.root)
     again = load_checkpoint(with_options(out, tmp_path / "again.safetensors", atom_blend=3))
     assert torch.equal(again.decoder.action_template, played.decoder.action_template)
+    assert torch.equal(again.decoder.template_length, played.decoder.template_length)
     off_path = with_options(out, tmp_path / "off.safetensors", atom_template=0)
     assert not hasattr(load_checkpoint(off_path).decoder, "action_template")
     assert "action_template" not in read_metadata(off_path)[1]

@@ -27,8 +27,9 @@ shipped default's leash (``--set root_motion=leash --set leash_m=0.25``). ``--se
 atom_action=EPS --data STORE`` conditions the choice on the action the encoder recognises in
 each frame, with the table of each action's atoms (:func:`action_table`) fitted on ``STORE``.
 ``--set atom_template=N --data STORE`` publishes no choice at all: the atoms of one neutral
-performance of the dummy per action (:func:`template_table`), played from its start once the
-encoder has recognised the action for N frames in a row.
+performance of the dummy per action (:func:`template_table`), played from its start; a track
+starts with the action its first frame recognises and moves to another once the encoder has
+recognised that one for N frames in a row.
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ def nearest_atoms(dirs: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
                        compute_mode="donot_use_mm_for_euclid_dist").argmin(1)
 
 
+def camera0_rows(store, actions: int, split: str = "anonymizer_train") -> list[dict]:
+    """The camera-0 recordings of ``split``'s people in ``store``, refusing an action the model
+    (of ``actions`` actions) does not know."""
+    rows = store.rows_of(split, view=0)
+    for r in rows:
+        if not 0 <= int(r["action"]) < actions:
+            raise ValueError(f"pose atoms: {store.root} has action {r['action']}, but the model "
+                             f"knows {actions} actions")
+    return rows
+
+
 def action_table(data: str | Path, atoms: torch.Tensor, actions: int,
                  split: str = "anonymizer_train") -> torch.Tensor:
     """Which atoms (rows of ``atoms [K, 25, 3]``) each action's neutral performance takes: ``[
@@ -115,10 +127,7 @@ def action_table(data: str | Path, atoms: torch.Tensor, actions: int,
     store = SkeletonStore(data)
     target = store.array("target_sync")
     table = torch.zeros(actions, len(atoms))
-    for r in store.rows_of(split, view=0):
-        if not 0 <= int(r["action"]) < actions:
-            raise ValueError(f"pose atoms: {data} has action {r['action']}, but the model "
-                             f"knows {actions} actions")
+    for r in camera0_rows(store, actions, split):
         dirs = heading_directions(np.array(target[r["offset"]:r["offset"] + r["length"]]))
         table[int(r["action"]), nearest_atoms(dirs, atoms)] = 1.0
     return table
@@ -131,16 +140,15 @@ def template_table(data: str | Path, atoms: torch.Tensor, actions: int, frames: 
     tempo), ``[actions, frames]`` (zero past its end), and its length in frames ``[actions]``.
     The performance is that of the camera-0, first-repetition recording of ``split``'s people
     whose length is the median of the action's (the first of equals, in store order); an action
-    the store does not hold plays the first one's performance."""
+    the store does not hold plays the first one's performance. A recording's ``target`` spans
+    the recording's frames, so the performance keeps the dummy's rest before and after its
+    motion (looped, the dummy returns to rest between plays)."""
     from streamtmr.data.store import SkeletonStore
 
     store = SkeletonStore(data)
     target = store.array("target")
     performed: dict[int, list[dict]] = {}
-    for r in store.rows_of(split, view=0):
-        if not 0 <= int(r["action"]) < actions:
-            raise ValueError(f"pose atoms: {data} has action {r['action']}, but the model "
-                             f"knows {actions} actions")
+    for r in camera0_rows(store, actions, split):
         if int(r["rep"]) == 0:
             performed.setdefault(int(r["action"]), []).append(r)
     if not performed:
@@ -217,36 +225,43 @@ def with_options(base: str | Path, out: str | Path, data: str | Path | None = No
     model = build_model({**source.config, **options})
     state = source.state_dict()
     _, extra = read_metadata(base)
-    if not hasattr(model.decoder, "action_atoms"):  # atom_action off: no table
-        state.pop("decoder.action_atoms", None)
-        extra.pop("action_atoms", None)
-    elif data is not None:  # (re)fit the table on the store the atoms came from
-        state["decoder.action_atoms"] = action_table(data, source.decoder.atoms,
-                                                     int(source.config["num_actions"]))
-        extra["action_atoms"] = {"fitted_on": str(data), "split": "anonymizer_train", "view": 0}
-    elif "decoder.action_atoms" not in state:
-        raise ValueError(f"pose atoms: atom_action needs the table of each action's atoms: "
-                         f"{base} has none, so give the store its atoms came from (--data)")
+    _set_tables(model, source, state, extra, base, data)
     if "decoder.action_atoms" in state and not bool(state["decoder.action_atoms"].any()):
         raise ValueError(f"pose atoms: the table of each action's atoms for {base} is empty "
                          "(no action's neutral performance in the store?)")
-    if not hasattr(model.decoder, "action_template"):  # atom_template off: no performances
-        for key in ("decoder.action_template", "decoder.template_length"):
-            state.pop(key, None)
-        extra.pop("action_template", None)
-    elif data is not None:  # (re)fit the performances on the store the atoms came from
-        from streamtmr.models.tmr_stream import TEMPLATE_FRAMES
-
-        state["decoder.action_template"], state["decoder.template_length"] = template_table(
-            data, source.decoder.atoms, int(source.config["num_actions"]), TEMPLATE_FRAMES)
-        extra["action_template"] = {"fitted_on": str(data), "split": "anonymizer_train",
-                                    "view": 0, "rep": 0, "array": "target",
-                                    "performance": "the median length of each action's"}
-    elif "decoder.action_template" not in state:
-        raise ValueError(f"pose atoms: atom_template needs each action's neutral performance: "
-                         f"{base} has none, so give the store its atoms came from (--data)")
     model.load_state_dict(state)
     return save_checkpoint(out, model, extra)
+
+
+def _set_tables(model, source, state: dict, extra: dict, base, data) -> None:
+    """The tables of ``atom_action`` (:func:`action_table`) and ``atom_template``
+    (:func:`template_table`) in a copy's ``state`` and metadata ``extra``: dropped where the
+    copy publishes without the option, (re)fitted on ``data`` where given, else kept from the
+    base, which must then have them."""
+    from streamtmr.models.tmr_stream import TEMPLATE_FRAMES
+
+    dec, actions = source.decoder, int(source.config["num_actions"])
+    tables = (  # (the buffer marking the option, its state keys, how to fit, metadata, what)
+        ("action_atoms", ("decoder.action_atoms",),
+         lambda: (action_table(data, dec.atoms, actions),),
+         {"fitted_on": str(data), "split": "anonymizer_train", "view": 0},
+         "atom_action needs the table of each action's atoms"),
+        ("action_template", ("decoder.action_template", "decoder.template_length"),
+         lambda: template_table(data, dec.atoms, actions, TEMPLATE_FRAMES),
+         {"fitted_on": str(data), "split": "anonymizer_train", "view": 0, "rep": 0,
+          "array": "target", "performance": "the median length of each action's"},
+         "atom_template needs each action's neutral performance"))
+    for buffer, keys, fit, meta, what in tables:
+        if not hasattr(model.decoder, buffer):  # the option off: no table
+            for key in keys:
+                state.pop(key, None)
+            extra.pop(buffer, None)
+        elif data is not None:  # (re)fit it on the store the atoms came from
+            state.update(zip(keys, fit(), strict=True))
+            extra[buffer] = meta
+        elif keys[0] not in state:
+            raise ValueError(f"pose atoms: {what}: {base} has none, so give the store its atoms "
+                             "came from (--data)")
 
 
 def _option(text: str) -> tuple[str, Any]:

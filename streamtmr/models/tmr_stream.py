@@ -216,8 +216,8 @@ class StreamTMRConfig:
         if self.atom_template:
             if not self.pose_atoms:
                 raise ValueError("tmr-stream config: atom_template acts only with pose_atoms")
-            if self.atom_template > MAX_HOLD:
-                raise ValueError(f"tmr-stream config: atom_template must be <= {MAX_HOLD}, "
+            if self.atom_template >= MAX_HOLD:
+                raise ValueError(f"tmr-stream config: atom_template must be < {MAX_HOLD}, "
                                  f"got {self.atom_template!r}")
             chooser = [k for k in ("atom_margin", "atom_sample", "atom_action")
                        if getattr(self, k)]
@@ -591,7 +591,9 @@ class FrameDecoder(nn.Module):
         x = self.trunk(h_action, h_identity)
         out = self.head(x)
         if hasattr(self, "choose"):
-            chosen, index = self._chosen(self.choose(x), held, clock, actions, played)
+            played_only = self.template_switch and not self.training  # no choice to score
+            logits = None if played_only else self.choose(x)
+            chosen, index = self._chosen(logits, held, clock, actions, played)
             return out[..., :2], blend_atoms(chosen, past, self.blend), chosen, index
         dirs = out[..., 2:].reshape(-1, int(out.shape[1]), J, 3)
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True).clamp_min(1e-6)
@@ -846,11 +848,14 @@ class StreamTMR(DisentangledTMR):
         None without atoms)."""
         rot, root, floor = frame
         dec = self.decoder
+        plays = bool(getattr(dec, "template_switch", 0)) and not self.training
+        if plays and played is None and any(v is not None for v in (past, held, clock)):
+            raise ValueError("tmr-stream: atom_template continues a track only with what it "
+                             "played (played=, see StreamingDummy.step)")
         actions = None
-        if getattr(dec, "action_floor", 0.0) > 0 or (
-                getattr(dec, "template_switch", 0) and played is None):
+        if getattr(dec, "action_floor", 0.0) > 0 or (plays and played is None):
             actions = self.action_encoder.head(h_action)
-        if getattr(dec, "template_switch", 0) and played is None and not self.training:
+        if plays and played is None:
             played = play_templates(actions, dec.template_length, dec.template_switch)[0]
         offset, dirs, chosen, index = self.decoder(h_action, h_identity, past, held, clock,
                                                    actions, played)
