@@ -26,6 +26,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from bench.utk_recognised import h_action
 from bench.utk_tempo_floor import TEMPLATE
 from streamtmr.data.real_windows import real_people_names
 from streamtmr.data.store import SkeletonStore
@@ -37,15 +38,10 @@ STEPS = 300
 LR = 1e-2
 
 
-@torch.no_grad()
 def frame_features(model, seqs) -> list[torch.Tensor]:
     """H_action ``[T, d_action]`` of every frame of each UTKinect segment, played on the
     sensor's clock from its first frame."""
-    out = []
-    for s in seqs:
-        x = torch.from_numpy(on_sensor_clock(s.joints, s.frame_ids))[None]
-        out.append(model.encode_action(x)[0].h[0])
-    return out
+    return [h_action(model, on_sensor_clock(s.joints, s.frame_ids)) for s in seqs]
 
 
 def refit_head(head: torch.nn.Linear, features: torch.Tensor, labels: torch.Tensor,

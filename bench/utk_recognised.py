@@ -59,14 +59,21 @@ WARM_UP = 30
 
 
 @torch.no_grad()
+def h_action(model, joints: np.ndarray) -> torch.Tensor:
+    """H_action ``[T, d_action]`` of a tmr-stream ``model`` over one track ``joints [T, 25,
+    3]``, streamed from its first frame (the parallel form, equal to stepping)."""
+    x = torch.from_numpy(np.ascontiguousarray(joints, np.float32))[None]
+    return model.encode_action(x)[0].h[0]
+
+
+@torch.no_grad()
 def recognised(model, joints: np.ndarray, frame_ids: np.ndarray) -> int:
     """The action a tmr-stream ``model``'s head recognises in one segment (``joints [N, 25, 3]``
     at ``frame_ids [N]``): the most frequent per-frame argmax over the recorded rows of the
     centred ``WINDOW``-row window, the segment played on the sensor's clock from its first
     frame (the lowest index of equally frequent actions)."""
-    x = torch.from_numpy(on_sensor_clock(joints, frame_ids))[None]
-    code, _ = model.encode_action(x)
-    best = model.action_encoder.head(code.h)[0].argmax(-1)
+    best = model.action_encoder.head(h_action(model, on_sensor_clock(joints, frame_ids)))
+    best = best.argmax(-1)
     start = crop_start(len(frame_ids), WINDOW, "center")
     rows = frame_ids[start:start + WINDOW] - frame_ids[0]
     return int(np.bincount(best[torch.from_numpy(rows)].numpy()).argmax())
@@ -99,8 +106,7 @@ def synth_control(model, data: str, count: int = CONTROL, seed: int = 0) -> dict
     for r in store.rows_of("eval", view=0)[:count]:
         x = np.array(source[r["offset"]:r["offset"] + r["length"]], np.float32)
         for name, change in variants.items():
-            y = torch.from_numpy(np.ascontiguousarray(change(x), np.float32))[None]
-            best = model.action_encoder.head(model.encode_action(y)[0].h)[0, WARM_UP:]
+            best = model.action_encoder.head(h_action(model, change(x))[WARM_UP:])
             best = best.argmax(-1).numpy()
             frames[name].append(best == int(r["action"]))
             whole[name].append(np.bincount(best).argmax() == int(r["action"]))
